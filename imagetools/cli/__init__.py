@@ -1,0 +1,5 @@
+"""Command-line interface: a thin click layer over the library."""
+
+from .base import main
+
+__all__ = ["main"]

@@ -1,0 +1,80 @@
+"""One exception hierarchy for the whole toolkit.
+
+The library raises these; only the CLI maps them to exit codes and prints them.
+Every message is one line a factory operator can act on.
+"""
+
+
+class ImageToolsError(Exception):
+    """Base of every error imagetools raises on purpose."""
+
+    exit_code = 2
+
+
+class UsageError(ImageToolsError):
+    """The command line or an argument is wrong."""
+
+    exit_code = 2
+
+
+class ImageFormatError(ImageToolsError):
+    """The image or its partition table is unusable (truncated, garbage, inconsistent)."""
+
+    exit_code = 2
+
+
+class LayoutError(ImageToolsError):
+    """The partitions cannot be mapped to Mender roles (e.g. no data partition)."""
+
+    exit_code = 2
+
+
+class FilesystemError(ImageToolsError):
+    """A filesystem operation inside the image failed (not found, full, wrong type)."""
+
+    exit_code = 2
+
+
+class KeyMaterialError(ImageToolsError):
+    """A key file is unreadable, encrypted, of an unsupported type or mismatched."""
+
+    exit_code = 2
+
+
+class DeviceListError(ImageToolsError):
+    """The device list (CSV/JSON) is malformed; the message lists every bad row."""
+
+    exit_code = 2
+
+
+class VerifyFailed(ImageToolsError):
+    """At least one verification check failed."""
+
+    exit_code = 1
+
+
+class ToolMissingError(ImageToolsError):
+    """An external program we rely on is not installed or failed unexpectedly."""
+
+    exit_code = 3
+
+
+class EnvironmentProblem(ImageToolsError):
+    """The host cannot do what was asked (disk full, permissions, existing output)."""
+
+    exit_code = 3
+
+
+class ServerError(ImageToolsError):
+    """The Mender Server refused a request or could not be reached."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, status: int | None = None, request_id: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.request_id = request_id
+
+
+class AuthError(ServerError):
+    """The server rejected our credentials (401/403) or none were given."""

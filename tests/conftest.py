@@ -1,0 +1,75 @@
+"""Shared fixtures: real Mender-style images built by scripts/make-image, cached per session.
+
+`make_image(layout, **opts)` returns a private sparse copy of a cached build, so each test may
+write to its image freely.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MAKE_IMAGE = ROOT / "scripts" / "make-image"
+SMALL = {"rootfs_mib": 8, "data_mib": 8, "boot_mib": 8}
+LAYOUTS = ["sdimg", "uefiimg", "gptimg", "extended", "noboot"]
+
+os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+
+
+def _build(cache: Path, layout: str, opts: dict) -> Path:
+    merged = {**SMALL, **opts}
+    key = layout + "".join(f"-{k}{v}" for k, v in sorted(merged.items()))
+    out = cache / f"{key}.{'sdimg' if layout in ('sdimg', 'extended', 'noboot') else layout}"
+    if not out.exists():
+        args = [str(MAKE_IMAGE), "--layout", layout]
+        for name, value in sorted(merged.items()):
+            flag = "--" + name.replace("_", "-")
+            if value is True:
+                args.append(flag)
+            elif value not in (False, None):
+                args += [flag, str(value)]
+        subprocess.run(args + [str(out)], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def image_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("image-cache")
+
+
+@pytest.fixture
+def make_image(image_cache, tmp_path):
+    """Build (or reuse) an image and return a fresh sparse copy private to the test."""
+    counter = iter(range(1000))
+
+    def factory(layout: str = "sdimg", name: str | None = None, **opts) -> Path:
+        src = _build(image_cache, layout, opts)
+        dst = tmp_path / (name or f"img{next(counter)}{src.suffix}")
+        subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
+        return dst
+
+    return factory
+
+
+def run_tool(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run a real external tool, capturing text output."""
+    return subprocess.run(list(args), check=check, capture_output=True, text=True, **kw)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """Invoke the real `imagetools` console script; returns CompletedProcess."""
+    exe = shutil.which("imagetools") or str(ROOT / ".venv" / "bin" / "imagetools")
+
+    def invoke(*args: str, input: str | bytes | None = None, env: dict | None = None):
+        full_env = {**os.environ, **(env or {})}
+        text = not isinstance(input, bytes)
+        return subprocess.run([exe, *map(str, args)], capture_output=True, text=text,
+                              input=input, env=full_env, cwd=tmp_path)
+
+    return invoke
