@@ -1,5 +1,6 @@
 """Command-line interface: a thin click layer over the library."""
 
 from .base import main
+from . import inspect_cmd  # noqa: F401
 
 __all__ = ["main"]

@@ -1,0 +1,87 @@
+"""`imagetools inspect IMAGE`: the partition table and the Mender role of each partition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..layout import Layout, PartInfo, open_layout
+from .base import main, print_json, print_table, warn
+from .options import layout_options
+
+GPT_TYPE_NAMES = {
+    "c12a7328-f81f-11d2-ba4b-00a0c93ec93b": "EFI System",
+    "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7": "Basic data",
+    "0fc63daf-8483-4772-8e79-3d69d8477de4": "Linux filesystem",
+    "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f": "Linux swap",
+    "4f68bce3-e8cd-4db1-96e7-fbcaf984b709": "Linux root (x86-64)",
+    "b921b045-1df0-41c3-af44-4c6f280d3fae": "Linux root (ARM64)",
+    "69dad710-2ce4-4e3c-b16c-21a1d49abed3": "Linux root (ARM)",
+}
+
+
+@main.command()
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@layout_options
+def inspect(image: str, as_json: bool, overrides: dict[str, int]) -> None:
+    """Show IMAGE's partition table and which partition is boot, rootfs A/B, swap, data.
+
+    Offsets and sizes are in bytes. Reads only the partition table and each partition's
+    superblock; never writes.
+    """
+    layout = open_layout(image, overrides)
+    for message in layout.warnings:
+        warn(message)
+    if as_json:
+        print_json(to_dict(layout))
+        return
+    img = layout.image
+    click.echo(f"{img.path}: {img.table.upper()}, {img.sector_size}-byte sectors, "
+               f"{_human(img.size)} ({img.size} bytes)")
+    rows = [_row(p) for p in layout.parts]
+    rows += [[c.number, c.start, _human(c.size), f"{c.type} extended", "-", "-", "-",
+              "container of the logical partitions"] for c in img.extended]
+    rows.sort(key=lambda r: int(r[0]))
+    print_table(["#", "START", "SIZE", "TYPE", "FS", "LABEL", "ROLE", "REASON"], rows)
+
+
+def to_dict(layout: Layout) -> dict[str, Any]:
+    """The --json document: byte offsets, one entry per usable partition."""
+    img = layout.image
+    return {
+        "image": img.path,
+        "table": img.table,
+        "sector_size": img.sector_size,
+        "size": img.size,
+        "partitions": [{
+            "number": p.number, "start": p.partition.start, "size": p.partition.size,
+            "type": p.partition.type, "name": p.partition.name, "fs": p.fs.type, "label": p.fs.label,
+            "role": p.role, "reason": p.reason, "uuid": p.partition.uuid, "fs_uuid": p.fs.uuid,
+            "logical": p.partition.logical,
+        } for p in layout.parts],
+        "extended": [{"number": c.number, "start": c.start, "size": c.size, "type": c.type}
+                     for c in img.extended],
+        "warnings": layout.warnings,
+    }
+
+
+def _row(p: PartInfo) -> list[Any]:
+    part = p.partition
+    kind = GPT_TYPE_NAMES.get(part.type, part.type)
+    if part.name:
+        kind += f" '{part.name}'"
+    elif part.logical:
+        kind += " logical"
+    return [p.number, part.start, _human(part.size), kind, p.fs.type, p.fs.label or None, p.role,
+            p.reason]
+
+
+def _human(n: int) -> str:
+    value, unit = float(n), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"

@@ -1,0 +1,98 @@
+"""Whole-disk images: read the partition table (MBR + EBR chain, GPT) without extracting anything.
+
+`read_image(path)` opens a regular file or block device read-only, reads only the sectors the
+table needs, and returns a DiskImage with byte offsets, or raises ImageFormatError with one line
+saying what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import ImageFormatError
+from . import gpt, mbr
+from .model import DiskImage, Partition
+from .source import ImageSource
+
+__all__ = ["DiskImage", "Partition", "read_image"]
+
+
+def read_image(path: str | os.PathLike) -> DiskImage:
+    """Parse the partition table of `path`; never writes, never reads partition contents."""
+    with ImageSource(path) as src:
+        if src.size < mbr.SECTOR:
+            what = "empty (0 bytes)" if src.size == 0 else f"only {src.size} byte{'s' * (src.size != 1)}"
+            raise ImageFormatError(
+                f"{src.path} is {what}: a disk image starts with a 512-byte partition table; "
+                "check that the file was copied completely")
+        image = _parse(src)
+        _check_bounds(image)
+        _check_overlaps(image)
+        return image
+
+
+def _parse(src: ImageSource) -> DiskImage:
+    sector0 = src.read(0, mbr.SECTOR, "the MBR")
+    table = mbr.entries(sector0)
+    is_mbr = mbr.has_signature(sector0) and mbr.valid_boot_flags(table)
+    gpt_sector = gpt.detect_sector_size(src)
+    if is_mbr and any(e.type == mbr.GPT_PROTECTIVE for e in table):
+        return _gpt_image(src, gpt_sector, _hybrid_warning(table))
+    if not is_mbr and gpt_sector:
+        return _gpt_image(src, gpt_sector, ["no protective MBR in front of the GPT; using the GPT"])
+    if not is_mbr:
+        raise ImageFormatError(f"{src.path}: no partition table found (no MBR signature)"
+                               f"{_bare_filesystem_hint(src)}")
+    parts, containers = mbr.read_mbr(src, table)
+    if not parts:
+        raise ImageFormatError(f"{src.path}: the MBR partition table has no partitions"
+                               f"{_bare_filesystem_hint(src)}")
+    return DiskImage(src.path, "mbr", mbr.SECTOR, src.size, parts, [], containers)
+
+
+def _gpt_image(src: ImageSource, sector_size: int | None, warnings: list[str]) -> DiskImage:
+    ss, parts, gpt_warnings = gpt.read_gpt(src, sector_size)
+    if not parts:
+        raise ImageFormatError(f"{src.path}: the GPT has no partitions")
+    parts.sort(key=lambda p: p.number)
+    return DiskImage(src.path, "gpt", ss, src.size, parts, warnings + gpt_warnings)
+
+
+def _hybrid_warning(table: list[mbr.MbrEntry]) -> list[str]:
+    others = [e.slot for e in table if e.used and e.type != mbr.GPT_PROTECTIVE]
+    if not others:
+        return []
+    return [f"hybrid MBR: MBR entries {', '.join(map(str, others))} duplicate GPT partitions; "
+            "using the GPT"]
+
+
+def _bare_filesystem_hint(src: ImageSource) -> str:
+    """A common mistake is passing one partition's filesystem instead of the whole-disk image."""
+    from ..fs.probe import probe_bytes
+
+    fs = probe_bytes(src.read(0, min(src.size, 65536), "the first sectors"))
+    if fs.type in ("empty", "unknown"):
+        return ": this is not a whole-disk image"
+    return f": this looks like a bare {fs.type} filesystem, not a whole-disk image"
+
+
+def _check_bounds(image: DiskImage) -> None:
+    for p in image.extended + image.partitions:
+        if p.end > image.size:
+            raise ImageFormatError(
+                f"{image.path}: partition {p.number} (bytes {p.start}-{p.end - 1}) extends past the "
+                f"end of the image ({image.size} bytes): the image is truncated; copy it again "
+                "completely")
+
+
+def _check_overlaps(image: DiskImage) -> None:
+    """Logicals may overlap only their own container; everything else must be disjoint."""
+    top = sorted([p for p in image.partitions if not p.logical] + image.extended, key=lambda p: p.start)
+    logicals = sorted((p for p in image.partitions if p.logical), key=lambda p: p.start)
+    for group in (top, logicals):
+        for a, b in zip(group, group[1:]):
+            if b.start < a.end:
+                raise ImageFormatError(
+                    f"{image.path}: partitions {a.number} and {b.number} overlap (bytes "
+                    f"{a.start}-{a.end - 1} and {b.start}-{b.end - 1}): the partition table is "
+                    "inconsistent; fix it with fdisk or rebuild the image")

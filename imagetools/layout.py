@@ -1,0 +1,258 @@
+"""Mender roles for the partitions of a disk image, each with a one-line reason.
+
+Evidence, strongest first: caller overrides; the EFI system partition type and swap signatures;
+filesystem labels and GPT names (meta-mender and mender-convert write "boot", "primary",
+"secondary", "data"); then position in Mender's fixed order: boot, rootfs A, rootfs B, [swap],
+data, extra parts. Detection never fails for a missing data partition: `require("data")` does,
+listing what was seen, so `inspect` can still show the table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .errors import LayoutError
+from .fs.probe import FsInfo, probe
+from .image import DiskImage, Partition, read_image
+
+ROLES = ("boot", "rootfs-a", "rootfs-b", "swap", "data", "extra")
+OVERRIDABLE = ("boot", "rootfs-a", "rootfs-b", "data")
+
+ESP_GUID = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+SWAP_GUID = "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f"
+LINUX_GUIDS = {
+    "0fc63daf-8483-4772-8e79-3d69d8477de4": "Linux filesystem",
+    "4f68bce3-e8cd-4db1-96e7-fbcaf984b709": "Linux root (x86-64)",
+    "44479540-f297-41b2-9af7-d131d5f0458a": "Linux root (x86)",
+    "b921b045-1df0-41c3-af44-4c6f280d3fae": "Linux root (ARM64)",
+    "69dad710-2ce4-4e3c-b16c-21a1d49abed3": "Linux root (ARM)",
+    "4d21b016-b534-45c2-a9fb-5c16e091fd2d": "Linux /var",
+    "933ac7e1-2eb4-4f13-b844-0e14e2aef915": "Linux /home",
+    "3b8f8425-20e0-4f3b-907f-1a25a76f98e8": "Linux /srv",
+}
+FAT_GUIDS = {ESP_GUID: "EFI system partition", "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7": "basic data"}
+MBR_FAT_TYPES = {"0x01", "0x04", "0x06", "0x0b", "0x0c", "0x0e", "0xef"}
+MBR_LINUX_TYPES = {"0x83"}
+EXT = ("ext2", "ext3", "ext4")
+ROOTFS_A_NAMES = {"primary", "rootfs", "rootfsa", "rootfs-a", "rootfs_a", "root", "roota", "root-a",
+                  "root_a"}
+ROOTFS_B_NAMES = {"secondary", "rootfsb", "rootfs-b", "rootfs_b", "rootb", "root-b", "root_b"}
+BOOT_NAMES = {"boot", "esp", "efi", "uboot", "u-boot"}
+
+
+@dataclass
+class PartInfo:
+    partition: Partition
+    fs: FsInfo
+    role: str
+    reason: str
+
+    @property
+    def number(self) -> int:
+        return self.partition.number
+
+    def describe(self) -> str:
+        """`4 ext4 'data'`: how error messages name a partition."""
+        label = f" '{self.fs.label}'" if self.fs.label else ""
+        name = f" (GPT name '{self.partition.name}')" if self.partition.name else ""
+        return f"{self.number} {self.fs.type}{label}{name}"
+
+
+@dataclass
+class Layout:
+    image: DiskImage
+    parts: list[PartInfo]
+    notes: list[str] = field(default_factory=list)
+
+    def find(self, role: str) -> PartInfo | None:
+        _check_role(role)
+        return next((p for p in self.parts if p.role == role), None)
+
+    def require(self, role: str) -> PartInfo:
+        found = self.find(role)
+        if found is None:
+            flag = f" (choose one with --{role}-partition N)" if role in OVERRIDABLE else ""
+            raise LayoutError(f"{self.image.path}: no {role} partition found{flag}; "
+                              f"partitions seen: {self.summary()}")
+        return found
+
+    def by_number(self, number: int) -> PartInfo:
+        found = next((p for p in self.parts if p.number == number), None)
+        if found is None:
+            raise LayoutError(f"{self.image.path} has no partition {number}; "
+                              f"partitions seen: {self.summary()}")
+        return found
+
+    def summary(self) -> str:
+        return "; ".join(f"{p.describe()} → {p.role}" for p in self.parts)
+
+    @property
+    def warnings(self) -> list[str]:
+        """The table's warnings plus what a Mender image is missing (e.g. no data partition)."""
+        return self.image.warnings + self.notes
+
+    @property
+    def data(self) -> PartInfo | None:
+        return self.find("data")
+
+    @property
+    def boot(self) -> PartInfo | None:
+        return self.find("boot")
+
+    @property
+    def rootfs_a(self) -> PartInfo | None:
+        return self.find("rootfs-a")
+
+    @property
+    def rootfs_b(self) -> PartInfo | None:
+        return self.find("rootfs-b")
+
+    @property
+    def rootfs(self) -> list[PartInfo]:
+        return [p for p in (self.rootfs_a, self.rootfs_b) if p is not None]
+
+
+def open_layout(path: str | os.PathLike, overrides: dict[str, int] | None = None) -> Layout:
+    """Read the partition table of `path` and assign roles."""
+    return detect_layout(read_image(path), overrides)
+
+
+def detect_layout(image: DiskImage, overrides: dict[str, int] | None = None) -> Layout:
+    """Probe every partition's filesystem and assign Mender roles (see the module docstring)."""
+    infos = [(p, probe(image.path, p.start, p.size)) for p in image.partitions]
+    roles: dict[int, tuple[str, str]] = {}
+    _apply_overrides(image, infos, overrides or {}, roles)
+    _assign_boot_and_swap(infos, roles)
+    _assign_by_name(infos, roles)
+    _assign_by_position(infos, roles)
+    parts = [PartInfo(p, fs, *roles.get(p.number, _extra(p, fs, roles, infos))) for p, fs in infos]
+    layout = Layout(image, parts)
+    if layout.data is None:
+        layout.notes.append(f"no data partition found (choose one with --data-partition N); "
+                            f"partitions seen: {layout.summary()}")
+    return layout
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise LayoutError(f"unknown partition role {role!r} (known: {', '.join(ROLES)})")
+
+
+def _apply_overrides(image: DiskImage, infos: list[tuple[Partition, FsInfo]],
+                     overrides: dict[str, int], roles: dict[int, tuple[str, str]]) -> None:
+    numbers = {p.number for p, _ in infos}
+    seen = ", ".join(f"{p.number} {fs.type}" for p, fs in infos)
+    for role, number in overrides.items():
+        if role not in OVERRIDABLE:
+            raise LayoutError(f"cannot override role {role!r} (only {', '.join(OVERRIDABLE)})")
+        if number not in numbers:
+            raise LayoutError(f"--{role}-partition {number}: {image.path} has no partition "
+                              f"{number} (partitions: {seen})")
+        if number in roles:
+            raise LayoutError(f"partition {number} cannot be both {roles[number][0]} and {role}")
+        roles[number] = (role, f"set by --{role}-partition {number}")
+
+
+def _taken(roles: dict[int, tuple[str, str]], role: str) -> bool:
+    return any(r == role for r, _ in roles.values())
+
+
+def _is_fat(p: Partition, fs: FsInfo) -> bool:
+    return fs.type == "vfat" or (fs.type in ("empty", "unknown") and
+                                 (p.type in MBR_FAT_TYPES or p.type in FAT_GUIDS))
+
+
+def _is_linux(p: Partition, fs: FsInfo) -> bool:
+    """Could hold a rootfs or data: an ext/squashfs filesystem, or a blank Linux-type partition."""
+    if fs.type in EXT or fs.type == "squashfs":
+        return True
+    return fs.type in ("empty", "unknown") and (p.type in MBR_LINUX_TYPES or p.type in LINUX_GUIDS)
+
+
+def _names(p: Partition, fs: FsInfo) -> list[tuple[str, str]]:
+    """(lowercased name, where it came from) for the filesystem label and the GPT name."""
+    out = []
+    if fs.label:
+        out.append((fs.label.lower(), f"{fs.type} label '{fs.label}'"))
+    if p.name:
+        out.append((p.name.lower(), f"GPT name '{p.name}'"))
+    return out
+
+
+def _assign_boot_and_swap(infos: list[tuple[Partition, FsInfo]], roles: dict[int, tuple[str, str]]) -> None:
+    for p, fs in infos:
+        if p.number in roles:
+            continue
+        if fs.type == "swap" or p.type in ("0x82", SWAP_GUID):
+            why = "swap signature" if fs.type == "swap" else f"swap partition type {p.type}"
+            roles[p.number] = ("swap", why)
+    if _taken(roles, "boot"):
+        return
+    free = [(p, fs) for p, fs in infos if p.number not in roles]
+    esp = next(((p, fs) for p, fs in free if p.type == ESP_GUID), None)
+    if esp:
+        roles[esp[0].number] = ("boot", "EFI system partition type GUID")
+        return
+    for p, fs in free:
+        named = next((src for n, src in _names(p, fs) if n in BOOT_NAMES), None)
+        if named and _is_fat(p, fs):
+            roles[p.number] = ("boot", f"{named} on a FAT partition")
+            return
+    first = min(infos, key=lambda i: i[0].start)
+    if first[0].number not in roles and _is_fat(*first):
+        what = "vfat filesystem" if first[1].type == "vfat" else f"FAT partition type {first[0].type}"
+        roles[first[0].number] = ("boot", f"{what} in the first partition")
+
+
+def _assign_by_name(infos: list[tuple[Partition, FsInfo]], roles: dict[int, tuple[str, str]]) -> None:
+    wanted = (("data", {"data"}, EXT), ("rootfs-a", ROOTFS_A_NAMES, None),
+              ("rootfs-b", ROOTFS_B_NAMES, None))
+    for role, names, fs_types in wanted:
+        if _taken(roles, role):
+            continue
+        for p, fs in infos:
+            if p.number in roles or not _is_linux(p, fs) or (fs_types and fs.type not in fs_types):
+                continue
+            named = next((src for n, src in _names(p, fs) if n in names), None)
+            if named:
+                roles[p.number] = (role, named)
+                break
+
+
+def _assign_by_position(infos: list[tuple[Partition, FsInfo]], roles: dict[int, tuple[str, str]]) -> None:
+    """Mender's order: rootfs A, rootfs B, then data; rootfs candidates must precede data."""
+    ordered = sorted(infos, key=lambda i: i[0].start)
+    data = next((p for p, _ in ordered if roles.get(p.number, ("",))[0] == "data"), None)
+    start_of = {p.number: p.start for p, _ in infos}
+    placed = {r: start_of[n] for n, (r, _) in roles.items()}
+    for role, ordinal in (("rootfs-a", "first"), ("rootfs-b", "second")):
+        if role in placed:
+            continue
+        after = placed.get("rootfs-a", -1) if role == "rootfs-b" else -1
+        before = placed.get("rootfs-b") if role == "rootfs-a" else None
+        for p, fs in ordered:
+            if (p.number in roles or not _is_linux(p, fs) or p.start <= after
+                    or (before is not None and p.start >= before)
+                    or (data is not None and p.start >= data.start)):
+                continue
+            blank = ", not formatted" if fs.type == "empty" else ""
+            roles[p.number] = (role, f"{ordinal} Linux partition before data{blank}"
+                               if data else f"{ordinal} Linux partition{blank}")
+            placed[role] = p.start
+            break
+    if data is None and "rootfs-b" in placed:
+        for p, fs in ordered:
+            if p.number not in roles and fs.type in EXT and p.start > placed["rootfs-b"]:
+                roles[p.number] = ("data", f"first {fs.type} partition after rootfs B")
+                break
+
+
+def _extra(p: Partition, fs: FsInfo, roles: dict[int, tuple[str, str]],
+           infos: list[tuple[Partition, FsInfo]]) -> tuple[str, str]:
+    data_start = next((q.start for q, _ in infos if roles.get(q.number, ("",))[0] == "data"), None)
+    if data_start is not None and p.start > data_start:
+        return "extra", f"{fs.type} partition after data"
+    if _is_fat(p, fs):
+        return "extra", f"{fs.type} partition that is not the first one"
+    return "extra", f"{fs.type} partition with no Mender role"
