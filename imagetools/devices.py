@@ -1,0 +1,310 @@
+"""The device list: one row per unit to emit, validated completely before any image is written.
+
+A factory operator fixes a device list once, so every bad row is reported in one error, each with
+its line number. Identity values are always strings: the Mender client sends strings, and the
+server matches identities by value *and* type.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import keys
+from .errors import DeviceListError, ImageToolsError
+
+RESERVED_COLUMNS = ("name", "key")
+# Files emit writes next to the unit directories; a unit may not be named like them.
+RESERVED_NAMES = frozenset({"preauth.json", "preauth.csv", "report.json"})
+MAX_NAME = 64
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class Device:
+    """One unit: output name, identity_data (string values), optional existing private key."""
+
+    name: str
+    identity: dict[str, str]
+    line: int
+    key_path: Path | None = None
+    key_fingerprint: str | None = field(default=None, compare=False)
+
+
+def load_devices(path: str | Path) -> list[Device]:
+    """Parse and validate a device list: `.json` as JSON, anything else as CSV."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DeviceListError(f"cannot read device list {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DeviceListError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    base_dir = path.resolve().parent
+    if path.suffix.lower() == ".json":
+        return parse_json(text, str(path), base_dir)
+    return parse_csv(text, str(path), base_dir)
+
+
+def parse_csv(text: str, source: str = "devices.csv", base_dir: Path | None = None) -> list[Device]:
+    """CSV with a header row: identity columns, plus optional `name` and `key` columns."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    problems: list[str] = []
+    rows: list[tuple[int, dict[str, str]]] = []
+    header: list[str] | None = None
+    line = 1
+    try:
+        for record in reader:
+            start, line = line, reader.line_num + 1
+            if not any(cell.strip() for cell in record):
+                continue
+            if header is None:
+                header = _check_header(record, start, problems)
+                if header is None:
+                    break
+                continue
+            if len(record) != len(header):
+                problems.append(f"line {start}: {len(record)} fields, the header has {len(header)}")
+                continue
+            rows.append((start, dict(zip(header, (cell.strip() for cell in record)))))
+    except csv.Error as exc:
+        problems.append(f"line {reader.line_num}: bad CSV: {exc}")
+    if header is None and not problems:
+        problems.append("line 1: empty file; expected a header row such as 'mac' or 'name,mac,key'")
+    entries = [(start, _split_row(values, start, problems)) for start, values in rows]
+    return _finish(entries, problems, source, base_dir)
+
+
+def parse_json(text: str, source: str = "devices.json", base_dir: Path | None = None) -> list[Device]:
+    """A JSON list of objects: either {"name"?, "key"?, "identity_data": {...}} or flat
+    {"name"?, "key"?, attr: value, ...}. Numbers become strings; other value types are refused."""
+    problems: list[str] = []
+    entries: list[tuple[int, tuple[str, str, dict[str, str]] | None]] = []
+    for start, item in _json_items(text, problems):
+        entries.append((start, _json_entry(item, start, problems)))
+    return _finish(entries, problems, source, base_dir)
+
+
+def derive_name(identity: dict[str, str]) -> str:
+    """A filesystem-safe name from the identity values (in column order)."""
+    raw = "_".join(identity.values())
+    name = re.sub(r"[^A-Za-z0-9._]+", "-", raw).strip(".-_")
+    name = re.sub(r"-{2,}", "-", name)
+    if len(name) > MAX_NAME:
+        name = name[: MAX_NAME - 9].rstrip(".-_") + "-" + identity_digest(identity)[:8]
+    return name or "unit-" + identity_digest(identity)[:8]
+
+
+def identity_digest(identity: dict[str, str]) -> str:
+    """Order-independent digest of an identity (the server sorts identity keys too)."""
+    return hashlib.sha256(canonical_identity(identity).encode()).hexdigest()
+
+
+def canonical_identity(identity: dict[str, str]) -> str:
+    return json.dumps(identity, sort_keys=True, separators=(",", ":"))
+
+
+def check_name(name: str) -> str | None:
+    """Why `name` cannot be a unit directory name, or None if it can."""
+    if not _SAFE_NAME.fullmatch(name):
+        return "use letters, digits, '.', '_' and '-', starting with a letter or digit"
+    if len(name) > MAX_NAME:
+        return f"longer than {MAX_NAME} characters"
+    if name.lower() in RESERVED_NAMES:
+        return "reserved for a batch file in the output directory"
+    return None
+
+
+def _check_header(record: list[str], line: int, problems: list[str]) -> list[str] | None:
+    header = [cell.strip() for cell in record]
+    bad = False
+    for i, col in enumerate(header):
+        if not col:
+            problems.append(f"line {line}: column {i + 1} of the header has no name")
+            bad = True
+        elif header.index(col) != i:
+            problems.append(f"line {line}: column {col!r} appears twice in the header")
+            bad = True
+    if not [c for c in header if c not in RESERVED_COLUMNS]:
+        problems.append(f"line {line}: no identity column in the header (only {', '.join(header)})")
+        bad = True
+    return None if bad else header
+
+
+def _split_row(values: dict[str, str], line: int, problems: list[str]) -> tuple[str, str, dict[str, str]] | None:
+    identity = {k: v for k, v in values.items() if k not in RESERVED_COLUMNS}
+    empty = [k for k, v in identity.items() if not v]
+    if empty:
+        problems.append(f"line {line}: empty identity value for {', '.join(map(repr, empty))}")
+        return None
+    return values.get("name", ""), values.get("key", ""), identity
+
+
+def _json_items(text: str, problems: list[str]):
+    """Top-level list elements with the line each starts on (json has no positions otherwise)."""
+    decoder = json.JSONDecoder()
+    pos = _skip_ws(text, 0)
+    if pos >= len(text) or text[pos] != "[":
+        problems.append(f"line {_line_of(text, pos)}: expected a JSON list of device objects")
+        return
+    pos = _skip_ws(text, pos + 1)
+    if pos < len(text) and text[pos] == "]":
+        return
+    while pos < len(text):
+        try:
+            item, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            problems.append(f"line {exc.lineno}: bad JSON: {exc.msg}")
+            return
+        yield _line_of(text, pos), item
+        pos = _skip_ws(text, end)
+        if pos < len(text) and text[pos] == ",":
+            pos = _skip_ws(text, pos + 1)
+            continue
+        if pos < len(text) and text[pos] == "]":
+            if _skip_ws(text, pos + 1) < len(text):
+                problems.append(f"line {_line_of(text, pos + 1)}: unexpected text after the list")
+            return
+        if pos >= len(text):
+            break
+        problems.append(f"line {_line_of(text, pos)}: expected ',' or ']' in the device list")
+        return
+    problems.append(f"line {_line_of(text, pos)}: the device list is not closed with ']'")
+
+
+def _json_entry(item: object, line: int, problems: list[str]) -> tuple[str, str, dict[str, str]] | None:
+    if not isinstance(item, dict):
+        problems.append(f"line {line}: expected an object, got {type(item).__name__}")
+        return None
+    item = dict(item)
+    meta = {}
+    for col in RESERVED_COLUMNS:
+        value = item.pop(col, "")
+        if not isinstance(value, str):
+            problems.append(f"line {line}: {col!r} must be a string")
+            return None
+        meta[col] = value.strip()
+    attrs = item.pop("identity_data") if "identity_data" in item else item
+    if not isinstance(attrs, dict) or (attrs is not item and item):
+        extra = ", ".join(map(repr, item)) if attrs is not item else ""
+        problems.append(f"line {line}: 'identity_data' must be an object"
+                        + (f" and the only other keys 'name'/'key' (also got {extra})" if extra else ""))
+        return None
+    identity: dict[str, str] = {}
+    for key, value in attrs.items():
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            problems.append(f"line {line}: identity value for {key!r} must be a string or number")
+            return None
+        text = str(value).strip()
+        if not key.strip() or not text:
+            problems.append(f"line {line}: empty identity {'value for ' + repr(key) if key.strip() else 'attribute name'}")
+            return None
+        identity[key.strip()] = text
+    if not identity:
+        problems.append(f"line {line}: empty identity (no attributes)")
+        return None
+    return meta["name"], meta["key"], identity
+
+
+def _finish(entries: list[tuple[int, tuple[str, str, dict[str, str]] | None]], problems: list[str],
+            source: str, base_dir: Path | None) -> list[Device]:
+    """Cross-row checks (duplicates, names, keys), then either the devices or one error."""
+    good = [(line, e) for line, e in entries if e is not None]
+    by_identity: dict[str, int] = {}
+    for line, (_, _, identity) in good:
+        canon = canonical_identity(identity)
+        if canon in by_identity:
+            problems.append(f"line {line}: duplicate identity {canon} (first on line {by_identity[canon]})")
+        else:
+            by_identity[canon] = line
+    names = _assign_names(good, problems)
+    key_info = _check_keys(good, problems, base_dir)
+    if not entries and not problems:
+        problems.append("no devices listed")
+    if problems:
+        problems.sort(key=_line_key)
+        shown = problems[:50] + ([f"... and {len(problems) - 50} more"] if len(problems) > 50 else [])
+        raise DeviceListError(f"{source}: {len(problems)} problem(s): " + "; ".join(shown))
+    return [Device(name=names[line], identity=identity, line=line,
+                   key_path=key_info.get(line, (None, None))[0],
+                   key_fingerprint=key_info.get(line, (None, None))[1])
+            for line, (_, _, identity) in good]
+
+
+def _assign_names(good, problems: list[str]) -> dict[int, str]:
+    """Explicit names must be safe and unique; derived names that collide get an identity digest
+    suffix, so a unit's name does not depend on the order of the rows."""
+    names: dict[int, str] = {}
+    taken: dict[str, int] = {}
+    for line, (name, _, _) in good:
+        if not name:
+            continue
+        why = check_name(name)
+        if why:
+            problems.append(f"line {line}: name {name!r} is not usable: {why}")
+        elif name.lower() in taken:
+            problems.append(f"line {line}: duplicate name {name!r} (first on line {taken[name.lower()]})")
+        else:
+            taken[name.lower()] = line
+            names[line] = name
+    derived = {line: derive_name(identity) for line, (name, _, identity) in good if not name}
+    counts: dict[str, int] = {}
+    for cand in derived.values():
+        counts[cand.lower()] = counts.get(cand.lower(), 0) + 1
+    for line, cand in derived.items():
+        if counts[cand.lower()] > 1 or cand.lower() in taken or cand.lower() in RESERVED_NAMES:
+            identity = next(e[2] for ln, e in good if ln == line)
+            cand = cand[: MAX_NAME - 9] + "-" + identity_digest(identity)[:8]
+        if cand.lower() in taken:
+            problems.append(f"line {line}: derived name {cand!r} is taken (first on line {taken[cand.lower()]}); "
+                            f"give this row a 'name'")
+            continue
+        taken[cand.lower()] = line
+        names[line] = cand
+    return names
+
+
+def _check_keys(good, problems: list[str], base_dir: Path | None) -> dict[int, tuple[Path, str]]:
+    found: dict[int, tuple[Path, str]] = {}
+    by_fp: dict[str, int] = {}
+    for line, (_, key, _) in good:
+        if not key:
+            continue
+        path = Path(key)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        try:
+            private = keys.read_private_file(path)
+            keys.check_acceptable(private, str(path))
+        except ImageToolsError as exc:
+            problems.append(f"line {line}: {exc}")
+            continue
+        fp = keys.fingerprint(private)
+        if fp in by_fp:
+            problems.append(f"line {line}: key {key} is the same key as on line {by_fp[fp]}")
+            continue
+        by_fp[fp] = line
+        found[line] = (path, fp)
+    return found
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _line_of(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def _line_key(problem: str) -> int:
+    match = re.match(r"line (\d+)", problem)
+    return int(match.group(1)) if match else 0
