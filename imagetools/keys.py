@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Callable, Sequence, Union
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -24,8 +25,11 @@ PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519Pu
 
 KEY_TYPES = ("rsa", "ecdsa", "ed25519")
 CURVES = {"p256": ec.SECP256R1, "p384": ec.SECP384R1, "p521": ec.SECP521R1}
+# The curves the Mender client can load (Go's crypto/x509 in client 3.x; the same NIST curves in 4.x+).
+CLIENT_CURVES = frozenset(c.name for c in CURVES.values())
 MIN_RSA_BITS = 2048
 DEFAULT_RSA_BITS = 3072
+FORMATS = ("pkcs1", "pkcs8")
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,14 @@ class KeySpec:
             raise KeyMaterialError(f"RSA keys need at least {MIN_RSA_BITS} bits (got {self.bits})")
         if self.curve not in CURVES:
             raise KeyMaterialError(f"unknown curve {self.curve!r}; use one of {', '.join(CURVES)}")
-        if self.format not in ("pkcs1", "pkcs8"):
+        if self.format not in FORMATS:
             raise KeyMaterialError(f"unknown private key format {self.format!r}; use pkcs1 or pkcs8")
+
+
+    @property
+    def effective_format(self) -> str:
+        """The format actually written: Ed25519 has no traditional (PKCS#1-like) form."""
+        return "pkcs8" if self.type == "ed25519" else self.format
 
 
 def generate(spec: KeySpec = KeySpec()) -> PrivateKey:
@@ -92,7 +102,7 @@ def normalize_fingerprint(text: str) -> str:
 
 
 def describe(key: PrivateKey | PublicKey) -> str:
-    """Human type/size, e.g. 'RSA-3072', 'ECDSA-P256', 'Ed25519'."""
+    """Human type/size, e.g. 'RSA-3072', 'ECDSA-secp256r1', 'Ed25519'."""
     pub = _public(key)
     if isinstance(pub, rsa.RSAPublicKey):
         return f"RSA-{pub.key_size}"
@@ -117,10 +127,14 @@ def load_private(data: bytes, source: str) -> PrivateKey:
 
 
 def check_acceptable(key: PrivateKey | PublicKey, source: str) -> None:
-    """Refuse keys the client or server would reject (RSA below 2048 bits)."""
+    """Refuse keys the client or server would reject (RSA below 2048 bits, curves the client lacks)."""
     pub = _public(key)
     if isinstance(pub, rsa.RSAPublicKey) and pub.key_size < MIN_RSA_BITS:
         raise KeyMaterialError(f"{source}: RSA key of {pub.key_size} bits; at least {MIN_RSA_BITS} are required")
+    if isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.name not in CLIENT_CURVES:
+        raise KeyMaterialError(
+            f"{source}: ECDSA curve {pub.curve.name} is not loaded by the Mender client; "
+            f"use one of {', '.join(sorted(CLIENT_CURVES))}")
 
 
 def load_public(data: bytes, source: str) -> PublicKey:
@@ -139,11 +153,11 @@ def load_public(data: bytes, source: str) -> PublicKey:
 
 
 def read_private_file(path: str | os.PathLike) -> PrivateKey:
-    return load_private(_read(path, "private key"), str(path))
+    return load_private(read_key_bytes(path, "private key"), str(path))
 
 
 def read_public_file(path: str | os.PathLike) -> PublicKey:
-    return load_public(_read(path, "public key"), str(path))
+    return load_public(read_key_bytes(path, "public key"), str(path))
 
 
 def same_key(a: PrivateKey | PublicKey, b: PrivateKey | PublicKey) -> bool:
@@ -180,7 +194,75 @@ def write_public(path: str | os.PathLike, data: bytes, force: bool = False) -> N
     os.replace(tmp, path)
 
 
-def _read(path: str | os.PathLike, what: str) -> bytes:
+@dataclass(frozen=True)
+class KeyFiles:
+    """One generated pair on disk, as keygen reports it."""
+
+    private: Path
+    public: Path
+    fingerprint: str
+    key_type: str
+    format: str
+
+
+def pair_paths(out_dir: str | os.PathLike, prefix: str = "", count: int = 1) -> list[tuple[Path, Path]]:
+    """keygen-client's names ({prefix}private.key, {prefix}public.key); with count > 1 each pair is
+    numbered, {prefix}{n}-private.key, zero-padded so the files sort in order."""
+    out = Path(out_dir)
+    if count == 1:
+        return [(out / f"{prefix}private.key", out / f"{prefix}public.key")]
+    width = len(str(count))
+    return [(out / f"{prefix}{n:0{width}d}-private.key", out / f"{prefix}{n:0{width}d}-public.key")
+            for n in range(1, count + 1)]
+
+
+def generate_files(spec: KeySpec, pairs: Sequence[tuple[Path, Path]], *, force: bool = False,
+                   jobs: int | None = None,
+                   progress: Callable[[KeyFiles], None] | None = None) -> list[KeyFiles]:
+    """Generate one key pair per (private, public) path, in parallel over `jobs` processes (default:
+    all cores) because RSA generation is CPU-bound. Refuses before generating anything if a target
+    exists and not force; private files are 0600 from the first byte. Results keep `pairs` order."""
+    if not force:
+        existing = [p for pair in pairs for p in pair if p.exists() or p.is_symlink()]
+        if existing:
+            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+            raise EnvironmentProblem(f"{existing[0]} exists{more}; use --force to overwrite")
+    for parent in {p.parent for pair in pairs for p in pair}:
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    workers = min(jobs or os.cpu_count() or 1, len(pairs))
+    if workers <= 1:
+        results = []
+        for private, public in pairs:
+            results.append(_generate_pair(spec, private, public, force))
+            if progress:
+                progress(results[-1])
+        return results
+    done: dict[int, KeyFiles] = {}
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(_generate_pair, spec, private, public, force): i
+                   for i, (private, public) in enumerate(pairs)}
+        try:
+            for future in as_completed(futures):
+                done[futures[future]] = future.result()
+                if progress:
+                    progress(done[futures[future]])
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return [done[i] for i in range(len(pairs))]
+
+
+def _generate_pair(spec: KeySpec, private: Path, public: Path, force: bool) -> KeyFiles:
+    """Worker: the private key never leaves the process that made it, except into its 0600 file."""
+    key = generate(spec)
+    write_secret(private, private_pem(key, spec.effective_format), force=force)
+    write_public(public, public_pem(key), force=force)
+    return KeyFiles(private, public, fingerprint(key), describe(key), spec.effective_format)
+
+
+def read_key_bytes(path: str | os.PathLike, what: str) -> bytes:
+    """The raw bytes of a key file, with a KeyMaterialError naming it when it cannot be read."""
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:

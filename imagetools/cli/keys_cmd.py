@@ -1,0 +1,185 @@
+"""keygen, inject, verify: the device-key commands.
+
+The library modules behind inject/verify are imported inside the commands so `keygen` and
+`--help` stay fast and independent of the image/filesystem layers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import keys
+from ..errors import UsageError, VerifyFailed
+from .base import is_tty, main, print_json, print_table, warn
+
+DEFAULT_KEY_PATH = "/data/mender/mender-agent.pem"  # same as imagetools.inject.DEFAULT_KEY_PATH
+ROLE_NAMES = ("boot", "rootfs-a", "rootfs-b", "data")
+
+
+def _overrides(values: tuple[str, ...]) -> dict[str, int] | None:
+    """--part data=4 --part rootfs-b=3 → {"data": 4, "rootfs-b": 3}."""
+    out: dict[str, int] = {}
+    for value in values:
+        role, sep, number = value.partition("=")
+        if not sep or role not in ROLE_NAMES or not number.isdigit():
+            raise UsageError(f"--part {value!r}: expected ROLE=NUMBER with ROLE one of {', '.join(ROLE_NAMES)}")
+        out[role] = int(number)
+    return out or None
+
+
+part_option = click.option(
+    "--part", "parts", multiple=True, metavar="ROLE=N",
+    help="Use partition N for ROLE (boot, rootfs-a, rootfs-b, data) instead of the detected one.")
+
+
+@main.command()
+@click.option("--type", "key_type", type=click.Choice(keys.KEY_TYPES), default="rsa", show_default=True,
+              help="Key algorithm.")
+@click.option("--bits", type=int, default=None, help=f"RSA size (default {keys.DEFAULT_RSA_BITS}, at least {keys.MIN_RSA_BITS}).")
+@click.option("--curve", type=click.Choice(list(keys.CURVES)), default=None, help="ECDSA curve (default p256).")
+@click.option("--format", "fmt", type=click.Choice(keys.FORMATS), default=None,
+              help="Private key format: pkcs1 = traditional (RSA PKCS#1, EC SEC1; default), pkcs8. "
+                   "Ed25519 is always pkcs8.")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("keys-client-generated"), show_default=True)
+@click.option("--prefix", envvar="PREFIX_KEY", default="", show_envvar=True,
+              help="File name prefix: {PREFIX}private.key, {PREFIX}public.key.")
+@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Make N pairs in parallel, numbered {PREFIX}{n}-private.key.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Worker processes (default: all cores).")
+@click.option("--force", is_flag=True, help="Overwrite existing key files.")
+@click.option("--json", "as_json", is_flag=True, help="List the files made, with SHA-256 fingerprints.")
+def keygen(key_type: str, bits: int | None, curve: str | None, fmt: str | None, out_dir: Path,
+           prefix: str, count: int, jobs: int | None, force: bool, as_json: bool) -> None:
+    """Generate device key pairs, like Mender's keygen-client.
+
+    The private key (0600 from its first byte) is what inject puts into the image; the public key
+    is SPKI 'BEGIN PUBLIC KEY', the only form the Mender Server accepts for preauthorization.
+
+    \b
+    Examples:
+      imagetools keygen                               # RSA-3072, keys-client-generated/private.key
+      PREFIX_KEY=unit42- imagetools keygen --type ed25519
+      imagetools keygen --count 100 --prefix unit- --json
+    """
+    spec = _spec(key_type, bits, curve, fmt)
+    pairs = keys.pair_paths(out_dir, prefix, count)
+    if count > 1 and is_tty() and not as_json:
+        with click.progressbar(length=count, label="generating keys", file=click.get_text_stream("stderr")) as bar:
+            made = keys.generate_files(spec, pairs, force=force, jobs=jobs, progress=lambda _: bar.update(1))
+    else:
+        made = keys.generate_files(spec, pairs, force=force, jobs=jobs)
+    if as_json:
+        print_json([{"private": str(k.private), "public": str(k.public), "type": k.key_type,
+                     "format": k.format, "fingerprint": k.fingerprint} for k in made])
+        return
+    print_table(["PRIVATE (0600)", "PUBLIC", "TYPE", "SHA256 FINGERPRINT"],
+                [(k.private, k.public, f"{k.key_type} {k.format.upper()}", k.fingerprint) for k in made])
+
+
+def _spec(key_type: str, bits: int | None, curve: str | None, fmt: str | None) -> keys.KeySpec:
+    """Refuse options that do not apply to the chosen type rather than silently ignoring them."""
+    if bits is not None and key_type != "rsa":
+        raise UsageError(f"--bits applies to RSA keys, not {key_type}")
+    if curve is not None and key_type != "ecdsa":
+        raise UsageError(f"--curve applies to ECDSA keys, not {key_type}")
+    if fmt == "pkcs1" and key_type == "ed25519":
+        raise UsageError("Ed25519 keys have no PKCS#1/traditional form; use --format pkcs8")
+    return keys.KeySpec(type=key_type, bits=bits or keys.DEFAULT_RSA_BITS, curve=curve or "p256",
+                        format=fmt or ("pkcs8" if key_type == "ed25519" else "pkcs1"))
+
+
+@main.command()
+@click.option("--key", "key_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Private key file (PEM: PKCS#1, SEC1 or PKCS#8, unencrypted).")
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a new image (sparse/reflink copy) and leave IMAGE untouched.")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@click.option("--path", "key_path", default=DEFAULT_KEY_PATH, show_default=True,
+              help="Where the key goes (under /data/).")
+@click.option("--backend", type=click.Choice(["native", "mender-artifact"]), default="native", show_default=True,
+              help="native writes at the partition's offset; mender-artifact uses `mender-artifact install`.")
+@part_option
+@click.option("--json", "as_json", is_flag=True, help="Report as JSON.")
+def inject(key_file: Path, image: Path, out: Path | None, force: bool, key_path: str, backend: str,
+           parts: tuple[str, ...], as_json: bool) -> None:
+    """Put a device's private key into IMAGE's data partition (mode 0600, owner 0:0).
+
+    The key is validated first; an existing key is replaced; the image is edited in place unless
+    --out is given.
+
+    \b
+    Examples:
+      imagetools inject --key keys-client-generated/private.key base.sdimg --out unit42.sdimg
+      imagetools inject --key unit42-private.key unit42.sdimg
+    """
+    from ..inject import inject_key
+
+    if out is not None and out.exists() and not force:
+        raise UsageError(f"{out} exists; use --force to replace it")
+    key_pem = keys.read_key_bytes(key_file, "private key")
+    keys.check_acceptable(keys.load_private(key_pem, str(key_file)), str(key_file))
+    result = inject_key(image, key_pem, out=out, path=key_path, backend=backend, overrides=_overrides(parts))
+    for message in result.warnings:
+        warn(message)
+    if as_json:
+        print_json({"image": result.image, "path": key_path, "fingerprint": result.fingerprint,
+                    "key_type": result.key_type, "warnings": result.warnings})
+        return
+    click.echo(f"injected {result.key_type} key into {result.image}:{key_path} (mode 0600, owner 0:0)")
+    click.echo(f"fingerprint SHA256 {result.fingerprint}")
+
+
+@main.command()
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--pubkey", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The public key the server expects (SPKI PEM); compared as DER.")
+@click.option("--fingerprint", "expected_fp", default=None, metavar="SHA256",
+              help="The expected SHA-256 fingerprint of the public key (hex, colons allowed).")
+@click.option("--no-fsck", is_flag=True, help="Skip e2fsck -fn on the data partition.")
+@click.option("--path", "key_path", default=DEFAULT_KEY_PATH, show_default=True, help="Where the key should be.")
+@part_option
+@click.option("--json", "as_json", is_flag=True, help="Report the checks and the fingerprint as JSON.")
+def verify(target: Path, pubkey: Path | None, expected_fp: str | None, no_fsck: bool, key_path: str,
+           parts: tuple[str, ...], as_json: bool) -> None:
+    """Check, read-only, that TARGET (an image file or a block device) will be accepted.
+
+    Exit 0 if every check passed (warnings allowed), 1 if a check failed, 2 if TARGET or an
+    argument is unusable.
+
+    \b
+    Examples:
+      imagetools verify unit42.sdimg --pubkey keys-client-generated/unit42-public.key
+      imagetools verify /dev/sdb --fingerprint 3f9a…  --no-fsck
+      imagetools verify unit42.sdimg --json
+    """
+    from ..verify import verify_image
+
+    expected, fingerprint = expected_key(pubkey, expected_fp)
+    report = verify_image(target, expected=expected, expected_fingerprint=fingerprint, fsck=not no_fsck,
+                          path=key_path, overrides=_overrides(parts))
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        print_table(["CHECK", "STATUS", "DETAIL"], [(c.name, c.status.upper(), c.detail) for c in report.checks])
+        if report.fingerprint:
+            click.echo(f"\nkey {report.key_type}, fingerprint SHA256 {report.fingerprint}")
+        click.echo("verify: " + ("OK" if report.ok else "FAILED"))
+    if not report.ok:
+        names = ", ".join(c.name for c in report.failed)
+        raise VerifyFailed(f"{target}: {len(report.failed)} check(s) failed: {names}")
+
+
+def expected_key(pubkey: Path | None, fingerprint: str | None) -> tuple[bytes | None, str | None]:
+    """Where the expected key comes from: (public key PEM bytes, fingerprint). The single place to
+    add another source, e.g. fetching the preauthorized key from the Mender Server."""
+    if pubkey is not None and fingerprint is not None:
+        raise UsageError("give either --pubkey or --fingerprint, not both")
+    if fingerprint is not None:
+        return None, keys.normalize_fingerprint(fingerprint)
+    if pubkey is not None:
+        return keys.read_key_bytes(pubkey, "public key"), None
+    return None, None
