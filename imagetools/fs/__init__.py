@@ -1,0 +1,108 @@
+"""Filesystems inside a whole-disk image, edited in place at the partition's byte offset.
+
+open_filesystem() picks the implementation from the probed filesystem type; both implement the
+Filesystem protocol of fs/base.py. fsck() runs the real checker read-only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from typing import TYPE_CHECKING
+
+from ..errors import FilesystemError, ToolMissingError
+from .base import Entry, Filesystem, NoSpaceError, NotFoundError, SymlinkInPath
+
+if TYPE_CHECKING:
+    from ..layout import PartInfo
+
+EXT_TYPES = ("ext2", "ext3", "ext4")
+FAT_TYPES = ("vfat", "fat", "fat12", "fat16", "fat32")
+
+__all__ = ["Entry", "Filesystem", "NoSpaceError", "NotFoundError", "SymlinkInPath",
+           "open_filesystem", "fsck", "describe"]
+
+
+def describe(part: PartInfo) -> str:
+    """'partition 4 (data, ext4)' — how messages name a partition."""
+    role = f"{part.role}, " if getattr(part, "role", "") else ""
+    return f"partition {part.partition.number} ({role}{part.fs.type})"
+
+
+def open_filesystem(image_path: str | os.PathLike, part: PartInfo, writable: bool = False) -> Filesystem:
+    """The filesystem of one partition; writable checks up front that the image may be written."""
+    kind = part.fs.type
+    if kind in EXT_TYPES:
+        from .ext4 import Ext4Filesystem
+        return Ext4Filesystem(image_path, part.partition.start, writable=writable, label=describe(part))
+    if kind in FAT_TYPES:
+        from .fat import FatFilesystem
+        return FatFilesystem(image_path, part.partition.start, part.partition.size,
+                             writable=writable, label=describe(part))
+    what = "no filesystem" if kind in ("empty", "unknown", "") else f"a {kind} filesystem"
+    raise FilesystemError(f"partition {part.partition.number} has {what}; "
+                          "files can only be read or written on ext2/3/4 and FAT")
+
+
+def fsck(image_path: str | os.PathLike, part: PartInfo) -> tuple[bool, str]:
+    """Check the partition's filesystem without changing anything: (clean, checker output)."""
+    kind = part.fs.type
+    if kind in EXT_TYPES:
+        return _e2fsck(os.fspath(image_path), part.partition.start)
+    if kind in FAT_TYPES:
+        return _fsck_vfat(os.fspath(image_path), part.partition.start, part.partition.size)
+    raise FilesystemError(f"cannot check partition {part.partition.number}: {kind} is not ext or FAT")
+
+
+def _tool(name: str, package: str) -> str:
+    found = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)), None)
+    if not found:
+        raise ToolMissingError(f"{name} not found: install {package} (scripts/bootstrap does)")
+    return found
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              timeout=1800)
+    except OSError as exc:
+        raise ToolMissingError(f"cannot run {args[0]}: {exc}") from exc
+
+
+def _e2fsck(image_path: str, offset: int) -> tuple[bool, str]:
+    device = image_path
+    with tempfile.TemporaryDirectory(prefix="imagetools-fsck-") as tmp:
+        if "?" in image_path:  # libext2fs would read it as io options
+            device = os.path.join(tmp, "image")
+            os.symlink(os.path.abspath(image_path), device)
+        proc = _run([_tool("e2fsck", "e2fsprogs"), "-fn", f"{device}?offset={offset}"])
+    return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
+
+
+def _fsck_vfat(image_path: str, offset: int, size: int) -> tuple[bool, str]:
+    """fsck.vfat cannot start at an offset and needs no root here, so it checks a private sparse
+    copy of just this partition's range (boot partitions are small; holes stay holes)."""
+    tool = _tool("fsck.vfat", "dosfstools")
+    from ..sparse import data_ranges
+
+    with tempfile.TemporaryDirectory(prefix="imagetools-fsck-") as tmp:
+        copy = os.path.join(tmp, "partition.vfat")
+        with open(image_path, "rb") as src, open(copy, "wb") as dst:
+            for start, end in data_ranges(src.fileno(), offset + size):
+                start, end = max(start, offset), min(end, offset + size)
+                if start < end:
+                    dst.seek(start - offset)
+                    src.seek(start)
+                    remaining = end - start
+                    while remaining:
+                        chunk = src.read(min(remaining, 1 << 20))
+                        if not chunk:
+                            break
+                        dst.write(chunk)
+                        remaining -= len(chunk)
+            dst.truncate(size)
+        proc = _run([tool, "-n", copy])
+    return proc.returncode == 0, (proc.stdout + proc.stderr).strip().replace(copy, f"{image_path}@{offset}")

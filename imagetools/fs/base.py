@@ -1,0 +1,116 @@
+"""The one small interface every filesystem inside an image implements (ext4, FAT).
+
+Paths here are absolute paths *inside one partition*; which partition a user path lands on is
+decided by imagetools.paths. Symbolic links are never followed by this layer: a link met in the
+middle of a path raises SymlinkInPath so the caller can re-route (a rootfs link often points into
+another partition, e.g. /var/lib/mender -> /data/mender).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import stat as stat_mod
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ..errors import FilesystemError
+
+# Characters debugfs' command parser cannot carry inside a quoted argument.
+_FORBIDDEN = ('"', "\n", "\r", "\0")
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str            # absolute path inside the partition
+    name: str
+    type: str            # "file" | "dir" | "symlink" | "other"
+    mode: int            # permission bits only (e.g. 0o600), plus setuid/setgid/sticky
+    uid: int
+    gid: int
+    size: int
+    target: str | None = None   # symlink target
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "name": self.name, "type": self.type,
+                "mode": f"{self.mode:04o}", "uid": self.uid, "gid": self.gid,
+                "size": self.size, "target": self.target}
+
+
+class SymlinkInPath(FilesystemError):
+    """A directory component of the path is a symbolic link; this layer does not follow it."""
+
+    def __init__(self, link: str, target: str, rest: str):
+        super().__init__(f"{link} is a symbolic link to {target}")
+        self.link = link        # the link's own path inside the partition
+        self.target = target    # its target, verbatim
+        self.rest = rest        # what followed the link in the requested path ("" or "a/b")
+
+
+class NotFoundError(FilesystemError):
+    """The path does not exist in the partition."""
+
+
+class NoSpaceError(FilesystemError):
+    """The partition has no room for what was asked: an environment problem, not bad input."""
+
+    exit_code = 3
+
+
+@runtime_checkable
+class Filesystem(Protocol):
+    """What imagetools needs from a filesystem inside an image."""
+
+    label: str  # short description for messages, e.g. "ext4 at offset 33554432"
+
+    def stat(self, path: str) -> Entry: ...
+    def exists(self, path: str) -> bool: ...
+    def list(self, path: str) -> list[Entry]: ...
+    def read(self, path: str) -> bytes: ...
+    def readlink(self, path: str) -> str: ...
+    def write(self, path: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0,
+              parents: bool = False) -> None: ...
+    def mkdir(self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0,
+              parents: bool = False) -> None: ...
+    def remove(self, path: str, recursive: bool = False) -> None: ...
+    def close(self) -> None: ...
+
+
+def normalize(path: str) -> str:
+    """Absolute, normalized partition path; '..' cannot climb above the root."""
+    if not path.startswith("/"):
+        raise FilesystemError(f"path inside the image must be absolute: {path!r}")
+    for bad in _FORBIDDEN:
+        if bad in path:
+            raise FilesystemError(f"unsupported character {bad!r} in path {path!r}")
+    norm = posixpath.normpath(path)
+    return "/" + norm.lstrip("/")  # normpath keeps a leading '//'
+
+
+def components(path: str) -> list[str]:
+    return [c for c in normalize(path).split("/") if c]
+
+
+def join(parent: str, name: str) -> str:
+    return posixpath.join(parent, name)
+
+
+def type_from_mode(mode: int) -> str:
+    if stat_mod.S_ISREG(mode):
+        return "file"
+    if stat_mod.S_ISDIR(mode):
+        return "dir"
+    if stat_mod.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+def check_mode(mode: int) -> int:
+    if not 0 <= mode <= 0o7777:
+        raise FilesystemError(f"mode {mode:o} is not a permission mode (0000-7777)")
+    return mode
+
+
+def check_owner(value: int, what: str) -> int:
+    if not 0 <= value < 2**32 - 1:
+        raise FilesystemError(f"{what} {value} is out of range")
+    return value
