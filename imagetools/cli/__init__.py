@@ -2,6 +2,7 @@
 
 from .base import main
 from . import keys_cmd  # noqa: F401
+from . import server_cmd  # noqa: F401
 from . import inspect_cmd  # noqa: F401
 
 __all__ = ["main"]
