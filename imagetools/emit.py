@@ -1,0 +1,645 @@
+"""Batch emission: one verified, ready-to-flash image per unit, plus the preauthorization files.
+
+Per unit: copy the base (reflink or sparse) → inject the unit's key in place → verify the image
+against the unit's public key (including e2fsck) → bmap and image SHA-256 in one pass → publish.
+Everything of a unit is built in OUT/.imagetools-tmp/ and published by renaming its directory to
+OUT/<name>, so a run killed at any moment leaves no unit that looks complete; the next run removes
+the leftovers, skips published units after a cheap re-check and finishes the rest. OUT's state
+file records the base image and the settings so a changed base or changed key settings are noticed
+(refused unless force). Keys of published units are never regenerated: force re-emits a published
+unit with the key it already has (from private.key, or from its image if the private key files
+were discarded).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import time
+import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+import contextlib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from . import bmap, keys
+from .devices import Device
+from .errors import EnvironmentProblem, ImageToolsError, UsageError
+from .inject import inject_key
+from .layout import open_layout
+from .sparse import FICLONE, allocated_bytes, copy_sparse
+from .verify import DEFAULT_KEY_PATH, data_path, verify_image
+
+STATE_FILE = ".imagetools-emit.json"
+LOCK_FILE = ".imagetools-emit.lock"
+TMP_DIR = ".imagetools-tmp"
+UNIT_FILE = "unit.json"
+BATCH_FILES = ("report.json", "preauth.json", "preauth.csv")
+STATE_VERSION = 1
+_REPLACED = "replaced-"
+_MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class EmitOptions:
+    key_spec: keys.KeySpec = field(default_factory=keys.KeySpec)
+    jobs: int | None = None           # worker processes; None = all cores
+    bmap: bool = True
+    discard_private_keys: bool = False
+    force: bool = False
+
+    def settings(self) -> dict[str, Any]:
+        """What a resumed run must agree on (jobs does not change the output)."""
+        spec = self.key_spec
+        key: dict[str, Any] = {"type": spec.type, "format": spec.format}
+        if spec.type == "rsa":
+            key["bits"] = spec.bits
+        elif spec.type == "ecdsa":
+            key["curve"] = spec.curve
+        return {"key": key, "bmap": self.bmap, "discard_private_keys": self.discard_private_keys}
+
+
+@dataclass
+class UnitResult:
+    name: str
+    identity: dict[str, str]
+    status: str                       # "emitted" | "skipped" | "failed"
+    fingerprint: str | None = None
+    key_type: str | None = None
+    key_source: str | None = None     # "generated" | "device list" | "kept"
+    image: str | None = None
+    image_sha256: str | None = None
+    verify: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    disk_full: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("disk_full")
+        return data
+
+
+@dataclass
+class EmitResult:
+    out_dir: str
+    base: dict[str, Any]
+    settings: dict[str, Any]
+    copy_mode: str
+    units: list[UnitResult]
+    elapsed: float
+
+    @property
+    def ok(self) -> bool:
+        return all(u.status != "failed" for u in self.units)
+
+    def count(self, status: str) -> int:
+        return sum(u.status == status for u in self.units)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out_dir": self.out_dir, "base": self.base, "settings": self.settings,
+                "copy_mode": self.copy_mode, "elapsed": round(self.elapsed, 3), "ok": self.ok,
+                "summary": {s: self.count(s) for s in ("emitted", "skipped", "failed")},
+                "units": [u.to_dict() for u in self.units]}
+
+
+Progress = Callable[[UnitResult, int, int], None]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs for one unit (picklable)."""
+
+    name: str
+    identity: dict[str, str]
+    key_path: str | None        # key file to use (device list, or a published unit's key)
+    key_from_image: str | None  # published image holding the only copy of the key
+    key_source: str
+    base: str
+    suffix: str
+    out_dir: str
+    options: EmitOptions
+    base_sha256: str
+    replace: bool
+
+
+# Set in the parent before the worker processes fork: the base's bmap/SHA-256 state to reuse.
+_REUSE: bmap.Reuse | None = None
+
+
+def emit(base: str | os.PathLike, devices: list[Device], out_dir: str | os.PathLike,
+         options: EmitOptions = EmitOptions(), progress: Progress | None = None) -> EmitResult:
+    """Emit every unit of `devices` from `base` into `out_dir` (resuming a previous run there)."""
+    started = time.monotonic()
+    base, out = Path(base), Path(out_dir)
+    _check_inputs(base, devices, out)
+    data = open_layout(base).require("data").partition
+    window = (data.start, data.start + data.size)
+    out.mkdir(parents=True, exist_ok=True)
+    with _locked(out):
+        _clean_temp(out)
+        try:
+            state = _read_state(out)
+            base_id = _base_identity(base, state)
+            published = _published_units(out, devices)
+
+            def content_sha256() -> str:
+                return _scan_base(base, window).sha256
+
+            _check_changes(state, base_id, options, published, out, content_sha256)
+            jobs = _plan(devices, published, base, out, options)
+            copy_mode = _copy_mode(base, out)
+            results: dict[str, UnitResult] = {}
+            for device in devices:
+                if device.name in published and not any(j.name == device.name for j in jobs):
+                    results[device.name] = result = _recheck(out, device, published[device.name])
+                    if progress:
+                        progress(result, len(results), len(devices))
+            if jobs:
+                _check_space(base, out, len(jobs), copy_mode)
+                for name in BATCH_FILES:
+                    (out / name).unlink(missing_ok=True)
+                base_id.setdefault("sha256", content_sha256())
+                _write_state(out, base_id, options, complete=False)
+                jobs = [replace(j, base_sha256=base_id["sha256"]) for j in jobs]
+                _run(jobs, options.jobs, results, len(devices), progress, base, window)
+            units = [results[d.name] for d in devices]
+            _write_batch_files(out, base_id, options, units, copy_mode, started)
+            _write_state(out, base_id, options, complete=all(u.status != "failed" for u in units))
+        finally:
+            _clean_temp(out)
+            shutil.rmtree(out / TMP_DIR, ignore_errors=True)
+    return EmitResult(str(out), base_id, options.settings(), copy_mode, units, time.monotonic() - started)
+
+
+# ---------------------------------------------------------------- planning (before any work)
+
+def _check_inputs(base: Path, devices: list[Device], out: Path) -> None:
+    if not devices:
+        raise UsageError("the device list is empty")
+    if not base.is_file():
+        raise UsageError(f"base image {base} not found (or not a regular file)")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output directory {out} exists and is not a directory")
+    if out.resolve() in base.resolve().parents:
+        raise UsageError(f"the base image {base} must not be inside the output directory {out}")
+
+
+@contextlib.contextmanager
+def _locked(out: Path):
+    """One emit per output directory at a time (workers of a killed run may still be exiting)."""
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise EnvironmentProblem(f"another imagetools emit is writing to {out}") from None
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _clean_temp(out: Path) -> None:
+    """Remove what a killed run left; put back a published unit that was being replaced."""
+    tmp = out / TMP_DIR
+    if not tmp.is_dir():
+        return
+    for entry in tmp.iterdir():
+        if entry.name.startswith(_REPLACED) and not (out / entry.name[len(_REPLACED):]).exists():
+            os.rename(entry, out / entry.name[len(_REPLACED):])
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _read_state(out: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise EnvironmentProblem(f"{out / STATE_FILE} is unreadable ({exc}); it records which base image "
+                                 f"the units were made from: restore it or use a new output directory") from None
+
+
+def _base_identity(base: Path, state: dict[str, Any] | None) -> dict[str, Any]:
+    """Cheap identity (size, mtime, partition tables); the content hash is reused from the state
+    when those still match, computed otherwise."""
+    st = base.stat()
+    ident = {"path": str(base.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+             "table_sha256": _table_sha256(base, st.st_size)}
+    old = (state or {}).get("base", {})
+    if all(old.get(k) == ident[k] for k in ("size", "mtime_ns", "table_sha256")) and "sha256" in old:
+        ident["sha256"] = old["sha256"]
+    return ident
+
+
+def _table_sha256(base: Path, size: int) -> str:
+    """First and last MiB: MBR/EBR, primary and backup GPT."""
+    h = hashlib.sha256()
+    with open(base, "rb") as f:
+        h.update(f.read(_MiB))
+        f.seek(max(0, size - _MiB))
+        h.update(f.read(_MiB))
+    return h.hexdigest()
+
+
+def _published_units(out: Path, devices: list[Device]) -> dict[str, dict[str, Any]]:
+    """Records of the listed units already published in OUT; a unit directory that disagrees with
+    the device list is refused (for every such unit at once) before anything is written."""
+    found: dict[str, dict[str, Any]] = {}
+    problems = []
+    for device in devices:
+        unit_dir = out / device.name
+        if not unit_dir.exists():
+            continue
+        try:
+            record = json.loads((unit_dir / UNIT_FILE).read_text())
+        except (OSError, ValueError):
+            problems.append(f"{unit_dir} exists but was not written by imagetools emit; move it away")
+            continue
+        if record.get("identity") != device.identity:
+            problems.append(f"{unit_dir} was emitted for identity {json.dumps(record.get('identity'))}, the device "
+                            f"list (line {device.line}) now says {json.dumps(device.identity)}; a published unit "
+                            f"keeps its identity: remove {unit_dir} or rename the unit")
+        elif device.key_fingerprint and device.key_fingerprint != record.get("fingerprint"):
+            problems.append(f"{unit_dir} holds key {record.get('fingerprint', '?')[:16]}…, the device list "
+                            f"(line {device.line}) gives {device.key_path} ({device.key_fingerprint[:16]}…); "
+                            f"remove {unit_dir} to re-emit it with that key")
+        else:
+            found[device.name] = record
+    if problems:
+        raise EnvironmentProblem(f"{out}: {len(problems)} published unit(s) conflict with the device list: "
+                                 + "; ".join(problems))
+    return found
+
+
+def _check_changes(state: dict[str, Any] | None, base_id: dict[str, Any], options: EmitOptions,
+                   published: dict[str, dict[str, Any]], out: Path, content_sha256: Callable[[], str]) -> None:
+    """Published units must come from this base with these settings, unless force."""
+    if not published or options.force:
+        return
+    if state is None:  # state file lost: the unit records say what they were made from
+        record = next(iter(published.values()))
+        state = {"base": {"sha256": record.get("base_sha256")}, "settings": record.get("settings")}
+    old_base = state.get("base", {})
+    if "sha256" not in base_id:  # cheap identity differs: compare the content before refusing
+        base_id["sha256"] = content_sha256()
+    if old_base.get("sha256") != base_id["sha256"]:
+        raise EnvironmentProblem(
+            f"the base image differs from the one {len(published)} unit(s) in {out} were made from "
+            f"({old_base.get('path', '?')}, sha256 {str(old_base.get('sha256'))[:16]}...); use --force to "
+            f"re-emit them from this base (their keys are kept) or a new output directory")
+    if state.get("settings") != options.settings():
+        raise EnvironmentProblem(
+            f"the settings differ from the run that made {len(published)} unit(s) in {out} "
+            f"(was {json.dumps(state.get('settings'))}); use --force to re-emit the published units with the "
+            f"new settings (they keep their keys; new keys follow the new settings) or a new output directory")
+
+
+def _plan(devices: list[Device], published: dict[str, dict[str, Any]], base: Path, out: Path,
+          options: EmitOptions) -> list[_Job]:
+    jobs = []
+    for device in devices:
+        record = published.get(device.name)
+        if record is not None and not options.force:
+            continue
+        key_path = str(device.key_path) if device.key_path else None
+        key_from_image, source = None, "device list" if key_path else "generated"
+        if record is not None and not key_path:
+            source = "kept"
+            private = out / device.name / "private.key"
+            if private.exists():
+                key_path = str(private)
+            else:
+                key_from_image = str(out / device.name / record["image"])
+        jobs.append(_Job(device.name, device.identity, key_path, key_from_image, source, str(base),
+                         _suffix(base), str(out), options, "", record is not None))
+    return jobs
+
+
+def _suffix(base: Path) -> str:
+    return base.suffix or ".img"
+
+
+def _copy_mode(base: Path, out: Path) -> str:
+    """'reflink' if OUT's filesystem can clone the base (tried once), else 'sparse'."""
+    probe = out / TMP_DIR / f"reflink-probe-{uuid.uuid4().hex}"
+    probe.parent.mkdir(exist_ok=True)
+    try:
+        with open(base, "rb") as src, open(probe, "wb") as dst:
+            fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+        return "reflink"
+    except OSError:
+        return "sparse"
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def _check_space(base: Path, out: Path, units: int, copy_mode: str) -> None:
+    """Refuse before starting if the units cannot fit: each costs the base's allocated size without
+    reflink (a few MiB of changed blocks with it), plus its bmap and keys."""
+    per_unit = (8 * _MiB if copy_mode == "reflink" else allocated_bytes(base) + 2 * _MiB)
+    need = per_unit * units
+    st = os.statvfs(out)
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise EnvironmentProblem(
+            f"not enough space in {out}: {units} unit(s) need about {_human(need)} "
+            f"({_human(per_unit)} each, {copy_mode} copies), {_human(free)} free; free some space or "
+            f"emit fewer units per run")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+# ---------------------------------------------------------------- resume
+
+def _recheck(out: Path, device: Device, record: dict[str, Any]) -> UnitResult:
+    """A published unit: its files are there and unchanged since publication (stat only); if the
+    image was touched since, verify it again (without fsck) before counting it done."""
+    unit_dir = out / device.name
+    result = _result_from_record(record, unit_dir, "skipped")
+    missing = [f for f in record.get("files", []) if not (unit_dir / f).exists()]
+    if missing:
+        result.status, result.error = "failed", (f"published unit lost {', '.join(missing)}; "
+                                                 f"use --force to re-emit it with its key")
+        return result
+    image = unit_dir / record["image"]
+    st = image.stat()
+    if (st.st_size, st.st_mtime_ns) == (record.get("image_size"), record.get("image_mtime_ns")):
+        return result
+    pub = keys.read_public_file(unit_dir / "public.key")
+    report = verify_image(image, expected=pub, fsck=False)
+    if not report.ok:
+        result.status = "failed"
+        result.error = ("published image changed and no longer verifies: "
+                        + "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
+                        + "; use --force to re-emit it with its key")
+    return result
+
+
+def _result_from_record(record: dict[str, Any], unit_dir: Path, status: str) -> UnitResult:
+    return UnitResult(
+        name=record["name"], identity=record["identity"], status=status,
+        fingerprint=record.get("fingerprint"), key_type=record.get("key_type"),
+        key_source=record.get("key_source"), image=str(unit_dir / record["image"]),
+        image_sha256=record.get("image_sha256"), verify=record.get("verify"),
+        timings=record.get("timings", {}))
+
+
+# ---------------------------------------------------------------- running the units
+
+def _run(jobs: list[_Job], workers: int | None, results: dict[str, UnitResult], total: int,
+         progress: Progress | None, base: Path, window: tuple[int, int]) -> None:
+    global _REUSE
+    _REUSE = _scan_base(base, window).reuse
+    done = len(results)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    disk_full: list[UnitResult] = []
+
+    def finished(result: UnitResult) -> None:
+        nonlocal done
+        done += 1
+        results[result.name] = result
+        if result.disk_full:
+            disk_full.append(result)
+        if progress:
+            progress(result, done, total)
+
+    if workers == 1:
+        for job in jobs:
+            if disk_full:
+                break
+            finished(_emit_unit(job))
+    else:
+        ctx = multiprocessing.get_context("fork")
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
+        try:
+            queue = iter(jobs)
+            pending: set[Future] = {pool.submit(_emit_unit, j) for j in _take(queue, workers * 2)}
+            while pending:
+                complete, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in complete:
+                    finished(fut.result())
+                if not disk_full:
+                    pending |= {pool.submit(_emit_unit, j) for j in _take(queue, len(complete))}
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    if disk_full:
+        names = [job.name for job in jobs if job.name not in results]
+        raise EnvironmentProblem(
+            f"disk full in {jobs[0].out_dir} while emitting {disk_full[0].name} ({disk_full[0].error}); "
+            f"{sum(r.status == 'emitted' for r in results.values())} unit(s) published completely, "
+            f"{len(names) + len(disk_full)} not started or discarded; free some space and run the same "
+            f"command again to finish")
+
+
+def _take(it: Iterable[_Job], n: int) -> list[_Job]:
+    out = []
+    for job in it:
+        out.append(job)
+        if len(out) >= n:
+            break
+    return out
+
+
+def _scan_base(base: Path, window: tuple[int, int]) -> bmap.Scan:
+    global _BASE_SCAN
+    if _BASE_SCAN is None or _BASE_SCAN[0] != (str(base), window):
+        _BASE_SCAN = ((str(base), window), bmap.scan(base, window=window))
+    return _BASE_SCAN[1]
+
+
+_BASE_SCAN: tuple[tuple[str, tuple[int, int]], bmap.Scan] | None = None
+
+
+def _worker_init() -> None:
+    """Workers die with the parent: an orphan must not publish behind a re-run's back."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C
+
+
+def _emit_unit(job: _Job) -> UnitResult:
+    """Build one unit under a temporary directory and publish it by rename; never raises."""
+    out = Path(job.out_dir)
+    tmp = out / TMP_DIR / f"{job.name}.{uuid.uuid4().hex[:12]}"
+    result = UnitResult(job.name, job.identity, "failed", key_source=job.key_source)
+    try:
+        tmp.mkdir(parents=True)
+        _build_unit(job, tmp, result)
+        if result.error is None:
+            _publish(tmp, out, job.name, job.replace)
+            result.status = "emitted"
+            result.image = str(out / job.name / Path(result.image).name)
+    except OSError as exc:
+        result.error = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        result.disk_full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    except ImageToolsError as exc:
+        result.error = str(exc)
+        result.disk_full = _nearly_full(out, job.base)
+    except Exception as exc:  # a worker must report, not die: the batch goes on
+        result.error = f"{type(exc).__name__}: {exc}"
+    if result.error is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        result.status = "failed"
+    return result
+
+
+def _build_unit(job: _Job, tmp: Path, result: UnitResult) -> None:
+    t = time.monotonic()
+    pem = _unit_key(job)
+    private = keys.load_private(pem, f"key of {job.name}")
+    pub_pem = keys.public_pem(private)
+    result.fingerprint, result.key_type = keys.fingerprint(private), keys.describe(private)
+    files = ["public.key", "identity.json", UNIT_FILE]
+    if not job.options.discard_private_keys:
+        keys.write_secret(tmp / "private.key", pem)
+        files.append("private.key")
+    (tmp / "public.key").write_bytes(pub_pem)
+    t = _lap(result, "key", t)
+
+    image = tmp / f"{job.name}{job.suffix}"
+    copy_sparse(job.base, image)
+    t = _lap(result, "copy", t)
+    inject_key(image, pem)
+    t = _lap(result, "inject", t)
+    report = verify_image(image, expected=private.public_key(), fsck=True)
+    result.verify = report.to_dict()
+    result.verify["target"] = image.name
+    t = _lap(result, "verify", t)
+    if not report.ok:
+        result.error = "verification failed: " + "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
+        return
+    scan = bmap.scan(image, reuse=_REUSE)
+    result.image_sha256 = scan.sha256
+    if job.options.bmap:
+        (tmp / f"{image.name}.bmap").write_bytes(bmap.render(scan.size, scan.ranges))
+        files.append(f"{image.name}.bmap")
+    t = _lap(result, "bmap", t)
+    result.image = str(image)
+    files.append(image.name)
+    (tmp / "identity.json").write_text(json.dumps(job.identity, indent=2) + "\n")
+    st = image.stat()
+    record = {"name": job.name, "identity": job.identity, "fingerprint": result.fingerprint,
+              "key_type": result.key_type, "key_source": job.key_source, "image": image.name,
+              "image_size": st.st_size, "image_mtime_ns": st.st_mtime_ns, "image_sha256": scan.sha256,
+              "base_sha256": job.base_sha256, "settings": job.options.settings(), "files": sorted(files),
+              "verify": result.verify, "timings": result.timings}
+    (tmp / UNIT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _unit_key(job: _Job) -> bytes:
+    if job.key_path:
+        return Path(job.key_path).read_bytes()
+    if job.key_from_image:
+        return _key_from_image(job.key_from_image)
+    return keys.private_pem(keys.generate(job.options.key_spec), job.options.key_spec.format)
+
+
+def _key_from_image(image: str) -> bytes:
+    """The only copy of a published unit's key when its private.key was discarded."""
+    from .fs import open_filesystem
+
+    data = open_layout(image).require("data")
+    return open_filesystem(image, data).read(data_path(DEFAULT_KEY_PATH))
+
+
+def _publish(tmp: Path, out: Path, name: str, replace: bool) -> None:
+    """Rename the finished unit directory into place (a published unit being re-emitted is moved
+    aside first; a killed run puts it back on the next start)."""
+    target = out / name
+    if replace and target.exists():
+        aside = out / TMP_DIR / f"{_REPLACED}{name}"
+        os.rename(target, aside)
+        os.rename(tmp, target)
+        shutil.rmtree(aside)
+    else:
+        os.rename(tmp, target)
+
+
+def _lap(result: UnitResult, name: str, since: float) -> float:
+    now = time.monotonic()
+    result.timings[name] = round(now - since, 4)
+    return now
+
+
+def _nearly_full(out: Path, base: str) -> bool:
+    """Tools like debugfs report a full disk only as text: judge by the free space left."""
+    try:
+        st = os.statvfs(out)
+        return st.f_bavail * st.f_frsize < max(allocated_bytes(base), 16 * _MiB)
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- batch files
+
+def _write_state(out: Path, base_id: dict[str, Any], options: EmitOptions, complete: bool) -> None:
+    _write_atomic(out / STATE_FILE, json.dumps(
+        {"version": STATE_VERSION, "base": base_id, "settings": options.settings(), "complete": complete},
+        indent=2) + "\n")
+
+
+def _write_batch_files(out: Path, base_id: dict[str, Any], options: EmitOptions, units: list[UnitResult],
+                       copy_mode: str, started: float) -> None:
+    """preauth.json/.csv list the published units (ready for the server); report.json all units."""
+    good = [u for u in units if u.status != "failed"]
+    preauth = [{"name": u.name, "identity_data": u.identity,
+                "pubkey": (out / u.name / "public.key").read_text()} for u in good]
+    _write_atomic(out / "preauth.json", json.dumps(preauth, indent=2) + "\n")
+    _write_atomic(out / "preauth.csv", _preauth_csv(preauth, good))
+    report = EmitResult(str(out), base_id, options.settings(), copy_mode, units, time.monotonic() - started)
+    _write_atomic(out / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+def _preauth_csv(preauth: list[dict[str, Any]], units: list[UnitResult]) -> str:
+    import csv
+    import io
+
+    attrs: list[str] = []
+    for rec in preauth:
+        attrs += [a for a in rec["identity_data"] if a not in attrs]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["name", *attrs, "fingerprint", "pubkey"])
+    for rec, unit in zip(preauth, units):
+        writer.writerow([rec["name"], *(rec["identity_data"].get(a, "") for a in attrs),
+                         unit.fingerprint, rec["pubkey"]])
+    return buf.getvalue()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Temporary name inside OUT's temp directory, so a killed run leaves nothing beside the units."""
+    tmp = path.parent / TMP_DIR / f"{path.name}.{os.getpid()}"
+    tmp.parent.mkdir(exist_ok=True)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
