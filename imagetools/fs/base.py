@@ -8,12 +8,13 @@ another partition, e.g. /var/lib/mender -> /data/mender).
 
 from __future__ import annotations
 
+import os
 import posixpath
 import stat as stat_mod
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from ..errors import FilesystemError
+from ..errors import EnvironmentProblem, FilesystemError
 
 # Characters debugfs' command parser cannot carry inside a quoted argument.
 _FORBIDDEN = ('"', "\n", "\r", "\0")
@@ -114,3 +115,18 @@ def check_owner(value: int, what: str) -> int:
     if not 0 <= value < 2**32 - 1:
         raise FilesystemError(f"{what} {value} is out of range")
     return value
+
+
+def check_writable(image_path: str) -> None:
+    """Refuse a read-only image file before anything is changed (root ignores mode bits, we don't)."""
+    try:
+        st = os.stat(image_path)
+    except OSError as exc:
+        raise FilesystemError(f"cannot open image {image_path}: {exc.strerror}") from exc
+    if not os.access(image_path, os.W_OK) or (st.st_mode & 0o222) == 0:
+        raise EnvironmentProblem(f"image {image_path} is read-only (no write permission); "
+                                 "make it writable or write to a copy")
+    try:
+        os.close(os.open(image_path, os.O_RDWR))
+    except OSError as exc:
+        raise EnvironmentProblem(f"image {image_path} cannot be opened for writing: {exc.strerror}") from exc

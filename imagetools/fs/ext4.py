@@ -23,10 +23,10 @@ from typing import Iterator
 
 import ext4
 
-from ..errors import EnvironmentProblem, FilesystemError
+from ..errors import FilesystemError
 from . import debugfs
 from .base import (Entry, NoSpaceError, NotFoundError, SymlinkInPath, check_mode, check_owner,
-                   components, join, normalize, type_from_mode)
+                   check_writable, components, join, normalize, type_from_mode)
 from .debugfs import quote
 
 _EXTENTS_FL = 0x80000
@@ -36,21 +36,6 @@ _INCOMPAT_64BIT = 0x80
 
 class _Unsupported(Exception):
     """The ext4 package cannot read this inode correctly; use debugfs."""
-
-
-def check_writable(image_path: str) -> None:
-    """Refuse a read-only image file before anything is changed (root ignores mode bits, we don't)."""
-    try:
-        st = os.stat(image_path)
-    except OSError as exc:
-        raise FilesystemError(f"cannot open image {image_path}: {exc.strerror}") from exc
-    if not os.access(image_path, os.W_OK) or (st.st_mode & 0o222) == 0:
-        raise EnvironmentProblem(f"image {image_path} is read-only (no write permission); "
-                                 "make it writable or write to a copy")
-    try:
-        os.close(os.open(image_path, os.O_RDWR))
-    except OSError as exc:
-        raise EnvironmentProblem(f"image {image_path} cannot be opened for writing: {exc.strerror}") from exc
 
 
 class Ext4Filesystem:
