@@ -96,6 +96,34 @@ def parse_units(entries: list[Any], source: str) -> list[Unit]:
     return units
 
 
+def load_identity(arg: str | None, default: Path) -> dict[str, str]:
+    """A unit's identity from inline JSON, a JSON file, or `default` (identity.json beside an image).
+
+    The file may hold the identity object itself or a preauth entry with 'identity_data'.
+    """
+    if arg is not None and arg.lstrip().startswith("{"):
+        text, source = arg, "--identity"
+    else:
+        path = Path(arg) if arg is not None else default
+        try:
+            text, source = path.read_text(), str(path)
+        except FileNotFoundError:
+            hint = "" if arg is not None else "; pass --identity JSON"
+            raise UsageError(f"identity file {path} not found{hint}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read identity file {path}: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{source}: not JSON ({exc.msg})") from None
+    if isinstance(data, dict) and isinstance(data.get("identity_data"), dict):
+        data = data["identity_data"]
+    problems = list(identity_problems(data))
+    if problems:
+        raise UsageError(f"{source}: " + "; ".join(problems))
+    return data
+
+
 def identity_problems(identity: Any) -> Iterable[str]:
     """Why an identity would never match what a Mender client sends (all values are strings)."""
     if not isinstance(identity, dict) or not identity:

@@ -106,7 +106,7 @@ class MenderTestServer:
             ctx.load_cert_chain(*tls)
             self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> "MenderTestServer":
         self._thread.start()

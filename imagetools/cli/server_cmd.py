@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from .. import preauth as preauth_lib
-from ..server import URL_ENV, MenderClient, ServerSettings, resolve_token, save_token
+from ..errors import UsageError
+from ..keys import PublicKey
+from ..preauth import load_identity
+from ..server import URL_ENV, MenderClient, ServerSettings, expected_key_for_identity, resolve_token, save_token
 from .base import EXIT_FAILED, is_tty, main, print_json, print_table
 
 PASSWORD_ENV = "MENDER_PASSWORD"
 
 
-def server_options(require_token: bool = True) -> Callable:
-    """The connection options every server command shares; passes `settings` (ServerSettings).
+def server_options(require_token: bool = True, optional: bool = False) -> Callable:
+    """The connection options every server command shares.
 
-    With require_token=False the token is resolved lazily by the command (login needs none).
+    The command gets `settings`: a callable returning ServerSettings (the token is resolved when
+    it is called, so `login` can ask for none). With optional=True, --server has no environment
+    default and `settings` is None when --server is absent: the command stays offline.
     """
     def decorate(func: Callable) -> Callable:
-        @click.option("--server", "server_url", envvar=URL_ENV, metavar="URL",
-                      help=f"Mender Server URL, e.g. https://hosted.mender.io (env {URL_ENV}).")
+        @click.option("--server", "server_url", envvar=None if optional else URL_ENV, metavar="URL",
+                      help="Mender Server URL, e.g. https://hosted.mender.io"
+                           + (" (nothing is fetched without it)." if optional else f" (env {URL_ENV})."))
         @click.option("--token-file", type=click.Path(dir_okay=False), metavar="FILE",
                       help="File holding a Personal Access Token (default: env MENDER_TOKEN, then the "
                            "token cached by `imagetools login`).")
@@ -47,9 +54,35 @@ def server_options(require_token: bool = True) -> Callable:
                 if with_token:
                     s.token, s.token_source = resolve_token(s.url, token_file)
                 return s
-            return func(settings=settings, **kwargs)
+            return func(settings=settings if server_url or not optional else None, **kwargs)
         return wrapper
     return decorate
+
+
+def server_key_options(func: Callable) -> Callable:
+    """`--server URL [--identity JSON|FILE]` plus the connection options, for `verify`.
+
+    The command gets `server_key`: None when --server is absent (offline), else a function
+    image-path → PublicKey preauthorized (or accepted) on the server for the unit's identity,
+    taken from --identity or the identity.json written beside the image.
+    """
+    @click.option("--identity", "identity_arg", metavar="JSON|FILE",
+                  help="The unit's identity for --server, as JSON or a JSON file "
+                       "(default: identity.json beside the image).")
+    @server_options(optional=True)
+    @functools.wraps(func)
+    def wrapper(settings: Callable[..., ServerSettings] | None, identity_arg: str | None, **kwargs: Any) -> Any:
+        if settings is None:
+            if identity_arg is not None:
+                raise UsageError("--identity is only used with --server")
+            return func(server_key=None, **kwargs)
+
+        def server_key(image: str | os.PathLike) -> PublicKey:
+            identity = load_identity(identity_arg, Path(image).parent / "identity.json")
+            with MenderClient(settings()) as client:
+                return expected_key_for_identity(client, identity)
+        return func(server_key=server_key, **kwargs)
+    return wrapper
 
 
 @main.command()
