@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence, Union
@@ -237,6 +236,8 @@ def generate_files(spec: KeySpec, pairs: Sequence[tuple[Path, Path]], *, force: 
             if progress:
                 progress(results[-1])
         return results
+    from concurrent.futures import ProcessPoolExecutor, as_completed  # only --count pays the import
+
     done: dict[int, KeyFiles] = {}
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(_generate_pair, spec, private, public, force): i

@@ -11,27 +11,11 @@ from pathlib import Path
 import click
 
 from .. import keys
-from ..errors import UsageError, VerifyFailed
+from ..errors import EnvironmentProblem, UsageError, VerifyFailed
 from .base import is_tty, main, print_json, print_table, warn
+from .options import layout_options
 
 DEFAULT_KEY_PATH = "/data/mender/mender-agent.pem"  # same as imagetools.inject.DEFAULT_KEY_PATH
-ROLE_NAMES = ("boot", "rootfs-a", "rootfs-b", "data")
-
-
-def _overrides(values: tuple[str, ...]) -> dict[str, int] | None:
-    """--part data=4 --part rootfs-b=3 → {"data": 4, "rootfs-b": 3}."""
-    out: dict[str, int] = {}
-    for value in values:
-        role, sep, number = value.partition("=")
-        if not sep or role not in ROLE_NAMES or not number.isdigit():
-            raise UsageError(f"--part {value!r}: expected ROLE=NUMBER with ROLE one of {', '.join(ROLE_NAMES)}")
-        out[role] = int(number)
-    return out or None
-
-
-part_option = click.option(
-    "--part", "parts", multiple=True, metavar="ROLE=N",
-    help="Use partition N for ROLE (boot, rootfs-a, rootfs-b, data) instead of the detected one.")
 
 
 @main.command()
@@ -102,10 +86,10 @@ def _spec(key_type: str, bits: int | None, curve: str | None, fmt: str | None) -
               help="Where the key goes (under /data/).")
 @click.option("--backend", type=click.Choice(["native", "mender-artifact"]), default="native", show_default=True,
               help="native writes at the partition's offset; mender-artifact uses `mender-artifact install`.")
-@part_option
+@layout_options
 @click.option("--json", "as_json", is_flag=True, help="Report as JSON.")
 def inject(key_file: Path, image: Path, out: Path | None, force: bool, key_path: str, backend: str,
-           parts: tuple[str, ...], as_json: bool) -> None:
+           overrides: dict[str, int], as_json: bool) -> None:
     """Put a device's private key into IMAGE's data partition (mode 0600, owner 0:0).
 
     The key is validated first; an existing key is replaced; the image is edited in place unless
@@ -119,10 +103,10 @@ def inject(key_file: Path, image: Path, out: Path | None, force: bool, key_path:
     from ..inject import inject_key
 
     if out is not None and out.exists() and not force:
-        raise UsageError(f"{out} exists; use --force to replace it")
+        raise EnvironmentProblem(f"{out} exists; use --force to replace it")
     key_pem = keys.read_key_bytes(key_file, "private key")
     keys.check_acceptable(keys.load_private(key_pem, str(key_file)), str(key_file))
-    result = inject_key(image, key_pem, out=out, path=key_path, backend=backend, overrides=_overrides(parts))
+    result = inject_key(image, key_pem, out=out, path=key_path, backend=backend, overrides=overrides or None)
     for message in result.warnings:
         warn(message)
     if as_json:
@@ -141,10 +125,10 @@ def inject(key_file: Path, image: Path, out: Path | None, force: bool, key_path:
               help="The expected SHA-256 fingerprint of the public key (hex, colons allowed).")
 @click.option("--no-fsck", is_flag=True, help="Skip e2fsck -fn on the data partition.")
 @click.option("--path", "key_path", default=DEFAULT_KEY_PATH, show_default=True, help="Where the key should be.")
-@part_option
+@layout_options
 @click.option("--json", "as_json", is_flag=True, help="Report the checks and the fingerprint as JSON.")
 def verify(target: Path, pubkey: Path | None, expected_fp: str | None, no_fsck: bool, key_path: str,
-           parts: tuple[str, ...], as_json: bool) -> None:
+           overrides: dict[str, int], as_json: bool) -> None:
     """Check, read-only, that TARGET (an image file or a block device) will be accepted.
 
     Exit 0 if every check passed (warnings allowed), 1 if a check failed, 2 if TARGET or an
@@ -160,7 +144,7 @@ def verify(target: Path, pubkey: Path | None, expected_fp: str | None, no_fsck: 
 
     expected, fingerprint = expected_key(pubkey, expected_fp)
     report = verify_image(target, expected=expected, expected_fingerprint=fingerprint, fsck=not no_fsck,
-                          path=key_path, overrides=_overrides(parts))
+                          path=key_path, overrides=overrides or None)
     if as_json:
         print_json(report.to_dict())
     else:

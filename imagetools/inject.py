@@ -1,0 +1,107 @@
+"""Put a device's private key into an image's data partition, in place, at the partition's offset.
+
+The key is validated before anything is written (a key the client cannot load is silently replaced
+on the device, which then shows up pending). With `out`, the base image is never touched: the new
+image is a reflink/sparse copy made under a temporary name and renamed only once complete.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from . import keys
+from .errors import FilesystemError, UsageError
+from .fs import open_filesystem
+from .layout import open_layout
+from .sparse import copy_sparse, remove_quietly
+from .verify import DEFAULT_KEY_PATH, data_path, link_checks
+
+BACKENDS = ("native", "mender-artifact")
+KEY_MODE = 0o600
+DIR_MODE = 0o755
+
+
+@dataclass
+class InjectResult:
+    image: str
+    fingerprint: str
+    key_type: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def inject_key(image: str | Path, key_pem: bytes, *, out: str | Path | None = None,
+               path: str = DEFAULT_KEY_PATH, backend: str = "native",
+               overrides: dict[str, int] | None = None) -> InjectResult:
+    """Write `key_pem` (as given: PKCS#1, SEC1 or PKCS#8 PEM) to `path` on the data partition,
+    mode 0600, owner 0:0, creating its directory and replacing an existing key."""
+    key = keys.load_private(key_pem, "private key")
+    keys.check_acceptable(key, "private key")
+    key_rel = data_path(path)
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    result = InjectResult(str(image), keys.fingerprint(key), keys.describe(key))
+    if out is None:
+        return _inject(Path(image), key_pem, key_rel, backend, overrides, result)
+    out = Path(out)
+    if out.exists() and out.samefile(image):
+        raise UsageError(f"--out {out} is the input image; omit --out to edit in place")
+    # Keep the suffix: mender-artifact only accepts .sdimg/.uefiimg/.img names.
+    tmp = out.with_name(f".{out.stem}.partial-{os.getpid()}{out.suffix}")
+    try:
+        copy_sparse(image, tmp)
+        _inject(tmp, key_pem, key_rel, backend, overrides, result)
+        _fsync(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    return replace(result, image=str(out))
+
+
+def _inject(image: Path, key_pem: bytes, key_rel: str, backend: str,
+            overrides: dict[str, int] | None, result: InjectResult) -> InjectResult:
+    layout = open_layout(image, overrides)
+    data = layout.require("data")
+    if backend == "native":
+        _write_native(str(image), data, key_pem, key_rel)  # the fs layer reads back what it wrote
+    else:
+        _write_mender_artifact(image, key_pem, key_rel)
+        _read_back(str(image), data, key_pem, key_rel)
+    result.warnings += [f"{c.name}: {c.detail}" for c in link_checks(str(image), layout) if c.status == "fail"]
+    return result
+
+
+def _write_native(image: str, data, key_pem: bytes, key_rel: str) -> None:
+    with open_filesystem(image, data, writable=True) as fs:
+        parent = posixpath.dirname(key_rel)
+        if parent != "/" and not fs.exists(parent):
+            fs.mkdir(parent, mode=DIR_MODE, uid=0, gid=0, parents=True)
+        fs.write(key_rel, key_pem, mode=KEY_MODE, uid=0, gid=0)
+
+
+def _write_mender_artifact(image: Path, key_pem: bytes, key_rel: str) -> None:
+    from . import peer
+
+    peer.install_file(image, "/data" + key_rel, key_pem, mode=KEY_MODE)
+
+
+def _read_back(image: str, data, key_pem: bytes, key_rel: str) -> None:
+    """mender-artifact exits 0 on some failures and takes modes in decimal: confirm what landed."""
+    with open_filesystem(image, data) as fs:
+        entry = fs.stat(key_rel)
+        content = fs.read(key_rel)
+    if content != key_pem or entry.mode != KEY_MODE or (entry.uid, entry.gid) != (0, 0):
+        raise FilesystemError(
+            f"{image}: the key read back from /data{key_rel} differs from what was written "
+            f"(mode {entry.mode:04o}, owner {entry.uid}:{entry.gid}, {entry.size} bytes)")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,342 @@
+"""Read-only verification of a personalized image or flashed card, as named checks.
+
+A unit whose key is missing, unreadable, of the wrong mode, not the preauthorized one or not
+reachable through /var/lib/mender silently makes a new key and shows up *pending*: every one of
+those conditions is a separate named check so the operator sees which one bit. Nothing here opens
+the target for writing (the filesystem layer reads; e2fsck runs with -n).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from . import keys
+from .errors import FilesystemError, KeyMaterialError, UsageError
+from .fs import fsck as fsck_partition
+from .fs import open_filesystem
+from .image import read_image
+from .layout import Layout, PartInfo, detect_layout
+
+DEFAULT_KEY_PATH = "/data/mender/mender-agent.pem"
+CLIENT_KEY_DIR = "/var/lib/mender"  # where the client looks; a link to the data partition's mender/
+DATA_MOUNT = "/data"
+EXT_TYPES = ("ext2", "ext3", "ext4")
+
+# Check names, in report order (stable: pipelines may look them up).
+TABLE = "partition table sane"
+DATA = "data partition found"
+PRESENT = "key present"
+PARSES = "key parses, not encrypted"
+ACCEPTABLE = "key type/size acceptable"
+MATCHES = "key matches expected"
+MODE = "mode 0600"
+OWNER = "owner 0:0"
+LINK_A = "/var/lib/mender link on rootfs A"
+LINK_B = "/var/lib/mender link on rootfs B"
+FSCK = "e2fsck -fn clean on data"
+CHECK_NAMES = (TABLE, DATA, PRESENT, PARSES, ACCEPTABLE, MATCHES, MODE, OWNER, LINK_A, LINK_B, FSCK)
+STATUSES = ("pass", "fail", "warn", "skip")
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # "pass" | "fail" | "warn" | "skip"
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    target: str
+    checks: list[Check] = field(default_factory=list)
+    fingerprint: str | None = None
+    key_type: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "fail"]
+
+    def check(self, name: str) -> Check:
+        return next(c for c in self.checks if c.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "ok": self.ok, "fingerprint": self.fingerprint,
+                "key_type": self.key_type, "checks": [asdict(c) for c in self.checks]}
+
+    def add(self, name: str, status: str, detail: str) -> bool:
+        self.checks.append(Check(name, status, detail))
+        return status != "fail"
+
+
+def data_path(path: str) -> str:
+    """The key's path inside the data partition: '/data/mender/x.pem' (mender-artifact's form) or
+    the client's '/var/lib/mender/x.pem' both give '/mender/x.pem'."""
+    norm = posixpath.normpath(path)
+    if not norm.startswith("/"):
+        raise UsageError(f"key path {path!r} must be absolute, e.g. {DEFAULT_KEY_PATH}")
+    for prefix, replacement in ((DATA_MOUNT, ""), (CLIENT_KEY_DIR, "/mender")):
+        if norm.startswith(prefix + "/"):
+            return replacement + norm[len(prefix):]
+    raise UsageError(f"key path {path!r} is not on the data partition; use a path under /data/ "
+                     f"(default {DEFAULT_KEY_PATH})")
+
+
+def verify_image(target: str | Path, *, expected: keys.PublicKey | bytes | None = None,
+                 expected_fingerprint: str | None = None, fsck: bool = True,
+                 path: str = DEFAULT_KEY_PATH,
+                 overrides: dict[str, int] | None = None) -> VerifyReport:
+    """Run every check on an image file or block device without writing to it.
+
+    `expected` may also be the PEM bytes of a public key as given by the operator: a PKCS#1
+    'RSA PUBLIC KEY' then fails the match check (the server would refuse it) instead of aborting.
+    Unusable input (not an image, bad key path or expected key) raises; everything else is a Check.
+    """
+    target = str(target)
+    key_rel = data_path(path)
+    want_fp, want_problem = _expected(expected, expected_fingerprint)
+    report = VerifyReport(target)
+    image = read_image(target)
+    _check_table(report, image)
+    layout = detect_layout(image, overrides)
+    data = layout.find("data")
+    with ExitStack() as stack:
+        data_fs = _check_data(report, layout, data)
+        if data_fs is not None:
+            stack.enter_context(data_fs)
+        _check_key(report, data_fs, key_rel, path, want_fp, want_problem)
+    report.checks += link_checks(target, layout)
+    _check_fsck(report, target, data, fsck)
+    report.checks.sort(key=lambda c: CHECK_NAMES.index(c.name))
+    return report
+
+
+def _check_key(report: VerifyReport, data_fs, key_rel: str, shown: str, want_fp: str | None,
+               want_problem: str | None) -> None:
+    key = entry = None
+    if data_fs is None:
+        _skip(report, (PRESENT,), "no data partition")
+    else:
+        entry = _check_present(report, data_fs, key_rel, shown)
+    if entry is not None:
+        key = _check_parses(report, data_fs, key_rel)
+        _check_mode_owner(report, entry)
+    else:
+        _skip(report, (PARSES,), "no key")
+    if key is not None:
+        report.fingerprint, report.key_type = keys.fingerprint(key), keys.describe(key)
+        _check_acceptable(report, key)
+        _check_matches(report, key, want_fp, want_problem)
+    else:
+        _skip(report, (ACCEPTABLE, MATCHES), "no usable key")
+    if entry is None:
+        _skip(report, (MODE, OWNER), "no key")
+
+
+def link_checks(target: str, layout: Layout) -> list[Check]:
+    """On rootfs A and B, /var/lib/mender must resolve to the data partition's mender/ (an empty
+    rootfs B only warns: meta-mender leaves it empty until the first update)."""
+    out = []
+    for role, name in (("rootfs-a", LINK_A), ("rootfs-b", LINK_B)):
+        part = layout.find(role)
+        status, detail = _link_status(target, part, role)
+        out.append(Check(name, status, detail))
+    return out
+
+
+def _expected(expected: keys.PublicKey | bytes | None, fingerprint: str | None) -> tuple[str | None, str | None]:
+    """(expected fingerprint, problem with the expected key). Garbage raises KeyMaterialError."""
+    problem = None
+    if isinstance(expected, (bytes, bytearray)):
+        try:
+            expected = keys.load_public(bytes(expected), "expected public key")
+        except KeyMaterialError as exc:
+            if b"BEGIN RSA PUBLIC KEY" not in expected:
+                raise
+            problem = str(exc)
+            expected = serialization.load_pem_public_key(bytes(expected))
+    want = keys.fingerprint(expected) if expected is not None else None
+    if fingerprint is not None:
+        given = keys.normalize_fingerprint(fingerprint)
+        if want is not None and want != given:
+            raise KeyMaterialError("the expected public key and the expected fingerprint disagree")
+        want = given
+    return want, problem
+
+
+def _skip(report: VerifyReport, names: tuple[str, ...], why: str) -> None:
+    for name in names:
+        report.add(name, "skip", why)
+
+
+def _check_table(report: VerifyReport, image) -> None:
+    """read_image already refuses truncated or overlapping tables (unusable input); what it
+    tolerates with a warning (damaged primary GPT, hybrid MBR) is reported here."""
+    summary = f"{image.table.upper()}, {len(image.partitions)} partitions"
+    if image.warnings:
+        report.add(TABLE, "warn", f"{summary}; " + "; ".join(image.warnings))
+    else:
+        report.add(TABLE, "pass", summary)
+
+
+def _check_data(report: VerifyReport, layout: Layout, data: PartInfo | None):
+    if data is None:
+        report.add(DATA, "fail", f"no data partition (choose one with --data-partition N); "
+                                 f"partitions seen: {layout.summary() or 'none'}")
+        return None
+    where = f"partition {data.describe()}"
+    try:
+        fs = open_filesystem(layout.image.path, data)
+    except FilesystemError as exc:
+        report.add(DATA, "fail", f"{where}: cannot read it: {exc}")
+        return None
+    report.add(DATA, "pass", f"{where} ({data.reason})")
+    return fs
+
+
+def _check_present(report: VerifyReport, fs, key_rel: str, shown: str):
+    try:
+        if not fs.exists(key_rel):
+            report.add(PRESENT, "fail", f"no file at {shown}: the client would generate a new key")
+            return None
+        entry = fs.stat(key_rel)
+    except FilesystemError as exc:
+        report.add(PRESENT, "fail", f"{shown}: {exc}")
+        return None
+    if entry.type != "file":
+        what = f"a symlink to {entry.target}" if entry.type == "symlink" else f"a {entry.type}"
+        report.add(PRESENT, "fail", f"{shown} is {what}, not a regular file")
+        return None
+    if entry.size == 0:
+        report.add(PRESENT, "fail", f"{shown} is empty")
+        return None
+    report.add(PRESENT, "pass", f"{shown} ({entry.size} bytes)")
+    return entry
+
+
+def _check_parses(report: VerifyReport, fs, key_rel: str):
+    try:
+        key = keys.load_private(fs.read(key_rel), "key in image")
+    except (KeyMaterialError, FilesystemError) as exc:
+        report.add(PARSES, "fail", str(exc))
+        return None
+    report.add(PARSES, "pass", f"{keys.describe(key)}, unencrypted")
+    return key
+
+
+def _check_acceptable(report: VerifyReport, key) -> None:
+    try:
+        keys.check_acceptable(key, "key in image")
+    except KeyMaterialError as exc:
+        report.add(ACCEPTABLE, "fail", str(exc))
+        return
+    report.add(ACCEPTABLE, "pass", keys.describe(key))
+
+
+def _check_matches(report: VerifyReport, key, want: str | None, problem: str | None) -> None:
+    have = keys.fingerprint(key)
+    if problem:
+        same = "matches it" if have == want else "does not match it either"
+        report.add(MATCHES, "fail", f"{problem} (the key in the image {same})")
+    elif want is None:
+        report.add(MATCHES, "skip", f"no expected key given; image key SHA256 {have}")
+    elif have == want:
+        report.add(MATCHES, "pass", f"SHA256 {have}")
+    else:
+        report.add(MATCHES, "fail", f"image key SHA256 {have}, expected {want}")
+
+
+def _check_mode_owner(report: VerifyReport, entry) -> None:
+    if entry.mode == 0o600:
+        report.add(MODE, "pass", "0600")
+    else:
+        hint = " (mender-artifact -m 600 is decimal; use -m 0600)" if entry.mode == 0o130 else ""
+        report.add(MODE, "fail", f"{entry.mode:04o}, expected 0600{hint}")
+    if (entry.uid, entry.gid) == (0, 0):
+        report.add(OWNER, "pass", "0:0")
+    else:
+        report.add(OWNER, "fail", f"{entry.uid}:{entry.gid}, expected 0:0 (root)")
+
+
+def _link_status(target: str, part: PartInfo | None, role: str) -> tuple[str, str]:
+    label = "rootfs " + role[-1].upper()
+    if part is None:
+        return ("warn" if role == "rootfs-b" else "fail"), f"no {label} partition found"
+    if part.fs.type not in EXT_TYPES:
+        if role == "rootfs-b" and part.fs.type == "empty":
+            return "warn", f"{label} has no filesystem yet (filled by the first update)"
+        return "fail", f"{label} (partition {part.partition.number}) is {part.fs.type}, not ext4"
+    want = DATA_MOUNT + "/mender"
+    try:
+        with open_filesystem(target, part) as fs:
+            if role == "rootfs-b" and not [e for e in fs.list("/") if e.name not in ("lost+found", ".", "..")]:
+                return "warn", f"{label} is empty (filled by the first update); not checked"
+            resolved, chain = resolve_on_rootfs(fs, CLIENT_KEY_DIR)
+    except FilesystemError as exc:
+        return "fail", f"{exc}: the client would not find the key ({CLIENT_KEY_DIR} must link to {want})"
+    if resolved == want:
+        return "pass", ", ".join(chain) + " (the data partition's mender/)"
+    if not chain:
+        return "fail", (f"{CLIENT_KEY_DIR} is a directory on {label}, not a link to {want}: "
+                        f"the client would not find the key")
+    return "fail", ", ".join(chain) + f" resolves to {resolved}, not {want}: the client would not find the key"
+
+
+def resolve_on_rootfs(fs, path: str, max_links: int = 40) -> tuple[str, list[str]]:
+    """Resolve `path` as the running system would with the data partition mounted at /data:
+    follow symlinks (absolute and relative) component by component on the rootfs; below /data the
+    rest lives on the data partition and is normalized lexically. Returns (resolved path, links
+    followed as 'link -> target'); FilesystemError if a component is missing or links loop."""
+    pending = [p for p in path.split("/") if p]
+    done: list[str] = []
+    chain: list[str] = []
+    while pending:
+        name = pending.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            done = done[:-1]
+            continue
+        if not done and "/" + name == DATA_MOUNT:
+            return posixpath.normpath("/" + "/".join([name] + pending)), chain
+        here = "/" + "/".join(done + [name])
+        if not fs.exists(here):
+            raise FilesystemError(f"{here} does not exist" + (f" (after {', '.join(chain)})" if chain else ""))
+        entry = fs.stat(here)
+        if entry.type == "symlink":
+            if len(chain) >= max_links:
+                raise FilesystemError(f"{path}: too many levels of symbolic links")
+            link = entry.target if entry.target is not None else fs.readlink(here)
+            chain.append(f"{here} -> {link}")
+            if link.startswith("/"):
+                done = []
+            pending = [p for p in link.split("/") if p] + pending
+            continue
+        if pending and entry.type != "dir":
+            raise FilesystemError(f"{here} is not a directory")
+        done.append(name)
+    return "/" + "/".join(done), chain
+
+
+def _check_fsck(report: VerifyReport, target: str, data: PartInfo | None, run: bool) -> None:
+    if not run:
+        report.add(FSCK, "skip", "skipped (--no-fsck)")
+        return
+    if data is None:
+        report.add(FSCK, "skip", "no data partition")
+        return
+    clean, output = fsck_partition(target, data)
+    if clean:
+        report.add(FSCK, "pass", "clean")
+    else:
+        lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+        report.add(FSCK, "fail", "errors found: " + "; ".join(lines[:4])[:300])
