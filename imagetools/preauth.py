@@ -230,8 +230,9 @@ def _judge_conflict(unit: Unit, device_id: str | None, device_status: str | None
     """409: our key already preauthorized/accepted → 'already'; anything else is a conflict."""
     mine = [status for pem, status in sets if _same_key(pem, unit.pubkey)]
     base = (unit.name, unit.identity, unit.fingerprint)
-    if any(s in GOOD_STATUSES for s in mine):
-        return PushResult(*base, "already", "same key already on the server", device_id, device_status)
+    good = [s for s in mine if s in GOOD_STATUSES]
+    if good:
+        return PushResult(*base, "already", f"same key already {good[0]}", device_id, device_status)
     if mine:
         detail = (f"our key is on device {device_id} but its auth set is {mine[0]}; "
                   f"accept it on the server or push again with --force")

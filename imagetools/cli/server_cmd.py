@@ -171,7 +171,7 @@ def status(settings: Callable[..., ServerSettings], preauth_file: str, as_json: 
     if as_json:
         print_json({"units": [r.to_dict() for r in results], "ok": all(r.ok for r in results)})
     else:
-        print_table(["UNIT", "STATUS", "KEY", "DEVICE", "FINGERPRINT"],
+        print_table(["UNIT", "STATUS", "OUR KEY", "DEVICE", "FINGERPRINT"],
                     [(r.name, r.status, r.key_status, r.device_id, r.fingerprint[:16]) for r in results])
         for r in results:
             for line in r.diagnosis:

@@ -1,0 +1,150 @@
+"""`imagetools login` and `imagetools preauth push|status` run as the real console script
+against the spec-validating test server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+
+import pytest
+
+from imagetools import keys
+from mender_server import ADMISSION, DEVICES, MenderTestServer
+
+
+@pytest.fixture
+def mender():
+    with MenderTestServer() as srv:
+        yield srv
+    assert srv.violations == [], "requests or responses violated the OpenAPI specs"
+
+
+@pytest.fixture
+def env(mender, tmp_path):
+    return {"MENDER_SERVER_URL": mender.url, "MENDER_TOKEN": "test-pat", "IMAGETOOLS_BACKOFF": "0.01",
+            "XDG_CACHE_HOME": str(tmp_path / "cache"), "MENDER_PASSWORD": ""}
+
+
+def new_pem() -> str:
+    return keys.public_pem(keys.generate(keys.KeySpec("ed25519"))).decode()
+
+
+def write_preauth(path, n: int = 3, **identity_overrides) -> list[dict]:
+    """A preauth.json as `imagetools emit` writes it."""
+    entries = [{"name": f"unit{i}", "identity_data": {"mac": f"02:00:00:00:00:{i:02x}", **identity_overrides},
+                "pubkey": new_pem()} for i in range(n)]
+    path.write_text(json.dumps(entries, indent=2))
+    return entries
+
+
+def test_push_then_repush(cli, env, mender, tmp_path):
+    write_preauth(tmp_path / "preauth.json")
+    first = cli("preauth", "push", "preauth.json", "--jobs", "2", "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert report["summary"] == {"preauthorized": 3, "already": 0, "conflict": 0, "failed": 0}
+    assert [r["name"] for r in report["results"]] == ["unit0", "unit1", "unit2"]
+    again = cli("preauth", "push", "preauth.json", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "0 preauthorized, 3 already, 0 conflict, 0 failed" in again.stdout
+    assert mender.requests_to("POST", DEVICES) == [201] * 3 + [409] * 3
+
+
+def test_conflict_exits_1_and_force_resolves_it(cli, env, mender, tmp_path):
+    [entry] = write_preauth(tmp_path / "preauth.json", n=1)
+    device_id = mender.seed_device(entry["identity_data"], new_pem(), "accepted")
+    result = cli("preauth", "push", "preauth.json", env=env)
+    assert result.returncode == 1
+    assert "conflict" in result.stdout and device_id in result.stdout and "accepted" in result.stdout
+    forced = cli("preauth", "push", "preauth.json", "--force", env=env)
+    assert forced.returncode == 0, forced.stderr + forced.stdout
+    assert mender.devices[device_id]["status"] == "preauthorized"
+
+
+def test_bad_token_exits_4_without_showing_it(cli, env, tmp_path):
+    write_preauth(tmp_path / "preauth.json")
+    secret = "wrong-token-0123456789"
+    result = cli("preauth", "push", "preauth.json", env={**env, "MENDER_TOKEN": secret})
+    assert result.returncode == 4
+    assert result.stderr.startswith("imagetools: error:") and result.stderr.count("\n") == 1
+    assert "HTTP 401" in result.stderr and "MENDER_TOKEN" in result.stderr
+    assert secret not in result.stderr + result.stdout
+
+
+def test_unreachable_server_exits_4(cli, env, tmp_path):
+    write_preauth(tmp_path / "preauth.json", n=1)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    result = cli("preauth", "push", "preauth.json", "--server", url, "--retries", "1", env=env)
+    assert result.returncode == 4
+    assert "cannot reach the Mender Server" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_persistent_5xx_fails_units_cleanly(cli, env, mender, tmp_path):
+    write_preauth(tmp_path / "preauth.json", n=2)
+    mender.fail_next(503, count=6)
+    result = cli("preauth", "push", "preauth.json", "--retries", "2", "--jobs", "1", "--json", env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    report = json.loads(result.stdout)
+    assert report["summary"]["failed"] == 2
+    assert all("HTTP 503" in r["detail"] and "tried 3 times" in r["detail"] for r in report["results"])
+
+
+def test_non_string_identity_is_refused_before_any_request(cli, env, mender, tmp_path):
+    write_preauth(tmp_path / "preauth.json", n=1, serial=1234)
+    result = cli("preauth", "push", "preauth.json", env=env)
+    assert result.returncode == 2
+    assert "'serial' is a number (1234)" in result.stderr and "never match" in result.stderr
+    assert mender.log == []
+
+
+def test_dry_run_needs_no_server(cli, tmp_path):
+    write_preauth(tmp_path / "preauth.json", n=2)
+    result = cli("preauth", "push", "preauth.json", "--dry-run", "--json",
+                 env={"MENDER_SERVER_URL": "", "MENDER_TOKEN": ""})
+    assert result.returncode == 0, result.stderr
+    assert [r["outcome"] for r in json.loads(result.stdout)["results"]] == ["dry-run", "dry-run"]
+
+
+def test_login_caches_token_and_push_uses_it(cli, env, mender, tmp_path):
+    write_preauth(tmp_path / "preauth.json", n=1)
+    no_token = {**env, "MENDER_TOKEN": ""}
+    wrong = cli("login", "--username", "admin@example.com", env={**no_token, "MENDER_PASSWORD": "guess"})
+    assert wrong.returncode == 4 and "wrong username or password" in wrong.stderr
+    missing = cli("preauth", "push", "preauth.json", env=no_token)
+    assert missing.returncode == 4 and "imagetools login" in missing.stderr
+    ok = cli("login", "-u", "admin@example.com", env={**no_token, "MENDER_PASSWORD": "correct horse"})
+    assert ok.returncode == 0, ok.stderr
+    [cached] = (tmp_path / "cache" / "imagetools").iterdir()
+    assert stat.S_IMODE(cached.stat().st_mode) == 0o600
+    token = cached.read_text().strip()
+    assert token in mender.tokens and token not in ok.stdout + ok.stderr
+    pushed = cli("preauth", "push", "preauth.json", env=no_token)
+    assert pushed.returncode == 0, pushed.stderr
+
+
+def test_status_reports_and_diagnoses(cli, env, mender, tmp_path):
+    entries = write_preauth(tmp_path / "preauth.json", n=2)
+    assert cli("preauth", "push", "preauth.json", env=env).returncode == 0
+    fine = cli("preauth", "status", "preauth.json", env=env)
+    assert fine.returncode == 0, fine.stderr
+    rogue = new_pem()
+    device_id = next(d["id"] for d in mender.devices.values() if d["identity_data"] == entries[1]["identity_data"])
+    mender.add_auth_set(device_id, rogue, "pending")
+    result = cli("preauth", "status", "preauth.json", "--json", env=env)
+    assert result.returncode == 1
+    units = json.loads(result.stdout)["units"]
+    assert [u["status"] for u in units] == ["preauthorized", "pending"]
+    assert keys.fingerprint(keys.load_public(rogue.encode(), "k")) in units[1]["diagnosis"][0]
+    human = cli("preauth", "status", "preauth.json", env=env)
+    assert "unit1: pending with a different key: the device is not using the injected key" in human.stdout
+
+
+def test_legacy_v1_push(cli, env, mender, tmp_path):
+    write_preauth(tmp_path / "preauth.json", n=2)
+    result = cli("preauth", "push", "preauth.json", "--api", "v1", env=env)
+    assert result.returncode == 0, result.stderr
+    assert mender.requests_to("POST", ADMISSION) == [201, 201] and not mender.devices
+    assert cli("preauth", "push", "preauth.json", "--api", "v1", "--force", env=env).returncode == 2
