@@ -53,7 +53,7 @@ class PartInfo:
         return self.partition.number
 
     def describe(self) -> str:
-        """`4 ext4 'data'`: how error messages name a partition."""
+        """`4 ext4 'data'`: how messages name a partition."""
         label = f" '{self.fs.label}'" if self.fs.label else ""
         name = f" (GPT name '{self.partition.name}')" if self.partition.name else ""
         return f"{self.number} {self.fs.type}{label}{name}"
@@ -85,7 +85,7 @@ class Layout:
         return found
 
     def summary(self) -> str:
-        return "; ".join(f"{p.describe()} → {p.role}" for p in self.parts)
+        return ", ".join(f"{p.describe()} as {p.role}" for p in self.parts)
 
     @property
     def warnings(self) -> list[str]:

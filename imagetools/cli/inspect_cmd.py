@@ -10,6 +10,11 @@ from ..layout import Layout, PartInfo, open_layout
 from .base import main, print_json, print_table, warn
 from .options import layout_options
 
+MBR_TYPE_NAMES = {
+    "0x01": "FAT12", "0x04": "FAT16 <32M", "0x05": "Extended", "0x06": "FAT16", "0x0b": "FAT32",
+    "0x0c": "FAT32 LBA", "0x0e": "FAT16 LBA", "0x0f": "Extended LBA", "0x82": "Linux swap",
+    "0x83": "Linux", "0x85": "Linux extended", "0x8e": "Linux LVM", "0xee": "GPT", "0xef": "EFI",
+}
 GPT_TYPE_NAMES = {
     "c12a7328-f81f-11d2-ba4b-00a0c93ec93b": "EFI System",
     "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7": "Basic data",
@@ -41,7 +46,7 @@ def inspect(image: str, as_json: bool, overrides: dict[str, int]) -> None:
     click.echo(f"{img.path}: {img.table.upper()}, {img.sector_size}-byte sectors, "
                f"{_human(img.size)} ({img.size} bytes)")
     rows = [_row(p) for p in layout.parts]
-    rows += [[c.number, c.start, _human(c.size), f"{c.type} extended", "-", "-", "-",
+    rows += [[c.number, c.start, _human(c.size), _type_name(c.type), None, None, None,
               "container of the logical partitions"] for c in img.extended]
     rows.sort(key=lambda r: int(r[0]))
     print_table(["#", "START", "SIZE", "TYPE", "FS", "LABEL", "ROLE", "REASON"], rows)
@@ -69,13 +74,19 @@ def to_dict(layout: Layout) -> dict[str, Any]:
 
 def _row(p: PartInfo) -> list[Any]:
     part = p.partition
-    kind = GPT_TYPE_NAMES.get(part.type, part.type)
+    kind = _type_name(part.type)
     if part.name:
         kind += f" '{part.name}'"
     elif part.logical:
-        kind += " logical"
+        kind += ", logical"
     return [p.number, part.start, _human(part.size), kind, p.fs.type, p.fs.label or None, p.role,
             p.reason]
+
+
+def _type_name(ptype: str) -> str:
+    if ptype in MBR_TYPE_NAMES:
+        return f"{ptype} {MBR_TYPE_NAMES[ptype]}"
+    return GPT_TYPE_NAMES.get(ptype, ptype)
 
 
 def _human(n: int) -> str:
