@@ -148,3 +148,40 @@ def test_legacy_v1_push(cli, env, mender, tmp_path):
     assert result.returncode == 0, result.stderr
     assert mender.requests_to("POST", ADMISSION) == [201, 201] and not mender.devices
     assert cli("preauth", "push", "preauth.json", "--api", "v1", "--force", env=env).returncode == 2
+
+
+@pytest.fixture
+def unit_image(make_image, cli, tmp_path):
+    """An emitted-style unit: image with an injected Ed25519 key and identity.json beside it."""
+    unit_dir = tmp_path / "out" / "unit7"
+    unit_dir.mkdir(parents=True)
+    image = make_image("sdimg", empty_rootfs_b=True)
+    image = image.rename(unit_dir / "unit7.sdimg")
+    private = keys.generate(keys.KeySpec("ed25519"))
+    key_file = tmp_path / "unit7.key"
+    keys.write_secret(key_file, keys.private_pem(private, "pkcs8"))
+    injected = cli("inject", "--key", key_file, image)
+    assert injected.returncode == 0, injected.stderr
+    identity = {"mac": "02:00:00:00:00:07"}
+    (unit_dir / "identity.json").write_text(json.dumps(identity))
+    return image, identity, keys.public_pem(private).decode()
+
+
+@pytest.mark.integration
+def test_verify_against_the_server(cli, env, mender, unit_image):
+    image, identity, pem = unit_image
+    missing = cli("verify", image, "--no-fsck", "--server", mender.url, env=env)
+    assert missing.returncode == 4 and "no device with identity" in missing.stderr
+    device_id = mender.seed_device(identity, pem, "preauthorized")
+    ok = cli("verify", image, "--no-fsck", "--server", mender.url, env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    mender.devices[device_id]["auth_sets"][0]["pubkey"] = new_pem()
+    bad = cli("verify", image, "--no-fsck", "--server", mender.url, "--json", env=env)
+    assert bad.returncode == 1
+    assert [c["name"] for c in json.loads(bad.stdout)["checks"] if c["status"] == "fail"] == ["key matches expected"]
+    other = json.dumps({"mac": "02:00:00:00:00:08"})
+    mender.seed_device(json.loads(other), pem, "accepted")
+    explicit = cli("verify", image, "--no-fsck", "--server", mender.url, "--identity", other, env=env)
+    assert explicit.returncode == 0, explicit.stdout + explicit.stderr
+    both = cli("verify", image, "--server", mender.url, "--fingerprint", "00" * 32, env=env)
+    assert both.returncode == 2 and "only one of" in both.stderr

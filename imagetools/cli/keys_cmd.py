@@ -6,6 +6,7 @@ The library modules behind inject/verify are imported inside the commands so `ke
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -14,6 +15,7 @@ from .. import keys
 from ..errors import EnvironmentProblem, UsageError, VerifyFailed
 from .base import is_tty, main, print_json, print_table, warn
 from .options import layout_options
+from .server_cmd import server_key_options
 
 DEFAULT_KEY_PATH = "/data/mender/mender-agent.pem"  # same as imagetools.inject.DEFAULT_KEY_PATH
 
@@ -126,9 +128,11 @@ def inject(key_file: Path, image: Path, out: Path | None, force: bool, key_path:
 @click.option("--no-fsck", is_flag=True, help="Skip e2fsck -fn on the data partition.")
 @click.option("--path", "key_path", default=DEFAULT_KEY_PATH, show_default=True, help="Where the key should be.")
 @layout_options
+@server_key_options
 @click.option("--json", "as_json", is_flag=True, help="Report the checks and the fingerprint as JSON.")
 def verify(target: Path, pubkey: Path | None, expected_fp: str | None, no_fsck: bool, key_path: str,
-           overrides: dict[str, int], as_json: bool) -> None:
+           overrides: dict[str, int], server_key: Callable[[Path], keys.PublicKey] | None,
+           as_json: bool) -> None:
     """Check, read-only, that TARGET (an image file or a block device) will be accepted.
 
     Exit 0 if every check passed (warnings allowed), 1 if a check failed, 2 if TARGET or an
@@ -139,10 +143,11 @@ def verify(target: Path, pubkey: Path | None, expected_fp: str | None, no_fsck: 
       imagetools verify unit42.sdimg --pubkey keys-client-generated/unit42-public.key
       imagetools verify /dev/sdb --fingerprint 3f9a…  --no-fsck
       imagetools verify unit42.sdimg --json
+      imagetools verify out/unit42/unit42.sdimg --server https://mender.example.com
     """
     from ..verify import verify_image
 
-    expected, fingerprint = expected_key(pubkey, expected_fp)
+    expected, fingerprint = expected_key(pubkey, expected_fp, server_key, target)
     report = verify_image(target, expected=expected, expected_fingerprint=fingerprint, fsck=not no_fsck,
                           path=key_path, overrides=overrides or None)
     if as_json:
@@ -157,11 +162,15 @@ def verify(target: Path, pubkey: Path | None, expected_fp: str | None, no_fsck: 
         raise VerifyFailed(f"{target}: {len(report.failed)} check(s) failed: {names}")
 
 
-def expected_key(pubkey: Path | None, fingerprint: str | None) -> tuple[bytes | None, str | None]:
-    """Where the expected key comes from: (public key PEM bytes, fingerprint). The single place to
-    add another source, e.g. fetching the preauthorized key from the Mender Server."""
-    if pubkey is not None and fingerprint is not None:
-        raise UsageError("give either --pubkey or --fingerprint, not both")
+def expected_key(pubkey: Path | None, fingerprint: str | None,
+                 server_key: Callable[[Path], keys.PublicKey] | None = None,
+                 target: Path | None = None) -> tuple[bytes | None, str | None]:
+    """Where the expected key comes from: (public key PEM bytes, fingerprint). `server_key` (from
+    server_key_options) fetches the key the Mender Server holds for TARGET's unit."""
+    if sum(source is not None for source in (pubkey, fingerprint, server_key)) > 1:
+        raise UsageError("give only one of --pubkey, --fingerprint and --server")
+    if server_key is not None:
+        return keys.public_pem(server_key(target)), None
     if fingerprint is not None:
         return None, keys.normalize_fingerprint(fingerprint)
     if pubkey is not None:
