@@ -48,6 +48,8 @@ def inject_key(image: str | Path, key_pem: bytes, *, out: str | Path | None = No
     out = Path(out)
     if out.exists() and out.samefile(image):
         raise UsageError(f"--out {out} is the input image; omit --out to edit in place")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: directory {out.parent} does not exist")
     # Keep the suffix: mender-artifact only accepts .sdimg/.uefiimg/.img names.
     tmp = out.with_name(f".{out.stem}.partial-{os.getpid()}{out.suffix}")
     try:
@@ -68,7 +70,7 @@ def _inject(image: Path, key_pem: bytes, key_rel: str, backend: str,
     if backend == "native":
         _write_native(str(image), data, key_pem, key_rel)  # the fs layer reads back what it wrote
     else:
-        _write_mender_artifact(image, key_pem, key_rel)
+        _write_mender_artifact(image, layout, data, key_pem, key_rel)
         _read_back(str(image), data, key_pem, key_rel)
     result.warnings += [f"{c.name}: {c.detail}" for c in link_checks(str(image), layout) if c.status == "fail"]
     return result
@@ -82,10 +84,14 @@ def _write_native(image: str, data, key_pem: bytes, key_rel: str) -> None:
         fs.write(key_rel, key_pem, mode=KEY_MODE, uid=0, gid=0)
 
 
-def _write_mender_artifact(image: Path, key_pem: bytes, key_rel: str) -> None:
-    from . import peer
+def _write_mender_artifact(image: Path, layout, data, key_pem: bytes, key_rel: str) -> None:
+    from .peer import MenderArtifact, check_layout
 
-    peer.install_file(image, "/data" + key_rel, key_pem, mode=KEY_MODE)
+    check_layout(layout)
+    with open_filesystem(str(image), data) as fs:  # each mender-artifact run copies every partition
+        missing_dir = not fs.exists(posixpath.dirname(key_rel))
+    with MenderArtifact(image) as tool:
+        tool.install("/data" + key_rel, key_pem, KEY_MODE, parents=missing_dir)
 
 
 def _read_back(image: str, data, key_pem: bytes, key_rel: str) -> None:

@@ -274,7 +274,7 @@ def _link_status(target: str, part: PartInfo | None, role: str) -> tuple[str, st
     if part.fs.type not in EXT_TYPES:
         if role == "rootfs-b" and part.fs.type == "empty":
             return "warn", f"{label} has no filesystem yet (filled by the first update)"
-        return "fail", f"{label} (partition {part.partition.number}) is {part.fs.type}, not ext4"
+        return "warn", f"{label} (partition {part.partition.number}) is {part.fs.type}: link not checked"
     want = DATA_MOUNT + "/mender"
     try:
         with open_filesystem(target, part) as fs:
@@ -334,7 +334,11 @@ def _check_fsck(report: VerifyReport, target: str, data: PartInfo | None, run: b
     if data is None:
         report.add(FSCK, "skip", "no data partition")
         return
-    clean, output = fsck_partition(target, data)
+    try:
+        clean, output = fsck_partition(target, data)
+    except FilesystemError as exc:
+        report.add(FSCK, "fail", str(exc))
+        return
     if clean:
         report.add(FSCK, "pass", "clean")
     else:

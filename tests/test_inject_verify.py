@@ -199,12 +199,21 @@ def test_inject_warns_when_the_rootfs_lacks_the_link(cli, make_image, keyset):
 
 def test_inject_with_the_mender_artifact_backend(cli, make_image, keyset, tmp_path):
     base = make_image("sdimg", empty_rootfs_b=True)
+    debugfs(base, "data", "rmdir /mender")
     before = sha256(base)
     result = cli("inject", "--backend", "mender-artifact", "--key", keyset / "rsa.key", base,
                  "--out", tmp_path / "unit.sdimg")
     assert result.returncode == 0, result.stderr
     assert sha256(base) == before
     assert verify_image(tmp_path / "unit.sdimg", expected=keys.read_public_file(keyset / "rsa.pub")).ok
+
+
+def test_mender_artifact_backend_refuses_layouts_it_cannot_handle(cli, make_image, keyset):
+    img = make_image("extended")
+    before = sha256(img)
+    result = cli("inject", "--backend", "mender-artifact", "--key", keyset / "rsa.key", img)
+    assert result.returncode == 2 and "exactly 4 partitions" in result.stderr
+    assert sha256(img) == before
 
 
 # --- verify: each failure names its check --------------------------------------------------------
@@ -306,6 +315,17 @@ def test_corrupted_data_filesystem(cli, injected):
     assert cli("verify", injected).returncode == 1
     skipped = verify_image(injected, fsck=False)
     assert skipped.ok and skipped.check(verify.FSCK).status == "skip"
+
+
+def test_wiped_data_superblock(injected):
+    start = open_layout(injected).require("data").partition.start
+    with open(injected, "r+b") as f:
+        f.seek(start + 1024)
+        f.write(bytes(1024))
+    report = verify_image(injected)
+    assert failed(report) == [verify.DATA]
+    forced = verify_image(injected, overrides={"data": 4})
+    assert failed(forced) == [verify.DATA, verify.FSCK]
 
 
 @pytest.mark.parametrize("mode,ok", [("600", False), ("0600", True)])
