@@ -144,6 +144,8 @@ def _apply_overrides(image: DiskImage, infos: list[tuple[Partition, FsInfo]],
     numbers = {p.number for p, _ in infos}
     seen = ", ".join(f"{p.number} {fs.type}" for p, fs in infos)
     for role, number in overrides.items():
+        if number is None:
+            continue
         if role not in OVERRIDABLE:
             raise LayoutError(f"cannot override role {role!r} (only {', '.join(OVERRIDABLE)})")
         if number not in numbers:

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import tempfile
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -378,13 +377,19 @@ def time_limit(seconds: float):
         signal.signal(signal.SIGALRM, old)
 
 
-FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
-FUZZ_DIR = Path(tempfile.mkdtemp(prefix="imagetools-fuzz-"))
+FUZZ = settings(max_examples=150, deadline=2000,
+                suppress_health_check=[HealthCheck.too_slow])
 
 
-def parse_fuzzed(chunks: dict[int, bytes], size: int) -> None:
+@pytest.fixture(scope="module")
+def fuzz_file(tmp_path_factory) -> Path:
+    """One file rewritten by every example (module scope: hypothesis reruns the test body)."""
+    return tmp_path_factory.mktemp("fuzz") / "fuzz.img"
+
+
+def parse_fuzzed(path: Path, chunks: dict[int, bytes], size: int) -> None:
     """The parser's whole contract: a consistent DiskImage or an ImageFormatError, quickly."""
-    path = write_image(FUZZ_DIR / "fuzz.img", size, chunks)
+    write_image(path, size, chunks)
     with time_limit(2):
         try:
             image = read_image(path)
@@ -415,17 +420,17 @@ entry = st.builds(mbr_entry, st.sampled_from([0, 0x05, 0x0F, 0x85, 0x83, 0x82, 0
 
 @FUZZ
 @given(st.binary(min_size=0, max_size=4096), st.integers(0, 1 << 20))
-def test_fuzz_random_bytes(data, size):
-    parse_fuzzed({0: data}, max(size, len(data)))
+def test_fuzz_random_bytes(fuzz_file, data, size):
+    parse_fuzzed(fuzz_file, {0: data}, max(size, len(data)))
 
 
 @FUZZ
 @given(st.lists(entry, max_size=4), st.dictionaries(st.integers(1, 4096), st.lists(entry, max_size=4),
                                                     max_size=6), st.integers(512, 4 * MiB))
-def test_fuzz_random_mbr_and_ebrs(primaries, ebrs, size):
+def test_fuzz_random_mbr_and_ebrs(fuzz_file, primaries, ebrs, size):
     chunks = {0: mbr_sector(primaries)}
     chunks.update({lba * S: mbr_sector(e) for lba, e in ebrs.items()})
-    parse_fuzzed(chunks, max(size, 4097 * S))
+    parse_fuzzed(fuzz_file, chunks, max(size, 4097 * S))
 
 
 EXTENDED = mbr_chunks([(0x0C, 2048, 2048), (0x83, 4096, 2048), (0x05, 8192, 12288)],
@@ -434,10 +439,10 @@ EXTENDED = mbr_chunks([(0x0C, 2048, 2048), (0x83, 4096, 2048), (0x05, 8192, 1228
 
 @FUZZ
 @given(st.sampled_from(sorted(EXTENDED)), edits)
-def test_fuzz_mutated_ebr_chain(offset, changes):
+def test_fuzz_mutated_ebr_chain(fuzz_file, offset, changes):
     chunks = dict(EXTENDED)
     chunks[offset] = mutate(chunks[offset], [(446 + p % 66, v) for p, v in changes])
-    parse_fuzzed(chunks, 32 * MiB)
+    parse_fuzzed(fuzz_file, chunks, 32 * MiB)
 
 
 GPT = gpt_chunks(GPT_PARTS, TOTAL)
@@ -460,17 +465,17 @@ def fix_crcs(chunks: dict[int, bytes]) -> dict[int, bytes]:
 @FUZZ
 @given(st.sampled_from([S, 2 * S, (TOTAL - 1) * S, (TOTAL - 33) * S]), edits, st.booleans(),
        st.integers(40 * MiB, 64 * MiB))
-def test_fuzz_mutated_gpt(offset, changes, recompute, size):
+def test_fuzz_mutated_gpt(fuzz_file, offset, changes, recompute, size):
     chunks = dict(GPT)
     limit = 92 if offset in (S, (TOTAL - 1) * S) else 3 * 128
     chunks[offset] = mutate(chunks[offset], [(p % limit, v) for p, v in changes])
-    parse_fuzzed(fix_crcs(chunks) if recompute else chunks, size)
+    parse_fuzzed(fuzz_file, fix_crcs(chunks) if recompute else chunks, size)
 
 
 @FUZZ
 @given(st.lists(st.tuples(st.sampled_from([LINUX, ESP, BASIC]), st.integers(0, TOTAL + 100),
                           st.integers(0, TOTAL + 100)), max_size=6), st.sampled_from([512, 4096]))
-def test_fuzz_random_gpt_entries(entries, ss):
+def test_fuzz_random_gpt_entries(fuzz_file, entries, ss):
     total = TOTAL * S // ss
     parts = [GptPart(t, a, b) for t, a, b in entries]
-    parse_fuzzed(gpt_chunks(parts, total, ss=ss, count=16), TOTAL * S)
+    parse_fuzzed(fuzz_file, gpt_chunks(parts, total, ss=ss, count=16), TOTAL * S)
