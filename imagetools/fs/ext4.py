@@ -150,7 +150,7 @@ class Ext4Filesystem:
         for dirent, _ in directory.opendir():
             if dirent.name_bytes == wanted:
                 return self._vol.inodes[int(dirent.inode)]
-        raise NotFoundError(f"{join(here, name)}: no such file or directory in {self.label}")
+        raise NotFoundError(f"{join(here, name)} does not exist in {self.label}")
 
     def _pkg_entry(self, path: str, inode) -> Entry:
         mode = int(inode.i_mode)
@@ -205,7 +205,7 @@ class Ext4Filesystem:
             if entry is None:
                 if i == 0:
                     raise FilesystemError(f"cannot read {self.label}: {'; '.join(result.errors[:2])}")
-                raise NotFoundError(f"{prefix}: no such file or directory in {self.label}")
+                raise NotFoundError(f"{prefix} does not exist in {self.label}")
             if i == len(prefixes) - 1:
                 return self._dbg_with_target(entry)
             if entry.type == "symlink":

@@ -95,7 +95,7 @@ class FatFilesystem:
                 raise FilesystemError(f"{canonical} is not a directory in {self.label}")
             match = _match(directory, name)
             if match is None:
-                raise NotFoundError(f"{join(canonical, name)}: no such file or directory in {self.label}")
+                raise NotFoundError(f"{join(canonical, name)} does not exist in {self.label}")
             entry = match
             canonical = join(canonical, repr(match))
         return canonical, entry

@@ -1,0 +1,197 @@
+"""ls, cat, cp, install, rm on files inside images (IMAGE:/path), in place."""
+
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+
+import click
+
+from .. import files
+from ..errors import UsageError
+from ..fs import Entry
+from ..paths import parse_image_path, require_image_path
+from .base import main, print_json, print_table, warn
+from .options import layout_options
+
+_TYPE_BITS = {"file": stat_mod.S_IFREG, "dir": stat_mod.S_IFDIR, "symlink": stat_mod.S_IFLNK, "other": 0}
+
+backend_option = click.option(
+    "--backend", type=click.Choice(files.BACKENDS), default="native", show_default=True,
+    help="native edits partitions in place; mender-artifact runs the reference tool (slow, "
+         "exactly 4 partitions).")
+partition_option = click.option(
+    "--partition", type=click.IntRange(min=1), metavar="N",
+    help="Address partition N directly; the path is then inside that partition.")
+rootfs_option = click.option(
+    "--rootfs", type=click.Choice(["a", "b"]), default="a", show_default=True,
+    help="Which root filesystem to read rootfs paths from.")
+
+
+def parse_mode(text: str) -> int:
+    """Octal like chmod/install: '600' and '0600' are both 0600 (mender-artifact reads 600 as decimal)."""
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise UsageError(f"mode must be octal digits like 600 or 0640, not {text!r}") from None
+    if not 0 <= value <= 0o7777:
+        raise UsageError(f"mode {text} is out of range (0000-7777)")
+    return value
+
+
+def parse_id(text: str, what: str) -> int:
+    if not text.isdigit():
+        raise UsageError(f"{what} must be numeric (e.g. 0), not {text!r}: names depend on the image's /etc/passwd")
+    return int(text)
+
+
+def _report(change: files.Change) -> None:
+    for message in change.warnings:
+        warn(message)
+
+
+def _long_row(e: Entry) -> list[str]:
+    name = f"{e.name} -> {e.target}" if e.type == "symlink" else e.name
+    return [stat_mod.filemode(_TYPE_BITS[e.type] | e.mode), str(e.uid), str(e.gid), str(e.size), name]
+
+
+@main.command("ls")
+@click.option("-l", "long", is_flag=True, help="Long listing: mode, owner, group, size.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@partition_option
+@rootfs_option
+@layout_options
+@click.argument("target", metavar="IMAGE:/PATH")
+def ls_cmd(long: bool, as_json: bool, partition: int | None, rootfs: str,
+           overrides: dict[str, int], target: str) -> None:
+    """List a directory (or show a file) inside an image."""
+    where = require_image_path(target)
+    follow = not (long or as_json) or target.endswith("/")  # like ls: `ls -l link` shows the link
+    listing = files.list_path(where.image, where.path, follow=follow, partition=partition,
+                              rootfs=rootfs, overrides=overrides)
+    if as_json:
+        print_json({"path": where.path, "where": listing.where, "type": listing.entry.type,
+                    "entries": [e.to_dict() for e in listing.entries]})
+    elif long:
+        print_table(["MODE", "UID", "GID", "SIZE", "NAME"], [_long_row(e) for e in listing.entries])
+    else:
+        for entry in listing.entries:
+            click.echo(entry.name)
+
+
+@main.command("cat")
+@backend_option
+@partition_option
+@rootfs_option
+@layout_options
+@click.argument("target", metavar="IMAGE:/PATH")
+def cat_cmd(backend: str, partition: int | None, rootfs: str, overrides: dict[str, int],
+            target: str) -> None:
+    """Write a file from inside an image to stdout."""
+    where = require_image_path(target)
+    result = files.read_path(where.image, where.path, backend=backend, partition=partition,
+                             rootfs=rootfs, overrides=overrides)
+    out = click.get_binary_stream("stdout")
+    out.write(result.data)
+    out.flush()
+
+
+@main.command("cp")
+@backend_option
+@click.option("-p", "parents", is_flag=True, help="Create missing parent directories in the image.")
+@partition_option
+@rootfs_option
+@layout_options
+@click.argument("source", metavar="SRC")
+@click.argument("dest", metavar="DST")
+def cp_cmd(backend: str, parents: bool, partition: int | None, rootfs: str,
+           overrides: dict[str, int], source: str, dest: str) -> None:
+    """Copy a file into or out of an image: exactly one of SRC and DST is IMAGE:/PATH.
+
+    Into the image the file keeps the host file's permission bits (owner 0:0; 0600 from stdin
+    '-'); out of the image the host file gets the image file's permission bits."""
+    src, dst = parse_image_path(source), parse_image_path(dest)
+    if (src is None) == (dst is None):
+        raise UsageError("cp needs exactly one IMAGE:/PATH side and one host path")
+    if dst is not None:
+        require_image_path(dest)
+        data, mode = _read_host(source)
+        _report(files.install(dst.image, dst.path, data, mode=mode, parents=parents,
+                              backend=backend, partition=partition, overrides=overrides))
+        return
+    require_image_path(source)
+    result = files.read_path(src.image, src.path, backend=backend, partition=partition,
+                             rootfs=rootfs, overrides=overrides)
+    mode = result.entry.mode & 0o777 if result.entry else 0o600
+    _write_host(dest, os.path.basename(src.path), result.data, mode)
+
+
+def _read_host(source: str) -> tuple[bytes, int]:
+    if source == "-":
+        return click.get_binary_stream("stdin").read(), 0o600
+    with open(source, "rb") as fh:
+        return fh.read(), stat_mod.S_IMODE(os.fstat(fh.fileno()).st_mode)
+
+
+def _write_host(dest: str, name: str, data: bytes, mode: int) -> None:
+    """Created 0600 first (the content may be a key), then given the image file's mode."""
+    if dest == "-":
+        click.get_binary_stream("stdout").write(data)
+        return
+    if os.path.isdir(dest):
+        dest = os.path.join(dest, name)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        os.fchmod(fh.fileno(), mode)
+
+
+@main.command("install")
+@click.option("-m", "--mode", "mode_text", metavar="MODE", help="Octal mode, like install(1): 600 = 0600. Default 0755.")
+@click.option("-o", "--owner", "owner", default="0", show_default=True, metavar="UID", help="Numeric owner.")
+@click.option("-g", "--group", "group", default="0", show_default=True, metavar="GID", help="Numeric group.")
+@click.option("-p", "parents", is_flag=True, help="Create missing parent directories (0755, root).")
+@click.option("-d", "directory", is_flag=True, help="Create the directory IMAGE:/DIR (with parents).")
+@backend_option
+@partition_option
+@layout_options
+@click.argument("args", nargs=-1, required=True, metavar="[HOSTFILE] IMAGE:/PATH")
+def install_cmd(mode_text: str | None, owner: str, group: str, parents: bool, directory: bool,
+                backend: str, partition: int | None, overrides: dict[str, int],
+                args: tuple[str, ...]) -> None:
+    """Install HOSTFILE ('-' = stdin) at IMAGE:/PATH with a mode and owner, replacing any file
+    there; or with -d create a directory. Root filesystem paths are written to rootfs A and B.
+
+    \b
+      imagetools install -m 600 key.pem disk.sdimg:/data/mender/mender-agent.pem
+      imagetools install -d -m 700 disk.sdimg:/data/mender"""
+    mode = parse_mode(mode_text) if mode_text is not None else 0o755
+    uid, gid = parse_id(owner, "owner"), parse_id(group, "group")
+    if directory:
+        if len(args) != 1:
+            raise UsageError("install -d takes exactly one IMAGE:/DIR")
+        where = require_image_path(args[0])
+        _report(files.make_dir(where.image, where.path, mode=mode, uid=uid, gid=gid,
+                               backend=backend, partition=partition, overrides=overrides))
+        return
+    if len(args) != 2:
+        raise UsageError("install takes HOSTFILE IMAGE:/PATH (or -d IMAGE:/DIR)")
+    where = require_image_path(args[1])
+    data = click.get_binary_stream("stdin").read() if args[0] == "-" else _read_host(args[0])[0]
+    _report(files.install(where.image, where.path, data, mode=mode, uid=uid, gid=gid,
+                          parents=parents, backend=backend, partition=partition, overrides=overrides))
+
+
+@main.command("rm")
+@click.option("-r", "recursive", is_flag=True, help="Remove directories and their contents.")
+@backend_option
+@partition_option
+@layout_options
+@click.argument("target", metavar="IMAGE:/PATH")
+def rm_cmd(recursive: bool, backend: str, partition: int | None, overrides: dict[str, int],
+           target: str) -> None:
+    """Remove a file, symlink or (with -r) directory inside an image; rootfs paths from A and B."""
+    where = require_image_path(target)
+    _report(files.remove(where.image, where.path, recursive=recursive, backend=backend,
+                         partition=partition, overrides=overrides))
+
