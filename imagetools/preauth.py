@@ -171,16 +171,17 @@ def push(client: MenderClient | None, units: list[Unit], *, force: bool = False,
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="preauth") as pool:
         futures = {pool.submit(_guarded, one, client, unit, force): i for i, unit in enumerate(units)}
         pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for fut in done:
-                if fut.exception() is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise fut.exception()
-                results[futures[fut]] = fut.result()
-                if progress:
-                    progress(results[futures[fut]])
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    results[futures[fut]] = fut.result()   # re-raises an abort
+                    if progress:
+                        progress(results[futures[fut]])
+        except BaseException:  # abort or Ctrl-C: do not start the units still queued
+            for fut in pending:
+                fut.cancel()
+            raise
     return [results[i] for i in range(len(units))]
 
 

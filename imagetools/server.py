@@ -273,12 +273,9 @@ class MenderClient:
             raise server_error(resp, f"get device {device_id}")
         return _json_object(resp)
 
-    def iter_devices(self, *, status: str | None = None, per_page: int = MAX_PER_PAGE) -> Iterator[dict]:
+    def iter_devices(self, per_page: int = MAX_PER_PAGE) -> Iterator[dict]:
         """Every device, following the Link header's 'next' page."""
-        params: dict[str, Any] = {"per_page": min(per_page, MAX_PER_PAGE)}
-        if status:
-            params["status"] = status
-        yield from self._paged(DEVICES_V2, params, "list devices")
+        yield from self._paged(DEVICES_V2, {"per_page": min(per_page, MAX_PER_PAGE)}, "list devices")
 
     def find_device(self, identity: Mapping[str, Any]) -> dict | None:
         """The device whose identity equals ``identity`` exactly (the v2 API has no identity filter)."""

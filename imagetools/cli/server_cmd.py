@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Callable
 
 import click
@@ -14,7 +15,7 @@ from ..errors import UsageError
 from ..keys import PublicKey
 from ..preauth import load_identity
 from ..server import URL_ENV, MenderClient, ServerSettings, expected_key_for_identity, resolve_token, save_token
-from .base import EXIT_FAILED, is_tty, main, print_json, print_table
+from .base import EXIT_FAILED, is_tty, main, print_json, print_table, warn
 
 PASSWORD_ENV = "MENDER_PASSWORD"
 
@@ -22,17 +23,21 @@ PASSWORD_ENV = "MENDER_PASSWORD"
 def server_options(require_token: bool = True, optional: bool = False) -> Callable:
     """The connection options every server command shares.
 
-    The command gets `settings`: a callable returning ServerSettings (the token is resolved when
-    it is called, so `login` can ask for none). With optional=True, --server has no environment
-    default and `settings` is None when --server is absent: the command stays offline.
+    The command gets `settings`: a callable returning ServerSettings with the token resolved
+    (require_token=False: no token and no --token-file, for `login`). With optional=True, --server
+    has no environment default and `settings` is None when --server is absent: the command stays
+    offline.
     """
     def decorate(func: Callable) -> Callable:
+        token_option = click.option(
+            "--token-file", type=click.Path(dir_okay=False), metavar="FILE",
+            help="File holding a Personal Access Token (default: env MENDER_TOKEN, then the "
+                 "token cached by `imagetools login`).") if require_token else (lambda f: f)
+
         @click.option("--server", "server_url", envvar=None if optional else URL_ENV, metavar="URL",
                       help="Mender Server URL, e.g. https://hosted.mender.io"
                            + (" (nothing is fetched without it)." if optional else f" (env {URL_ENV})."))
-        @click.option("--token-file", type=click.Path(dir_okay=False), metavar="FILE",
-                      help="File holding a Personal Access Token (default: env MENDER_TOKEN, then the "
-                           "token cached by `imagetools login`).")
+        @token_option
         @click.option("--ca-cert", type=click.Path(dir_okay=False), metavar="FILE",
                       help="Trust this CA certificate (PEM) for the server's TLS certificate.")
         @click.option("--insecure", is_flag=True, help="Do not verify the server's TLS certificate (test setups only).")
@@ -46,13 +51,16 @@ def server_options(require_token: bool = True, optional: bool = False) -> Callab
                       help="First retry wait, doubled on each retry; Retry-After wins when longer "
                            "(env IMAGETOOLS_BACKOFF).")
         @functools.wraps(func)
-        def wrapper(server_url: str | None, token_file: str | None, ca_cert: str | None, insecure: bool,
+        def wrapper(server_url: str | None, ca_cert: str | None, insecure: bool,
                     timeout: float, retries: int, backoff: float, **kwargs: Any) -> Any:
-            def settings(with_token: bool = require_token) -> ServerSettings:
+            token_file = kwargs.pop("token_file", None)
+
+            def settings() -> ServerSettings:
                 s = ServerSettings(server_url or "", ca_cert=ca_cert, insecure=insecure, timeout=timeout,
                                    retries=retries, backoff=backoff)
-                if with_token:
+                if require_token:
                     s.token, s.token_source = resolve_token(s.url, token_file)
+                _warn_about_transport(s)
                 return s
             return func(settings=settings if server_url or not optional else None, **kwargs)
         return wrapper
@@ -85,6 +93,14 @@ def server_key_options(func: Callable) -> Callable:
     return wrapper
 
 
+def _warn_about_transport(s: ServerSettings) -> None:
+    parts = urlsplit(s.url)
+    if parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+        warn(f"{s.url} is plain HTTP: credentials and keys travel unencrypted")
+    if s.insecure:
+        warn("TLS certificate verification is off (--insecure)")
+
+
 @main.command()
 @click.option("--username", "-u", required=True, metavar="EMAIL", help="Mender user name (e-mail).")
 @server_options(require_token=False)
@@ -95,7 +111,7 @@ def login(settings: Callable[..., ServerSettings], username: str) -> None:
     to $XDG_CACHE_HOME/imagetools (default ~/.cache/imagetools) and is used by later commands
     unless MENDER_TOKEN or --token-file is given.
     """
-    s = settings(with_token=False)
+    s = settings()
     password = os.environ.get(PASSWORD_ENV)
     if password is None:
         password = click.prompt(f"Password for {username} on {s.url}", hide_input=True, err=True)
