@@ -39,6 +39,8 @@ ROOTFS_A_NAMES = {"primary", "rootfs", "rootfsa", "rootfs-a", "rootfs_a", "root"
                   "root_a"}
 ROOTFS_B_NAMES = {"secondary", "rootfsb", "rootfs-b", "rootfs_b", "rootb", "root-b", "root_b"}
 BOOT_NAMES = {"boot", "esp", "efi", "uboot", "u-boot"}
+Roles = dict[int, tuple[str, str]]  # partition number -> (role, reason)
+Infos = list[tuple[Partition, FsInfo]]
 
 
 @dataclass
@@ -121,7 +123,7 @@ def open_layout(path: str | os.PathLike, overrides: dict[str, int] | None = None
 def detect_layout(image: DiskImage, overrides: dict[str, int] | None = None) -> Layout:
     """Probe every partition's filesystem and assign Mender roles (see the module docstring)."""
     infos = [(p, probe(image.path, p.start, p.size)) for p in image.partitions]
-    roles: dict[int, tuple[str, str]] = {}
+    roles: Roles = {}
     _apply_overrides(image, infos, overrides or {}, roles)
     _assign_boot_and_swap(infos, roles)
     _assign_by_name(infos, roles)
@@ -139,8 +141,7 @@ def _check_role(role: str) -> None:
         raise LayoutError(f"unknown partition role {role!r} (known: {', '.join(ROLES)})")
 
 
-def _apply_overrides(image: DiskImage, infos: list[tuple[Partition, FsInfo]],
-                     overrides: dict[str, int], roles: dict[int, tuple[str, str]]) -> None:
+def _apply_overrides(image: DiskImage, infos: Infos, overrides: dict[str, int], roles: Roles) -> None:
     numbers = {p.number for p, _ in infos}
     seen = ", ".join(f"{p.number} {fs.type}" for p, fs in infos)
     for role, number in overrides.items():
@@ -156,7 +157,7 @@ def _apply_overrides(image: DiskImage, infos: list[tuple[Partition, FsInfo]],
         roles[number] = (role, f"set by --{role}-partition {number}")
 
 
-def _taken(roles: dict[int, tuple[str, str]], role: str) -> bool:
+def _taken(roles: Roles, role: str) -> bool:
     return any(r == role for r, _ in roles.values())
 
 
@@ -182,7 +183,7 @@ def _names(p: Partition, fs: FsInfo) -> list[tuple[str, str]]:
     return out
 
 
-def _assign_boot_and_swap(infos: list[tuple[Partition, FsInfo]], roles: dict[int, tuple[str, str]]) -> None:
+def _assign_boot_and_swap(infos: Infos, roles: Roles) -> None:
     for p, fs in infos:
         if p.number in roles:
             continue
@@ -207,7 +208,7 @@ def _assign_boot_and_swap(infos: list[tuple[Partition, FsInfo]], roles: dict[int
         roles[first[0].number] = ("boot", f"{what} in the first partition")
 
 
-def _assign_by_name(infos: list[tuple[Partition, FsInfo]], roles: dict[int, tuple[str, str]]) -> None:
+def _assign_by_name(infos: Infos, roles: Roles) -> None:
     wanted = (("data", {"data"}, EXT), ("rootfs-a", ROOTFS_A_NAMES, None),
               ("rootfs-b", ROOTFS_B_NAMES, None))
     for role, names, fs_types in wanted:
@@ -222,7 +223,7 @@ def _assign_by_name(infos: list[tuple[Partition, FsInfo]], roles: dict[int, tupl
                 break
 
 
-def _assign_by_position(infos: list[tuple[Partition, FsInfo]], roles: dict[int, tuple[str, str]]) -> None:
+def _assign_by_position(infos: Infos, roles: Roles) -> None:
     """Mender's order: rootfs A, rootfs B, then data; rootfs candidates must precede data."""
     ordered = sorted(infos, key=lambda i: i[0].start)
     data = next((p for p, _ in ordered if roles.get(p.number, ("",))[0] == "data"), None)
@@ -250,8 +251,7 @@ def _assign_by_position(infos: list[tuple[Partition, FsInfo]], roles: dict[int, 
                 break
 
 
-def _extra(p: Partition, fs: FsInfo, roles: dict[int, tuple[str, str]],
-           infos: list[tuple[Partition, FsInfo]]) -> tuple[str, str]:
+def _extra(p: Partition, fs: FsInfo, roles: Roles, infos: Infos) -> tuple[str, str]:
     data_start = next((q.start for q, _ in infos if roles.get(q.number, ("",))[0] == "data"), None)
     if data_start is not None and p.start > data_start:
         return "extra", f"{fs.type} partition after data"

@@ -27,7 +27,7 @@ GPT_TYPE_NAMES = {
 
 
 @main.command()
-@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("image", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @layout_options
 def inspect(image: str, as_json: bool, overrides: dict[str, int]) -> None:

@@ -35,7 +35,8 @@ def probe(path: str | os.PathLike, offset: int, size: int) -> FsInfo:
     try:
         data = os.pread(fd, min(max(size, 0), PROBE_BYTES), offset)
     except OSError as exc:
-        raise ImageFormatError(f"{os.fspath(path)}: cannot read at byte {offset}: {exc.strerror}") from exc
+        raise ImageFormatError(
+            f"{os.fspath(path)}: cannot read at byte {offset}: {exc.strerror}") from exc
     finally:
         os.close(fd)
     return probe_bytes(data)
@@ -85,8 +86,8 @@ def _ext(data: bytes) -> FsInfo | None:
         kind = "ext3" if compat & 0x4 else "ext2"
     features = (_names(compat, _COMPAT, "COMPAT") + _names(incompat, _INCOMPAT, "INCOMPAT")
                 + _names(ro_compat, _RO_COMPAT, "RO_COMPAT"))
-    return FsInfo(kind, _text(data[_SB + 0x78:_SB + 0x88]), str(uuid.UUID(bytes=data[_SB + 0x68:_SB + 0x78])),
-                  features, 1024 << log_block)
+    fs_uuid = str(uuid.UUID(bytes=data[_SB + 0x68:_SB + 0x78]))
+    return FsInfo(kind, _text(data[_SB + 0x78:_SB + 0x88]), fs_uuid, features, 1024 << log_block)
 
 
 def _names(bits: int, table: dict[int, str], unknown: str) -> tuple[str, ...]:
@@ -128,7 +129,8 @@ def _fat(data: bytes) -> FsInfo | None:
         return FsInfo("vfat")
     serial = struct.unpack_from("<I", data, ext + 1)[0]
     label = _text(data[ext + 5:ext + 16]) if data[ext] == 0x29 else ""
-    return FsInfo("vfat", "" if label == "NO NAME" else label, f"{serial >> 16:04X}-{serial & 0xFFFF:04X}")
+    volume_id = f"{serial >> 16:04X}-{serial & 0xFFFF:04X}"
+    return FsInfo("vfat", "" if label == "NO NAME" else label, volume_id)
 
 
 def _text(raw: bytes) -> str:
