@@ -158,17 +158,19 @@ class FatFilesystem:
         parent, name = posixpath.split(path)
         if not name:
             raise FilesystemError(f"/ is a directory in {self.label}")
+        self._require_writable()
+        base, missing = self._prepare_parent(parent, parents)
+        existing = None if missing else _match_path(self, base, name)
+        if existing is not None and existing[1].is_directory():
+            raise FilesystemError(f"{path} is a directory in {self.label}")
+        freed = _clusters(int(existing[1].filesize), self._cluster) if existing else 0
+        self._check_space(_clusters(len(data), self._cluster) + len(missing) + 1 - freed)
+        target = join(base, name)
+        if existing is not None:
+            target = join(base, _display_name(existing[1]))  # keep the name as it was shown
         with self._changing():
-            base, missing = self._prepare_parent(parent, parents)
-            existing = None if missing else _match_path(self, base, name)
-            if existing is not None and existing[1].is_directory():
-                raise FilesystemError(f"{path} is a directory in {self.label}")
-            freed = _clusters(int(existing[1].filesize), self._cluster) if existing else 0
-            self._check_space(_clusters(len(data), self._cluster) + len(missing) + 1 - freed)
             self._make_dirs(missing)
-            target = join(base, name)
             if existing is not None:
-                target = join(base, _display_name(existing[1]))  # keep the name as it was shown
                 self._fs.remove(existing[0])
             with self._fs.openbin(target, "wb") as fh:
                 fh.write(data)
@@ -185,21 +187,23 @@ class FatFilesystem:
             if not parents:
                 raise FilesystemError(f"{path} already exists in {self.label}")
             return
+        self._require_writable()
+        base, missing = self._prepare_parent(posixpath.dirname(path), parents)
+        self._check_space(len(missing) + 1)
         with self._changing():
-            base, missing = self._prepare_parent(posixpath.dirname(path), parents)
-            self._check_space(len(missing) + 1)
             self._make_dirs(missing + [join(base, posixpath.basename(path))])
 
     def remove(self, path: str, recursive: bool = False) -> None:
         path = normalize(path)
         if path == "/":
             raise FilesystemError(f"refusing to remove the root directory of {self.label}")
-        self._find(path)  # not found: fail before reopening read-write
+        self._require_writable()
+        canonical, entry = self._find(path)
+        is_dir = entry.is_directory()
+        if is_dir and not recursive and not entry.is_empty():
+            raise FilesystemError(f"{path} is a non-empty directory in {self.label} (use -r)")
         with self._changing():
-            canonical, entry = self._find(path)
-            if entry.is_directory():
-                if not recursive and not entry.is_empty():
-                    raise FilesystemError(f"{path} is a non-empty directory in {self.label} (use -r)")
+            if is_dir:
                 self._fs.removetree(canonical)
             else:
                 self._fs.remove(canonical)
@@ -212,8 +216,7 @@ class FatFilesystem:
     @contextlib.contextmanager
     def _changing(self) -> Iterator[None]:
         """Reopen read-write for one change, write the FAT back, close cleanly, reopen read-only."""
-        if not self.writable:
-            raise FilesystemError(f"{self.label} was opened read-only")
+        self._require_writable()
         self.close()
         self._fs = self._open(read_only=False)
         try:
@@ -226,6 +229,10 @@ class FatFilesystem:
         finally:
             self.close()
             self._fs = self._open(read_only=True)
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise FilesystemError(f"{self.label} was opened read-only")
 
     def _prepare_parent(self, directory: str, parents: bool) -> tuple[str, list[str]]:
         """Canonical existing part of directory + the missing directories to create."""
