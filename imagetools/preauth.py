@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -165,7 +165,8 @@ def push(client: MenderClient | None, units: list[Unit], *, force: bool = False,
         return [PushResult(u.name, u.identity, u.fingerprint, "dry-run", "would POST " +
                            ("admission v1" if api == "v1" else "deviceauth v2" + (" with force" if force else "")))
                 for u in units]
-    assert client is not None
+    if client is None:
+        raise UsageError("preauthorizing needs a server connection (only a dry run works without)")
     one = _push_v1 if api == "v1" else _push_v2
     results: dict[int, PushResult] = {}
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="preauth") as pool:
@@ -173,7 +174,7 @@ def push(client: MenderClient | None, units: list[Unit], *, force: bool = False,
         pending = set(futures)
         try:
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     results[futures[fut]] = fut.result()   # re-raises an abort
                     if progress:

@@ -209,7 +209,7 @@ class MenderClient:
                     ) from None
                 if attempt + 1 == attempts:
                     raise ServerError(f"{what}: cannot reach the Mender Server at {self.url}: "
-                                      f"{_reason(exc)} (tried {attempts} times)") from None
+                                      f"{_reason(exc)} ({_tries(attempts)})") from None
             else:
                 if resp.status_code in (401, 403):
                     raise self._auth_error(resp, what)
@@ -221,7 +221,7 @@ class MenderClient:
                         raise server_error(resp, f"{what} (server asks to retry after {retry_after:.0f} s)")
                     wait = max(wait, retry_after)
                 if attempt + 1 == attempts:
-                    raise server_error(resp, f"{what} (tried {attempts} times)")
+                    raise server_error(resp, f"{what} ({_tries(attempts)})")
             time.sleep(min(wait, s.max_wait))
         raise AssertionError("unreachable")
 
@@ -369,7 +369,9 @@ def server_error(resp: httpx.Response, what: str) -> ServerError:
         if isinstance(body, dict) and isinstance(body.get("error"), str):
             detail = body["error"]
     except ValueError:
-        detail = resp.text.strip()[:200]
+        detail = " ".join(resp.text.split())[:200]   # e.g. a proxy's HTML error page, on one line
+    if resp.is_redirect:
+        detail = f"redirected to {resp.headers.get('Location')}; pass that server URL instead"
     rid = _request_id(resp)
     msg = f"{what}: HTTP {resp.status_code}" + (f": {detail}" if detail else "") + (f" (request_id {rid})" if rid else "")
     return ServerError(msg, resp.status_code, rid)
@@ -418,6 +420,10 @@ def _is_certificate_error(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _tries(attempts: int) -> str:
+    return f"tried {attempts} time{'s' if attempts != 1 else ''}"
 
 
 def _reason(exc: BaseException) -> str:

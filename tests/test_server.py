@@ -51,9 +51,11 @@ def outcomes(results) -> list[str]:
 
 def test_push_batch_preauthorizes_every_unit(mender):
     batch = units(6)
+    seen = []
     with client_for(mender) as client:
-        results = preauth.push(client, batch, jobs=3)
+        results = preauth.push(client, batch, jobs=3, progress=seen.append)
     assert outcomes(results) == ["preauthorized"] * 6
+    assert sorted(r.name for r in seen) == [u.name for u in batch]
     assert mender.requests_to("POST", DEVICES) == [201] * 6
     for unit, result in zip(batch, results):
         device = mender.devices[result.device_id]
