@@ -38,7 +38,7 @@ EXT = ("ext2", "ext3", "ext4")
 ROOTFS_A_NAMES = {"primary", "rootfs", "rootfsa", "rootfs-a", "rootfs_a", "root", "roota", "root-a",
                   "root_a"}
 ROOTFS_B_NAMES = {"secondary", "rootfsb", "rootfs-b", "rootfs_b", "rootb", "root-b", "root_b"}
-BOOT_NAMES = {"boot", "esp", "efi", "uboot", "u-boot"}
+BOOT_NAMES = {"boot", "bootfs", "esp", "efi", "uboot", "u-boot"}
 Roles = dict[int, tuple[str, str]]  # partition number -> (role, reason)
 Infos = list[tuple[Partition, FsInfo]]
 

@@ -121,13 +121,19 @@ def test_bare_filesystem_is_named(tmp_path):
 
 
 def test_boot_flags_must_be_0_or_80(tmp_path):
-    with pytest.raises(ImageFormatError, match="no partition table"):
+    with pytest.raises(ImageFormatError, match=r"no partition table found \(sector 0 has invalid MBR "
+                                               r"boot flags\): this is not a whole-disk image"):
         read_image(img(tmp_path, {0: mbr_sector([mbr_entry(0x83, 2048, 2048, status=0x12)])}))
 
 
 def test_empty_mbr(tmp_path):
-    with pytest.raises(ImageFormatError, match="has no partitions"):
+    with pytest.raises(ImageFormatError, match="the MBR partition table has no partitions$"):
         read_image(img(tmp_path, {0: mbr_sector([])}))
+
+
+def test_bare_fat_filesystem_is_named(tmp_path):
+    with pytest.raises(ImageFormatError, match="has no partitions: this looks like a bare vfat"):
+        read_image(img(tmp_path, {0: fat_boot_sector()}))
 
 
 def test_partition_past_end(tmp_path):

@@ -21,7 +21,7 @@ def read_image(path: str | os.PathLike) -> DiskImage:
     """Parse the partition table of `path`; never writes, never reads partition contents."""
     with ImageSource(path) as src:
         if src.size < mbr.SECTOR:
-            what = "empty (0 bytes)" if src.size == 0 else f"only {src.size} byte{'s' * (src.size != 1)}"
+            what = "empty (0 bytes)" if src.size == 0 else f"only {src.size} byte" + "s" * (src.size > 1)
             raise ImageFormatError(
                 f"{src.path} is {what}: a disk image starts with a 512-byte partition table; "
                 "check that the file was copied completely")
@@ -34,15 +34,17 @@ def read_image(path: str | os.PathLike) -> DiskImage:
 def _parse(src: ImageSource) -> DiskImage:
     sector0 = src.read(0, mbr.SECTOR, "the MBR")
     table = mbr.entries(sector0)
-    is_mbr = mbr.has_signature(sector0) and mbr.valid_boot_flags(table)
+    signed = mbr.has_signature(sector0)
+    is_mbr = signed and mbr.valid_boot_flags(table)
     gpt_sector = gpt.detect_sector_size(src)
     if is_mbr and any(e.type == mbr.GPT_PROTECTIVE for e in table):
         return _gpt_image(src, gpt_sector, _hybrid_warning(table))
     if not is_mbr and gpt_sector:
         return _gpt_image(src, gpt_sector, ["no protective MBR in front of the GPT; using the GPT"])
     if not is_mbr:
-        raise ImageFormatError(f"{src.path}: no partition table found (no MBR signature)"
-                               f"{_bare_filesystem_hint(src)}")
+        why = "sector 0 has invalid MBR boot flags" if signed else "no MBR signature"
+        raise ImageFormatError(f"{src.path}: no partition table found ({why})"
+                               f"{_bare_filesystem_hint(src) or ': this is not a whole-disk image'}")
     parts, containers = mbr.read_mbr(src, table)
     if not parts:
         raise ImageFormatError(f"{src.path}: the MBR partition table has no partitions"
@@ -72,7 +74,7 @@ def _bare_filesystem_hint(src: ImageSource) -> str:
 
     fs = probe_bytes(src.read(0, min(src.size, 65536), "the first sectors"))
     if fs.type in ("empty", "unknown"):
-        return ": this is not a whole-disk image"
+        return ""
     return f": this looks like a bare {fs.type} filesystem, not a whole-disk image"
 
 
