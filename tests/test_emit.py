@@ -1,0 +1,225 @@
+"""Batch emission on real images: every unit verified, bmaptool-flashable, atomic and resumable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_tool
+from imagetools import keys
+from imagetools.devices import load_devices, parse_csv
+from imagetools.emit import LOCK_FILE, STATE_FILE, TMP_DIR, EmitOptions, emit
+from imagetools.errors import EnvironmentProblem
+from imagetools.verify import verify_image
+
+pytestmark = pytest.mark.integration
+
+ED25519 = EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=2)
+BATCH_FILES = {"preauth.json", "preauth.csv", "report.json"}
+
+
+def _devices_csv(path: Path, count: int, start: int = 1) -> Path:
+    rows = [f"u{i},02:00:00:00:00:{i:02x},SN{i:04d}" for i in range(start, start + count)]
+    path.write_text("name,mac,sn\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _fingerprints(out: Path) -> dict[str, str]:
+    return {d.name: json.loads((d / "unit.json").read_text())["fingerprint"]
+            for d in out.iterdir() if (d / "unit.json").exists()}
+
+
+def _assert_clean(out: Path, names: set[str]) -> None:
+    """Only published units, the batch files and emit's state remain: no temporaries."""
+    assert {p.name for p in out.iterdir()} == names | BATCH_FILES | {STATE_FILE, LOCK_FILE}
+
+
+@pytest.mark.parametrize("layout", ["sdimg", "uefiimg", "extended"])
+def test_batch_across_layouts_verifies_and_flashes(make_image, cli, tmp_path, layout):
+    base = make_image(layout, empty_rootfs_b=True)
+    before = _sha256(base)
+    devices = _devices_csv(tmp_path / "devices.csv", 2)
+    out = tmp_path / "out"
+    res = cli("emit", "--base", base, "--devices", devices, "--out-dir", out, "--key-type", "ed25519",
+              "--jobs", "2", "--json")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["summary"] == {"emitted": 2, "skipped": 0, "failed": 0}
+    assert _sha256(base) == before
+    _assert_clean(out, {"u1", "u2"})
+    preauth = json.loads((out / "preauth.json").read_text())
+    assert [p["identity_data"] for p in preauth] == [{"mac": "02:00:00:00:00:01", "sn": "SN0001"},
+                                                     {"mac": "02:00:00:00:00:02", "sn": "SN0002"}]
+    for unit, record in zip(report["units"], preauth):
+        unit_dir = out / unit["name"]
+        image = unit_dir / f"{unit['name']}{base.suffix}"
+        assert sorted(p.name for p in unit_dir.iterdir()) == sorted(
+            [image.name, f"{image.name}.bmap", "public.key", "private.key", "identity.json", "unit.json"])
+        verified = cli("verify", "--pubkey", unit_dir / "public.key", image)  # includes e2fsck -fn
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert (unit_dir / "private.key").stat().st_mode & 0o777 == 0o600
+        private = keys.read_private_file(unit_dir / "private.key")
+        assert keys.fingerprint(private) == unit["fingerprint"]
+        assert record["pubkey"] == (unit_dir / "public.key").read_text() == keys.public_pem(private).decode()
+        assert json.loads((unit_dir / "identity.json").read_text()) == record["identity_data"]
+        assert unit["image_sha256"] == _sha256(image)
+    first = out / "u1" / f"u1{base.suffix}"
+    flashed = tmp_path / "flashed.img"
+    run_tool("bmaptool", "copy", "--bmap", f"{first}.bmap", str(first), str(flashed))
+    run_tool("cmp", str(first), str(flashed))
+    assert "u2,02:00:00:00:00:02,SN0002," in (out / "preauth.csv").read_text()
+
+
+def test_resume_skips_published_units_and_keeps_their_keys(make_image, tmp_path):
+    base = make_image("sdimg")
+    out = tmp_path / "out"
+    first = emit(base, load_devices(_devices_csv(tmp_path / "d.csv", 2)), out, ED25519)
+    assert first.count("emitted") == 2
+    keys_before = _fingerprints(out)
+    again = emit(base, load_devices(_devices_csv(tmp_path / "d.csv", 3)), out, ED25519)
+    assert [u.status for u in again.units] == ["skipped", "skipped", "emitted"]
+    assert {k: v for k, v in _fingerprints(out).items() if k != "u3"} == keys_before
+    assert len(json.loads((out / "preauth.json").read_text())) == 3
+    _assert_clean(out, {"u1", "u2", "u3"})
+
+
+def test_changed_base_or_settings_refused_unless_forced_keys_kept(make_image, tmp_path):
+    base, other = make_image("sdimg"), make_image("sdimg", data_mib=16)
+    devices = load_devices(_devices_csv(tmp_path / "d.csv", 2))
+    out = tmp_path / "out"
+    discard = EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=2, discard_private_keys=True)
+    emit(base, devices, out, discard)
+    assert not (out / "u1" / "private.key").exists()
+    keys_before = _fingerprints(out)
+    with pytest.raises(EnvironmentProblem, match="base image differs"):
+        emit(other, devices, out, discard)
+    with pytest.raises(EnvironmentProblem, match="settings differ"):
+        emit(base, devices, out, EmitOptions(key_spec=keys.KeySpec(type="ecdsa"), jobs=2, discard_private_keys=True))
+    forced = emit(other, devices, out, EmitOptions(key_spec=discard.key_spec, jobs=2, discard_private_keys=True,
+                                                  force=True))
+    assert [(u.status, u.key_source) for u in forced.units] == [("emitted", "kept")] * 2
+    assert _fingerprints(out) == keys_before  # the key came out of the old image
+    for name, fp in keys_before.items():
+        report = verify_image(out / name / f"{name}.sdimg", expected_fingerprint=fp, fsck=False)
+        assert report.ok and os.path.getsize(out / name / f"{name}.sdimg") == os.path.getsize(other)
+    _assert_clean(out, {"u1", "u2"})
+
+
+def test_device_list_key_is_used_and_conflicts_refused(make_image, tmp_path):
+    base = make_image("sdimg")
+    key_pem = keys.private_pem(keys.generate(keys.KeySpec(type="ecdsa")))
+    (tmp_path / "unit.pem").write_bytes(key_pem)
+    (tmp_path / "d.csv").write_text("name,mac,key\nfixed,aa,unit.pem\n")
+    out = tmp_path / "out"
+    result = emit(base, load_devices(tmp_path / "d.csv"), out, ED25519)
+    assert result.units[0].key_source == "device list"
+    assert (out / "fixed" / "private.key").read_bytes() == key_pem
+    assert result.units[0].key_type == "ECDSA-secp256r1"
+    with pytest.raises(EnvironmentProblem, match="was emitted for identity"):
+        emit(base, parse_csv("name,mac\nfixed,bb\n"), out, ED25519)
+
+
+def test_invalid_device_list_rejected_before_any_image(make_image, cli, tmp_path):
+    base = make_image("sdimg")
+    (tmp_path / "d.csv").write_text("name,mac\nok,aa\nbad/name,bb\nx,aa\n")
+    res = cli("emit", "--base", base, "--devices", tmp_path / "d.csv", "--out-dir", tmp_path / "out")
+    assert res.returncode == 2
+    assert "line 3" in res.stderr and "line 4" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_kill_at_random_points_then_resume(make_image, tmp_path):
+    """SIGKILL at random moments: never a unit that looks complete but is not, keys never
+    regenerated for a published unit, and a re-run finishes a clean, all-verified batch."""
+    base = make_image("sdimg")
+    devices = _devices_csv(tmp_path / "d.csv", 12)
+    out = tmp_path / "out"
+    exe = Path(os.environ.get("VIRTUAL_ENV", Path(__file__).parent.parent / ".venv")) / "bin" / "imagetools"
+    if not exe.exists():
+        exe = Path(__file__).parent.parent / ".venv" / "bin" / "imagetools"
+    cmd = [str(exe), "emit", "--base", str(base), "--devices", str(devices), "--out-dir", str(out),
+           "--key-type", "ed25519", "--jobs", "2"]
+    started = time.monotonic()  # calibrate: how long a whole run takes on this machine now
+    subprocess.run([c if c != str(out) else str(tmp_path / "calibration") for c in cmd], check=True,
+                   capture_output=True)
+    whole = time.monotonic() - started
+    rng = random.Random(5)
+    seen: dict[str, str] = {}
+    progress = []
+    for _ in range(6):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.1, 0.7) * whole)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for name, fp in _fingerprints(out).items():
+            assert seen.setdefault(name, fp) == fp, f"key of published unit {name} changed"
+        for unit_dir in (d for d in out.iterdir() if not d.name.startswith(".") and d.is_dir()):
+            record = json.loads((unit_dir / "unit.json").read_text())  # published ⇒ complete
+            assert all((unit_dir / f).exists() for f in record["files"])
+        progress.append(len(seen))
+    assert any(0 < n < 12 for n in progress), f"no kill landed mid-batch: {progress}"
+    final = subprocess.run(cmd + ["--json"], capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr
+    assert json.loads(final.stdout)["summary"]["failed"] == 0
+    names = {f"u{i}" for i in range(1, 13)}
+    _assert_clean(out, names)
+    for name, fp in _fingerprints(out).items():
+        assert seen.get(name, fp) == fp
+        assert verify_image(out / name / f"{name}.sdimg", expected_fingerprint=fp).ok
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A small tmpfs, to run out of space for real (needs root; skipped otherwise)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_space_check_refuses_before_starting(make_image, tmp_path, small_fs):
+    base = make_image("sdimg")
+    with pytest.raises(EnvironmentProblem, match="not enough space"):
+        emit(base, load_devices(_devices_csv(tmp_path / "d.csv", 20)), small_fs / "out", ED25519)
+    assert not [p for p in (small_fs / "out").iterdir() if p.suffix != ".lock"]
+
+
+def test_disk_full_midway_is_clean_and_resumable(make_image, tmp_path, small_fs):
+    base = make_image("sdimg")
+    devices = load_devices(_devices_csv(tmp_path / "d.csv", 3))
+    out = small_fs / "out"
+    filler = small_fs / "filler"
+
+    def fill_after_first(result, done, total):
+        if done == 1:
+            with open(filler, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\xff" * (1 << 20))
+                        f.flush()
+                except OSError:
+                    pass
+
+    options = EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=1)
+    with pytest.raises(EnvironmentProblem, match="disk full"):
+        emit(base, devices, out, options, progress=fill_after_first)
+    assert {p.name for p in out.iterdir()} == {"u1", STATE_FILE, LOCK_FILE}
+    filler.unlink()
+    result = emit(base, devices, out, options)
+    assert [u.status for u in result.units] == ["skipped", "emitted", "emitted"]
+    _assert_clean(out, {"u1", "u2", "u3"})
