@@ -18,15 +18,14 @@ from cryptography.hazmat.primitives import serialization
 
 from . import keys
 from .errors import FilesystemError, KeyMaterialError, UsageError
+from .fs import EXT_TYPES, open_filesystem
 from .fs import fsck as fsck_partition
-from .fs import open_filesystem
 from .image import read_image
 from .layout import Layout, PartInfo, detect_layout
 
 DEFAULT_KEY_PATH = "/data/mender/mender-agent.pem"
 CLIENT_KEY_DIR = "/var/lib/mender"  # where the client looks; a link to the data partition's mender/
 DATA_MOUNT = "/data"
-EXT_TYPES = ("ext2", "ext3", "ext4")
 
 # Check names, in report order (stable: pipelines may look them up).
 TABLE = "partition table sane"
@@ -41,7 +40,6 @@ LINK_A = "/var/lib/mender link on rootfs A"
 LINK_B = "/var/lib/mender link on rootfs B"
 FSCK = "e2fsck -fn clean on data"
 CHECK_NAMES = (TABLE, DATA, PRESENT, PARSES, ACCEPTABLE, MATCHES, MODE, OWNER, LINK_A, LINK_B, FSCK)
-STATUSES = ("pass", "fail", "warn", "skip")
 
 
 @dataclass
@@ -73,9 +71,8 @@ class VerifyReport:
         return {"target": self.target, "ok": self.ok, "fingerprint": self.fingerprint,
                 "key_type": self.key_type, "checks": [asdict(c) for c in self.checks]}
 
-    def add(self, name: str, status: str, detail: str) -> bool:
+    def add(self, name: str, status: str, detail: str) -> None:
         self.checks.append(Check(name, status, detail))
-        return status != "fail"
 
 
 def data_path(path: str) -> str:
