@@ -183,11 +183,16 @@ def _names(p: Partition, fs: FsInfo) -> list[tuple[str, str]]:
     return out
 
 
+def _boot_named(p: Partition, fs: FsInfo) -> bool:
+    """An ext4 partition labelled 'boot' is a /boot, never a Mender rootfs."""
+    return any(n in BOOT_NAMES for n, _ in _names(p, fs))
+
+
 def _assign_boot_and_swap(infos: Infos, roles: Roles) -> None:
     for p, fs in infos:
         if p.number in roles:
             continue
-        if fs.type == "swap" or p.type in ("0x82", SWAP_GUID):
+        if fs.type == "swap" or (fs.type in ("empty", "unknown") and p.type in ("0x82", SWAP_GUID)):
             why = "swap signature" if fs.type == "swap" else f"swap partition type {p.type}"
             roles[p.number] = ("swap", why)
     if _taken(roles, "boot"):
@@ -235,7 +240,7 @@ def _assign_by_position(infos: Infos, roles: Roles) -> None:
         after = placed.get("rootfs-a", -1) if role == "rootfs-b" else -1
         before = placed.get("rootfs-b") if role == "rootfs-a" else None
         for p, fs in ordered:
-            if (p.number in roles or not _is_linux(p, fs) or p.start <= after
+            if (p.number in roles or not _is_linux(p, fs) or _boot_named(p, fs) or p.start <= after
                     or (before is not None and p.start >= before)
                     or (data is not None and p.start >= data.start)):
                 continue

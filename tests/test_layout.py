@@ -135,6 +135,16 @@ def test_swap_by_signature_or_type(tmp_path):
     assert found.by_number(3).reason == "swap partition type 0x82"
 
 
+def test_ext4_boot_partition_is_not_a_rootfs(tmp_path):
+    found = mbr_layout(tmp_path, [(0x83, EXT("boot")), (0x83, EXT()), (0x83, EXT()), (0x83, EXT("data"))])
+    assert roles(found) == {1: "extra", 2: "rootfs-a", 3: "rootfs-b", 4: "data"}
+
+
+def test_swap_type_with_a_filesystem_goes_by_the_filesystem(tmp_path):
+    found = mbr_layout(tmp_path, [(0x83, EXT()), (0x82, EXT()), (0x83, EXT("data"))])
+    assert roles(found) == {1: "rootfs-a", 2: "rootfs-b", 3: "data"}
+
+
 def test_fat_elsewhere_is_extra(tmp_path):
     found = mbr_layout(tmp_path, [(0x83, EXT()), (0x0C, FAT("")), (0x83, EXT()), (0x83, EXT("data"))])
     assert roles(found) == {1: "rootfs-a", 2: "extra", 3: "rootfs-b", 4: "data"}
