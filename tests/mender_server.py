@@ -98,9 +98,9 @@ class MenderTestServer:
         self.log: list[tuple[str, str, int]] = []   # (method, path, status)
         self.login_headers: list[str] = []
         self._faults: deque[tuple[int, float | None, str]] = deque()
+        self._stalls: deque[float] = deque()
         self._lock = threading.RLock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._httpd.daemon_threads = True
+        self._httpd = _QuietServer(("127.0.0.1", 0), _handler_for(self))
         if tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(*tls)
@@ -122,6 +122,11 @@ class MenderTestServer:
         """Answer the next `count` requests under `prefix` with `status` (429/5xx)."""
         with self._lock:
             self._faults.extend([(status, retry_after, prefix)] * count)
+
+    def stall_next(self, seconds: float, count: int = 1) -> None:
+        """Answer the next `count` requests only after `seconds` (to trigger client timeouts)."""
+        with self._lock:
+            self._stalls.extend([seconds] * count)
 
     def seed_device(self, identity: dict, pubkey_pem: str, status: str = "preauthorized") -> str:
         """Put a device on the server directly (fast set-up for big lists)."""
@@ -152,6 +157,9 @@ class MenderTestServer:
     # --- request handling (called from handler threads) ---
 
     def handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> Reply:
+        with self._lock:
+            stall = self._stalls.popleft() if self._stalls else 0
+        time.sleep(stall)
         parts = urlsplit(raw_path)
         path, query = parts.path, parse_qsl(parts.query)
         spec = _spec_for(path)
@@ -284,6 +292,13 @@ class MenderTestServer:
     def _violation(self, message: str) -> None:
         with self._lock:
             self.violations.append(message)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that timed out and hung up is part of the tests
 
 
 def _handler_for(server: MenderTestServer) -> type[BaseHTTPRequestHandler]:

@@ -155,6 +155,15 @@ def test_unreachable_server_is_a_clear_error():
     assert info.value.status is None and not isinstance(info.value, AuthError)
 
 
+def test_timeout_is_retried_then_reported(mender):
+    mender.stall_next(0.6, count=2)
+    with client_for(mender, timeout=0.2, retries=1) as client, pytest.raises(ServerError) as info:
+        client.get_device("x")
+    assert "timed out" in str(info.value) and "tried 2 times" in str(info.value)
+    with client_for(mender, timeout=0.2, retries=1) as client:
+        assert client.get_device("x") is None  # the stalls are used up
+
+
 def test_legacy_v1_push(mender):
     batch = units(3)
     mender.admission.append({"id": "x", "device_id": "d0", "status": "accepted", "attributes": {},
