@@ -185,3 +185,19 @@ def test_verify_against_the_server(cli, env, mender, unit_image):
     assert explicit.returncode == 0, explicit.stdout + explicit.stderr
     both = cli("verify", image, "--server", mender.url, "--fingerprint", "00" * 32, env=env)
     assert both.returncode == 2 and "only one of" in both.stderr
+
+
+@pytest.mark.integration
+def test_emit_output_pushes_and_verifies_against_the_server(cli, env, mender, make_image, tmp_path):
+    """The whole offline-then-online flow: emit, later push its preauth.json, check, verify."""
+    base = make_image("sdimg", empty_rootfs_b=True)
+    (tmp_path / "devices.csv").write_text("name,mac\nunitA,02:00:00:00:0a:01\nunitB,02:00:00:00:0a:02\n")
+    emitted = cli("emit", "--base", base, "--devices", "devices.csv", "--out-dir", "out",
+                  "--key-type", "ed25519", "--no-bmap", "-j", "1", env=env)
+    assert emitted.returncode == 0, emitted.stderr
+    pushed = cli("preauth", "push", "out/preauth.json", "--json", env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    assert json.loads(pushed.stdout)["summary"]["preauthorized"] == 2
+    assert cli("preauth", "status", "out/preauth.json", env=env).returncode == 0
+    verified = cli("verify", "out/unitB/unitB.sdimg", "--no-fsck", "--server", mender.url, env=env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
