@@ -31,7 +31,7 @@ LINUX_GUIDS = {
     "933ac7e1-2eb4-4f13-b844-0e14e2aef915": "Linux /home",
     "3b8f8425-20e0-4f3b-907f-1a25a76f98e8": "Linux /srv",
 }
-FAT_GUIDS = {ESP_GUID: "EFI system partition", "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7": "basic data"}
+FAT_GUIDS = {ESP_GUID: "EFI System", "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7": "Basic data"}
 MBR_FAT_TYPES = {"0x01", "0x04", "0x06", "0x0b", "0x0c", "0x0e", "0xef"}
 MBR_LINUX_TYPES = {"0x83"}
 EXT = ("ext2", "ext3", "ext4")

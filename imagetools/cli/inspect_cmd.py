@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ..layout import Layout, PartInfo, open_layout
+from ..layout import FAT_GUIDS, LINUX_GUIDS, SWAP_GUID, Layout, PartInfo, open_layout
 from .base import main, print_json, print_table, warn
 from .options import layout_options
 
@@ -15,15 +15,7 @@ MBR_TYPE_NAMES = {
     "0x0c": "FAT32 LBA", "0x0e": "FAT16 LBA", "0x0f": "Extended LBA", "0x82": "Linux swap",
     "0x83": "Linux", "0x85": "Linux extended", "0x8e": "Linux LVM", "0xee": "GPT", "0xef": "EFI",
 }
-GPT_TYPE_NAMES = {
-    "c12a7328-f81f-11d2-ba4b-00a0c93ec93b": "EFI System",
-    "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7": "Basic data",
-    "0fc63daf-8483-4772-8e79-3d69d8477de4": "Linux filesystem",
-    "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f": "Linux swap",
-    "4f68bce3-e8cd-4db1-96e7-fbcaf984b709": "Linux root (x86-64)",
-    "b921b045-1df0-41c3-af44-4c6f280d3fae": "Linux root (ARM64)",
-    "69dad710-2ce4-4e3c-b16c-21a1d49abed3": "Linux root (ARM)",
-}
+GPT_TYPE_NAMES = {**FAT_GUIDS, **LINUX_GUIDS, SWAP_GUID: "Linux swap"}
 
 
 @main.command()
