@@ -20,7 +20,7 @@ from .server import MenderClient, canonical_identity
 
 OUTCOMES = ("preauthorized", "already", "conflict", "failed")
 GOOD_STATUSES = ("preauthorized", "accepted")
-REGENERATED = ("the device is not using the injected key: the Mender client generated a new one because "
+REGENERATED = ("the device is not using the injected key — the Mender client generated a new one because "
                "the injected key was missing, unreadable or at the wrong path")
 
 
@@ -295,8 +295,9 @@ def _device_status(unit: Unit, device: dict | None) -> UnitStatus:
     pending = [s for s in others if s.get("status") == "pending"]
     if pending:
         theirs = ", ".join(_short_fp(s.get("pubkey"), full=True) for s in pending)
-        result.diagnosis.append(f"pending with a different key: {REGENERATED}; device key {theirs}, "
-                                f"preauthorized key {unit.fingerprint}; check the image with imagetools verify")
+        result.diagnosis.append(f"the device connected with a different key (pending): {REGENERATED}; "
+                                f"device key {theirs}, preauthorized key {unit.fingerprint}; "
+                                f"check the image with imagetools verify")
     if not mine:
         known = ", ".join(f"{_short_fp(s.get('pubkey'))} ({s.get('status')})" for s in sets) or "none"
         result.diagnosis.append(f"the server has no auth set with the preauthorized key {unit.fingerprint} "

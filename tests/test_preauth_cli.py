@@ -139,7 +139,8 @@ def test_status_reports_and_diagnoses(cli, env, mender, tmp_path):
     assert [u["status"] for u in units] == ["preauthorized", "pending"]
     assert keys.fingerprint(keys.load_public(rogue.encode(), "k")) in units[1]["diagnosis"][0]
     human = cli("preauth", "status", "preauth.json", env=env)
-    assert "unit1: pending with a different key: the device is not using the injected key" in human.stdout
+    assert "unit1: the device connected with a different key (pending): the device is not using the " \
+        "injected key" in human.stdout
 
 
 def test_legacy_v1_push(cli, env, mender, tmp_path):
