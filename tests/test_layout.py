@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import run_tool
 from disktables import (BASIC, ESP, LINUX, SWAP, MiB, GptPart, ext_superblock, fat_boot_sector,
@@ -220,3 +222,34 @@ def test_lookups(tmp_path):
     with pytest.raises(LayoutError, match="unknown partition role"):
         found.find("root")
     assert {p.role for p in found.parts} <= set(ROLES)
+
+
+# --- any mix of partitions: one partition per singular role, a reason for each ------------------
+FS_KINDS = {
+    "ext4": lambda label: EXT(label), "vfat": lambda label: FAT(label.upper()[:11]),
+    "swap": lambda label: swap_header(label), "empty": lambda label: None,
+    "squashfs": lambda label: b"hsqs" + bytes(12), "junk": lambda label: b"\x01" * 4096,
+}
+LABELS = ["", "data", "primary", "secondary", "rootfs", "boot", "DATA", "other"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0x83, 0x0C, 0x82, 0x07]), st.sampled_from(sorted(FS_KINDS)),
+                          st.sampled_from(LABELS)), min_size=1, max_size=4),
+       st.dictionaries(st.sampled_from(["data", "boot", "rootfs-a", "rootfs-b"]), st.integers(1, 4),
+                       max_size=2))
+def test_any_mix_gets_consistent_roles(tmp_path_factory, parts, overrides):
+    tmp = tmp_path_factory.mktemp("mix")
+    try:
+        found = mbr_layout(tmp, [(t, FS_KINDS[kind](label)) for t, kind, label in parts], overrides)
+    except LayoutError as exc:  # only bad overrides may fail
+        assert "partition" in str(exc) and overrides
+        return
+    singular = [p.role for p in found.parts if p.role not in ("swap", "extra")]
+    assert len(singular) == len(set(singular))
+    assert all(p.role in ROLES and p.reason and "\n" not in p.reason for p in found.parts)
+    for role, number in overrides.items():
+        assert found.by_number(number).role == role
+    if found.rootfs_a and found.rootfs_b and "rootfs" not in " ".join(overrides):
+        named = "label" in found.rootfs_a.reason + found.rootfs_b.reason
+        assert named or found.rootfs_a.partition.start < found.rootfs_b.partition.start
