@@ -539,3 +539,16 @@ def test_probe_synthetic_signatures():
     assert unknown_bits.type == "ext4" and "FEATURE_INCOMPAT_30" in unknown_bits.features
     assert probe_bytes(ext_superblock(compat=0x4, incompat=0x2, ro_compat=0x3)).type == "ext3"
     assert probe_bytes(ext_superblock(log_block=40)).type == "unknown"
+
+
+@FUZZ
+@given(st.sampled_from([b"", b"hsqs", b"\xeb\x3c\x90", b"SWAPSPACE2"]), st.binary(max_size=8192),
+       st.sampled_from([0, 1080, 4086]))
+def test_fuzz_probe_never_raises(prefix, data, magic_at):
+    from imagetools.fs.probe import probe_bytes
+
+    buf = bytearray(prefix + data)
+    if magic_at and len(buf) > magic_at + 10:
+        buf[magic_at:magic_at + 2] = b"\x53\xef" if magic_at == 1080 else b"SW"
+    info = probe_bytes(bytes(buf))
+    assert info.type in ("ext2", "ext3", "ext4", "vfat", "swap", "squashfs", "empty", "unknown")
