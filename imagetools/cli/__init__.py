@@ -1,10 +1,8 @@
-"""Command-line interface: a thin click layer over the library."""
+"""Command-line interface: a thin click layer over the library.
+
+Commands live in modules loaded on demand (see base._COMMAND_MODULES).
+"""
 
 from .base import main
-from . import files  # noqa: F401
-from . import keys_cmd  # noqa: F401
-from . import server_cmd  # noqa: F401
-from . import inspect_cmd  # noqa: F401
-from . import emit_cmd  # noqa: F401
 
 __all__ = ["main"]

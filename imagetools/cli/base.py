@@ -8,6 +8,7 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import sys
 from typing import Any, Iterable, Sequence
@@ -19,8 +20,28 @@ from ..errors import ImageToolsError
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_ENV, EXIT_SERVER = 0, 1, 2, 3, 4
 
 
+# Command name -> module defining it. Modules load only when their command runs, so a quick
+# command (verify on a flashing station) does not pay for importing httpx, emit, etc.
+_COMMAND_MODULES = {
+    "inspect": "inspect_cmd",
+    "ls": "files", "cat": "files", "cp": "files", "install": "files", "rm": "files",
+    "keygen": "keys_cmd", "inject": "keys_cmd", "verify": "keys_cmd",
+    "emit": "emit_cmd",
+    "login": "server_cmd", "preauth": "server_cmd",
+}
+
+
 class _Group(click.Group):
-    """Turns library errors into one line on stderr and a documented exit code."""
+    """Loads command modules lazily; turns library errors into one line on stderr and a
+    documented exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in _COMMAND_MODULES:
+            importlib.import_module(f"{__package__}.{_COMMAND_MODULES[name]}")
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -15,7 +15,7 @@ from .. import keys
 from ..errors import EnvironmentProblem, UsageError, VerifyFailed
 from .base import is_tty, main, print_json, print_table, warn
 from .options import layout_options
-from .server_cmd import server_key_options
+from .server_options import server_key_options
 
 DEFAULT_KEY_PATH = "/data/mender/mender-agent.pem"  # same as imagetools.inject.DEFAULT_KEY_PATH
 

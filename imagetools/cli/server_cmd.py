@@ -2,103 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import os
-from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any, Callable
 
 import click
 
 from .. import preauth as preauth_lib
-from ..errors import UsageError
-from ..keys import PublicKey
-from ..preauth import load_identity
-from ..server import URL_ENV, MenderClient, ServerSettings, expected_key_for_identity, resolve_token, save_token
-from .base import EXIT_FAILED, is_tty, main, print_json, print_table, warn
+from ..server import MenderClient, ServerSettings, save_token
+from .base import EXIT_FAILED, is_tty, main, print_json, print_table
+from .server_options import server_options
 
 PASSWORD_ENV = "MENDER_PASSWORD"
-
-
-def server_options(require_token: bool = True, optional: bool = False) -> Callable:
-    """The connection options every server command shares.
-
-    The command gets `settings`: a callable returning ServerSettings with the token resolved
-    (require_token=False: no token and no --token-file, for `login`). With optional=True, --server
-    has no environment default and `settings` is None when --server is absent: the command stays
-    offline.
-    """
-    def decorate(func: Callable) -> Callable:
-        token_option = click.option(
-            "--token-file", type=click.Path(dir_okay=False), metavar="FILE",
-            help="File holding a Personal Access Token (default: env MENDER_TOKEN, then the "
-                 "token cached by `imagetools login`).") if require_token else (lambda f: f)
-
-        @click.option("--server", "server_url", envvar=None if optional else URL_ENV, metavar="URL",
-                      help="Mender Server URL, e.g. https://hosted.mender.io"
-                           + (" (nothing is fetched without it)." if optional else f" (env {URL_ENV})."))
-        @token_option
-        @click.option("--ca-cert", type=click.Path(dir_okay=False), metavar="FILE",
-                      help="Trust this CA certificate (PEM) for the server's TLS certificate.")
-        @click.option("--insecure", is_flag=True, help="Do not verify the server's TLS certificate (test setups only).")
-        @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-                      metavar="SECONDS", help="Timeout of each HTTP request.")
-        @click.option("--retries", type=click.IntRange(min=0), default=4, show_default=True,
-                      envvar="IMAGETOOLS_RETRIES",
-                      help="Retries on connection errors, 5xx and 429 (env IMAGETOOLS_RETRIES).")
-        @click.option("--backoff", type=click.FloatRange(min=0), default=0.5, show_default=True,
-                      envvar="IMAGETOOLS_BACKOFF", metavar="SECONDS",
-                      help="First retry wait, doubled on each retry; Retry-After wins when longer "
-                           "(env IMAGETOOLS_BACKOFF).")
-        @functools.wraps(func)
-        def wrapper(server_url: str | None, ca_cert: str | None, insecure: bool,
-                    timeout: float, retries: int, backoff: float, **kwargs: Any) -> Any:
-            token_file = kwargs.pop("token_file", None)
-
-            def settings() -> ServerSettings:
-                s = ServerSettings(server_url or "", ca_cert=ca_cert, insecure=insecure, timeout=timeout,
-                                   retries=retries, backoff=backoff)
-                if require_token:
-                    s.token, s.token_source = resolve_token(s.url, token_file)
-                _warn_about_transport(s)
-                return s
-            return func(settings=settings if server_url or not optional else None, **kwargs)
-        return wrapper
-    return decorate
-
-
-def server_key_options(func: Callable) -> Callable:
-    """`--server URL [--identity JSON|FILE]` plus the connection options, for `verify`.
-
-    The command gets `server_key`: None when --server is absent (offline), else a function
-    image-path → PublicKey preauthorized (or accepted) on the server for the unit's identity,
-    taken from --identity or the identity.json written beside the image.
-    """
-    @click.option("--identity", "identity_arg", metavar="JSON|FILE",
-                  help="The unit's identity for --server, as JSON or a JSON file "
-                       "(default: identity.json beside the image).")
-    @server_options(optional=True)
-    @functools.wraps(func)
-    def wrapper(settings: Callable[..., ServerSettings] | None, identity_arg: str | None, **kwargs: Any) -> Any:
-        if settings is None:
-            if identity_arg is not None:
-                raise UsageError("--identity is only used with --server")
-            return func(server_key=None, **kwargs)
-
-        def server_key(image: str | os.PathLike) -> PublicKey:
-            identity = load_identity(identity_arg, Path(image).parent / "identity.json")
-            with MenderClient(settings()) as client:
-                return expected_key_for_identity(client, identity)
-        return func(server_key=server_key, **kwargs)
-    return wrapper
-
-
-def _warn_about_transport(s: ServerSettings) -> None:
-    parts = urlsplit(s.url)
-    if parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
-        warn(f"{s.url} is plain HTTP: credentials and keys travel unencrypted")
-    if s.insecure:
-        warn("TLS certificate verification is off (--insecure)")
 
 
 @main.command()
