@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat as stat_mod
+import sys
 
 import click
 
@@ -91,7 +92,7 @@ def cat_cmd(backend: str, partition: int | None, rootfs: str, overrides: dict[st
     where = require_image_path(target)
     result = files.read_path(where.image, where.path, backend=backend, partition=partition,
                              rootfs=rootfs, overrides=overrides)
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     out.write(result.data)
     out.flush()
 
@@ -128,7 +129,7 @@ def cp_cmd(backend: str, parents: bool, partition: int | None, rootfs: str,
 
 def _read_host(source: str) -> tuple[bytes, int]:
     if source == "-":
-        return click.get_binary_stream("stdin").read(), 0o600
+        return sys.stdin.buffer.read(), 0o600
     with open(source, "rb") as fh:
         return fh.read(), stat_mod.S_IMODE(os.fstat(fh.fileno()).st_mode)
 
@@ -136,7 +137,7 @@ def _read_host(source: str) -> tuple[bytes, int]:
 def _write_host(dest: str, name: str, data: bytes, mode: int) -> None:
     """Created 0600 first (the content may be a key), then given the image file's mode."""
     if dest == "-":
-        click.get_binary_stream("stdout").write(data)
+        sys.stdout.buffer.write(data)
         return
     if os.path.isdir(dest):
         dest = os.path.join(dest, name)
@@ -177,7 +178,7 @@ def install_cmd(mode_text: str | None, owner: str, group: str, parents: bool, di
     if len(args) != 2:
         raise UsageError("install takes HOSTFILE IMAGE:/PATH (or -d IMAGE:/DIR)")
     where = require_image_path(args[1])
-    data = click.get_binary_stream("stdin").read() if args[0] == "-" else _read_host(args[0])[0]
+    data = sys.stdin.buffer.read() if args[0] == "-" else _read_host(args[0])[0]
     _report(files.install(where.image, where.path, data, mode=mode, uid=uid, gid=gid,
                           parents=parents, backend=backend, partition=partition, overrides=overrides))
 
