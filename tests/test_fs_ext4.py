@@ -232,3 +232,15 @@ def test_not_a_filesystem(make_image):
     swap = open_layout(img).find("swap")
     with pytest.raises(FilesystemError, match="swap"):
         open_filesystem(img, swap)
+
+
+def test_unreplayed_journal_refused(make_image):
+    img = make_image("sdimg")
+    data = open_layout(img).data
+    run_tool("debugfs", "-w", "-R", "feature needs_recovery", f"{img}?offset={data.partition.start}")
+    before = sha(img)
+    with open_filesystem(img, data, writable=True) as fs:
+        assert fs.list("/mender") == []
+        with pytest.raises(FilesystemError, match="never replayed"):
+            fs.write("/mender/k", b"1")
+    assert sha(img) == before

@@ -31,6 +31,7 @@ from .debugfs import quote
 
 _EXTENTS_FL = 0x80000
 _INLINE_DATA_FL = 0x10000000
+_INCOMPAT_RECOVER = 0x4
 _INCOMPAT_64BIT = 0x80
 
 
@@ -329,6 +330,10 @@ class Ext4Filesystem:
     def _require_writable(self) -> None:
         if not self.writable:
             raise FilesystemError(f"{self.label} was opened read-only")
+        if self._vol is not None and int(self._vol.superblock.s_feature_incompat) & _INCOMPAT_RECOVER:
+            # the kernel would replay the journal over our changes at the first mount
+            raise FilesystemError(f"{self.label} has a journal that was never replayed (the image was "
+                                  "taken from a running system): run e2fsck -fy on it first")
 
     def _stat_or_none(self, path: str) -> Entry | None:
         try:
