@@ -25,6 +25,7 @@ import signal
 import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 import contextlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -440,7 +441,12 @@ def _run(jobs: list[_Job], workers: int | None, results: dict[str, UnitResult], 
             while pending:
                 complete, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in complete:
-                    finished(fut.result())
+                    try:
+                        finished(fut.result())
+                    except BrokenProcessPool:
+                        raise EnvironmentProblem(
+                            "a worker process died (out of memory or killed); units published so far "
+                            "are complete: run the same command again to finish") from None
                 if not disk_full:
                     pending |= {pool.submit(_emit_unit, j) for j in _take(queue, len(complete))}
         finally:
@@ -512,8 +518,7 @@ def _emit_unit(job: _Job) -> UnitResult:
 
 def _build_unit(job: _Job, tmp: Path, result: UnitResult) -> None:
     t = time.monotonic()
-    pem = _unit_key(job)
-    private = keys.load_private(pem, f"key of {job.name}")
+    pem, private = _unit_key(job)
     pub_pem = keys.public_pem(private)
     result.fingerprint, result.key_type = keys.fingerprint(private), keys.describe(private)
     files = ["public.key", "identity.json", UNIT_FILE]
@@ -553,12 +558,14 @@ def _build_unit(job: _Job, tmp: Path, result: UnitResult) -> None:
     (tmp / UNIT_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def _unit_key(job: _Job) -> bytes:
-    if job.key_path:
-        return Path(job.key_path).read_bytes()
-    if job.key_from_image:
-        return _key_from_image(job.key_from_image)
-    return keys.private_pem(keys.generate(job.options.key_spec), job.options.key_spec.format)
+def _unit_key(job: _Job) -> tuple[bytes, keys.PrivateKey]:
+    """PEM and key object; a generated key is not parsed back (loading an RSA key validates it,
+    which costs about half a key generation)."""
+    if job.key_path or job.key_from_image:
+        pem = Path(job.key_path).read_bytes() if job.key_path else _key_from_image(job.key_from_image)
+        return pem, keys.load_private(pem, f"key of {job.name}")
+    private = keys.generate(job.options.key_spec)
+    return keys.private_pem(private, job.options.key_spec.format), private
 
 
 def _key_from_image(image: str) -> bytes:
