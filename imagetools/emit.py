@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from . import bmap, keys
-from .devices import Device
+from .devices import Device, canonical_identity
 from .errors import EnvironmentProblem, ImageToolsError, UsageError
 from .inject import inject_key
 from .layout import open_layout
@@ -152,8 +152,16 @@ def emit(base: str | os.PathLike, devices: list[Device], out_dir: str | os.PathL
             base_id = _base_identity(base, state)
             published = _published_units(out, devices)
 
+            scans: list[bmap.Scan] = []
+
+            def base_scan() -> bmap.Scan:
+                """The base hashed once per run (identity, and what units reuse)."""
+                if not scans:
+                    scans.append(bmap.scan(base, window=window))
+                return scans[0]
+
             def content_sha256() -> str:
-                return _scan_base(base, window).sha256
+                return base_scan().sha256
 
             _check_changes(state, base_id, options, published, out, content_sha256)
             jobs = _plan(devices, published, base, out, options)
@@ -171,7 +179,7 @@ def emit(base: str | os.PathLike, devices: list[Device], out_dir: str | os.PathL
                 base_id.setdefault("sha256", content_sha256())
                 _write_state(out, base_id, options, complete=False)
                 jobs = [replace(j, base_sha256=base_id["sha256"]) for j in jobs]
-                _run(jobs, options.jobs, results, len(devices), progress, base, window)
+                _run(jobs, options.jobs, results, len(devices), progress, base_scan().reuse)
             units = [results[d.name] for d in devices]
             _write_batch_files(out, base_id, options, units, copy_mode, started)
             _write_state(out, base_id, options, complete=all(u.status != "failed" for u in units))
@@ -283,6 +291,19 @@ def _published_units(out: Path, devices: list[Device]) -> dict[str, dict[str, An
                             f"remove {unit_dir} to re-emit it with that key")
         else:
             found[device.name] = record
+    listed = {d.name for d in devices}
+    elsewhere = {}
+    for unit_json in out.glob(f"*/{UNIT_FILE}"):
+        if unit_json.parent.name not in listed:
+            try:
+                elsewhere[canonical_identity(json.loads(unit_json.read_text())["identity"])] = unit_json.parent
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    for device in devices:
+        other = elsewhere.get(canonical_identity(device.identity))
+        if other is not None:
+            problems.append(f"identity {json.dumps(device.identity)} (line {device.line}) was already emitted "
+                            f"as {other} with its own key; name the unit {other.name!r} again or remove {other}")
     if problems:
         raise EnvironmentProblem(f"{out}: {len(problems)} published unit(s) conflict with the device list: "
                                  + "; ".join(problems))
@@ -411,9 +432,9 @@ def _result_from_record(record: dict[str, Any], unit_dir: Path, status: str) -> 
 # ---------------------------------------------------------------- running the units
 
 def _run(jobs: list[_Job], workers: int | None, results: dict[str, UnitResult], total: int,
-         progress: Progress | None, base: Path, window: tuple[int, int]) -> None:
+         progress: Progress | None, reuse: bmap.Reuse | None) -> None:
     global _REUSE
-    _REUSE = _scan_base(base, window).reuse
+    _REUSE = reuse
     done = len(results)
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     disk_full: list[UnitResult] = []
@@ -467,16 +488,6 @@ def _take(it: Iterable[_Job], n: int) -> list[_Job]:
         if len(out) >= n:
             break
     return out
-
-
-def _scan_base(base: Path, window: tuple[int, int]) -> bmap.Scan:
-    global _BASE_SCAN
-    if _BASE_SCAN is None or _BASE_SCAN[0] != (str(base), window):
-        _BASE_SCAN = ((str(base), window), bmap.scan(base, window=window))
-    return _BASE_SCAN[1]
-
-
-_BASE_SCAN: tuple[tuple[str, tuple[int, int]], bmap.Scan] | None = None
 
 
 def _worker_init() -> None:

@@ -38,7 +38,7 @@ def _sha256(path: Path) -> str:
 
 def _fingerprints(out: Path) -> dict[str, str]:
     return {d.name: json.loads((d / "unit.json").read_text())["fingerprint"]
-            for d in out.iterdir() if (d / "unit.json").exists()}
+            for d in (out.iterdir() if out.exists() else ()) if (d / "unit.json").exists()}
 
 
 def _assert_clean(out: Path, names: set[str]) -> None:
@@ -129,6 +129,9 @@ def test_device_list_key_is_used_and_conflicts_refused(make_image, tmp_path):
     assert result.units[0].key_type == "ECDSA-secp256r1"
     with pytest.raises(EnvironmentProblem, match="was emitted for identity"):
         emit(base, parse_csv("name,mac\nfixed,bb\n"), out, ED25519)
+    with pytest.raises(EnvironmentProblem, match="already emitted as .*fixed with its own key"):
+        emit(base, parse_csv("name,mac\nrenamed,aa\n"), out, ED25519)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["fixed", *sorted(BATCH_FILES)]
 
 
 def test_invalid_device_list_rejected_before_any_image(make_image, cli, tmp_path):
@@ -151,21 +154,23 @@ def test_kill_at_random_points_then_resume(make_image, tmp_path):
         exe = Path(__file__).parent.parent / ".venv" / "bin" / "imagetools"
     cmd = [str(exe), "emit", "--base", str(base), "--devices", str(devices), "--out-dir", str(out),
            "--key-type", "ed25519", "--jobs", "2"]
-    started = time.monotonic()  # calibrate: how long a whole run takes on this machine now
-    subprocess.run([c if c != str(out) else str(tmp_path / "calibration") for c in cmd], check=True,
-                   capture_output=True)
-    whole = time.monotonic() - started
     rng = random.Random(5)
     seen: dict[str, str] = {}
     progress = []
     for _ in range(6):
+        # Kill once a random number of further units is out (0 = during start-up), plus a random
+        # delay: lands mid-unit and mid-batch whatever the speed of the machine.
+        target = min(len(seen) + rng.randint(0, 2), 9)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.1, 0.7) * whole)
+        deadline = time.monotonic() + 60
+        while len(_fingerprints(out)) < target and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         for name, fp in _fingerprints(out).items():
             assert seen.setdefault(name, fp) == fp, f"key of published unit {name} changed"
-        for unit_dir in (d for d in out.iterdir() if not d.name.startswith(".") and d.is_dir()):
+        for unit_dir in (d for d in out.glob("*") if not d.name.startswith(".") and d.is_dir()):
             record = json.loads((unit_dir / "unit.json").read_text())  # published ⇒ complete
             assert all((unit_dir / f).exists() for f in record["files"])
         progress.append(len(seen))
