@@ -48,17 +48,22 @@ class Change:
 class _Session:
     """One image's layout plus the filesystems opened on it (closed together)."""
 
-    def __init__(self, image: str | os.PathLike, overrides: dict[str, int] | None, rootfs: str):
+    def __init__(self, image: str | os.PathLike, overrides: dict[str, int] | None, rootfs: str = "a",
+                 *, writing: bool = False):
         self.image = os.fspath(image)
+        if writing:
+            check_writable(self.image)  # before anything is looked at, let alone changed
         self.layout: Layout = open_layout(self.image, overrides)
         self.rootfs = rootfs
-        self._open: dict[tuple[int, bool], Filesystem] = {}
+        self.writing = writing
+        self._open: dict[int, Filesystem] = {}
 
-    def fs(self, part: PartInfo, writable: bool = False) -> Filesystem:
-        key = (part.partition.number, writable)
-        if key not in self._open:
-            self._open[key] = open_filesystem(self.image, part, writable=writable)
-        return self._open[key]
+    def fs(self, part: PartInfo) -> Filesystem:
+        """The partition's filesystem, opened once per session (writable in a writing session)."""
+        number = part.partition.number
+        if number not in self._open:
+            self._open[number] = open_filesystem(self.image, part, writable=self.writing)
+        return self._open[number]
 
     def close(self) -> None:
         for fs in self._open.values():
@@ -222,13 +227,12 @@ def install(image: str | os.PathLike, path: str, data: bytes, *, mode: int = 0o6
     """Write a file (created or replaced) with mode and owner; a rootfs path goes to A and B."""
     _check_backend(backend)
     change = Change()
-    with _Session(image, overrides, "a") as s:
+    with _Session(image, overrides, writing=True) as s:
         if backend == "mender-artifact":
             with _peer(s, partition) as peer:
                 peer.install(path, data, mode, uid=uid, gid=gid, parents=parents)
             change.where.append(f"{normalize(path)} (via mender-artifact)")
             return change
-        check_writable(s.image)
         targets = _write_targets(s, path, partition, follow_final=True, change=change)
         for loc in targets:
             _check_parent(s, loc, parents)
@@ -236,7 +240,7 @@ def install(image: str | os.PathLike, path: str, data: bytes, *, mode: int = 0o6
                 change.warnings.append(f"{loc.describe()}: FAT stores no permissions or owner; "
                                        f"mode {mode:04o} and owner {uid}:{gid} not applied")
         for loc in targets:
-            s.fs(loc.part, writable=True).write(loc.path, data, mode=mode, uid=uid, gid=gid,
+            s.fs(loc.part).write(loc.path, data, mode=mode, uid=uid, gid=gid,
                                                 parents=parents)
             change.where.append(loc.describe())
     return change
@@ -249,7 +253,7 @@ def make_dir(image: str | os.PathLike, path: str, *, mode: int = 0o755, uid: int
     mender-artifact do), or set mode/owner of an existing one."""
     _check_backend(backend)
     change = Change()
-    with _Session(image, overrides, "a") as s:
+    with _Session(image, overrides, writing=True) as s:
         if backend == "mender-artifact":
             if uid or gid or mode != 0o755:
                 raise UsageError("mender-artifact creates directories 0755 root:root only: "
@@ -258,10 +262,9 @@ def make_dir(image: str | os.PathLike, path: str, *, mode: int = 0o755, uid: int
                 peer.mkdir(path)
             change.where.append(f"{normalize(path)} (via mender-artifact)")
             return change
-        check_writable(s.image)
         targets = _write_targets(s, path, partition, follow_final=True, change=change)
         for loc in targets:
-            s.fs(loc.part, writable=True).mkdir(loc.path, mode=mode, uid=uid, gid=gid, parents=True)
+            s.fs(loc.part).mkdir(loc.path, mode=mode, uid=uid, gid=gid, parents=True)
             change.where.append(loc.describe())
     return change
 
@@ -271,13 +274,12 @@ def remove(image: str | os.PathLike, path: str, *, recursive: bool = False, back
     """Remove a file, link or (recursive) directory; a rootfs path from A and B where present."""
     _check_backend(backend)
     change = Change()
-    with _Session(image, overrides, "a") as s:
+    with _Session(image, overrides, writing=True) as s:
         if backend == "mender-artifact":
             with _peer(s, partition) as peer:
                 peer.remove(path, recursive)
             change.where.append(f"{normalize(path)} (via mender-artifact)")
             return change
-        check_writable(s.image)
         targets = _write_targets(s, path, partition, follow_final=False, change=change)
         present = [loc for loc in targets if s.fs(loc.part).exists(loc.path)]
         if not present:
@@ -291,6 +293,6 @@ def remove(image: str | os.PathLike, path: str, *, recursive: bool = False, back
             if entry.type == "dir" and not recursive and s.fs(loc.part).list(loc.path):
                 raise FilesystemError(f"{loc.outer()} is a non-empty directory (use -r)")
         for loc in present:
-            s.fs(loc.part, writable=True).remove(loc.path, recursive=recursive)
+            s.fs(loc.part).remove(loc.path, recursive=recursive)
             change.where.append(loc.describe())
     return change

@@ -42,7 +42,7 @@ class ImagePath:
 def _is_image_file(candidate: str) -> bool:
     try:
         mode = os.stat(candidate).st_mode
-    except OSError:
+    except (OSError, ValueError):  # ValueError: NUL or an unencodable character in the name
         return False
     return stat.S_ISREG(mode) or stat.S_ISBLK(mode)
 

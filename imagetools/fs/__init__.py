@@ -13,6 +13,7 @@ import tempfile
 from typing import TYPE_CHECKING
 
 from ..errors import FilesystemError, ToolMissingError
+from ..sparse import data_ranges
 from .base import Entry, Filesystem, NoSpaceError, NotFoundError, SymlinkInPath
 
 if TYPE_CHECKING:
@@ -86,8 +87,6 @@ def _fsck_vfat(image_path: str, offset: int, size: int) -> tuple[bool, str]:
     """fsck.vfat cannot start at an offset and needs no root here, so it checks a private sparse
     copy of just this partition's range (boot partitions are small; holes stay holes)."""
     tool = _tool("fsck.vfat", "dosfstools")
-    from ..sparse import data_ranges
-
     with tempfile.TemporaryDirectory(prefix="imagetools-fsck-") as tmp:
         copy = os.path.join(tmp, "partition.vfat")
         with open(image_path, "rb") as src, open(copy, "wb") as dst:
