@@ -16,7 +16,7 @@ import pytest
 from conftest import run_tool
 from imagetools import keys
 from imagetools.devices import load_devices, parse_csv
-from imagetools.emit import LOCK_FILE, STATE_FILE, TMP_DIR, EmitOptions, emit
+from imagetools.emit import LOCK_FILE, STATE_FILE, EmitOptions, emit
 from imagetools.errors import EnvironmentProblem
 from imagetools.verify import verify_image
 
@@ -93,6 +93,11 @@ def test_resume_skips_published_units_and_keeps_their_keys(make_image, tmp_path)
     assert {k: v for k, v in _fingerprints(out).items() if k != "u3"} == keys_before
     assert len(json.loads((out / "preauth.json").read_text())) == 3
     _assert_clean(out, {"u1", "u2", "u3"})
+    os.utime(out / "u1" / "u1.sdimg", (1, 1))  # touched since publication: verified again
+    (out / "u2" / "u2.sdimg.bmap").unlink()    # incomplete: reported, never silently re-keyed
+    third = emit(base, load_devices(tmp_path / "d.csv"), out, ED25519)
+    assert [u.status for u in third.units] == ["skipped", "failed", "skipped"]
+    assert "lost u2.sdimg.bmap" in third.units[1].error and _fingerprints(out)["u2"] == keys_before["u2"]
 
 
 def test_changed_base_or_settings_refused_unless_forced_keys_kept(make_image, tmp_path):
