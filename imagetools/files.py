@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 
 from . import paths
 from .errors import FilesystemError, UsageError
-from .fs import Entry, Filesystem, NotFoundError, SymlinkInPath, open_filesystem
+from .fs import EXT_TYPES, FAT_TYPES, Entry, Filesystem, NotFoundError, SymlinkInPath, open_filesystem
 from .fs.base import check_writable, components, join, normalize
 from .layout import Layout, PartInfo, open_layout
 
 BACKENDS = ("native", "mender-artifact")
 MAX_LINKS = 40
-FILE_TYPES = ("ext2", "ext3", "ext4", "vfat", "fat", "fat12", "fat16", "fat32")
 
 
 @dataclass
@@ -97,9 +96,10 @@ class _Session:
             return loc, entry
         raise FilesystemError(f"{loc.outer()}: too many levels of symbolic links")
 
-    def resolve_parent(self, loc: paths.Location, *, follow_final: bool, writing: bool) -> paths.Location:
+    def resolve_parent(self, loc: paths.Location, *, follow_final: bool) -> paths.Location:
         """Follow links in the existing directories of a path that is about to be written or
-        removed; the missing tail is left for the write (-p) to create."""
+        removed; the missing tail is left for the write (-p) to create. A link from another
+        partition into the root filesystem is refused: that path exists twice (A and B)."""
         for _ in range(MAX_LINKS):
             fs = self.fs(loc.part)
             names = components(loc.path)
@@ -118,7 +118,7 @@ class _Session:
                     break
             if redirected is None:
                 return loc
-            if writing and _crosses_into_rootfs(loc, redirected):
+            if _crosses_into_rootfs(loc, redirected):
                 raise FilesystemError(f"{loc.outer(here)} is a link to {entry.target} on the root "
                                       "filesystem, which exists twice (A and B): address it directly")
             loc = redirected
@@ -130,7 +130,7 @@ def _crosses_into_rootfs(old: paths.Location, new: paths.Location) -> bool:
 
 
 def _has_files(part: PartInfo) -> bool:
-    return part.fs.type in FILE_TYPES
+    return part.fs.type in EXT_TYPES + FAT_TYPES
 
 
 def _check_backend(backend: str) -> None:
@@ -192,7 +192,7 @@ def _write_targets(s: _Session, path: str, partition: int | None, *, follow_fina
             open_filesystem(s.image, loc.part)  # raises the clear "no filesystem" error
     targets: list[paths.Location] = []
     for loc in usable:
-        resolved = s.resolve_parent(loc, follow_final=follow_final, writing=True)
+        resolved = s.resolve_parent(loc, follow_final=follow_final)
         if resolved.part.role not in paths.ROOTFS_ROLES and loc.part.role in paths.ROOTFS_ROLES:
             return [resolved]  # the rootfs path is a link into another partition
         if all((t.part.partition.number, t.path) != (resolved.part.partition.number, resolved.path)
@@ -236,7 +236,7 @@ def install(image: str | os.PathLike, path: str, data: bytes, *, mode: int = 0o6
         targets = _write_targets(s, path, partition, follow_final=True, change=change)
         for loc in targets:
             _check_parent(s, loc, parents)
-            if loc.part.fs.type not in paths.EXT_TYPES and (mode not in (0o644, 0o755) or uid or gid):
+            if loc.part.fs.type not in EXT_TYPES and (mode not in (0o644, 0o755) or uid or gid):
                 change.warnings.append(f"{loc.describe()}: FAT stores no permissions or owner; "
                                        f"mode {mode:04o} and owner {uid}:{gid} not applied")
         for loc in targets:

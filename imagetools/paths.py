@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 BOOT_PREFIXES = ("/uboot", "/boot/efi", "/boot/grub")
 DATA_PREFIX = "/data"
 ROOTFS_ROLES = ("rootfs-a", "rootfs-b")
-EXT_TYPES = ("ext2", "ext3", "ext4")
 
 
 @dataclass(frozen=True)
