@@ -101,6 +101,8 @@ def test_every_command_on_every_layout(make_image, run, keyfile, tmp_path, layou
     assert (tmp_path / "out.pem").stat().st_mode & 0o777 == 0o600
     ok(cli("cp", keyfile, f"{img}:/data/copy.pem"))
     assert debugfs_stat(img, parts.data, "/copy.pem")[0] == 0o600
+    ok(cli("cp", keyfile, f"{img}:/data/mender"))  # into a directory: keeps the name
+    assert debugfs_stat(img, parts.data, "/mender/key.pem")[0] == 0o600
 
     # rm: file, then a tree from both rootfs
     ok(cli("rm", f"{img}:/data/copy.pem"))
@@ -127,6 +129,8 @@ def test_partition_by_number_and_reading_never_writes(make_image, cli, tmp_path)
     assert sha(img) == before
     r = cli("cat", "--partition", "9", f"{img}:/x")
     assert r.returncode == 2 and "no partition 9" in r.stderr
+    # layout overrides: call partition 3 the data partition
+    assert ok(cli("cat", "--data-partition", "3", f"{img}:/data/etc/hostname")).stdout == "rootfs-b\n"
 
 
 def test_writes_keep_images_sparse(make_image, cli, keyfile):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import stat as stat_mod
 import sys
 
@@ -10,7 +11,7 @@ import click
 
 from .. import files
 from ..errors import UsageError
-from ..fs import Entry
+from ..fs import Entry, NotFoundError
 from ..paths import parse_image_path, require_image_path
 from .base import main, print_json, print_table, warn
 from .options import layout_options
@@ -117,7 +118,12 @@ def cp_cmd(backend: str, parents: bool, partition: int | None, rootfs: str,
     if dst is not None:
         require_image_path(dest)
         data, mode = _read_host(source)
-        _report(files.install(dst.image, dst.path, data, mode=mode, parents=parents,
+        target = dst.path
+        if dest.endswith("/") or _is_image_dir(dst.image, target, partition, overrides):
+            if source == "-":
+                raise UsageError("cp from stdin needs a file name in the image, not a directory")
+            target = posixpath.join(target, os.path.basename(source))
+        _report(files.install(dst.image, target, data, mode=mode, parents=parents,
                               backend=backend, partition=partition, overrides=overrides))
         return
     require_image_path(source)
@@ -125,6 +131,14 @@ def cp_cmd(backend: str, parents: bool, partition: int | None, rootfs: str,
                              rootfs=rootfs, overrides=overrides)
     mode = result.entry.mode & 0o777 if result.entry else 0o600
     _write_host(dest, os.path.basename(src.path), result.data, mode)
+
+
+def _is_image_dir(image: str, path: str, partition: int | None, overrides: dict[str, int]) -> bool:
+    try:
+        entry = files.list_path(image, path, partition=partition, overrides=overrides).entry
+    except NotFoundError:
+        return False
+    return entry.type == "dir"
 
 
 def _read_host(source: str) -> tuple[bytes, int]:
