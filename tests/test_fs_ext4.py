@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import subprocess
 
 import pytest
@@ -244,3 +245,18 @@ def test_unreplayed_journal_refused(make_image):
         with pytest.raises(FilesystemError, match="never replayed"):
             fs.write("/mender/k", b"1")
     assert sha(img) == before
+
+
+def test_mounted_block_device_refused_for_writing():
+    """A flashed card still mounted must not be written under the kernel's feet. Uses the
+    block device this machine's / is mounted from (only checked, never opened for writing)."""
+    from imagetools.fs.base import check_writable
+
+    with open("/proc/self/mounts") as fh:
+        sources = [line.split()[0] for line in fh if line.split()[1] == "/"]
+    device = next((s for s in sources if s.startswith("/dev/") and os.path.exists(s)
+                   and stat.S_ISBLK(os.stat(s).st_mode)), None)
+    if device is None:
+        pytest.skip("/ is not mounted from a visible block device here")
+    with pytest.raises(EnvironmentProblem, match="is mounted on /"):
+        check_writable(device)

@@ -125,6 +125,11 @@ def check_writable(image_path: str) -> None:
         st = os.stat(image_path)
     except OSError as exc:
         raise FilesystemError(f"cannot open image {image_path}: {exc.strerror}") from exc
+    if stat_mod.S_ISBLK(st.st_mode):
+        where = mount_point(st.st_rdev)
+        if where:
+            raise EnvironmentProblem(f"{image_path} (or one of its partitions) is mounted on {where}: "
+                                     "unmount it before writing to it")
     if not os.access(image_path, os.W_OK) or (st.st_mode & 0o222) == 0:
         raise EnvironmentProblem(f"image {image_path} is read-only (no write permission); "
                                  "make it writable or write to a copy")
@@ -132,3 +137,34 @@ def check_writable(image_path: str) -> None:
         os.close(os.open(image_path, os.O_RDWR))
     except OSError as exc:
         raise EnvironmentProblem(f"image {image_path} cannot be opened for writing: {exc.strerror}") from exc
+
+
+def mount_point(rdev: int) -> str | None:
+    """Where this block device, or a partition of it, is mounted (None if nowhere)."""
+    devices = {rdev}
+    sysfs = f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}"
+    try:
+        children = os.listdir(sysfs)
+    except OSError:
+        children = []
+    for child in children:
+        try:
+            with open(os.path.join(sysfs, child, "dev")) as fh:
+                major, minor = fh.read().strip().split(":")
+            devices.add(os.makedev(int(major), int(minor)))
+        except (OSError, ValueError):
+            continue
+    try:
+        with open("/proc/self/mounts") as fh:
+            mounts = [line.split()[:2] for line in fh]
+    except OSError:
+        return None
+    for source, point in mounts:
+        if not source.startswith("/dev/"):
+            continue
+        try:
+            if os.stat(source).st_rdev in devices:
+                return point.replace("\\040", " ")
+        except OSError:
+            continue
+    return None
