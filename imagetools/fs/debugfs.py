@@ -131,7 +131,7 @@ def parse_stat(path: str, section: str) -> Entry | None:
 def parse_ls(section: str) -> list[tuple[int, int, str]]:
     """(inode, mode, name) from `ls -p` lines '/ino/mode/uid/gid/name/size/'."""
     rows = []
-    for line in section.splitlines():
+    for line in section.split("\n"):  # not splitlines(): \x0c or \x85 may be part of a name
         if not line.startswith("/") or not line.endswith("/"):
             continue
         parts = line[1:-1].split("/")
