@@ -9,7 +9,8 @@ import pytest
 
 from conftest import run_tool
 from imagetools.errors import FilesystemError
-from imagetools.fs import NoSpaceError, NotFoundError, fsck, open_filesystem
+from fscheck import fsck
+from imagetools.fs import NoSpaceError, NotFoundError, open_filesystem
 from imagetools.layout import open_layout
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,7 @@
 """Filesystems inside a whole-disk image, edited in place at the partition's byte offset.
 
 open_filesystem() picks the implementation from the probed filesystem type; both implement the
-Filesystem protocol of fs/base.py. fsck() runs the real checker read-only.
+Filesystem protocol of fs/base.py. fsck() runs e2fsck -fn in place (ext2/3/4).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import tempfile
 from typing import TYPE_CHECKING
 
 from ..errors import FilesystemError, ToolMissingError
-from ..sparse import data_ranges
 from .base import Entry, Filesystem, NoSpaceError, NotFoundError, SymlinkInPath
 
 if TYPE_CHECKING:
@@ -52,9 +51,8 @@ def fsck(image_path: str | os.PathLike, part: PartInfo) -> tuple[bool, str]:
     kind = part.fs.type
     if kind in EXT_TYPES:
         return _e2fsck(os.fspath(image_path), part.partition.start)
-    if kind in FAT_TYPES:
-        return _fsck_vfat(os.fspath(image_path), part.partition.start, part.partition.size)
-    raise FilesystemError(f"cannot check partition {part.partition.number}: {kind} is not ext or FAT")
+    raise FilesystemError(f"cannot check partition {part.partition.number} in place: only ext2/3/4 "
+                          "can be checked at an offset (fsck.vfat needs the partition as its own file)")
 
 
 def _tool(name: str, package: str) -> str:
@@ -81,27 +79,3 @@ def _e2fsck(image_path: str, offset: int) -> tuple[bool, str]:
             os.symlink(os.path.abspath(image_path), device)
         proc = _run([_tool("e2fsck", "e2fsprogs"), "-fn", f"{device}?offset={offset}"])
     return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
-
-
-def _fsck_vfat(image_path: str, offset: int, size: int) -> tuple[bool, str]:
-    """fsck.vfat cannot start at an offset and needs no root here, so it checks a private sparse
-    copy of just this partition's range (boot partitions are small; holes stay holes)."""
-    tool = _tool("fsck.vfat", "dosfstools")
-    with tempfile.TemporaryDirectory(prefix="imagetools-fsck-") as tmp:
-        copy = os.path.join(tmp, "partition.vfat")
-        with open(image_path, "rb") as src, open(copy, "wb") as dst:
-            for start, end in data_ranges(src.fileno(), offset + size):
-                start, end = max(start, offset), min(end, offset + size)
-                if start < end:
-                    dst.seek(start - offset)
-                    src.seek(start)
-                    remaining = end - start
-                    while remaining:
-                        chunk = src.read(min(remaining, 1 << 20))
-                        if not chunk:
-                            break
-                        dst.write(chunk)
-                        remaining -= len(chunk)
-            dst.truncate(size)
-        proc = _run([tool, "-n", copy])
-    return proc.returncode == 0, (proc.stdout + proc.stderr).strip().replace(copy, f"{image_path}@{offset}")
