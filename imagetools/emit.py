@@ -584,7 +584,8 @@ def _key_from_image(image: str) -> bytes:
     from .fs import open_filesystem
 
     data = open_layout(image).require("data")
-    return open_filesystem(image, data).read(data_path(DEFAULT_KEY_PATH))
+    with open_filesystem(image, data) as fs:
+        return fs.read(data_path(DEFAULT_KEY_PATH))
 
 
 def _write_private(path: Path, pem: bytes) -> None:
