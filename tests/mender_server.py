@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import ssl
 import threading
 import time
@@ -38,9 +39,13 @@ from openapi_core.templating.responses.exceptions import ResponseNotFound
 from openapi_core.testing import MockRequest, MockResponse
 from openapi_core.validation.request.exceptions import SecurityValidationError
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mender-api"
-if not REFERENCE.is_dir():  # the shared reference lives beside the repository checkout
-    REFERENCE = Path("/work/shared/reference/mender-api")
+# The Mender OpenAPI documents live in shared/ beside the repository checkout (override with
+# MENDER_API_SPECS); without them the server cannot validate traffic, so that is an error.
+REFERENCE = Path(os.environ.get("MENDER_API_SPECS")
+                 or Path(__file__).resolve().parents[2] / "shared" / "reference" / "mender-api")
+if not (REFERENCE / "deviceauth" / "management_v2.yaml").is_file():
+    raise RuntimeError(f"Mender OpenAPI specs not found at {REFERENCE}: put shared/ beside the "
+                       "repository or set MENDER_API_SPECS")
 LEGACY_SPEC = Path(__file__).with_name("mender_admission_v1.yaml")
 
 DEVICES = "/api/management/v2/devauth/devices"
