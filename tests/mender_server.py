@@ -387,3 +387,20 @@ def _encode(reply: Reply) -> bytes:
         return reply.body.encode()
     return json.dumps(reply.body).encode()
 
+
+
+def main() -> None:
+    """Serve on 127.0.0.1 for scripts/demo: writes the URL to the file given, stops after the
+    number of seconds given (default 600) or on SIGTERM. Accepts the token 'test-pat'."""
+    import signal
+    import sys
+
+    url_file, lifetime = sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 600.0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with MenderTestServer() as server:
+        Path(url_file).write_text(server.url)
+        time.sleep(lifetime)
+
+
+if __name__ == "__main__":
+    main()
