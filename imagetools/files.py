@@ -13,12 +13,16 @@ from __future__ import annotations
 import os
 import posixpath
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 from . import paths
 from .errors import FilesystemError, UsageError
 from .fs import EXT_TYPES, FAT_TYPES, Entry, Filesystem, NotFoundError, SymlinkInPath, open_filesystem
 from .fs.base import check_writable, components, join, normalize
 from .layout import Layout, PartInfo, open_layout
+
+if TYPE_CHECKING:
+    from .peer import MenderArtifact
 
 BACKENDS = ("native", "mender-artifact")
 MAX_LINKS = 40
@@ -138,6 +142,15 @@ def _check_backend(backend: str) -> None:
         raise UsageError(f"unknown backend {backend!r}: choose native or mender-artifact")
 
 
+def _through_peer(session: _Session, partition: int | None, path: str, change: Change,
+                  action: Callable[[MenderArtifact], None]) -> Change:
+    """Run one change through the mender-artifact binary and record it."""
+    with _peer(session, partition) as peer:
+        action(peer)
+    change.where.append(f"{normalize(path)} (via mender-artifact)")
+    return change
+
+
 def _peer(session: _Session, partition: int | None):
     from .peer import MenderArtifact, check_layout
     if partition is not None:
@@ -229,10 +242,8 @@ def install(image: str | os.PathLike, path: str, data: bytes, *, mode: int = 0o6
     change = Change()
     with _Session(image, overrides, writing=True) as s:
         if backend == "mender-artifact":
-            with _peer(s, partition) as peer:
-                peer.install(path, data, mode, uid=uid, gid=gid, parents=parents)
-            change.where.append(f"{normalize(path)} (via mender-artifact)")
-            return change
+            return _through_peer(s, partition, path, change,
+                                 lambda peer: peer.install(path, data, mode, uid=uid, gid=gid, parents=parents))
         targets = _write_targets(s, path, partition, follow_final=True, change=change)
         for loc in targets:
             _check_parent(s, loc, parents)
@@ -258,10 +269,7 @@ def make_dir(image: str | os.PathLike, path: str, *, mode: int = 0o755, uid: int
             if uid or gid or mode != 0o755:
                 raise UsageError("mender-artifact creates directories 0755 root:root only: "
                                  "use --backend native for -m/-o/-g")
-            with _peer(s, partition) as peer:
-                peer.mkdir(path)
-            change.where.append(f"{normalize(path)} (via mender-artifact)")
-            return change
+            return _through_peer(s, partition, path, change, lambda peer: peer.mkdir(path))
         targets = _write_targets(s, path, partition, follow_final=True, change=change)
         for loc in targets:
             s.fs(loc.part).mkdir(loc.path, mode=mode, uid=uid, gid=gid, parents=True)
@@ -276,10 +284,7 @@ def remove(image: str | os.PathLike, path: str, *, recursive: bool = False, back
     change = Change()
     with _Session(image, overrides, writing=True) as s:
         if backend == "mender-artifact":
-            with _peer(s, partition) as peer:
-                peer.remove(path, recursive)
-            change.where.append(f"{normalize(path)} (via mender-artifact)")
-            return change
+            return _through_peer(s, partition, path, change, lambda peer: peer.remove(path, recursive))
         targets = _write_targets(s, path, partition, follow_final=False, change=change)
         present = [loc for loc in targets if s.fs(loc.part).exists(loc.path)]
         if not present:
