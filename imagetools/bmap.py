@@ -49,10 +49,6 @@ class Scan:
     sha256: str                   # of the whole image, holes read as zeros (= `sha256sum IMAGE`)
     reuse: Reuse | None = field(default=None, repr=False)  # only from scan(..., window=...)
 
-    @property
-    def mapped_blocks(self) -> int:
-        return sum(r.last - r.first + 1 for r in self.ranges)
-
 
 def scan(path: str | os.PathLike, *, window: tuple[int, int] | None = None,
          reuse: Reuse | None = None) -> Scan:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import DeviceListError, KeyMaterialError, ServerError, UsageError
-from .keys import PublicKey, fingerprint, load_public, public_pem, spki_der
+from .keys import PublicKey, fingerprint, load_public, public_pem, same_key
 from .server import MenderClient, canonical_identity
 
 OUTCOMES = ("preauthorized", "already", "conflict", "failed")
@@ -339,7 +339,7 @@ def _same_key(pem: str | None, key: PublicKey) -> bool:
     if not pem:
         return False
     try:
-        return spki_der(load_public(pem.encode(), "server key")) == spki_der(key)
+        return same_key(load_public(pem.encode(), "server key"), key)
     except KeyMaterialError:
         return False
 

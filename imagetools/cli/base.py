@@ -17,7 +17,7 @@ import click
 
 from ..errors import ImageToolsError
 
-EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_ENV, EXIT_SERVER = 0, 1, 2, 3, 4
+EXIT_FAILED, EXIT_INPUT, EXIT_ENV = 1, 2, 3  # the rest come from the exception classes
 
 
 # Command name -> module defining it. Modules load only when their command runs, so a quick
