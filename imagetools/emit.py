@@ -534,7 +534,7 @@ def _build_unit(job: _Job, tmp: Path, result: UnitResult) -> None:
     result.fingerprint, result.key_type = keys.fingerprint(private), keys.describe(private)
     files = ["public.key", "identity.json", UNIT_FILE]
     if not job.options.discard_private_keys:
-        _write_private(tmp / "private.key", pem)
+        keys.write_secret(tmp / "private.key", pem, durable=False)
         files.append("private.key")
     (tmp / "public.key").write_bytes(pub_pem)
     t = _lap(result, "key", t)
@@ -586,15 +586,6 @@ def _key_from_image(image: str) -> bytes:
     data = open_layout(image).require("data")
     with open_filesystem(image, data) as fs:
         return fs.read(data_path(DEFAULT_KEY_PATH))
-
-
-def _write_private(path: Path, pem: bytes) -> None:
-    """0600 from the first byte. No fsync per key (unlike keys.write_secret): the unit directory is
-    published by rename and a batch is checked again on resume, while an fsync per unit stalls the
-    workers on the journal."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
 
 
 def _publish(tmp: Path, out: Path, name: str, replace: bool) -> None:

@@ -173,8 +173,11 @@ def same_key(a: PrivateKey | PublicKey, b: PrivateKey | PublicKey) -> bool:
     return spki_der(a) == spki_der(b)
 
 
-def write_secret(path: str | os.PathLike, data: bytes, force: bool = False) -> None:
-    """Create a file 0600 from the first byte (O_EXCL unless force, then replaced atomically)."""
+def write_secret(path: str | os.PathLike, data: bytes, force: bool = False, durable: bool = True) -> None:
+    """Create a file 0600 from the first byte (O_EXCL unless force, then replaced atomically).
+
+    durable=False skips the fsync, for callers that publish a whole directory by rename and
+    check it again on resume (emit: an fsync per unit stalls the workers on the journal)."""
     path = Path(path)
     target = path.with_name(f".{path.name}.tmp{os.getpid()}") if force else path
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -185,8 +188,9 @@ def write_secret(path: str | os.PathLike, data: bytes, force: bool = False) -> N
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         if force:
             os.replace(target, path)
     except BaseException:
