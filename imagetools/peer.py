@@ -19,17 +19,14 @@ from pathlib import Path
 
 from .errors import FilesystemError, LayoutError, ToolMissingError, UsageError
 from .fs.base import normalize
+from .tools import find_tool
 
 SUFFIXES = (".sdimg", ".uefiimg", ".img")
 TIMEOUT = 3600
 
 
 def binary() -> str:
-    found = shutil.which("mender-artifact")
-    if not found:
-        raise ToolMissingError("mender-artifact not found: install it (Debian package "
-                               "mender-artifact; scripts/bootstrap does) or use --backend native")
-    return found
+    return find_tool("mender-artifact", "mender-artifact", " or use --backend native")
 
 
 def check_layout(layout) -> None:

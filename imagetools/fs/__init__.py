@@ -7,12 +7,12 @@ Filesystem protocol of fs/base.py. fsck() runs e2fsck -fn in place (ext2/3/4).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 from typing import TYPE_CHECKING
 
 from ..errors import FilesystemError, ToolMissingError
+from ..tools import find_tool
 from .base import Entry, Filesystem, NoSpaceError, NotFoundError, SymlinkInPath
 
 if TYPE_CHECKING:
@@ -55,14 +55,6 @@ def fsck(image_path: str | os.PathLike, part: PartInfo) -> tuple[bool, str]:
                           "can be checked at an offset (fsck.vfat needs the partition as its own file)")
 
 
-def _tool(name: str, package: str) -> str:
-    found = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)), None)
-    if not found:
-        raise ToolMissingError(f"{name} not found: install {package} (scripts/bootstrap does)")
-    return found
-
-
 def _run(args: list[str]) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL,
@@ -77,5 +69,5 @@ def _e2fsck(image_path: str, offset: int) -> tuple[bool, str]:
         if "?" in image_path:  # libext2fs would read it as io options
             device = os.path.join(tmp, "image")
             os.symlink(os.path.abspath(image_path), device)
-        proc = _run([_tool("e2fsck", "e2fsprogs"), "-fn", f"{device}?offset={offset}"])
+        proc = _run([find_tool("e2fsck", "e2fsprogs"), "-fn", f"{device}?offset={offset}"])
     return proc.returncode == 0, (proc.stdout + proc.stderr).strip()

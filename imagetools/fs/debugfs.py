@@ -7,16 +7,15 @@ stdout section by section (each command is echoed as 'debugfs: CMD' before its o
 
 from __future__ import annotations
 
-import os
 import posixpath
 import re
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FilesystemError, ToolMissingError
+from ..tools import find_tool
 from .base import Entry, normalize, type_from_mode
 
 _BANNER = re.compile(r"^debugfs \d[\w.\-]* \(.*\)$")
@@ -57,11 +56,7 @@ class Result:
 
 
 def debugfs_binary() -> str:
-    found = shutil.which("debugfs") or next(
-        (p for p in ("/usr/sbin/debugfs", "/sbin/debugfs") if os.access(p, os.X_OK)), None)
-    if not found:
-        raise ToolMissingError("debugfs not found: install e2fsprogs (scripts/bootstrap does)")
-    return found
+    return find_tool("debugfs", "e2fsprogs")
 
 
 def quote(path: str) -> str:
