@@ -29,15 +29,15 @@ from concurrent.futures.process import BrokenProcessPool
 import contextlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterator
 
 from . import bmap, keys
 from .devices import Device, canonical_identity
 from .errors import EnvironmentProblem, ImageToolsError, UsageError
-from .inject import inject_key
-from .layout import open_layout
-from .sparse import FICLONE, allocated_bytes, copy_sparse
-from .verify import DEFAULT_KEY_PATH, data_path, verify_image
+from .inject import write_key
+from .layout import PartInfo, open_layout
+from .sparse import FICLONE, allocated_bytes, clone, copy_extents, sync_filesystem
+from .verify import DEFAULT_KEY_PATH, Check, data_path, fsck_check, verify_image
 
 STATE_FILE = ".imagetools-emit.json"
 LOCK_FILE = ".imagetools-emit.lock"
@@ -46,7 +46,10 @@ UNIT_FILE = "unit.json"
 BATCH_FILES = ("report.json", "preauth.json", "preauth.csv")
 STATE_VERSION = 1
 _REPLACED = "replaced-"
+DATA_KEY_PATH = data_path(DEFAULT_KEY_PATH)
 _MiB = 1 << 20
+_CHUNK_UNITS = 128    # units per round of stage 1 then stage 2 (what a kill can cost)
+_SYNC_BYTES = 1 << 30  # written back per syncfs, at most (the batch is 1 to 4 units per worker)
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class EmitOptions:
 class UnitResult:
     name: str
     identity: dict[str, str]
-    status: str                       # "emitted" | "skipped" | "failed"
+    status: str                       # "emitted" | "skipped" | "failed" ("built": not yet published)
     fingerprint: str | None = None
     key_type: str | None = None
     key_source: str | None = None     # "generated" | "device list" | "kept"
@@ -82,10 +85,11 @@ class UnitResult:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     disk_full: bool = False
+    tmp: str | None = None            # a built unit's directory until it is published
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data.pop("disk_full")
+        data.pop("disk_full"), data.pop("tmp")
         return data
 
 
@@ -130,6 +134,7 @@ class _Job:
     options: EmitOptions
     base_sha256: str
     replace: bool
+    data: PartInfo              # the base's data partition (every unit has the base's table)
 
 
 # Set in the parent before the worker processes fork: the base's bmap/SHA-256 state to reuse.
@@ -142,8 +147,8 @@ def emit(base: str | os.PathLike, devices: list[Device], out_dir: str | os.PathL
     started = time.monotonic()
     base, out = Path(base), Path(out_dir)
     _check_inputs(base, devices, out)
-    data = open_layout(base).require("data").partition
-    window = (data.start, data.start + data.size)
+    data = open_layout(base).require("data")
+    window = (data.partition.start, data.partition.start + data.partition.size)
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
         _clean_temp(out)
@@ -164,7 +169,7 @@ def emit(base: str | os.PathLike, devices: list[Device], out_dir: str | os.PathL
                 return base_scan().sha256
 
             _check_changes(state, base_id, options, published, out, content_sha256)
-            jobs = _plan(devices, published, base, out, options)
+            jobs = _plan(devices, published, base, out, options, data)
             copy_mode = _copy_mode(base, out)
             results: dict[str, UnitResult] = {}
             for device in devices:
@@ -334,7 +339,7 @@ def _check_changes(state: dict[str, Any] | None, base_id: dict[str, Any], option
 
 
 def _plan(devices: list[Device], published: dict[str, dict[str, Any]], base: Path, out: Path,
-          options: EmitOptions) -> list[_Job]:
+          options: EmitOptions, data: PartInfo) -> list[_Job]:
     jobs = []
     for device in devices:
         record = published.get(device.name)
@@ -350,7 +355,7 @@ def _plan(devices: list[Device], published: dict[str, dict[str, Any]], base: Pat
             else:
                 key_from_image = str(out / device.name / record["image"])
         jobs.append(_Job(device.name, device.identity, key_path, key_from_image, source, str(base),
-                         _suffix(base), str(out), options, "", record is not None))
+                         _suffix(base), str(out), options, "", record is not None, data))
     return jobs
 
 
@@ -433,59 +438,150 @@ def _result_from_record(record: dict[str, Any], unit_dir: Path, status: str) -> 
 
 def _run(jobs: list[_Job], workers: int | None, results: dict[str, UnitResult], total: int,
          progress: Progress | None, reuse: bmap.Reuse | None) -> None:
+    """Units go in chunks through two stages. Stage 1 (key, data partition, debugfs, e2fsck) runs
+    for a whole chunk first: debugfs and e2fsck fsync the image, and an fsync commits the journal,
+    which waits for every other image being written back; so stage 1 runs while nothing is.
+    Stage 2 (the rest of the copy, checks, hashing) never waits for the disk, and its images are
+    written back in batches (see _Publisher) while the next ones are built."""
     global _REUSE
     _REUSE = reuse
-    done = len(results)
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    disk_full: list[UnitResult] = []
-
-    def finished(result: UnitResult) -> None:
-        nonlocal done
-        done += 1
-        results[result.name] = result
-        if result.disk_full:
-            disk_full.append(result)
-        if progress:
-            progress(result, done, total)
-
-    if workers == 1:
-        for job in jobs:
-            if disk_full:
+    publisher = _Publisher(Path(jobs[0].out_dir), results, total, progress,
+                           batch=_sync_batch(jobs[0].base, workers))
+    with _pool(workers) as pool:
+        for start in range(0, len(jobs), _CHUNK_UNITS):
+            staged = []
+            chunk = [(job,) for job in jobs[start:start + _CHUNK_UNITS]]
+            for (job,), (result, stage) in _each(pool, _prepare_unit, chunk, workers * 2, publisher.stopped):
+                if stage is None:
+                    publisher.add(result, job)
+                else:
+                    staged.append((job, result, stage))
+            for (job, *_), result in _each(pool, _finish_unit, staged, workers * 2 + publisher.batch,
+                                           publisher.stopped):
+                publisher.add(result, job)
+            publisher.flush()
+            if publisher.stopped():
                 break
-            finished(_emit_unit(job))
-    else:
-        ctx = multiprocessing.get_context("fork")
-        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
-        try:
-            queue = iter(jobs)
-            pending: set[Future] = {pool.submit(_emit_unit, j) for j in _take(queue, workers * 2)}
-            while pending:
-                complete, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in complete:
-                    try:
-                        finished(fut.result())
-                    except BrokenProcessPool:
-                        raise EnvironmentProblem(
-                            "a worker process died (out of memory or killed); units published so far "
-                            "are complete: run the same command again to finish") from None
-                if not disk_full:
-                    pending |= {pool.submit(_emit_unit, j) for j in _take(queue, len(complete))}
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-    if disk_full:
-        names = [job.name for job in jobs if job.name not in results]
+    if publisher.disk_full:
+        full = publisher.disk_full[0]
+        left = sum(job.name not in results for job in jobs) + len(publisher.disk_full)
         raise EnvironmentProblem(
-            f"disk full in {jobs[0].out_dir} while emitting {disk_full[0].name} ({disk_full[0].error}); "
+            f"disk full in {jobs[0].out_dir} while emitting {full.name} ({full.error}); "
             f"{sum(r.status == 'emitted' for r in results.values())} unit(s) published completely, "
-            f"{len(names) + len(disk_full)} not started or discarded; free some space and run the same "
-            f"command again to finish")
+            f"{left} not started or discarded; free some space and run the same command again to finish")
 
 
-def _take(it: Iterable[_Job], n: int) -> list[_Job]:
-    out = []
-    for job in it:
-        out.append(job)
-        if len(out) >= n:
+@contextlib.contextmanager
+def _pool(workers: int):
+    """Worker processes, or None to run in this process."""
+    if workers == 1:
+        yield None
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_worker_init)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _each(pool: ProcessPoolExecutor | None, fn: Callable, calls: list[tuple], inflight: int,
+          stopped: Callable[[], bool]) -> Iterator[tuple[tuple, Any]]:
+    """(args, fn(*args)) for each argument tuple, as they complete, at most `inflight` submitted at
+    a time; nothing new is started once stopped() (a full disk)."""
+    if pool is None:
+        for args in calls:
+            if stopped():
+                return
+            yield args, fn(*args)
+        return
+    queue = iter(calls)
+    pending: dict[Future, tuple] = {}
+    while True:
+        if not stopped():
+            for args in _take(queue, inflight - len(pending)):
+                pending[pool.submit(fn, *args)] = args
+        if not pending:
+            return
+        complete, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for fut in complete:
+            args = pending.pop(fut)
+            try:
+                yield args, fut.result()
+            except BrokenProcessPool:
+                raise EnvironmentProblem(
+                    "a worker process died (out of memory or killed); units published so far "
+                    "are complete: run the same command again to finish") from None
+
+
+def _sync_batch(base: str, workers: int) -> int:
+    """Units to make durable together: enough for efficient writeback, bounded in dirty memory."""
+    return max(workers, min(4 * workers, _SYNC_BYTES // max(allocated_bytes(base), 1)))
+
+
+class _Publisher:
+    """Built units are written back together, one syncfs for a batch (an fsync per image waits
+    for each image's writeback alone, which is several times slower and stalls its worker), and
+    only then published by rename: a unit is never visible before its image is on disk."""
+
+    def __init__(self, out: Path, results: dict[str, UnitResult], total: int,
+                 progress: Progress | None, batch: int):
+        self.out, self.results, self.total, self.progress, self.batch = out, results, total, progress, batch
+        self.ready: list[tuple[UnitResult, _Job]] = []
+        self.disk_full: list[UnitResult] = []
+
+    def stopped(self) -> bool:
+        return bool(self.disk_full)
+
+    def add(self, result: UnitResult, job: _Job) -> None:
+        if result.status == "built":
+            self.ready.append((result, job))
+            if len(self.ready) >= self.batch:
+                self.flush()
+        else:
+            self._finished(result)
+
+    def flush(self) -> None:
+        if not self.ready:
+            return
+        ready, self.ready = self.ready, []
+        try:
+            sync_filesystem(self.out)
+        except OSError as exc:
+            for result, _ in ready:
+                self._discard(result, exc)
+            return
+        for result, job in ready:
+            try:
+                _publish(Path(result.tmp), self.out, job.name, job.replace)
+            except OSError as exc:
+                self._discard(result, exc)
+                continue
+            result.status, result.tmp = "emitted", None
+            result.image = str(self.out / job.name / Path(result.image).name)
+            self._finished(result)
+
+    def _discard(self, result: UnitResult, exc: OSError) -> None:
+        shutil.rmtree(result.tmp, ignore_errors=True)
+        result.status, result.tmp = "failed", None
+        result.error, result.disk_full = _os_error(exc)
+        self._finished(result)
+
+    def _finished(self, result: UnitResult) -> None:
+        self.results[result.name] = result
+        if result.disk_full:
+            self.disk_full.append(result)
+        if self.progress:
+            self.progress(result, len(self.results), self.total)
+
+
+def _take(it: Iterator, n: int) -> list:
+    out: list = []
+    while len(out) < n:
+        try:
+            out.append(next(it))
+        except StopIteration:
             break
     return out
 
@@ -501,72 +597,114 @@ def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C
 
 
-def _emit_unit(job: _Job) -> UnitResult:
-    """Build one unit under a temporary directory and publish it by rename; never raises."""
-    out = Path(job.out_dir)
-    tmp = out / TMP_DIR / f"{job.name}.{uuid.uuid4().hex[:12]}"
+@dataclass(frozen=True)
+class _Stage:
+    """What stage 1 hands to stage 2 (picklable)."""
+
+    tmp: Path
+    image: Path
+    cloned: bool
+    fsck: Check
+    files: list[str]
+
+
+def _prepare_unit(job: _Job) -> tuple[UnitResult, _Stage | None]:
+    """Stage 1 in a temporary directory: key files, image with the data partition (the whole
+    image if reflinked) and the key, e2fsck of the data partition. Never raises."""
     result = UnitResult(job.name, job.identity, "failed", key_source=job.key_source)
-    try:
-        tmp.mkdir(parents=True)
-        _build_unit(job, tmp, result)
-        if result.error is None:
-            _publish(tmp, out, job.name, job.replace)
-            result.status = "emitted"
-            result.image = str(out / job.name / Path(result.image).name)
-    except OSError as exc:
-        result.error = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
-        result.disk_full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    except ImageToolsError as exc:
-        result.error = str(exc)
-        result.disk_full = _nearly_full(out, job.base)
-    except Exception as exc:  # a worker must report, not die: the batch goes on
-        result.error = f"{type(exc).__name__}: {exc}"
-    if result.error is not None:
-        shutil.rmtree(tmp, ignore_errors=True)
-        result.status = "failed"
+    tmp = Path(job.out_dir) / TMP_DIR / f"{job.name}.{uuid.uuid4().hex[:12]}"
+    stage = _guarded(job, result, tmp, lambda: _prepare(job, tmp, result))
+    return result, stage
+
+
+def _finish_unit(job: _Job, result: UnitResult, stage: _Stage) -> UnitResult:
+    """Stage 2: the rest of the image, the checks, bmap and SHA-256, the unit's records; status
+    "built" (the parent publishes it). Never raises."""
+    if _guarded(job, result, stage.tmp, lambda: _finish(job, stage, result)) is not None:
+        result.status, result.tmp = "built", str(stage.tmp)
     return result
 
 
-def _build_unit(job: _Job, tmp: Path, result: UnitResult) -> None:
+def _guarded(job: _Job, result: UnitResult, tmp: Path, step: Callable[[], Any]) -> Any:
+    """step() with every failure turned into result.error (and the unit's files removed)."""
+    try:
+        value = step()
+        if result.error is None:
+            return value
+    except OSError as exc:
+        result.error, result.disk_full = _os_error(exc)
+    except ImageToolsError as exc:
+        result.error = str(exc)
+        result.disk_full = _nearly_full(Path(job.out_dir), job.base)
+    except Exception as exc:  # a worker must report, not die: the batch goes on
+        result.error = f"{type(exc).__name__}: {exc}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    result.status = "failed"
+    return None
+
+
+def _os_error(exc: OSError) -> tuple[str, bool]:
+    """(message, whether the disk is full)."""
+    message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    return message, exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _prepare(job: _Job, tmp: Path, result: UnitResult) -> _Stage:
     t = time.monotonic()
+    tmp.mkdir(parents=True)
     pem, private = _unit_key(job)
-    pub_pem = keys.public_pem(private)
     result.fingerprint, result.key_type = keys.fingerprint(private), keys.describe(private)
     files = ["public.key", "identity.json", UNIT_FILE]
     if not job.options.discard_private_keys:
         keys.write_secret(tmp / "private.key", pem, durable=False)
         files.append("private.key")
-    (tmp / "public.key").write_bytes(pub_pem)
+    (tmp / "public.key").write_bytes(keys.public_pem(private))
     t = _lap(result, "key", t)
-
     image = tmp / f"{job.name}{job.suffix}"
-    copy_sparse(job.base, image)
+    data = job.data.partition
+    cloned = clone(job.base, image)
+    if not cloned:
+        copy_extents(job.base, image, inside=(data.start, data.start + data.size))
     t = _lap(result, "copy", t)
-    inject_key(image, pem)
+    write_key(image, job.data, pem, DATA_KEY_PATH)
     t = _lap(result, "inject", t)
-    report = verify_image(image, expected=private.public_key(), fsck=True)
+    fsck = fsck_check(image, job.data)
+    _lap(result, "verify", t)
+    return _Stage(tmp, image, cloned, fsck, files)
+
+
+def _finish(job: _Job, stage: _Stage, result: UnitResult) -> bool:
+    t = time.monotonic()
+    image, files = stage.image, list(stage.files)
+    if not stage.cloned:
+        data = job.data.partition
+        copy_extents(job.base, image, outside=(data.start, data.start + data.size))
+    t = _lap(result, "copy", t)
+    report = verify_image(image, expected=keys.read_public_file(stage.tmp / "public.key"), fsck=False)
+    report.replace(stage.fsck)
     result.verify = report.to_dict()
     result.verify["target"] = image.name
     t = _lap(result, "verify", t)
     if not report.ok:
         result.error = "verification failed: " + "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
-        return
+        return False
     scan = bmap.scan(image, reuse=_REUSE)
     result.image_sha256 = scan.sha256
     if job.options.bmap:
-        (tmp / f"{image.name}.bmap").write_bytes(bmap.render(scan.size, scan.ranges))
+        (stage.tmp / f"{image.name}.bmap").write_bytes(bmap.render(scan.size, scan.ranges))
         files.append(f"{image.name}.bmap")
-    t = _lap(result, "bmap", t)
+    _lap(result, "bmap", t)
     result.image = str(image)
     files.append(image.name)
-    (tmp / "identity.json").write_text(json.dumps(job.identity, indent=2) + "\n")
+    (stage.tmp / "identity.json").write_text(json.dumps(job.identity, indent=2) + "\n")
     st = image.stat()
     record = {"name": job.name, "identity": job.identity, "fingerprint": result.fingerprint,
               "key_type": result.key_type, "key_source": job.key_source, "image": image.name,
               "image_size": st.st_size, "image_mtime_ns": st.st_mtime_ns, "image_sha256": scan.sha256,
               "base_sha256": job.base_sha256, "settings": job.options.settings(), "files": sorted(files),
               "verify": result.verify, "timings": result.timings}
-    (tmp / UNIT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    (stage.tmp / UNIT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return True
 
 
 def _unit_key(job: _Job) -> tuple[bytes, keys.PrivateKey]:
@@ -585,7 +723,7 @@ def _key_from_image(image: str) -> bytes:
 
     data = open_layout(image).require("data")
     with open_filesystem(image, data) as fs:
-        return fs.read(data_path(DEFAULT_KEY_PATH))
+        return fs.read(DATA_KEY_PATH)
 
 
 def _publish(tmp: Path, out: Path, name: str, replace: bool) -> None:
@@ -603,7 +741,7 @@ def _publish(tmp: Path, out: Path, name: str, replace: bool) -> None:
 
 def _lap(result: UnitResult, name: str, since: float) -> float:
     now = time.monotonic()
-    result.timings[name] = round(now - since, 4)
+    result.timings[name] = round(result.timings.get(name, 0) + now - since, 4)
     return now
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import keys
 from .errors import FilesystemError, UsageError
 from .fs import open_filesystem
-from .layout import open_layout
+from .layout import PartInfo, open_layout
 from .sparse import copy_sparse, remove_quietly
 from .verify import DEFAULT_KEY_PATH, data_path, link_checks
 
@@ -68,7 +68,7 @@ def _inject(image: Path, key_pem: bytes, key_rel: str, backend: str,
     layout = open_layout(image, overrides)
     data = layout.require("data")
     if backend == "native":
-        _write_native(str(image), data, key_pem, key_rel)  # the fs layer reads back what it wrote
+        write_key(image, data, key_pem, key_rel)
     else:
         _write_mender_artifact(image, layout, data, key_pem, key_rel)
         _read_back(str(image), data, key_pem, key_rel)
@@ -76,7 +76,9 @@ def _inject(image: Path, key_pem: bytes, key_rel: str, backend: str,
     return result
 
 
-def _write_native(image: str, data, key_pem: bytes, key_rel: str) -> None:
+def write_key(image: str | Path, data: PartInfo, key_pem: bytes, key_rel: str) -> None:
+    """The write alone (the fs layer reads back what it wrote): for callers that already know the
+    data partition and check the key and the links themselves, like emit."""
     with open_filesystem(image, data, writable=True) as fs:
         parent = posixpath.dirname(key_rel)
         if parent != "/" and not fs.exists(parent):

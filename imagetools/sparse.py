@@ -5,6 +5,7 @@ Images are mostly holes; copying or hashing the holes would cost time and disk f
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -38,21 +39,65 @@ def allocated_bytes(path: str | os.PathLike) -> int:
 
 
 def copy_sparse(src: str | os.PathLike, dst: str | os.PathLike) -> str:
-    """Copy src to dst (created 0644 or truncated): reflink when the filesystem can, else only the
-    data extents (holes stay holes). Returns 'reflink' or 'sparse'."""
+    """Copy src to dst (created 0644 or truncated) durably: reflink when the filesystem can, else
+    only the data extents (holes stay holes). Returns 'reflink' or 'sparse'."""
+    if clone(src, dst):
+        return "reflink"
+    copy_extents(src, dst)
+    with open(dst, "rb") as f:
+        os.fsync(f.fileno())
+    return "sparse"
+
+
+def clone(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
+    """Reflink src to dst (created or truncated) if the filesystem can share the blocks."""
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         try:
             fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
-            return "reflink"
+            return True
         except OSError:
-            pass
-        size = os.fstat(fin.fileno()).st_size
-        for start, end in data_ranges(fin.fileno(), size):
-            _copy_range(fin.fileno(), fout.fileno(), start, end)
-        fout.truncate(size)
-        fout.flush()
-        os.fsync(fout.fileno())
-    return "sparse"
+            return False
+
+
+def copy_extents(src: str | os.PathLike, dst: str | os.PathLike, *,
+                 inside: tuple[int, int] | None = None, outside: tuple[int, int] | None = None) -> None:
+    """Copy src's data extents into dst (created if missing, sized like src), all of them or only
+    their parts inside or outside a byte window: lets a caller work on one region of a large image
+    before the rest is copied. Nothing is synced: that is the caller's choice."""
+    with open(src, "rb") as fin:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            size = os.fstat(fin.fileno()).st_size
+            os.ftruncate(fd, size)
+            for start, end in data_ranges(fin.fileno(), size):
+                for a, b in _select(start, end, inside, outside):
+                    _copy_range(fin.fileno(), fd, a, b)
+        finally:
+            os.close(fd)
+
+
+def _select(start: int, end: int, inside: tuple[int, int] | None,
+            outside: tuple[int, int] | None) -> list[tuple[int, int]]:
+    if inside is not None:
+        a, b = max(start, inside[0]), min(end, inside[1])
+        return [(a, b)] if a < b else []
+    if outside is not None:
+        return [(a, b) for a, b in ((start, min(end, outside[0])), (max(start, outside[1]), end)) if a < b]
+    return [(start, end)]
+
+
+def sync_filesystem(path: str | os.PathLike) -> None:
+    """Write back everything on path's filesystem and wait (syncfs; sync where unavailable)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(ctypes.c_int(fd)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), os.fspath(path))
+    except AttributeError:
+        os.sync()
+    finally:
+        os.close(fd)
 
 
 def _copy_range(fin: int, fout: int, start: int, end: int) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_tool
 from imagetools import bmap
-from imagetools.sparse import copy_sparse
+from imagetools.sparse import allocated_bytes, copy_extents, copy_sparse
 
 pytestmark = pytest.mark.skipif(shutil.which("bmaptool") is None, reason="bmap-tools not installed")
 
@@ -95,3 +95,22 @@ def test_bmaptool_detects_a_changed_image(make_image, tmp_path):
         f.write(b"changed after the bmap")
     res = run_tool("bmaptool", "copy", "--bmap", str(bmap_file), str(img), str(tmp_path / "o.img"), check=False)
     assert res.returncode != 0 and "checksum mismatch" in res.stderr
+
+
+def test_copy_extents_in_two_parts_equals_the_source_and_keeps_holes(tmp_path):
+    """emit copies the data partition first and the rest later: the two parts make the whole."""
+    src = tmp_path / "src.img"
+    with open(src, "wb") as f:
+        for offset in (0, 3 << 20, 7 << 20):
+            f.seek(offset)
+            f.write(os.urandom(300_000))
+        f.truncate(10 << 20)
+    dst = tmp_path / "dst.img"
+    window = ((2 << 20) + 4096, 8 << 20)
+    copy_extents(src, dst, inside=window)
+    part = dst.read_bytes()
+    assert part[window[0]:window[1]] == src.read_bytes()[window[0]:window[1]]
+    assert part[:window[0]].count(0) == window[0]
+    copy_extents(src, dst, outside=window)
+    assert dst.read_bytes() == src.read_bytes()
+    assert allocated_bytes(dst) <= allocated_bytes(src)
