@@ -1,7 +1,8 @@
 """Batch emission: one verified, ready-to-flash image per unit, plus the preauthorization files.
 
-Per unit: copy the base (reflink or sparse) → inject the unit's key in place → verify the image
-against the unit's public key (including e2fsck) → bmap and image SHA-256 in one pass → publish.
+Per unit: key → the data partition copied from the base and the key injected (e2fsck on it) →
+the rest of the base copied (reflink or sparse) → the other checks → bmap and image SHA-256 in
+one pass → written back with its batch → published. (_run says why in that order.)
 Everything of a unit is built in OUT/.imagetools-tmp/ and published by renaming its directory to
 OUT/<name>, so a run killed at any moment leaves no unit that looks complete; the next run removes
 the leftovers, skips published units after a cheap re-check and finishes the rest. OUT's state
