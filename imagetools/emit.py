@@ -149,7 +149,7 @@ def emit(base: str | os.PathLike, devices: list[Device], out_dir: str | os.PathL
     base, out = Path(base), Path(out_dir)
     _check_inputs(base, devices, out)
     data = open_layout(base).require("data")
-    window = (data.partition.start, data.partition.start + data.partition.size)
+    window = _window(data)
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
         _clean_temp(out)
@@ -662,10 +662,9 @@ def _prepare(job: _Job, tmp: Path, result: UnitResult) -> _Stage:
     (tmp / "public.key").write_bytes(keys.public_pem(private))
     t = _lap(result, "key", t)
     image = tmp / f"{job.name}{job.suffix}"
-    data = job.data.partition
     cloned = clone(job.base, image)
     if not cloned:
-        copy_extents(job.base, image, inside=(data.start, data.start + data.size))
+        copy_extents(job.base, image, inside=_window(job.data))
     t = _lap(result, "copy", t)
     write_key(image, job.data, pem, DATA_KEY_PATH)
     t = _lap(result, "inject", t)
@@ -678,8 +677,7 @@ def _finish(job: _Job, stage: _Stage, result: UnitResult) -> bool:
     t = time.monotonic()
     image, files = stage.image, list(stage.files)
     if not stage.cloned:
-        data = job.data.partition
-        copy_extents(job.base, image, outside=(data.start, data.start + data.size))
+        copy_extents(job.base, image, outside=_window(job.data))
     t = _lap(result, "copy", t)
     report = verify_image(image, expected=keys.read_public_file(stage.tmp / "public.key"), fsck=False)
     report.replace(stage.fsck)
@@ -706,6 +704,11 @@ def _finish(job: _Job, stage: _Stage, result: UnitResult) -> bool:
               "verify": result.verify, "timings": result.timings}
     (stage.tmp / UNIT_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return True
+
+
+def _window(data: PartInfo) -> tuple[int, int]:
+    """The data partition's bytes: all that injection changes."""
+    return data.partition.start, data.partition.end
 
 
 def _unit_key(job: _Job) -> tuple[bytes, keys.PrivateKey]:
