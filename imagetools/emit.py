@@ -37,7 +37,7 @@ from .devices import Device, canonical_identity
 from .errors import EnvironmentProblem, ImageToolsError, UsageError
 from .inject import write_key
 from .layout import PartInfo, open_layout
-from .sparse import FICLONE, allocated_bytes, clone, copy_extents, sync_filesystem
+from .sparse import allocated_bytes, clone, copy_extents, sync_filesystem
 from .verify import DEFAULT_KEY_PATH, Check, data_path, fsck_check, verify_image
 
 STATE_FILE = ".imagetools-emit.json"
@@ -297,23 +297,43 @@ def _published_units(out: Path, devices: list[Device]) -> dict[str, dict[str, An
                             f"remove {unit_dir} to re-emit it with that key")
         else:
             found[device.name] = record
-    listed = {d.name for d in devices}
-    elsewhere = {}
-    for unit_json in out.glob(f"*/{UNIT_FILE}"):
-        if unit_json.parent.name not in listed:
-            try:
-                elsewhere[canonical_identity(json.loads(unit_json.read_text())["identity"])] = unit_json.parent
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-    for device in devices:
-        other = elsewhere.get(canonical_identity(device.identity))
-        if other is not None:
-            problems.append(f"identity {json.dumps(device.identity)} (line {device.line}) was already emitted "
-                            f"as {other} with its own key; name the unit {other.name!r} again or remove {other}")
+    problems += _conflicts_elsewhere(out, devices)
     if problems:
         raise EnvironmentProblem(f"{out}: {len(problems)} published unit(s) conflict with the device list: "
                                  + "; ".join(problems))
     return found
+
+
+def _other_units(out: Path, listed: set[str]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(unit directory, unit.json record) of the units published in OUT but not named in listed."""
+    for unit_json in sorted(out.glob(f"*/{UNIT_FILE}")):
+        if unit_json.parent.name in listed:
+            continue
+        try:
+            record = json.loads(unit_json.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("identity"), dict):
+            yield unit_json.parent, record
+
+
+def _conflicts_elsewhere(out: Path, devices: list[Device]) -> list[str]:
+    """One identity and one key per unit across the device list and everything published in OUT."""
+    identities, fingerprints = {}, {}
+    for unit_dir, record in _other_units(out, {d.name for d in devices}):
+        identities[canonical_identity(record["identity"])] = unit_dir
+        fingerprints[record.get("fingerprint")] = unit_dir
+    problems = []
+    for device in devices:
+        other = identities.get(canonical_identity(device.identity))
+        if other is not None:
+            problems.append(f"identity {json.dumps(device.identity)} (line {device.line}) was already emitted "
+                            f"as {other} with its own key; name the unit {other.name!r} again or remove {other}")
+        other = fingerprints.get(device.key_fingerprint) if device.key_fingerprint else None
+        if other is not None:
+            problems.append(f"key {device.key_path} (line {device.line}) is already published for the unit "
+                            f"{other}: every unit needs a key of its own")
+    return problems
 
 
 def _check_changes(state: dict[str, Any] | None, base_id: dict[str, Any], options: EmitOptions,
@@ -366,16 +386,18 @@ def _suffix(base: Path) -> str:
 
 def _copy_mode(base: Path, out: Path) -> str:
     """'reflink' if OUT's filesystem can clone the base (tried once), else 'sparse'."""
-    probe = out / TMP_DIR / f"reflink-probe-{uuid.uuid4().hex}"
-    probe.parent.mkdir(exist_ok=True)
+    probe = _private_dir(out / TMP_DIR) / f"reflink-probe-{uuid.uuid4().hex}"
     try:
-        with open(base, "rb") as src, open(probe, "wb") as dst:
-            fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
-        return "reflink"
-    except OSError:
-        return "sparse"
+        return "reflink" if clone(base, probe) else "sparse"
     finally:
         probe.unlink(missing_ok=True)
+
+
+def _private_dir(path: Path) -> Path:
+    """A 0700 directory (whatever the umask): unit directories hold private keys and images."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
 
 
 def _check_space(base: Path, out: Path, units: int, copy_mode: str) -> None:
@@ -414,7 +436,9 @@ def _recheck(out: Path, device: Device, record: dict[str, Any]) -> UnitResult:
         return result
     image = unit_dir / record["image"]
     st = image.stat()
-    if (st.st_size, st.st_mtime_ns) == (record.get("image_size"), record.get("image_mtime_ns")):
+    recorded = (record.get("image_size"), record.get("image_mtime_ns"),
+                record.get("image_ctime_ns", st.st_ctime_ns))  # ctime: records before it was kept
+    if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) == recorded:
         return result
     pub = keys.read_public_file(unit_dir / "public.key")
     report = verify_image(image, expected=pub, fsck=False)
@@ -652,7 +676,9 @@ def _os_error(exc: OSError) -> tuple[str, bool]:
 
 def _prepare(job: _Job, tmp: Path, result: UnitResult) -> _Stage:
     t = time.monotonic()
-    tmp.mkdir(parents=True)
+    _private_dir(tmp.parent)
+    tmp.mkdir(mode=0o700)
+    os.chmod(tmp, 0o700)
     pem, private = _unit_key(job)
     result.fingerprint, result.key_type = keys.fingerprint(private), keys.describe(private)
     files = ["public.key", "identity.json", UNIT_FILE]
@@ -699,7 +725,8 @@ def _finish(job: _Job, stage: _Stage, result: UnitResult) -> bool:
     st = image.stat()
     record = {"name": job.name, "identity": job.identity, "fingerprint": result.fingerprint,
               "key_type": result.key_type, "key_source": job.key_source, "image": image.name,
-              "image_size": st.st_size, "image_mtime_ns": st.st_mtime_ns, "image_sha256": scan.sha256,
+              "image_size": st.st_size, "image_mtime_ns": st.st_mtime_ns,
+              "image_ctime_ns": st.st_ctime_ns, "image_sha256": scan.sha256,
               "base_sha256": job.base_sha256, "settings": job.options.settings(), "files": sorted(files),
               "verify": result.verify, "timings": result.timings}
     (stage.tmp / UNIT_FILE).write_text(json.dumps(record, indent=2) + "\n")
@@ -715,7 +742,8 @@ def _unit_key(job: _Job) -> tuple[bytes, keys.PrivateKey]:
     """PEM and key object; a generated key is not parsed back (loading an RSA key validates it,
     which costs about half a key generation)."""
     if job.key_path or job.key_from_image:
-        pem = Path(job.key_path).read_bytes() if job.key_path else _key_from_image(job.key_from_image)
+        pem = (keys.read_key_bytes(job.key_path, "private key") if job.key_path
+               else _key_from_image(job.key_from_image))
         return pem, keys.load_private(pem, f"key of {job.name}")
     private = keys.generate(job.options.key_spec)
     return keys.private_pem(private, job.options.key_spec.format), private
@@ -768,17 +796,20 @@ def _write_state(out: Path, base_id: dict[str, Any], options: EmitOptions, compl
 
 def _write_batch_files(out: Path, base_id: dict[str, Any], options: EmitOptions, units: list[UnitResult],
                        copy_mode: str, started: float) -> None:
-    """preauth.json/.csv list the published units (ready for the server); report.json all units."""
-    good = [u for u in units if u.status != "failed"]
-    preauth = [{"name": u.name, "identity_data": u.identity,
-                "pubkey": (out / u.name / "public.key").read_text()} for u in good]
+    """preauth.json/.csv list every unit published in OUT, by this run or an earlier one with
+    another device list (pushing them must not leave a batch pending); report.json this run's."""
+    good = [(u.name, u.identity, u.fingerprint) for u in units if u.status != "failed"]
+    others = _other_units(out, {u.name for u in units})
+    good += [(unit_dir.name, r["identity"], r.get("fingerprint")) for unit_dir, r in others]
+    preauth = [{"name": name, "identity_data": identity,
+                "pubkey": (out / name / "public.key").read_text()} for name, identity, _ in good]
     _write_atomic(out / "preauth.json", json.dumps(preauth, indent=2) + "\n")
-    _write_atomic(out / "preauth.csv", _preauth_csv(preauth, good))
+    _write_atomic(out / "preauth.csv", _preauth_csv(preauth, [fp for *_, fp in good]))
     report = EmitResult(str(out), base_id, options.settings(), copy_mode, units, time.monotonic() - started)
     _write_atomic(out / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
 
 
-def _preauth_csv(preauth: list[dict[str, Any]], units: list[UnitResult]) -> str:
+def _preauth_csv(preauth: list[dict[str, Any]], fingerprints: list[str | None]) -> str:
     import csv
     import io
 
@@ -787,17 +818,21 @@ def _preauth_csv(preauth: list[dict[str, Any]], units: list[UnitResult]) -> str:
         attrs += [a for a in rec["identity_data"] if a not in attrs]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["name", *attrs, "fingerprint", "pubkey"])
-    for rec, unit in zip(preauth, units):
-        writer.writerow([rec["name"], *(rec["identity_data"].get(a, "") for a in attrs),
-                         unit.fingerprint, rec["pubkey"]])
+    writer.writerow([spreadsheet_safe(c) for c in ["name", *attrs, "fingerprint", "pubkey"]])
+    for rec, fingerprint in zip(preauth, fingerprints):
+        row = [rec["name"], *(rec["identity_data"].get(a, "") for a in attrs), fingerprint, rec["pubkey"]]
+        writer.writerow([spreadsheet_safe(c or "") for c in row])
     return buf.getvalue()
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A cell a spreadsheet shows as text: one that could start a formula gets a leading "'"."""
+    return "'" + cell if cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
 
 
 def _write_atomic(path: Path, text: str) -> None:
     """Temporary name inside OUT's temp directory, so a killed run leaves nothing beside the units."""
-    tmp = path.parent / TMP_DIR / f"{path.name}.{os.getpid()}"
-    tmp.parent.mkdir(exist_ok=True)
+    tmp = _private_dir(path.parent / TMP_DIR) / f"{path.name}.{os.getpid()}"
     try:
         tmp.write_text(text)
         os.replace(tmp, path)

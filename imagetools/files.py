@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 from . import paths
 from .errors import FilesystemError, UsageError
 from .fs import EXT_TYPES, FAT_TYPES, Entry, Filesystem, NotFoundError, SymlinkInPath, open_filesystem
+from .fs import lock
 from .fs.base import check_writable, components, join, normalize
 from .layout import Layout, PartInfo, open_layout
 
@@ -54,12 +55,18 @@ class _Session:
     def __init__(self, image: str | os.PathLike, overrides: dict[str, int] | None, rootfs: str = "a",
                  *, writing: bool = False):
         self.image = os.fspath(image)
+        self._lock: tuple[int, int] | None = None
         if writing:
             check_writable(self.image)  # before anything is looked at, let alone changed
-        self.layout: Layout = open_layout(self.image, overrides)
+            self._lock = lock.acquire(self.image)  # for the whole change, every partition
         self.rootfs = rootfs
         self.writing = writing
         self._open: dict[int, Filesystem] = {}
+        try:
+            self.layout: Layout = open_layout(self.image, overrides)
+        except BaseException:
+            self.close()
+            raise
 
     def fs(self, part: PartInfo) -> Filesystem:
         """The partition's filesystem, opened once per session (writable in a writing session)."""
@@ -72,6 +79,9 @@ class _Session:
         for fs in self._open.values():
             fs.close()
         self._open.clear()
+        if self._lock is not None:
+            lock.release(self._lock)
+            self._lock = None
 
     def __enter__(self) -> _Session:
         return self

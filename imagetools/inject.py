@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import keys
 from .errors import FilesystemError, UsageError
-from .fs import open_filesystem
+from .fs import lock, open_filesystem
 from .layout import PartInfo, open_layout
 from .sparse import copy_sparse, remove_quietly
 from .verify import DEFAULT_KEY_PATH, data_path, link_checks
@@ -65,13 +65,14 @@ def inject_key(image: str | Path, key_pem: bytes, *, out: str | Path | None = No
 
 def _inject(image: Path, key_pem: bytes, key_rel: str, backend: str,
             overrides: dict[str, int] | None, result: InjectResult) -> InjectResult:
-    layout = open_layout(image, overrides)
-    data = layout.require("data")
-    if backend == "native":
-        write_key(image, data, key_pem, key_rel)
-    else:
-        _write_mender_artifact(image, layout, data, key_pem, key_rel)
-        _read_back(str(image), data, key_pem, key_rel)
+    with lock.exclusive(image):
+        layout = open_layout(image, overrides)
+        data = layout.require("data")
+        if backend == "native":
+            write_key(image, data, key_pem, key_rel)
+        else:
+            _write_mender_artifact(image, layout, data, key_pem, key_rel)
+            _read_back(str(image), data, key_pem, key_rel)
     result.warnings += [f"{c.name}: {c.detail}" for c in link_checks(str(image), layout) if c.status == "fail"]
     return result
 

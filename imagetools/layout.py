@@ -91,8 +91,16 @@ class Layout:
 
     @property
     def warnings(self) -> list[str]:
-        """The table's warnings plus what a Mender image is missing (e.g. no data partition)."""
-        return self.image.warnings + self.notes
+        """The table's warnings, filesystems larger than their partition, and what a Mender image
+        is missing (e.g. no data partition)."""
+        return self.image.warnings + self.oversized + self.notes
+
+    @property
+    def oversized(self) -> list[str]:
+        """Filesystems that claim more than their partition: writing to them is refused."""
+        return [f"partition {p.number}: its {p.fs.type} filesystem spans {p.fs.size} bytes but the "
+                f"partition only {p.partition.size}; it cannot be written to (the table was shrunk "
+                "without shrinking the filesystem)" for p in self.parts if p.fs.size > p.partition.size]
 
     @property
     def data(self) -> PartInfo | None:

@@ -55,11 +55,14 @@ class MenderArtifact:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def _alias(self) -> str:
-        if ":" not in self.image and self.image.endswith(SUFFIXES):
-            return self.image
-        suffix = next((s for s in SUFFIXES if self.image.endswith(s)), ".img")
+        """An absolute name (never read as an option) that mender-artifact accepts: no ':' (it
+        splits there) and a suffix it knows; other names are reached through a symlink."""
+        image = os.path.abspath(self.image)
+        if ":" not in image and image.endswith(SUFFIXES):
+            return image
+        suffix = next((s for s in SUFFIXES if image.endswith(s)), ".img")
         alias = os.path.join(self._tmp, "image" + suffix)
-        os.symlink(os.path.abspath(self.image), alias)
+        os.symlink(image, alias)
         return alias
 
     def _target(self, path: str) -> str:

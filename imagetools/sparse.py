@@ -39,7 +39,7 @@ def allocated_bytes(path: str | os.PathLike) -> int:
 
 
 def copy_sparse(src: str | os.PathLike, dst: str | os.PathLike) -> str:
-    """Copy src to dst (created 0644 or truncated) durably: reflink when the filesystem can, else
+    """Copy src to dst (created 0600 or truncated) durably: reflink when the filesystem can, else
     only the data extents (holes stay holes). Returns 'reflink' or 'sparse'."""
     if clone(src, dst):
         return "reflink"
@@ -49,23 +49,38 @@ def copy_sparse(src: str | os.PathLike, dst: str | os.PathLike) -> str:
     return "sparse"
 
 
+def open_private(dst: str | os.PathLike, flags: int = os.O_WRONLY) -> int:
+    """dst opened for writing, created 0600 (an existing file is made 0600 too): every image we
+    write will hold a private key, and must never be readable by others, not even for a moment."""
+    fd = os.open(dst, flags | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def clone(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
-    """Reflink src to dst (created or truncated) if the filesystem can share the blocks."""
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
+    """Reflink src to dst (created 0600 or truncated) if the filesystem can share the blocks."""
+    with open(src, "rb") as fin:
+        fd = open_private(dst, os.O_WRONLY | os.O_TRUNC)
         try:
-            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+            fcntl.ioctl(fd, FICLONE, fin.fileno())
             return True
         except OSError:
             return False
+        finally:
+            os.close(fd)
 
 
 def copy_extents(src: str | os.PathLike, dst: str | os.PathLike, *,
                  inside: tuple[int, int] | None = None, outside: tuple[int, int] | None = None) -> None:
-    """Copy src's data extents into dst (created if missing, sized like src), all of them or only
+    """Copy src's data extents into dst (created 0600 if missing, sized like src), all of them or only
     their parts inside or outside a byte window: lets a caller work on one region of a large image
     before the rest is copied. Nothing is synced: that is the caller's choice."""
     with open(src, "rb") as fin:
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = open_private(dst)
         try:
             size = os.fstat(fin.fileno()).st_size
             os.ftruncate(fd, size)

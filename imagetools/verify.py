@@ -107,8 +107,8 @@ def verify_image(target: str | Path, *, expected: keys.PublicKey | bytes | None 
     want_fp, want_problem = _expected(expected, expected_fingerprint)
     report = VerifyReport(target)
     image = read_image(target)
-    _check_table(report, image)
     layout = detect_layout(image, overrides)
+    _check_table(report, image, layout)
     data = layout.find("data")
     with ExitStack() as stack:
         data_fs = _check_data(report, layout, data)
@@ -179,12 +179,14 @@ def _skip(report: VerifyReport, names: tuple[str, ...], why: str) -> None:
         report.add(name, "skip", why)
 
 
-def _check_table(report: VerifyReport, image) -> None:
+def _check_table(report: VerifyReport, image, layout: Layout) -> None:
     """read_image already refuses truncated or overlapping tables (unusable input); what it
-    tolerates with a warning (damaged primary GPT, hybrid MBR) is reported here."""
+    tolerates with a warning (damaged primary GPT, hybrid MBR) is reported here, and so is a
+    filesystem larger than its partition."""
     summary = f"{image.table.upper()}, {len(image.partitions)} partitions"
-    if image.warnings:
-        report.add(TABLE, "warn", f"{summary}; " + "; ".join(image.warnings))
+    warnings = image.warnings + layout.oversized
+    if warnings:
+        report.add(TABLE, "warn", f"{summary}; " + "; ".join(warnings))
     else:
         report.add(TABLE, "pass", summary)
 

@@ -7,12 +7,11 @@ Filesystem protocol of fs/base.py. fsck() runs e2fsck -fn in place (ext2/3/4).
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from typing import TYPE_CHECKING
 
-from ..errors import FilesystemError, ToolMissingError
-from ..tools import find_tool
+from ..errors import FilesystemError
+from . import e2fsprogs
 from .base import Entry, Filesystem, NoSpaceError, NotFoundError, SymlinkInPath
 
 if TYPE_CHECKING:
@@ -36,7 +35,8 @@ def open_filesystem(image_path: str | os.PathLike, part: PartInfo, writable: boo
     kind = part.fs.type
     if kind in EXT_TYPES:
         from .ext4 import Ext4Filesystem
-        return Ext4Filesystem(image_path, part.partition.start, writable=writable, label=describe(part))
+        return Ext4Filesystem(image_path, part.partition.start, part.partition.size,
+                              writable=writable, label=describe(part))
     if kind in FAT_TYPES:
         from .fat import FatFilesystem
         return FatFilesystem(image_path, part.partition.start, part.partition.size,
@@ -50,24 +50,8 @@ def fsck(image_path: str | os.PathLike, part: PartInfo) -> tuple[bool, str]:
     """Check the partition's filesystem without changing anything: (clean, checker output)."""
     kind = part.fs.type
     if kind in EXT_TYPES:
-        return _e2fsck(os.fspath(image_path), part.partition.start)
+        with tempfile.TemporaryDirectory(prefix="imagetools-fsck-") as tmp:
+            dev = e2fsprogs.device(image_path, part.partition.start, describe(part), lambda: tmp)
+            return e2fsprogs.e2fsck(dev)
     raise FilesystemError(f"cannot check partition {part.partition.number} in place: only ext2/3/4 "
                           "can be checked at an offset (fsck.vfat needs the partition as its own file)")
-
-
-def _run(args: list[str]) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                              timeout=1800)
-    except OSError as exc:
-        raise ToolMissingError(f"cannot run {args[0]}: {exc}") from exc
-
-
-def _e2fsck(image_path: str, offset: int) -> tuple[bool, str]:
-    device = image_path
-    with tempfile.TemporaryDirectory(prefix="imagetools-fsck-") as tmp:
-        if "?" in image_path:  # libext2fs would read it as io options
-            device = os.path.join(tmp, "image")
-            os.symlink(os.path.abspath(image_path), device)
-        proc = _run([find_tool("e2fsck", "e2fsprogs"), "-fn", f"{device}?offset={offset}"])
-    return proc.returncode == 0, (proc.stdout + proc.stderr).strip()

@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 import posixpath
 import stat as stat_mod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from ..errors import EnvironmentProblem, FilesystemError
+from ..errors import EnvironmentProblem, FilesystemError, ImageFormatError
+from .probe import probe
 
 # Characters debugfs' command parser cannot carry inside a quoted argument.
 _FORBIDDEN = ('"', "\n", "\r", "\0")
+MAX_NAME_BYTES = 255  # one name in a directory: ext2/3/4's limit (FAT's is lower)
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Entry:
     gid: int
     size: int
     target: str | None = None   # symlink target
+    inode: int | None = field(default=None, compare=False)  # ext: to address it without its name
 
     def to_dict(self) -> dict:
         return {"path": self.path, "name": self.name, "type": self.type,
@@ -85,8 +88,16 @@ def normalize(path: str) -> str:
     for bad in _FORBIDDEN:
         if bad in path:
             raise FilesystemError(f"unsupported character {bad!r} in path {path!r}")
-    norm = posixpath.normpath(path)
-    return "/" + norm.lstrip("/")  # normpath keeps a leading '//'
+    norm = "/" + posixpath.normpath(path).lstrip("/")  # normpath keeps a leading '//'
+    try:
+        norm.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise FilesystemError(f"path {path!r} holds characters that are not valid in a file name") from None
+    for name in norm.split("/"):
+        if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            raise FilesystemError(f"name {name[:40]!r}... in path {path[:80]!r} is longer than "
+                                  f"{MAX_NAME_BYTES} bytes, the limit of a name in a directory")
+    return norm
 
 
 def components(path: str) -> list[str]:
@@ -137,6 +148,23 @@ def check_writable(image_path: str) -> None:
         os.close(os.open(image_path, os.O_RDWR))
     except OSError as exc:
         raise EnvironmentProblem(f"image {image_path} cannot be opened for writing: {exc.strerror}") from exc
+
+
+def check_geometry(image_path: str, offset: int, size: int | None, label: str) -> None:
+    """Refuse writing to a filesystem that claims more bytes than its partition (a table shrunk
+    without shrinking the filesystem): debugfs and pyfatfs trust the superblock and would write
+    into the next partition."""
+    if size is None:
+        fd = os.open(image_path, os.O_RDONLY)
+        try:
+            size = max(os.lseek(fd, 0, os.SEEK_END) - offset, 0)  # block devices too
+        finally:
+            os.close(fd)
+    claimed = probe(image_path, offset, size).size
+    if claimed > size:
+        raise ImageFormatError(f"{label}: the filesystem spans {claimed} bytes but its partition only "
+                               f"{size}; writing could overwrite the next partition (fix the "
+                               "partition table or resize the filesystem first)")
 
 
 def mount_point(rdev: int) -> str | None:

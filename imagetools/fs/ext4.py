@@ -24,10 +24,10 @@ from typing import Iterator
 import ext4
 
 from ..errors import FilesystemError
-from . import debugfs
-from .base import (Entry, NoSpaceError, NotFoundError, SymlinkInPath, check_mode, check_owner,
-                   check_writable, components, join, normalize, type_from_mode)
-from .debugfs import quote
+from . import e2fsprogs, lock
+from .base import (Entry, NoSpaceError, NotFoundError, SymlinkInPath, check_geometry, check_mode,
+                   check_owner, check_writable, components, join, normalize, type_from_mode)
+from .e2fsprogs import Command, Inode
 
 _EXTENTS_FL = 0x80000
 _INLINE_DATA_FL = 0x10000000
@@ -42,19 +42,28 @@ class _Unsupported(Exception):
 class Ext4Filesystem:
     """One ext2/3/4 filesystem at a byte offset inside an image file or block device."""
 
-    def __init__(self, image_path: str | os.PathLike, offset: int, *, writable: bool = False,
-                 label: str | None = None):
+    def __init__(self, image_path: str | os.PathLike, offset: int, size: int | None = None, *,
+                 writable: bool = False, label: str | None = None):
+        """`size` is the partition's size in bytes (None: up to the end of the image); a
+        filesystem that claims more is refused for writing, since debugfs would write past it."""
         self.image_path = os.fspath(image_path)
         self.offset = offset
         self.writable = writable
         self.label = label or f"ext4 filesystem at offset {offset}"
         self._private: str | None = None
+        self._lock: tuple[int, int] | None = None
         if writable:
             check_writable(self.image_path)
-        self.device = f"{self._device_path()}?offset={offset}"
+            check_geometry(self.image_path, offset, size, self.label)
+            self._lock = lock.acquire(self.image_path)
+        self.device = e2fsprogs.device(self.image_path, offset, self.label, self._private_dir)
         self._file = None
         self._vol: ext4.Volume | None = None
-        self._open_volume()
+        try:
+            self._open_volume()
+        except BaseException:
+            self.close()
+            raise
 
     # -- lifecycle --------------------------------------------------------------------------
     def close(self) -> None:
@@ -65,6 +74,9 @@ class Ext4Filesystem:
         if self._private:
             shutil.rmtree(self._private, ignore_errors=True)
             self._private = None
+        if self._lock is not None:
+            lock.release(self._lock)
+            self._lock = None
 
     def __enter__(self) -> Ext4Filesystem:
         return self
@@ -77,14 +89,6 @@ class Ext4Filesystem:
         if self._private is None:
             self._private = tempfile.mkdtemp(prefix="imagetools-")
         return self._private
-
-    def _device_path(self) -> str:
-        """libext2fs treats '?' as the start of io options: alias such a path through a symlink."""
-        if "?" not in self.image_path:
-            return self.image_path
-        alias = Path(self._private_dir()) / "image"
-        alias.symlink_to(os.path.abspath(self.image_path))
-        return str(alias)
 
     def _open_volume(self) -> None:
         if self._file is not None:
@@ -198,11 +202,11 @@ class Ext4Filesystem:
         prefixes = ["/"]
         for name in components(path):
             prefixes.append(join(prefixes[-1], name))
-        commands = [f"stat {quote(p)}" for p in prefixes]
-        result = debugfs.run(self.device, commands)
+        commands = [self._cmd("stat", p) for p in prefixes]
+        result = e2fsprogs.run(self.device, commands)
         sections = result.sections(commands)
         for i, prefix in enumerate(prefixes):
-            entry = debugfs.parse_stat(prefix, sections[i])
+            entry = e2fsprogs.parse_stat(prefix, sections[i])
             if entry is None:
                 if i == 0:
                     raise FilesystemError(f"cannot read {self.label}: {'; '.join(result.errors[:2])}")
@@ -220,7 +224,8 @@ class Ext4Filesystem:
     def _dbg_with_target(self, entry: Entry) -> Entry:
         if entry.type != "symlink" or entry.target is not None:
             return entry
-        result = debugfs.run_request(self.device, f"cat {quote(entry.path)}")
+        ref = Inode(entry.inode) if entry.inode else entry.path
+        result = e2fsprogs.request(self.device, self._cmd("cat", ref))
         target = result.stdout.decode("utf-8", "surrogateescape")
         return Entry(**{**entry.__dict__, "target": target})
 
@@ -231,13 +236,17 @@ class Ext4Filesystem:
         entry = self._dbg_walk(path)
         if entry.type != "dir":
             raise FilesystemError(f"{path} is not a directory in {self.label}")
-        listing = debugfs.run(self.device, [f"ls -p {quote(path)}"])
-        names = [name for _, _, name in debugfs.parse_ls(listing.stdout.decode("utf-8", "surrogateescape"))]
-        commands = [f"stat {quote(join(path, n))}" for n in names]
-        sections = debugfs.run(self.device, commands).sections(commands) if commands else []
+        ls = [self._cmd("ls", "-p", path)]
+        listing = e2fsprogs.parse_ls(e2fsprogs.run(self.device, ls).sections(ls)[0])
+        if listing.garbled:
+            raise FilesystemError(f"{path} in {self.label} holds a name with a line break, which "
+                                  "debugfs cannot list unambiguously")
+        # by inode number: the names come from the image and need not be addressable
+        commands = [self._cmd("stat", Inode(ino)) for ino, _, _ in listing.rows]
+        sections = e2fsprogs.run(self.device, commands).sections(commands) if commands else []
         entries = []
-        for name, section in zip(names, sections):
-            child = debugfs.parse_stat(join(path, name), section)
+        for (_, _, name), section in zip(listing.rows, sections):
+            child = e2fsprogs.parse_stat(join(path, name), section)
             if child is not None:
                 entries.append(self._dbg_with_target(child))
         return sorted(entries, key=lambda e: e.name)
@@ -245,7 +254,7 @@ class Ext4Filesystem:
     def _dbg_read(self, path: str) -> bytes:
         entry = self._dbg_walk(path)
         _require_file(entry, self.label)
-        result = debugfs.run_request(self.device, f"cat {quote(path)}")
+        result = e2fsprogs.request(self.device, self._cmd("cat", path))
         # debugfs 1.47 `cat` pads small inline_data files to the 60-byte i_block: trust the size
         if result.errors or len(result.stdout) < entry.size:
             raise FilesystemError(f"cannot read {path} in {self.label}: {'; '.join(result.errors) or 'short read'}")
@@ -268,13 +277,14 @@ class Ext4Filesystem:
         self._check_space(len(data), len(missing))
         with self._staged(data) as source:
             if existing is None:
-                self._run_or_undo(_mkdirs(missing) + _put(source, path, mode, uid, gid),
+                self._run_or_undo(self._mkdirs(missing) + self._put(source, path, mode, uid, gid),
                                   f"write {path}", [path], missing)
             else:
                 tmp = join(parent, f".imagetools-new-{os.getpid()}")
-                stale = ["rm " + quote(tmp)] if self._stat_or_none(tmp) else []
-                self._run_or_undo(stale + _put(source, tmp, mode, uid, gid), f"write {path}", [tmp], [])
-                swap = ["rm " + quote(path), f"ln {quote(tmp)} {quote(path)}", "unlink " + quote(tmp)]
+                stale = [self._cmd("rm", tmp)] if self._stat_or_none(tmp) else []
+                self._run_or_undo(stale + self._put(source, tmp, mode, uid, gid), f"write {path}",
+                                  [tmp], [])
+                swap = [self._cmd("rm", path), self._cmd("ln", tmp, path), self._cmd("unlink", tmp)]
                 self._run_or_raise(swap, f"replace {path} (new content kept as {tmp})")
         self._verify(path, "file", mode, uid, gid, data)
 
@@ -292,11 +302,13 @@ class Ext4Filesystem:
             if not parents:
                 raise FilesystemError(f"{path} already exists in {self.label}")
             if (existing.mode, existing.uid, existing.gid) != (mode, uid, gid):
-                self._run_or_raise(_attrs(path, 0o040000 | mode, uid, gid), f"set attributes of {path}")
+                self._run_or_raise(self._attrs(path, 0o040000 | mode, uid, gid),
+                                   f"set attributes of {path}")
         else:
             missing = self._missing_dirs(posixpath.dirname(path), parents)
             self._check_space(0, len(missing) + 1)
-            commands = _mkdirs(missing) + [f"mkdir {quote(path)}"] + _attrs(path, 0o040000 | mode, uid, gid)
+            commands = (self._mkdirs(missing) + [self._cmd("mkdir", path)]
+                        + self._attrs(path, 0o040000 | mode, uid, gid))
             self._run_or_undo(commands, f"create directory {path}", [], missing + [path])
         self._verify(path, "dir", mode, uid, gid, None)
 
@@ -312,19 +324,20 @@ class Ext4Filesystem:
                 raise FilesystemError(f"{path} is a non-empty directory in {self.label} (use -r)")
             commands = self._rm_tree(path)
         else:
-            commands = ["rm " + quote(path)]
+            commands = [self._cmd("rm", path)]
         self._run_or_raise(commands, f"remove {path}")
         if self.exists(path):
             raise FilesystemError(f"debugfs did not remove {path} in {self.label}")
 
-    def _rm_tree(self, path: str) -> list[str]:
+    def _rm_tree(self, path: str) -> list[Command]:
+        """Every command of the removal, built (and so checked) before any of them runs."""
         commands = []
         for child in self.list(path):
             if child.type == "dir":
                 commands += self._rm_tree(child.path)
             else:
-                commands.append("rm " + quote(child.path))
-        return commands + ["rmdir " + quote(path)]
+                commands.append(self._cmd("rm", child.path))
+        return commands + [self._cmd("rmdir", path)]
 
     # helpers
     def _require_writable(self) -> None:
@@ -388,24 +401,43 @@ class Ext4Filesystem:
         finally:
             Path(path).unlink(missing_ok=True)
 
-    def _run(self, commands: list[str]) -> debugfs.Result:
+    def _cmd(self, verb: str, *args: str | int | Inode) -> Command:
+        return e2fsprogs.command(verb, *args, where=self.label)
+
+    def _attrs(self, path: str, full_mode: int, uid: int, gid: int) -> list[Command]:
+        return [self._cmd("sif", path, "mode", full_mode), self._cmd("sif", path, "uid", uid),
+                self._cmd("sif", path, "gid", gid)]
+
+    def _mkdirs(self, paths: list[str]) -> list[Command]:
+        """Parents created by -p: 0755 root:root, like `install -D` / `mkdir -p`."""
+        commands = []
+        for p in paths:
+            commands += [self._cmd("mkdir", p)] + self._attrs(p, 0o040755, 0, 0)
+        return commands
+
+    def _put(self, source: str, path: str, mode: int, uid: int, gid: int) -> list[Command]:
+        # `write` copies the staging file's mode (0600); set the real one explicitly.
+        return [self._cmd("write", source, path)] + self._attrs(path, 0o100000 | mode, uid, gid)
+
+    def _run(self, commands: list[Command]) -> e2fsprogs.Result:
         try:
-            return debugfs.run(self.device, commands, write=True)
+            return e2fsprogs.run(self.device, commands, write=True)
         finally:
             self._open_volume()  # debugfs changed the image under our cached reader
 
-    def _run_or_raise(self, commands: list[str], what: str) -> None:
+    def _run_or_raise(self, commands: list[Command], what: str) -> None:
         result = self._run(commands)
         if result.errors:
             raise self._failure(what, result)
 
-    def _run_or_undo(self, commands: list[str], what: str, files: list[str], dirs: list[str]) -> None:
+    def _run_or_undo(self, commands: list[Command], what: str, files: list[str],
+                     dirs: list[str]) -> None:
         """Run; on any error remove what this batch may have created, then raise."""
         result = self._run(commands)
         if not result.errors:
             return
-        undo = ["rm " + quote(f) for f in files if self._exists_quietly(f)]
-        undo += ["rmdir " + quote(d) for d in reversed(dirs) if self._exists_quietly(d)]
+        undo = [self._cmd("rm", f) for f in files if self._exists_quietly(f)]
+        undo += [self._cmd("rmdir", d) for d in reversed(dirs) if self._exists_quietly(d)]
         if undo:
             cleanup = self._run(undo)
             if cleanup.errors:
@@ -419,7 +451,7 @@ class Ext4Filesystem:
         except FilesystemError:
             return False
 
-    def _failure(self, what: str, result: debugfs.Result) -> FilesystemError:
+    def _failure(self, what: str, result: e2fsprogs.Result) -> FilesystemError:
         if result.no_space:
             return NoSpaceError(f"no space left in {self.label}: could not {what}; nothing was changed")
         return FilesystemError(f"could not {what} in {self.label}: {result.errors[0]}")
@@ -453,20 +485,3 @@ def _require_file(entry: Entry, label: str) -> None:
     if entry.type != "file":
         raise FilesystemError(f"{entry.path} is not a regular file in {label} ({entry.type})")
 
-
-def _attrs(path: str, full_mode: int, uid: int, gid: int) -> list[str]:
-    q = quote(path)
-    return [f"sif {q} mode 0{full_mode:o}", f"sif {q} uid {uid}", f"sif {q} gid {gid}"]
-
-
-def _mkdirs(paths: list[str]) -> list[str]:
-    """Parents created by -p: 0755 root:root, like `install -D` / `mkdir -p`."""
-    commands = []
-    for p in paths:
-        commands += [f"mkdir {quote(p)}"] + _attrs(p, 0o040755, 0, 0)
-    return commands
-
-
-def _put(source: str, path: str, mode: int, uid: int, gid: int) -> list[str]:
-    # `write` copies the staging file's mode (0600); set the real one explicitly.
-    return [f"write {quote(source)} {quote(path)}"] + _attrs(path, 0o100000 | mode, uid, gid)

@@ -26,8 +26,9 @@ from pyfatfs.PyFat import PyFat
 from pyfatfs.PyFatFS import PyFatFS
 
 from ..errors import FilesystemError
-from .base import (Entry, NoSpaceError, NotFoundError, check_mode, check_owner, check_writable,
-                   components, join, normalize)
+from . import lock
+from .base import (Entry, NoSpaceError, NotFoundError, check_geometry, check_mode, check_owner,
+                   check_writable, components, join, normalize)
 
 _LOWER_BASE, _LOWER_EXT = 0x08, 0x10
 
@@ -59,10 +60,17 @@ class FatFilesystem:
         self.size = size
         self.writable = writable
         self.label = label or f"FAT filesystem at offset {offset}"
+        self._lock: tuple[int, int] | None = None
         if writable:
             check_writable(self.image_path)
+            check_geometry(self.image_path, offset, size, self.label)
+            self._lock = lock.acquire(self.image_path)
         self._fs: _PyFatFS | None = None
-        self._fs = self._open(read_only=True)
+        try:
+            self._fs = self._open(read_only=True)
+        except BaseException:
+            self.close()
+            raise
 
     def _open(self, read_only: bool) -> _PyFatFS:
         try:
@@ -77,6 +85,9 @@ class FatFilesystem:
             with contextlib.suppress(Exception):
                 self._fs.close()
             self._fs = None
+        if self._lock is not None:
+            lock.release(self._lock)
+            self._lock = None
 
     def __enter__(self) -> FatFilesystem:
         return self

@@ -24,6 +24,7 @@ class FsInfo:
     uuid: str = ""
     features: tuple[str, ...] = ()
     block_size: int = 0
+    size: int = 0  # bytes the filesystem says it spans (ext, FAT); 0 when unknown
 
 
 def probe(path: str | os.PathLike, offset: int, size: int) -> FsInfo:
@@ -87,7 +88,11 @@ def _ext(data: bytes) -> FsInfo | None:
     features = (_names(compat, _COMPAT, "COMPAT") + _names(incompat, _INCOMPAT, "INCOMPAT")
                 + _names(ro_compat, _RO_COMPAT, "RO_COMPAT"))
     fs_uuid = str(uuid.UUID(bytes=data[_SB + 0x68:_SB + 0x78]))
-    return FsInfo(kind, _text(data[_SB + 0x78:_SB + 0x88]), fs_uuid, features, 1024 << log_block)
+    blocks = struct.unpack_from("<I", data, _SB + 0x04)[0]
+    if incompat & 0x80:  # 64bit: the high half of the block count
+        blocks |= struct.unpack_from("<I", data, _SB + 0x150)[0] << 32
+    return FsInfo(kind, _text(data[_SB + 0x78:_SB + 0x88]), fs_uuid, features, 1024 << log_block,
+                  blocks << (10 + log_block))
 
 
 def _names(bits: int, table: dict[int, str], unknown: str) -> tuple[str, ...]:
@@ -125,12 +130,13 @@ def _fat(data: bytes) -> FsInfo | None:
         return None
     fat16_sectors = struct.unpack_from("<H", data, 22)[0]
     ext = 66 if fat16_sectors == 0 else 38  # FAT32 keeps the extended BPB further on
+    total = struct.unpack_from("<H", data, 19)[0] or struct.unpack_from("<I", data, 32)[0]
     if data[ext] not in (0x28, 0x29):
-        return FsInfo("vfat")
+        return FsInfo("vfat", size=total * bps)
     serial = struct.unpack_from("<I", data, ext + 1)[0]
     label = _text(data[ext + 5:ext + 16]) if data[ext] == 0x29 else ""
     volume_id = f"{serial >> 16:04X}-{serial & 0xFFFF:04X}"
-    return FsInfo("vfat", "" if label == "NO NAME" else label, volume_id)
+    return FsInfo("vfat", "" if label == "NO NAME" else label, volume_id, size=total * bps)
 
 
 def _text(raw: bytes) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagetools.fs.debugfs import Result, _errors, parse_ls, parse_stat
+from imagetools.fs.e2fsprogs import Command, Listing, Result, _errors, parse_ls, parse_stat
 
 STAT = """Inode: 14   Type: {kind}    Mode:  {mode:04o}   Flags: 0x80000
 Generation: 0    Version: 0x00000000:00000000
@@ -41,11 +41,11 @@ def test_parse_stat_of_a_missing_path():
 def test_parse_ls(rows):
     text = "/2/040755/0/0/.//\n/2/040755/0/0/..//\n" + "".join(
         f"/{ino}/{mode:06o}/0/0/{name}/{ino % 1000}/\n" for ino, mode, name in rows)
-    assert parse_ls(text) == [(ino, mode, name) for ino, mode, name in rows]
+    assert parse_ls(text) == Listing([(ino, mode, name) for ino, mode, name in rows], garbled=False)
 
 
 def test_sections_follow_the_echoed_commands():
-    commands = ['stat "/a"', 'stat "/b"', 'stat "/c"']
+    commands = [Command('stat "/a"'), Command('stat "/b"'), Command('stat "/c"')]
     out = b'debugfs: stat "/a"\nInode: 1\ndebugfs: stat "/b"\ndebugfs: stat "/c"\nInode: 3\n'
     assert Result(out).sections(commands) == ["Inode: 1\n", "", "Inode: 3\n"]
 
