@@ -234,3 +234,55 @@ def test_disk_full_midway_is_clean_and_resumable(make_image, tmp_path, small_fs,
     result = emit(base, devices, out, options)
     assert [u.status for u in result.units] == ["skipped", "emitted", "emitted"]
     _assert_clean(out, {"u1", "u2", "u3"})
+
+
+def test_a_unit_that_fails_verify_is_never_published(make_image, cli, tmp_path):
+    """A base whose rootfs lacks the /var/lib/mender link: the client would not find the key."""
+    base = make_image("sdimg", no_symlink=True)
+    devices = _devices_csv(tmp_path / "d.csv", 2)
+    out = tmp_path / "out"
+    result = cli("emit", "--base", base, "--devices", devices, "--out-dir", out, "--key-type",
+                 "ed25519", "--json")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert [u["status"] for u in report["units"]] == ["failed", "failed"]
+    assert "/var/lib/mender link" in report["units"][0]["error"]
+    assert not (out / "u1").exists() and not (out / "u2").exists()
+    assert json.loads((out / "preauth.json").read_text()) == []
+    assert (out / "preauth.csv").read_text().count("\n") == 1  # the header alone
+
+
+def test_resume_verifies_again_an_image_changed_in_place(make_image, tmp_path):
+    """Same size, and even the mtime put back: the key inside was replaced, so it is re-verified."""
+    base = make_image("sdimg")
+    devices = load_devices(_devices_csv(tmp_path / "d.csv", 1))
+    out = tmp_path / "out"
+    emit(base, devices, out, ED25519)
+    image = out / "u1" / "u1.sdimg"
+    st = image.stat()
+    other = keys.private_pem(keys.generate(keys.KeySpec(type="ed25519")))
+    from imagetools import files
+
+    files.install(image, "/data/mender/mender-agent.pem", other, mode=0o600)
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert image.stat().st_size == st.st_size and image.stat().st_mtime_ns == st.st_mtime_ns
+    again = emit(base, devices, out, ED25519)
+    assert again.units[0].status == "failed" and "no longer verifies" in again.units[0].error
+
+
+def test_batch_files_cover_every_published_unit_and_keys_stay_unique(make_image, tmp_path):
+    base = make_image("sdimg")
+    out = tmp_path / "out"
+    key = tmp_path / "k1.pem"
+    key.write_bytes(keys.private_pem(keys.generate(keys.KeySpec(type="ed25519"))))
+    (tmp_path / "a.csv").write_text("name,mac,key\nu1,=HYPERLINK(\"x\"),k1.pem\n")
+    emit(base, load_devices(tmp_path / "a.csv"), out, ED25519)
+    emit(base, load_devices(_devices_csv(tmp_path / "b.csv", 1, start=2)), out, ED25519)
+    assert [p["name"] for p in json.loads((out / "preauth.json").read_text())] == ["u2", "u1"]
+    csv_text = (out / "preauth.csv").read_text()
+    assert "'=HYPERLINK" in csv_text and "'-----BEGIN PUBLIC KEY" in csv_text
+    assert "\n=" not in csv_text and ",=" not in csv_text and ",-" not in csv_text
+    (tmp_path / "c.csv").write_text("name,mac,key\nu9,02:00:00:00:00:09,k1.pem\n")
+    with pytest.raises(EnvironmentProblem, match="already published for the unit"):
+        emit(base, load_devices(tmp_path / "c.csv"), out, ED25519)
+    assert not (out / "u9").exists()
