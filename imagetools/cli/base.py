@@ -2,22 +2,37 @@
 
 Exit codes (documented in the README):
   0 success; 1 a verification check failed (or a unit failed/conflicted);
-  2 bad input or usage; 3 environment problem or missing tool; 4 server error.
+  2 bad input or usage; 3 environment problem or missing tool; 4 server error;
+  141 the reader of our output went away (`imagetools ls IMG:/etc | head -1`).
+
+A closed output pipe is not an error worth a message: the reader stopped on purpose. We exit
+quietly with 141 (128 + SIGPIPE), what the shell reports for cat, grep or ls killed by SIGPIPE
+in the same spot, so `set -o pipefail` scripts see imagetools like any other tool; not 0,
+because the output was cut short (a `verify --json` whose reader vanished has not reported).
+Standard output and error are then pointed at /dev/null, so the interpreter's final flush does
+not print "Exception ignored ... BrokenPipeError".
+
+Human output goes through `echo`, `warn`, `print_table` (names and messages escaped by
+text.escape); --json through `print_json` (always valid UTF-8, see there).
 """
 
 from __future__ import annotations
 
 import errno
 import importlib
+import io
 import json
+import os
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NoReturn, Sequence
 
 import click
 
 from ..errors import ImageToolsError
+from .text import escape, for_json
 
 EXIT_FAILED, EXIT_INPUT, EXIT_ENV = 1, 2, 3  # the rest come from the exception classes
+EXIT_PIPE = 128 + 13  # 128 + SIGPIPE, as the shell reports a tool killed by a closed pipe
 
 
 # Command name -> module defining it. Modules load only when their command runs, so a quick
@@ -43,9 +58,23 @@ class _Group(click.Group):
             importlib.import_module(f"{__package__}.{_COMMAND_MODULES[name]}")
         return super().get_command(ctx, name)
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Flush before exiting, so output still buffered when the reader went away raises here
+        (and exits quietly) instead of at interpreter shutdown."""
+        try:
+            try:
+                return super().main(*args, **kwargs)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+        except BrokenPipeError:
+            _output_closed()
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # before OSError: not "imagetools: error: Broken pipe"
+            _output_closed()
         except ImageToolsError as exc:
             _fail(ctx, str(exc), exc.exit_code)
         except OSError as exc:
@@ -64,8 +93,20 @@ def _describe_oserror(exc: OSError) -> str:
 def _fail(ctx: click.Context, message: str, code: int) -> None:
     if (ctx.obj or {}).get("debug"):
         raise
-    click.echo(f"imagetools: error: {message}", err=True)
+    echo(f"imagetools: error: {message}", err=True)
     ctx.exit(code)
+
+
+def _output_closed() -> NoReturn:
+    """Exit quietly with EXIT_PIPE; what is still buffered goes to /dev/null."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except io.UnsupportedOperation:  # an in-memory stream (tests, embedding): nothing to flush
+            pass
+    os.close(devnull)
+    sys.exit(EXIT_PIPE)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -82,12 +123,21 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False))
+    """Print `data` as JSON that is always valid UTF-8 (in fact ASCII: non-ASCII characters and
+    controls are \\u-escaped, so it is also safe on a terminal).
+
+    Strings are exact, including names with control characters. A name that is not valid UTF-8
+    in the image cannot be a JSON string; then KEY (e.g. "name", "path", "target") holds its
+    escaped form, as `ls` prints it (`bad\\xff`), and KEY_b64 the exact bytes in base64. KEY_b64
+    appears only then, so a consumer takes KEY_b64 when present and KEY otherwise. Strings in
+    lists (e.g. "warnings") have no sibling: they are escaped only."""
+    click.echo(json.dumps(for_json(data), indent=2, sort_keys=False))
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """A plain aligned table; cells are str()-ed, None shows as '-'."""
-    cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
+    """A plain aligned table; cells are str()-ed and escaped (they hold names from images),
+    None shows as '-'."""
+    cells = [[("-" if c is None else escape(str(c))) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     line = "  ".join("{:<%d}" % w for w in widths)
     click.echo(line.format(*headers).rstrip())
@@ -95,8 +145,14 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         click.echo(line.format(*row).rstrip())
 
 
+def echo(message: str = "", *, err: bool = False) -> None:
+    """click.echo for one human-readable line: names quoted in it cannot reach the terminal raw
+    (control characters, newlines included, are escaped; backslashes kept; see text.escape)."""
+    click.echo(escape(message, backslash=False), err=err)
+
+
 def warn(message: str) -> None:
-    click.echo(f"imagetools: warning: {message}", err=True)
+    echo(f"imagetools: warning: {message}", err=True)
 
 
 def is_tty() -> bool:

@@ -12,7 +12,8 @@ from .. import keys
 from ..devices import load_devices
 from ..emit import EmitOptions, EmitResult, UnitResult, emit
 from ..errors import VerifyFailed
-from .base import is_tty, main, print_json, print_table
+from .base import echo, is_tty, main, print_json, print_table
+from .text import escape
 
 FULL_TABLE_MAX = 50
 
@@ -74,7 +75,7 @@ def _with_progress(base: Path, listed, out_dir: Path, options: EmitOptions) -> E
             if result.status != "skipped":
                 made += 1
             rate = made / max(time.monotonic() - started, 1e-6)
-            bar.update(done - bar.pos, f"{rate * 60:.1f} units/min, last {result.name} {result.status}")
+            bar.update(done - bar.pos, f"{rate * 60:.1f} units/min, last {escape(result.name)} {result.status}")
 
         return emit(base, listed, out_dir, options, progress=progress)
 
@@ -88,11 +89,11 @@ def _summary(result: EmitResult) -> None:
                       (u.image_sha256 or "")[:16] or None,
                       f"{sum(u.timings.values()):.2f}" if u.status == "emitted" else None,
                       u.error) for u in shown])
-        click.echo()
+        echo()
     made = result.count("emitted")
     rate = f", {made / result.elapsed * 60:.1f} units/min" if made and result.elapsed > 0 else ""
-    click.echo(f"{made} emitted, {result.count('skipped')} already done, {result.count('failed')} failed "
-               f"in {result.elapsed:.1f}s{rate} ({result.copy_mode} copies)")
+    echo(f"{made} emitted, {result.count('skipped')} already done, {result.count('failed')} failed "
+         f"in {result.elapsed:.1f}s{rate} ({result.copy_mode} copies)")
     out = result.out_dir
-    click.echo(f"preauthorize: imagetools preauth push {os.path.join(out, 'preauth.json')}   "
-               f"report: {os.path.join(out, 'report.json')}")
+    echo(f"preauthorize: imagetools preauth push {os.path.join(out, 'preauth.json')}   "
+         f"report: {os.path.join(out, 'report.json')}")

@@ -15,6 +15,7 @@ from ..fs import Entry, NotFoundError
 from ..paths import parse_image_path, require_image_path
 from .base import main, print_json, print_table, warn
 from .options import layout_options
+from .text import escape
 
 _TYPE_BITS = {"file": stat_mod.S_IFREG, "dir": stat_mod.S_IFDIR, "symlink": stat_mod.S_IFLNK, "other": 0}
 
@@ -78,7 +79,7 @@ def ls_cmd(long: bool, as_json: bool, partition: int | None, rootfs: str,
         print_table(["MODE", "UID", "GID", "SIZE", "NAME"], [_long_row(e) for e in listing.entries])
     else:
         for entry in listing.entries:
-            click.echo(entry.name)
+            click.echo(escape(entry.name))
 
 
 @main.command("cat")
@@ -93,9 +94,7 @@ def cat_cmd(backend: str, partition: int | None, rootfs: str, overrides: dict[st
     where = require_image_path(target)
     result = files.read_path(where.image, where.path, backend=backend, partition=partition,
                              rootfs=rootfs, overrides=overrides)
-    out = sys.stdout.buffer
-    out.write(result.data)
-    out.flush()
+    _write_stdout(result.data)
 
 
 @main.command("cp")
@@ -148,10 +147,20 @@ def _read_host(source: str) -> tuple[bytes, int]:
         return fh.read(), stat_mod.S_IMODE(os.fstat(fh.fileno()).st_mode)
 
 
+def _write_stdout(data: bytes) -> None:
+    """All of `data`, byte-exact. BufferedWriter.write returns a short count instead of raising
+    when the reader of a pipe goes away mid-write; writing the rest raises BrokenPipeError, so
+    `cat IMAGE:big | head -c1` ends like any other closed pipe, not as a silent success."""
+    out, view = sys.stdout.buffer, memoryview(data)
+    while view:
+        view = view[out.write(view):]
+    out.flush()
+
+
 def _write_host(dest: str, name: str, data: bytes, mode: int) -> None:
     """Created 0600 first (the content may be a key), then given the image file's mode."""
     if dest == "-":
-        sys.stdout.buffer.write(data)
+        _write_stdout(data)
         return
     if os.path.isdir(dest):
         dest = os.path.join(dest, name)

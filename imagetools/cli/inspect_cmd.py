@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from ..layout import FAT_GUIDS, LINUX_GUIDS, SWAP_GUID, Layout, PartInfo, open_layout
-from .base import main, print_json, print_table, warn
+from .base import echo, main, print_json, print_table, warn
 from .options import layout_options
 
 MBR_TYPE_NAMES = {
@@ -35,8 +35,8 @@ def inspect(image: str, as_json: bool, overrides: dict[str, int]) -> None:
         print_json(to_dict(layout))
         return
     img = layout.image
-    click.echo(f"{img.path}: {img.table.upper()}, {img.sector_size}-byte sectors, "
-               f"{_human(img.size)} ({img.size} bytes)")
+    echo(f"{img.path}: {img.table.upper()}, {img.sector_size}-byte sectors, "
+         f"{_human(img.size)} ({img.size} bytes)")
     rows = [_row(p) for p in layout.parts]
     rows += [[c.number, c.start, _human(c.size), _type_name(c.type), None, None, None,
               "container of the logical partitions"] for c in img.extended]
