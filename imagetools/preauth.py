@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import DeviceListError, KeyMaterialError, ServerError, UsageError
 from .keys import PublicKey, fingerprint, load_public, public_pem, same_key
-from .server import MenderClient, canonical_identity
+from .server import BadResponse, MenderClient, canonical_identity, json_type, read_regular_file
 
 OUTCOMES = ("preauthorized", "already", "conflict", "failed")
 GOOD_STATUSES = ("preauthorized", "accepted")
+MAX_PREAUTH_BYTES = 256 * 1024 * 1024
+MAX_IDENTITY_BYTES = 1024 * 1024
 REGENERATED = ("the device is not using the injected key — the Mender client generated a new one because "
                "the injected key was missing, unreadable or at the wrong path")
 
@@ -42,58 +46,65 @@ class Unit:
 # --- the preauth file --------------------------------------------------------------------------
 
 def load_units(path: str | Path) -> list[Unit]:
-    """Parse and check a preauth file; every problem is reported at once (DeviceListError)."""
+    """Parse and check a preauth file (a regular file of at most 256 MiB); every problem is
+    reported at once (DeviceListError), before anything is sent."""
+    text = _read_text(path, "preauth file", MAX_PREAUTH_BYTES)
     try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UsageError(f"preauth file {path} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read preauth file {path}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise DeviceListError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        data = _parse_json(text)
+    except ValueError as exc:
+        raise DeviceListError(f"{path}: {exc}") from None
     if not isinstance(data, list):
         raise DeviceListError(f"{path}: expected a JSON list of {{name, identity_data, pubkey}} objects")
     return parse_units(data, str(path))
 
 
 def parse_units(entries: list[Any], source: str) -> list[Unit]:
+    """Units from preauth entries. Names, identities and public keys (compared as SPKI DER, not
+    PEM text) must each be unique: the server would hold one device for two units."""
     units: list[Unit] = []
     problems: list[str] = []
-    seen_names: dict[str, int] = {}
-    seen_ids: dict[str, int] = {}
+    first: dict[tuple[str, str], str] = {}      # (what, value) → the entry that had it first
     for number, entry in enumerate(entries, 1):
-        where = f"entry {number}"
-        if not isinstance(entry, dict):
-            problems.append(f"{where}: not an object")
-            continue
-        name = entry.get("name")
-        if isinstance(name, str) and name:
-            where = f"entry {number} ({name})"
-        errors = list(identity_problems(entry.get("identity_data")))
-        if not isinstance(name, str) or not name:
-            errors.append("'name' must be a non-empty string")
-        key = None
-        if not isinstance(entry.get("pubkey"), str):
-            errors.append("'pubkey' must be a PEM string")
-        else:
-            try:
-                key = load_public(entry["pubkey"].encode(), "pubkey")
-            except KeyMaterialError as exc:
-                errors.append(str(exc))
-        if errors:
+        unit, where, errors = _parse_entry(number, entry)
+        if unit is None:
             problems += [f"{where}: {e}" for e in errors]
             continue
-        canon = canonical_identity(entry["identity_data"])
-        for value, seen, label in ((name, seen_names, "name"), (canon, seen_ids, "identity")):
-            if value in seen:
-                problems.append(f"{where}: same {label} as entry {seen[value]}")
-            seen[value] = number
-        units.append(Unit(name, dict(entry["identity_data"]), key))
+        for label, value in (("name", unit.name), ("identity", canonical_identity(unit.identity)),
+                             ("public key", unit.fingerprint)):
+            earlier = first.setdefault((label, value), where)
+            if earlier != where:
+                also = f" (fingerprint {value[:16]}…)" if label == "public key" else ""
+                problems.append(f"{where}: same {label} as {earlier}{also}")
+        units.append(unit)
     if problems:
         raise DeviceListError(f"{source}: " + "; ".join(problems))
     if not units:
         raise DeviceListError(f"{source}: no units")
     return units
+
+
+def _parse_entry(number: int, entry: Any) -> tuple[Unit | None, str, list[str]]:
+    """One entry as a Unit, or None with where it is and what is wrong with it."""
+    if not isinstance(entry, dict):
+        return None, f"entry {number}", ["not an object"]
+    name, pem = entry.get("name"), entry.get("pubkey")
+    good_name = isinstance(name, str) and name != "" and name.isprintable()
+    where = f"entry {number} ({name})" if good_name else f"entry {number}"
+    errors = [f"key {key!r} appears more than once" for key in _duplicates(entry)]
+    errors += identity_problems(entry.get("identity_data"))
+    if not good_name:
+        errors.append("'name' must be a non-empty string of printable characters")
+    key = None
+    if not isinstance(pem, str) or not pem.isascii():
+        errors.append("'pubkey' must be a PEM string")
+    else:
+        try:
+            key = load_public(pem.encode(), "pubkey")
+        except KeyMaterialError as exc:
+            errors.append(str(exc))
+    if errors:
+        return None, where, errors
+    return Unit(name, dict(entry["identity_data"]), key), where, []
 
 
 def load_identity(arg: str | None, default: Path) -> dict[str, str]:
@@ -105,23 +116,18 @@ def load_identity(arg: str | None, default: Path) -> dict[str, str]:
         text, source = arg, "--identity"
     else:
         path = Path(arg) if arg is not None else default
-        try:
-            text, source = path.read_text(), str(path)
-        except FileNotFoundError:
-            hint = "" if arg is not None else "; pass --identity JSON"
-            raise UsageError(f"identity file {path} not found{hint}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read identity file {path}: {exc}") from None
+        hint = "" if arg is not None else "; pass --identity JSON"
+        text, source = _read_text(path, "identity file", MAX_IDENTITY_BYTES, hint), str(path)
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{source}: not JSON ({exc.msg})") from None
+        data = _parse_json(text)
+    except ValueError as exc:
+        raise UsageError(f"{source}: {exc}") from None
     if isinstance(data, dict) and isinstance(data.get("identity_data"), dict):
         data = data["identity_data"]
     problems = list(identity_problems(data))
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
-    return data
+    return dict(data)
 
 
 def identity_problems(identity: Any) -> Iterable[str]:
@@ -129,11 +135,78 @@ def identity_problems(identity: Any) -> Iterable[str]:
     if not isinstance(identity, dict) or not identity:
         yield "'identity_data' must be a non-empty object of attribute names to strings"
         return
+    for attr in _duplicates(identity):
+        yield f"identity attribute {attr!r} appears more than once"
     for attr, value in identity.items():
         if not isinstance(value, str):
-            fix = f": write {json.dumps(json.dumps(value))}" if isinstance(value, (int, float, bool)) else ""
-            yield (f"identity attribute {attr!r} is {_json_type(value)} ({json.dumps(value)}); the Mender "
+            fix = f": write {json.dumps(_literal(value))}" if isinstance(value, (Decimal, bool)) else ""
+            yield (f"identity attribute {attr!r} is {json_type(value)} ({_literal(value)}); the Mender "
                    f"client sends every identity value as a string, so it would never match{fix}")
+        elif not _is_unicode(attr) or not _is_unicode(value):
+            yield f"identity attribute {attr!r} is not valid Unicode text (a lone surrogate escape)"
+
+
+def _parse_json(text: str) -> Any:
+    """JSON exactly as written: numbers stay exact (Decimal, never through float, so a refusal
+    quotes them as the file has them), NaN and Infinity are refused, and every object remembers
+    keys given more than once (json.loads would keep the last one silently). Raises ValueError."""
+    try:
+        return json.loads(text, object_pairs_hook=_JSONObject.from_pairs, parse_float=Decimal,
+                          parse_int=Decimal, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise ValueError("not JSON this tool reads (nested too deeply)") from None
+
+
+class _JSONObject(dict):
+    """A JSON object and the keys it had more than once."""
+
+    duplicates: tuple[str, ...] = ()
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> "_JSONObject":
+        obj = cls(pairs)
+        if len(obj) != len(pairs):
+            obj.duplicates = tuple(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+        return obj
+
+
+def _duplicates(obj: Any) -> tuple[str, ...]:
+    return obj.duplicates if isinstance(obj, _JSONObject) else ()
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"not JSON ({name} is not a JSON value)")
+
+
+def _read_text(path: str | Path, what: str, limit: int, hint: str = "") -> str:
+    """A UTF-8 text file; only a regular file is read (a FIFO must not block), at most ``limit`` bytes."""
+    try:
+        data = read_regular_file(path, limit)
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} not found{hint}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"cannot use {what} {path}: {exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None
+
+
+def _literal(value: Any) -> str:
+    """A JSON value for a message, numbers as the file wrote them."""
+    return str(value) if isinstance(value, Decimal) else json.dumps(value, default=str)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # --- push --------------------------------------------------------------------------------------
@@ -191,11 +264,12 @@ def summarize(results: list[PushResult]) -> dict[str, int]:
 
 
 def _guarded(one: Callable[..., PushResult], client: MenderClient, unit: Unit, force: bool) -> PushResult:
-    """A refusal with an HTTP status fails this unit only; no status means no server: abort."""
+    """A refusal with an HTTP status fails this unit only. No status (no server), refused
+    credentials or an answer breaking the API (BadResponse) abort the run."""
     try:
         return one(client, unit, force)
     except ServerError as exc:
-        if exc.status is None or exc.status in (401, 403):
+        if exc.status is None or exc.status in (401, 403) or isinstance(exc, BadResponse):
             raise
         return PushResult(unit.name, unit.identity, unit.fingerprint, "failed", str(exc))
 
@@ -203,9 +277,8 @@ def _guarded(one: Callable[..., PushResult], client: MenderClient, unit: Unit, f
 def _push_v2(client: MenderClient, unit: Unit, force: bool) -> PushResult:
     answer = client.preauthorize(unit.identity, unit.pem, force=force)
     if answer.status == 201:
-        device_id = (answer.location or "").rstrip("/").rsplit("/", 1)[-1] or None
         return PushResult(unit.name, unit.identity, unit.fingerprint, "preauthorized",
-                          "forced" if force else "", device_id, "preauthorized")
+                          "forced" if force else "", answer.device_id, "preauthorized")
     device = answer.device or {}
     if device.get("id"):
         device = client.get_device(device["id"]) or device
@@ -315,7 +388,7 @@ def _near_miss(unit: Unit, other: dict) -> str:
     for k, v in theirs.items():
         our_k, our_v = ours_by_key.get(_norm_attr(k), (k, None))
         if k != our_k or v != our_v:
-            kind = "" if isinstance(v, str) else f" ({_json_type(v)})"
+            kind = "" if isinstance(v, str) else f" ({json_type(v)})"
             diffs.append(f"{k}={json.dumps(v)}{kind} vs ours {our_k}={json.dumps(our_v)}")
     return (f"device {other.get('id')} ({other.get('status')}) has an identity that differs only in value "
             f"types or formatting: {'; '.join(diffs)}; the server matches identities exactly, so the "
@@ -355,17 +428,5 @@ def _short_fp(pem: str | None, full: bool = False) -> str:
 def _identity_text(text: Any) -> str | None:
     try:
         return canonical_identity(json.loads(text)) if isinstance(text, str) else None
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return None
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if value is None:
-        return "null"
-    if isinstance(value, (list, dict)):
-        return "an array" if isinstance(value, list) else "an object"
-    return "a string"

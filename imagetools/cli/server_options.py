@@ -46,7 +46,9 @@ def server_options(require_token: bool = True, optional: bool = False) -> Callab
                       help="Trust this CA certificate (PEM) for the server's TLS certificate.")
         @click.option("--insecure", is_flag=True, help="Do not verify the server's TLS certificate (test setups only).")
         @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-                      metavar="SECONDS", help="Timeout of each HTTP request.")
+                      metavar="SECONDS",
+                      help="Time allowed for each HTTP request, connect to the end of the answer "
+                           "(each retry gets its own).")
         @click.option("--retries", type=click.IntRange(min=0), default=4, show_default=True,
                       envvar="IMAGETOOLS_RETRIES",
                       help="Retries on connection errors, 5xx and 429 (env IMAGETOOLS_RETRIES).")
