@@ -9,7 +9,7 @@ import click
 
 from .. import preauth as preauth_lib
 from ..server import MenderClient, ServerSettings, save_token
-from .base import EXIT_FAILED, is_tty, main, print_json, print_table
+from .base import EXIT_FAILED, echo, is_tty, main, print_json, print_table
 from .server_options import server_options
 
 PASSWORD_ENV = "MENDER_PASSWORD"
@@ -32,7 +32,7 @@ def login(settings: Callable[..., ServerSettings], username: str) -> None:
     with MenderClient(s) as client:
         token = client.login(username, password)
     path = save_token(s.url, token)
-    click.echo(f"logged in to {s.url} as {username}; token cached in {path}")
+    echo(f"logged in to {s.url} as {username}; token cached in {path}")
 
 
 @main.group()
@@ -71,7 +71,7 @@ def push(settings: Callable[..., ServerSettings], preauth_file: str, jobs: int, 
         print_table(["UNIT", "RESULT", "FINGERPRINT", "DEVICE", "DETAIL"],
                     [(r.name, r.outcome, r.fingerprint[:16], r.device_id, r.detail) for r in results])
         if not dry_run:
-            click.echo(", ".join(f"{n} {o}" for o, n in summary.items()))
+            echo(", ".join(f"{n} {o}" for o, n in summary.items()))
     if summary["failed"] or summary["conflict"]:
         click.get_current_context().exit(EXIT_FAILED)
 
@@ -105,7 +105,7 @@ def status(settings: Callable[..., ServerSettings], preauth_file: str, as_json: 
                     [(r.name, r.status, r.key_status, r.device_id, r.fingerprint[:16]) for r in results])
         for r in results:
             for line in r.diagnosis:
-                click.echo(f"{r.name}: {line}")
+                echo(f"{r.name}: {line}")
     if not all(r.ok for r in results):
         click.get_current_context().exit(EXIT_FAILED)
 
