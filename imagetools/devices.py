@@ -2,7 +2,9 @@
 
 A factory operator fixes a device list once, so every bad row is reported in one error, each with
 its line number. Identity values are always strings: the Mender client sends strings, and the
-server matches identities by value *and* type.
+server matches identities by value *and* type. Nothing in the list is trusted: it is read only if it
+is a regular file of sensible size, and anything ambiguous (a column or key spelled twice, a JSON
+key written twice) is refused rather than resolved silently.
 """
 
 from __future__ import annotations
@@ -14,11 +16,16 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from . import keys
 from .errors import DeviceListError, ImageToolsError
 
 RESERVED_COLUMNS = ("name", "key")
+# JSON objects may also hold the identity in an `identity_data` object (preauth.json's form).
+JSON_KEYS = (*RESERVED_COLUMNS, "identity_data")
+# Far more than a batch (about 1.5 million CSV rows); parsing a list this size takes a few GB.
+MAX_DEVICE_LIST = 64 * 1024 * 1024
 # Files emit writes next to the unit directories; a unit may not be named like them.
 RESERVED_NAMES = frozenset({"preauth.json", "preauth.csv", "report.json"})
 MAX_NAME = 64
@@ -39,10 +46,7 @@ class Device:
 def load_devices(path: str | Path) -> list[Device]:
     """Parse and validate a device list: `.json` as JSON, anything else as CSV."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DeviceListError(f"cannot read device list {path}: {exc.strerror}") from None
+    raw = keys.read_regular_file(path, MAX_DEVICE_LIST, "device list", DeviceListError)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -84,7 +88,8 @@ def parse_csv(text: str, source: str = "devices.csv", base_dir: Path | None = No
 
 def parse_json(text: str, source: str = "devices.json", base_dir: Path | None = None) -> list[Device]:
     """A JSON list of objects: either {"name"?, "key"?, "identity_data": {...}} or flat
-    {"name"?, "key"?, attr: value, ...}. Numbers become strings; other value types are refused."""
+    {"name"?, "key"?, attr: value, ...}; `name`, `key` and `identity_data` in any ASCII case.
+    Numbers become strings as written (1.10 stays "1.10"); other value types are refused."""
     problems: list[str] = []
     entries: list[tuple[int, tuple[str, str, dict[str, str]] | None]] = []
     for start, item in _json_items(text, problems):
@@ -123,19 +128,27 @@ def check_name(name: str) -> str | None:
 
 
 def _check_header(record: list[str], line: int, problems: list[str]) -> list[str] | None:
-    header = [cell.strip() for cell in record]
-    bad = False
+    """The header with `name` and `key` lowercased (they match in any ASCII case, like 'Name')."""
+    spelled = [cell.strip() for cell in record]
+    header = [_meta_key(col, RESERVED_COLUMNS) or col for col in spelled]
+    before = len(problems)
     for i, col in enumerate(header):
+        first = header.index(col)
         if not col:
             problems.append(f"line {line}: column {i + 1} of the header has no name")
-            bad = True
-        elif header.index(col) != i:
+        elif first != i and spelled[first] != spelled[i]:
+            problems.append(f"line {line}: columns {spelled[first]!r} and {spelled[i]!r} both mean {col!r}; keep one")
+        elif first != i:
             problems.append(f"line {line}: column {col!r} appears twice in the header")
-            bad = True
     if not [c for c in header if c not in RESERVED_COLUMNS]:
-        problems.append(f"line {line}: no identity column in the header (only {', '.join(header)})")
-        bad = True
-    return None if bad else header
+        problems.append(f"line {line}: no identity column in the header (only {', '.join(spelled)})")
+    return None if len(problems) > before else header
+
+
+def _meta_key(key: str, names: tuple[str, ...]) -> str | None:
+    """Which of `names` `key` spells in any ASCII case ('Name', 'KEY'), or None."""
+    lowered = key.lower()
+    return lowered if key.isascii() and lowered in names else None
 
 
 def _split_row(values: dict[str, str], line: int, problems: list[str]) -> tuple[str, str, dict[str, str]] | None:
@@ -147,9 +160,39 @@ def _split_row(values: dict[str, str], line: int, problems: list[str]) -> tuple[
     return values.get("name", ""), values.get("key", ""), identity
 
 
+class _Number(str):
+    """A JSON number as written: 1.10 stays "1.10" and 1e400 does not become "inf"."""
+
+
+class _Object(dict):
+    """A JSON object that remembers the keys written more than once (json keeps the last silently)."""
+
+    def __init__(self, pairs: list[tuple[str, object]]) -> None:
+        super().__init__(pairs)
+        seen: set[str] = set()
+        self.repeated: list[str] = []
+        for key, _ in pairs:
+            if key in seen:
+                self.repeated.append(key)
+            seen.add(key)
+
+
+class _NotJSON(ValueError):
+    """NaN and Infinity, which Python's json accepts although JSON has no such values."""
+
+
+class _RowProblem(Exception):
+    """Why one JSON device object is unusable (reported with its line)."""
+
+
+def _constant(name: str) -> NoReturn:
+    raise _NotJSON(f"{name} is not a JSON value")
+
+
 def _json_items(text: str, problems: list[str]):
     """Top-level list elements with the line each starts on (json has no positions otherwise)."""
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(object_pairs_hook=_Object, parse_float=_Number, parse_int=_Number,
+                               parse_constant=_constant)
     pos = _skip_ws(text, 0)
     if pos >= len(text) or text[pos] != "[":
         problems.append(f"line {_line_of(text, pos)}: expected a JSON list of device objects")
@@ -162,6 +205,12 @@ def _json_items(text: str, problems: list[str]):
             item, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             problems.append(f"line {exc.lineno}: bad JSON: {exc.msg}")
+            return
+        except _NotJSON as exc:
+            problems.append(f"line {_line_of(text, pos)}: bad JSON: {exc}")
+            return
+        except RecursionError:
+            problems.append(f"line {_line_of(text, pos)}: bad JSON: nested too deeply")
             return
         yield _line_of(text, pos), item
         pos = _skip_ws(text, end)
@@ -180,42 +229,78 @@ def _json_items(text: str, problems: list[str]):
 
 
 def _json_entry(item: object, line: int, problems: list[str]) -> tuple[str, str, dict[str, str]] | None:
-    if not isinstance(item, dict):
-        problems.append(f"line {line}: expected an object, got {type(item).__name__}")
+    if not isinstance(item, _Object):
+        problems.append(f"line {line}: expected an object, got {_json_type(item)}")
         return None
-    item = dict(item)
-    meta = {}
+    try:
+        meta, attrs = _json_fields(item)
+        return meta["name"], meta["key"], _json_identity(attrs)
+    except _RowProblem as exc:
+        problems.append(f"line {line}: {exc}")
+        return None
+
+
+def _json_fields(item: _Object) -> tuple[dict[str, str], dict[str, object]]:
+    """`name` and `key` (stripped strings, "" when absent) and the identity attributes: the
+    `identity_data` object, or else every other key of the flat object."""
+    _refuse_repeated(item)
+    found: dict[str, str] = {}
+    for key in item:
+        canon = _meta_key(key.strip(), JSON_KEYS)
+        if canon in found:
+            raise _RowProblem(f"keys {found[canon]!r} and {key!r} both mean {canon!r}; keep one")
+        if canon is not None:
+            found[canon] = key
+    meta: dict[str, str] = {}
     for col in RESERVED_COLUMNS:
-        value = item.pop(col, "")
-        if not isinstance(value, str):
-            problems.append(f"line {line}: {col!r} must be a string")
-            return None
+        value = item[found[col]] if col in found else ""
+        if isinstance(value, _Number) or not isinstance(value, str):
+            raise _RowProblem(f"{col!r} must be a string")
         meta[col] = value.strip()
-    attrs = item.pop("identity_data") if "identity_data" in item else item
-    if not isinstance(attrs, dict) or (attrs is not item and item):
-        extra = ", ".join(map(repr, item)) if attrs is not item else ""
-        problems.append(f"line {line}: 'identity_data' must be an object"
-                        + (f" and the only other keys 'name'/'key' (also got {extra})" if extra else ""))
-        return None
+    rest = {key: value for key, value in item.items() if key not in found.values()}
+    if "identity_data" not in found:
+        return meta, rest
+    attrs = item[found["identity_data"]]
+    if not isinstance(attrs, _Object) or rest:
+        extra = ", ".join(map(repr, rest))
+        raise _RowProblem("'identity_data' must be an object"
+                          + (f" and the only other keys 'name'/'key' (also got {extra})" if extra else ""))
+    _refuse_repeated(attrs)
+    return meta, attrs
+
+
+def _json_identity(attrs: dict[str, object]) -> dict[str, str]:
+    """Identity values as strings (numbers as written); attribute names are stripped, so two keys
+    that differ only in spaces would be one attribute and are refused."""
     identity: dict[str, str] = {}
     for key, value in attrs.items():
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            problems.append(f"line {line}: identity value for {key!r} must be a string or number")
-            return None
-        text = str(value).strip()
-        if not key.strip() or not text:
-            problems.append(f"line {line}: empty identity {'value for ' + repr(key) if key.strip() else 'attribute name'}")
-            return None
-        identity[key.strip()] = text
+        if not isinstance(value, str):
+            raise _RowProblem(f"identity value for {key!r} must be a string or number")
+        name, text = key.strip(), value.strip()
+        if not name or not text:
+            raise _RowProblem(f"empty identity {'value for ' + repr(key) if name else 'attribute name'}")
+        if name in identity:
+            raise _RowProblem(f"identity attribute {name!r} is given twice (the keys differ only in spaces)")
+        identity[name] = text
     if not identity:
-        problems.append(f"line {line}: empty identity (no attributes)")
-        return None
-    return meta["name"], meta["key"], identity
+        raise _RowProblem("empty identity (no attributes)")
+    return identity
+
+
+def _refuse_repeated(obj: _Object) -> None:
+    if obj.repeated:
+        raise _RowProblem(f"key {obj.repeated[0]!r} appears twice in the object; JSON would keep only the last")
+
+
+def _json_type(value: object) -> str:
+    names = {_Number: "a number", str: "a string", bool: "true/false", type(None): "null", list: "a list"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _finish(entries: list[tuple[int, tuple[str, str, dict[str, str]] | None]], problems: list[str],
             source: str, base_dir: Path | None) -> list[Device]:
-    """Cross-row checks (duplicates, names, keys), then either the devices or one error."""
+    """Cross-row checks (duplicates, names, keys), then either the devices or one error. Rows are
+    told apart by their index in `good`, not by line: a compact JSON list has them all on line 1."""
     good = [(line, e) for line, e in entries if e is not None]
     by_identity: dict[str, int] = {}
     for line, (_, _, identity) in good:
@@ -232,18 +317,18 @@ def _finish(entries: list[tuple[int, tuple[str, str, dict[str, str]] | None]], p
         problems.sort(key=_line_key)
         shown = problems[:50] + ([f"... and {len(problems) - 50} more"] if len(problems) > 50 else [])
         raise DeviceListError(f"{source}: {len(problems)} problem(s): " + "; ".join(shown))
-    return [Device(name=names[line], identity=identity, line=line,
-                   key_path=key_info.get(line, (None, None))[0],
-                   key_fingerprint=key_info.get(line, (None, None))[1])
-            for line, (_, _, identity) in good]
+    return [Device(name=names[i], identity=identity, line=line,
+                   key_path=key_info.get(i, (None, None))[0],
+                   key_fingerprint=key_info.get(i, (None, None))[1])
+            for i, (line, (_, _, identity)) in enumerate(good)]
 
 
 def _assign_names(good, problems: list[str]) -> dict[int, str]:
     """Explicit names must be safe and unique; derived names that collide get an identity digest
-    suffix, so a unit's name does not depend on the order of the rows."""
+    suffix, so a unit's name does not depend on the order of the rows. Returns index -> name."""
     names: dict[int, str] = {}
     taken: dict[str, int] = {}
-    for line, (name, _, _) in good:
+    for i, (line, (name, _, _)) in enumerate(good):
         if not name:
             continue
         why = check_name(name)
@@ -253,28 +338,29 @@ def _assign_names(good, problems: list[str]) -> dict[int, str]:
             problems.append(f"line {line}: duplicate name {name!r} (first on line {taken[name.lower()]})")
         else:
             taken[name.lower()] = line
-            names[line] = name
-    derived = {line: derive_name(identity) for line, (name, _, identity) in good if not name}
+            names[i] = name
+    derived = {i: derive_name(identity) for i, (_, (name, _, identity)) in enumerate(good) if not name}
     counts: dict[str, int] = {}
     for cand in derived.values():
         counts[cand.lower()] = counts.get(cand.lower(), 0) + 1
-    for line, cand in derived.items():
+    for i, cand in derived.items():
+        line, (_, _, identity) = good[i]
         if counts[cand.lower()] > 1 or cand.lower() in taken or cand.lower() in RESERVED_NAMES:
-            identity = next(e[2] for ln, e in good if ln == line)
             cand = cand[: MAX_NAME - 9] + "-" + identity_digest(identity)[:8]
         if cand.lower() in taken:
             problems.append(f"line {line}: derived name {cand!r} is taken (first on line {taken[cand.lower()]}); "
                             f"give this row a 'name'")
             continue
         taken[cand.lower()] = line
-        names[line] = cand
+        names[i] = cand
     return names
 
 
 def _check_keys(good, problems: list[str], base_dir: Path | None) -> dict[int, tuple[Path, str]]:
+    """index -> (path, fingerprint) of each listed key; every key must be usable and unshared."""
     found: dict[int, tuple[Path, str]] = {}
     by_fp: dict[str, int] = {}
-    for line, (_, key, _) in good:
+    for i, (line, (_, key, _)) in enumerate(good):
         if not key:
             continue
         path = Path(key)
@@ -291,7 +377,7 @@ def _check_keys(good, problems: list[str], base_dir: Path | None) -> dict[int, t
             problems.append(f"line {line}: key {key} is the same key as on line {by_fp[fp]}")
             continue
         by_fp[fp] = line
-        found[line] = (path, fp)
+        found[i] = (path, fp)
     return found
 
 

@@ -2,13 +2,20 @@
 
 Keys are compared as SPKI DER, never as PEM text: the Mender Server re-serializes public keys,
 and PKCS#1/PKCS#8/line-wrapping differences must not matter.
+
+Nothing from outside is trusted: key files are read only if they are regular files of at most
+64 KiB, must hold exactly one PEM block (parsed strictly here, not by searching the text), and RSA
+keys are bounded in size before OpenSSL spends time checking them.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence, Union
@@ -17,7 +24,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from .errors import EnvironmentProblem, KeyMaterialError
+from .errors import EnvironmentProblem, ImageToolsError, KeyMaterialError
 
 PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey]
 PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey]
@@ -27,8 +34,17 @@ CURVES = {"p256": ec.SECP256R1, "p384": ec.SECP384R1, "p521": ec.SECP521R1}
 # The curves the Mender client can load (Go's crypto/x509 in client 3.x; the same NIST curves in 4.x+).
 CLIENT_CURVES = frozenset(c.name for c in CURVES.values())
 MIN_RSA_BITS = 2048
+# Bigger keys only cost time: OpenSSL's check of an RSA key grows with the cube of its size
+# (8192 bits already take seconds), so a huge key in a file is refused before it is checked.
+MAX_RSA_BITS = 8192
 DEFAULT_RSA_BITS = 3072
+# The Mender client 3.x (Go crypto/rsa) refuses larger public exponents; OpenSSL wants odd ones.
+MAX_RSA_EXPONENT = 2**31 - 1
 FORMATS = ("pkcs1", "pkcs8")
+# A key file is a few KiB (RSA-8192 PKCS#1 is 6.3 KiB); anything far larger is not a key.
+MAX_KEY_FILE = 64 * 1024
+# The unencrypted PEM forms the Mender client loads: PKCS#8, PKCS#1 (RSA) and SEC1 (EC).
+PRIVATE_LABELS = ("PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY")
 
 
 @dataclass(frozen=True)
@@ -43,13 +59,13 @@ class KeySpec:
     def __post_init__(self) -> None:
         if self.type not in KEY_TYPES:
             raise KeyMaterialError(f"unknown key type {self.type!r}; use one of {', '.join(KEY_TYPES)}")
-        if self.type == "rsa" and self.bits < MIN_RSA_BITS:
-            raise KeyMaterialError(f"RSA keys need at least {MIN_RSA_BITS} bits (got {self.bits})")
+        if self.type == "rsa" and not (isinstance(self.bits, int) and MIN_RSA_BITS <= self.bits <= MAX_RSA_BITS):
+            raise KeyMaterialError(f"RSA keys need at least {MIN_RSA_BITS} and at most {MAX_RSA_BITS} bits "
+                                   f"(got {self.bits!r})")
         if self.curve not in CURVES:
             raise KeyMaterialError(f"unknown curve {self.curve!r}; use one of {', '.join(CURVES)}")
         if self.format not in FORMATS:
             raise KeyMaterialError(f"unknown private key format {self.format!r}; use pkcs1 or pkcs8")
-
 
     @property
     def effective_format(self) -> str:
@@ -118,20 +134,178 @@ def describe(key: PrivateKey | PublicKey) -> str:
     return "Ed25519"
 
 
+@dataclass(frozen=True)
+class PemBlock:
+    """One '-----BEGIN LABEL-----' block: its RFC 1421 headers and its decoded body."""
+
+    label: str
+    headers: tuple[tuple[str, str], ...]
+    der: bytes
+
+
+@dataclass(frozen=True)
+class PemFile:
+    """The blocks of a PEM file, and the first line of text outside every block (None if none)."""
+
+    blocks: tuple[PemBlock, ...]
+    stray_line: int | None
+
+
+# RFC 7468 labels: printable ASCII, single hyphens or spaces between characters.
+_LABEL = r"[\x21-\x2c\x2e-\x7e](?:[- ]?[\x21-\x2c\x2e-\x7e])*"
+_BEGIN = re.compile(rf"-----BEGIN ({_LABEL})-----")
+_BASE64_LINE = re.compile(r"[A-Za-z0-9+/=]+")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_HEADER = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*):[ \t]*(.*)")
+_PROC_TYPE_ENCRYPTED = re.compile(r"4,[ \t]*ENCRYPTED")
+
+
+def parse_pem(data: bytes, source: str) -> PemFile:
+    """Split PEM text into blocks, strictly: a BEGIN line, optional 'Name: value' headers ended by
+    a blank line, base64 lines (padding only at the end), the matching END line. Key files are
+    copied verbatim into images, so they are judged by their structure, never by substrings;
+    anything malformed is a KeyMaterialError naming the line."""
+    lines = [line.rstrip(" \t\r") for line in _pem_text(data, source).split("\n")]
+    blocks: list[PemBlock] = []
+    stray: int | None = None
+    i = 0
+    while i < len(lines):
+        begin = _BEGIN.fullmatch(lines[i])
+        if begin:
+            block, i = _pem_block(lines, i, begin.group(1), source)
+            blocks.append(block)
+            continue
+        if lines[i] and stray is None:
+            stray = i + 1
+        i += 1
+    return PemFile(tuple(blocks), stray)
+
+
+def _pem_text(data: bytes, source: str) -> str:
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError as exc:
+        hint = ""
+        if data.startswith(b"\xef\xbb\xbf"):  # Go's pem.Decode (client 3.x) finds no block after it
+            hint = "; it starts with a UTF-8 byte order mark: save it without one"
+        elif data[:1] == b"\x30":
+            hint = "; it looks like DER: convert it with openssl pkey -inform DER (-pubin for a public key)"
+        raise KeyMaterialError(f"{source}: not PEM text (byte {exc.start} is not ASCII){hint}") from None
+
+
+def _pem_block(lines: list[str], start: int, label: str, source: str) -> tuple[PemBlock, int]:
+    """The block whose BEGIN line is lines[start], and the index after its END line."""
+    end = f"-----END {label}-----"
+    headers, i = _pem_headers(lines, start + 1, source)
+    body: list[str] = []
+    while i < len(lines) and lines[i] != end:
+        if not _BASE64_LINE.fullmatch(lines[i]):
+            if not any(lines[i:]):  # only blank lines left: the file is cut short
+                i = len(lines)
+                break
+            raise KeyMaterialError(f"{source}: line {i + 1}: expected base64 or {_shown(end)!r}")
+        body.append(lines[i])
+        i += 1
+    where = f"{source}: the {_shown(label)!r} block on line {start + 1}"
+    if i >= len(lines):
+        raise KeyMaterialError(f"{where} has no {_shown(end)!r} line")
+    text = "".join(body)
+    try:
+        if not text or len(text) % 4 or not _BASE64.fullmatch(text):
+            raise binascii.Error
+        der = binascii.a2b_base64(text, strict_mode=True)
+    except binascii.Error:
+        raise KeyMaterialError(f"{where} is not complete base64 (empty, cut short or padded inside)") from None
+    return PemBlock(label, headers, der), i + 1
+
+
+def _pem_headers(lines: list[str], i: int, source: str) -> tuple[tuple[tuple[str, str], ...], int]:
+    """RFC 1421 headers right after the BEGIN line (base64 never holds ':'), up to a blank line;
+    a line starting with a space or tab continues the previous header."""
+    if i >= len(lines) or ":" not in lines[i]:
+        return (), i
+    headers: list[tuple[str, str]] = []
+    while i < len(lines) and lines[i]:
+        if headers and lines[i][0] in " \t":
+            headers[-1] = (headers[-1][0], f"{headers[-1][1]} {lines[i].strip()}")
+        elif header := _HEADER.fullmatch(lines[i]):
+            headers.append((header.group(1), header.group(2)))
+        else:
+            raise KeyMaterialError(f"{source}: line {i + 1}: expected a PEM header 'Name: value' or a blank line")
+        i += 1
+    return tuple(headers), i + 1
+
+
+def _shown(text: str) -> str:
+    """File content quoted in a one-line message, cut to a readable length."""
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _encode_pem(label: str, der: bytes) -> bytes:
+    """The canonical PEM of a parsed block: what cryptography decodes is exactly what we parsed."""
+    b64 = base64.b64encode(der).decode()
+    lines = [b64[i:i + 64] for i in range(0, len(b64), 64)]
+    return "\n".join([f"-----BEGIN {label}-----", *lines, f"-----END {label}-----", ""]).encode()
+
+
+def _single_block(data: bytes, source: str, what: str, why: str) -> PemBlock | None:
+    """The file's only PEM block, None when it has none (the caller says what was expected).
+    Readers disagree about everything else (Go's pem.Decode in client 3.x takes the first block,
+    OpenSSL skips text and blocks it does not want), so a file with more in it is refused."""
+    if len(data) > MAX_KEY_FILE:
+        raise KeyMaterialError(f"{source}: {len(data)} bytes, more than a key file holds "
+                               f"(at most {_size_text(MAX_KEY_FILE)})")
+    pem = parse_pem(data, source)
+    if len(pem.blocks) > 1:
+        labels = ", ".join(_shown(b.label) for b in pem.blocks[:5]) + (", ..." if len(pem.blocks) > 5 else "")
+        raise KeyMaterialError(f"{source}: holds {len(pem.blocks)} PEM blocks ({labels}); {why}: "
+                               f"put the {what} alone in the file")
+    if pem.blocks and pem.stray_line is not None:
+        raise KeyMaterialError(f"{source}: line {pem.stray_line} is text outside the PEM block; "
+                               f"put the {what} alone in the file")
+    return pem.blocks[0] if pem.blocks else None
+
+
+def _refuse_headers(block: PemBlock, source: str, what: str) -> None:
+    """OpenSSL (client 4.x and later) loads no PEM with headers other than its encryption ones."""
+    if block.headers:
+        raise KeyMaterialError(f"{source}: PEM header {_shown(block.headers[0][0])!r} in the {what}; "
+                               f"OpenSSL (the Mender client) refuses such headers: remove the header lines")
+
+
+def _encrypted(block: PemBlock) -> bool:
+    """PKCS#8 'ENCRYPTED PRIVATE KEY', or a traditional PEM with OpenSSL's 'Proc-Type: 4,ENCRYPTED'."""
+    return block.label == "ENCRYPTED PRIVATE KEY" or any(
+        name == "Proc-Type" and _PROC_TYPE_ENCRYPTED.fullmatch(value) for name, value in block.headers)
+
+
 def load_private(data: bytes, source: str) -> PrivateKey:
     """Parse an unencrypted private key of a type the Mender client loads, or explain why not."""
-    if b"ENCRYPTED" in data:
+    block = _single_block(data, source, "private key", "the Mender client reads only the first")
+    if block is None:
+        raise KeyMaterialError(f"{source}: not a PEM private key (expected RSA, ECDSA or Ed25519)")
+    if _encrypted(block):
         raise KeyMaterialError(f"{source}: private key is encrypted; the Mender client cannot use a passphrase-protected key")
-    known = hashlib.sha256(data).digest() in _KNOWN_VALID
-    try:
-        key = serialization.load_pem_private_key(data, password=None, unsafe_skip_rsa_key_validation=known)
-    except TypeError:
-        raise KeyMaterialError(f"{source}: private key is encrypted; the Mender client cannot use a passphrase-protected key") from None
+    _refuse_headers(block, source, "private key")
+    if block.label not in PRIVATE_LABELS:
+        raise KeyMaterialError(f"{source}: not a PEM private key (it holds a {_shown(block.label)!r} block; "
+                               f"expected RSA, ECDSA or Ed25519)")
+    pem = _encode_pem(block.label, block.der)
+    try:  # unchecked first: the size limit comes before OpenSSL's costly RSA consistency check
+        key = serialization.load_pem_private_key(pem, password=None, unsafe_skip_rsa_key_validation=True)
     except (ValueError, UnsupportedAlgorithm):
         raise KeyMaterialError(f"{source}: not a PEM private key (expected RSA, ECDSA or Ed25519)") from None
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
         raise KeyMaterialError(f"{source}: unsupported key type {type(key).__name__}; the Mender client loads RSA, ECDSA and Ed25519")
-    _KNOWN_VALID.add(hashlib.sha256(data).digest())
+    _check_rsa_limits(key.public_key(), source)
+    digest = hashlib.sha256(data).digest()
+    if isinstance(key, rsa.RSAPrivateKey) and digest not in _KNOWN_VALID:
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+        except ValueError:
+            raise KeyMaterialError(f"{source}: RSA private key is inconsistent (its numbers do not match); "
+                                   f"the Mender client would refuse it") from None
+    _KNOWN_VALID.add(digest)
     return key
 
 
@@ -140,24 +314,46 @@ def check_acceptable(key: PrivateKey | PublicKey, source: str) -> None:
     pub = _public(key)
     if isinstance(pub, rsa.RSAPublicKey) and pub.key_size < MIN_RSA_BITS:
         raise KeyMaterialError(f"{source}: RSA key of {pub.key_size} bits; at least {MIN_RSA_BITS} are required")
+    _check_rsa_limits(pub, source)
     if isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.name not in CLIENT_CURVES:
         raise KeyMaterialError(
             f"{source}: ECDSA curve {pub.curve.name} is not loaded by the Mender client; "
             f"use one of {', '.join(sorted(CLIENT_CURVES))}")
 
 
+def _check_rsa_limits(pub: PublicKey, source: str) -> None:
+    """Refuse RSA keys too big to check quickly, and exponents the clients refuse."""
+    if not isinstance(pub, rsa.RSAPublicKey):
+        return
+    if pub.key_size > MAX_RSA_BITS:
+        raise KeyMaterialError(f"{source}: RSA key of {pub.key_size} bits; at most {MAX_RSA_BITS} are accepted")
+    e = pub.public_numbers().e
+    if not (3 <= e <= MAX_RSA_EXPONENT and e % 2):
+        shown = str(e) if e.bit_length() <= 64 else f"of {e.bit_length()} bits"
+        raise KeyMaterialError(f"{source}: RSA public exponent {shown} is not usable; the Mender client needs "
+                               f"an odd one from 3 to 2^31-1 (65537 is usual)")
+
+
 def load_public(data: bytes, source: str) -> PublicKey:
     """Parse an SPKI public key; a PKCS#1 'RSA PUBLIC KEY' is refused with the fix."""
-    if b"BEGIN RSA PUBLIC KEY" in data:
+    block = _single_block(data, source, "public key", "which one is meant is unclear")
+    if block is None:
+        raise KeyMaterialError(f"{source}: not a PEM public key (expected 'BEGIN PUBLIC KEY')")
+    if block.label == "RSA PUBLIC KEY":
         raise KeyMaterialError(
             f"{source}: PKCS#1 'RSA PUBLIC KEY'; the Mender Server only accepts SPKI 'PUBLIC KEY' "
             f"(convert with: openssl rsa -RSAPublicKey_in -pubout)")
+    if block.label != "PUBLIC KEY":
+        raise KeyMaterialError(f"{source}: not a PEM public key (it holds a {_shown(block.label)!r} block; "
+                               f"expected 'BEGIN PUBLIC KEY')")
+    _refuse_headers(block, source, "public key")
     try:
-        key = serialization.load_pem_public_key(data)
+        key = serialization.load_pem_public_key(_encode_pem(block.label, block.der))
     except (ValueError, UnsupportedAlgorithm):
         raise KeyMaterialError(f"{source}: not a PEM public key (expected 'BEGIN PUBLIC KEY')") from None
     if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)):
         raise KeyMaterialError(f"{source}: unsupported public key type {type(key).__name__}")
+    _check_rsa_limits(key, source)
     return key
 
 
@@ -278,12 +474,56 @@ def _generate_pair(spec: KeySpec, private: Path, public: Path, force: bool) -> K
 
 def read_key_bytes(path: str | os.PathLike, what: str) -> bytes:
     """The raw bytes of a key file, with a KeyMaterialError naming it when it cannot be read."""
+    return read_regular_file(path, MAX_KEY_FILE, what)
+
+
+def read_regular_file(path: str | os.PathLike, limit: int, what: str,
+                      error: type[ImageToolsError] = KeyMaterialError) -> bytes:
+    """At most `limit` bytes of a regular file, else `error` naming it. Anything but a regular file
+    is refused before it is opened (a FIFO blocks, /dev/zero never ends, opening a device can have
+    effects), and checked again once open, in case the path was swapped in between."""
     try:
-        return Path(path).read_bytes()
+        _require_regular(os.stat(path), path, what, error)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise KeyMaterialError(f"{what} {path} not found") from None
+        raise error(f"{what} {path} not found") from None
     except OSError as exc:
-        raise KeyMaterialError(f"cannot read {what} {path}: {exc.strerror}") from None
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        _require_regular(st, path, what, error)
+        data = b"" if st.st_size > limit else _read_at_most(fd, limit + 1)
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if st.st_size > limit or len(data) > limit:
+        raise error(f"{what} {path} is larger than {_size_text(limit)}, the limit for a {what}")
+    return data
+
+
+def _require_regular(st: os.stat_result, path: str | os.PathLike, what: str, error: type[ImageToolsError]) -> None:
+    if stat.S_ISREG(st.st_mode):
+        return
+    kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+             stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}
+    raise error(f"{what} {path} is {kinds.get(stat.S_IFMT(st.st_mode), 'special')}, not a regular file")
+
+
+def _read_at_most(fd: int, n: int) -> bytes:
+    """Up to n bytes, in chunks: os.read(fd, n) allocates n bytes however small the file is."""
+    chunks: list[bytes] = []
+    while n > 0:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _size_text(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
 
 
 def _public(key: PrivateKey | PublicKey) -> PublicKey:

@@ -23,7 +23,8 @@ DEFAULT_KEY_PATH = "/data/mender/mender-agent.pem"  # same as imagetools.inject.
 @main.command()
 @click.option("--type", "key_type", type=click.Choice(keys.KEY_TYPES), default="rsa", show_default=True,
               help="Key algorithm.")
-@click.option("--bits", type=int, default=None, help=f"RSA size (default {keys.DEFAULT_RSA_BITS}, at least {keys.MIN_RSA_BITS}).")
+@click.option("--bits", type=int, default=None,
+              help=f"RSA size, {keys.MIN_RSA_BITS} to {keys.MAX_RSA_BITS} (default {keys.DEFAULT_RSA_BITS}).")
 @click.option("--curve", type=click.Choice(list(keys.CURVES)), default=None, help="ECDSA curve (default p256).")
 @click.option("--format", "fmt", type=click.Choice(keys.FORMATS), default=None,
               help="Private key format: pkcs1 = traditional (RSA PKCS#1, EC SEC1; default), pkcs8. "
@@ -73,7 +74,7 @@ def _spec(key_type: str, bits: int | None, curve: str | None, fmt: str | None) -
         raise UsageError(f"--curve applies to ECDSA keys, not {key_type}")
     if fmt == "pkcs1" and key_type == "ed25519":
         raise UsageError("Ed25519 keys have no PKCS#1/traditional form; use --format pkcs8")
-    return keys.KeySpec(type=key_type, bits=bits or keys.DEFAULT_RSA_BITS, curve=curve or "p256",
+    return keys.KeySpec(type=key_type, bits=keys.DEFAULT_RSA_BITS if bits is None else bits, curve=curve or "p256",
                         format=fmt or ("pkcs8" if key_type == "ed25519" else "pkcs1"))
 
 
