@@ -33,12 +33,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import bmap, keys
-from .devices import Device, canonical_identity
+from .devices import Device
 from .errors import EnvironmentProblem, ImageToolsError, UsageError
 from .inject import write_key
 from .layout import PartInfo, open_layout
+from .mender import canonical_identity
 from .sparse import allocated_bytes, clone, copy_extents, sync_filesystem
-from .verify import DEFAULT_KEY_PATH, Check, data_path, fsck_check, verify_image
+from .units import human_size
+from .verify import DEFAULT_KEY_PATH, Check, data_path, fsck_check, read_key_in_image, verify_image
 
 STATE_FILE = ".imagetools-emit.json"
 LOCK_FILE = ".imagetools-emit.lock"
@@ -409,17 +411,9 @@ def _check_space(base: Path, out: Path, units: int, copy_mode: str) -> None:
     free = st.f_bavail * st.f_frsize
     if need > free:
         raise EnvironmentProblem(
-            f"not enough space in {out}: {units} unit(s) need about {_human(need)} "
-            f"({_human(per_unit)} each, {copy_mode} copies), {_human(free)} free; free some space or "
+            f"not enough space in {out}: {units} unit(s) need about {human_size(need)} "
+            f"({human_size(per_unit)} each, {copy_mode} copies), {human_size(free)} free; free some space or "
             f"emit fewer units per run")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 # ---------------------------------------------------------------- resume
@@ -751,11 +745,9 @@ def _unit_key(job: _Job) -> tuple[bytes, keys.PrivateKey]:
 
 def _key_from_image(image: str) -> bytes:
     """The only copy of a published unit's key when its private.key was discarded."""
-    from .fs import open_filesystem
-
     data = open_layout(image).require("data")
-    with open_filesystem(image, data) as fs:
-        return fs.read(DATA_KEY_PATH)
+    with data.open(image) as fs:
+        return read_key_in_image(fs, DATA_KEY_PATH)
 
 
 def _publish(tmp: Path, out: Path, name: str, replace: bool) -> None:

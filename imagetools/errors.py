@@ -4,6 +4,8 @@ The library raises these; only the CLI maps them to exit codes and prints them.
 Every message is one line a factory operator can act on.
 """
 
+import errno
+
 
 class ImageToolsError(Exception):
     """Base of every error imagetools raises on purpose."""
@@ -78,3 +80,15 @@ class ServerError(ImageToolsError):
 
 class AuthError(ServerError):
     """The server rejected our credentials (401/403) or none were given."""
+
+
+# Errors of the host, not of the input: the same input works with access, space or a writable disk.
+ENVIRONMENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+
+
+def from_oserror(exc: OSError, what: str, default: type[ImageToolsError]) -> ImageToolsError:
+    """One line for an OSError while doing `what` ("cannot open image X"): EnvironmentProblem
+    (exit 3) for permissions, read-only or full disks, `default` for everything else."""
+    hint = " (free some space and run again)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    cls = EnvironmentProblem if exc.errno in ENVIRONMENT_ERRNOS else default
+    return cls(f"{what}: {exc.strerror or exc}{hint}")

@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Callable
 
 from . import paths
 from .errors import FilesystemError, UsageError
-from .fs import EXT_TYPES, FAT_TYPES, Entry, Filesystem, NotFoundError, SymlinkInPath, open_filesystem
+from .fs import EXT_TYPES, FAT_TYPES, Entry, Filesystem, NotFoundError, SymlinkInPath
 from .fs import lock
 from .fs.base import check_writable, components, join, normalize
 from .layout import Layout, PartInfo, open_layout
+from .mender import BACKENDS, MENDER_ARTIFACT, NATIVE
 
 if TYPE_CHECKING:
-    from .peer import MenderArtifact
+    from .backends.mender_artifact import MenderArtifact
 
-BACKENDS = ("native", "mender-artifact")
 MAX_LINKS = 40
 
 
@@ -72,7 +72,7 @@ class _Session:
         """The partition's filesystem, opened once per session (writable in a writing session)."""
         number = part.partition.number
         if number not in self._open:
-            self._open[number] = open_filesystem(self.image, part, writable=self.writing)
+            self._open[number] = part.open(self.image, writable=self.writing)
         return self._open[number]
 
     def close(self) -> None:
@@ -149,7 +149,7 @@ def _has_files(part: PartInfo) -> bool:
 
 def _check_backend(backend: str) -> None:
     if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}: choose native or mender-artifact")
+        raise UsageError(f"unknown backend {backend!r}: choose {' or '.join(BACKENDS)}")
 
 
 def _through_peer(session: _Session, partition: int | None, path: str, change: Change,
@@ -162,7 +162,7 @@ def _through_peer(session: _Session, partition: int | None, path: str, change: C
 
 
 def _peer(session: _Session, partition: int | None):
-    from .peer import MenderArtifact, check_layout
+    from .backends.mender_artifact import MenderArtifact, check_layout
     if partition is not None:
         raise UsageError("--partition works with --backend native only (mender-artifact addresses "
                          "partitions by path)")
@@ -182,13 +182,13 @@ def list_path(image: str | os.PathLike, path: str, *, follow: bool = True, parti
         return Listing(loc.describe(), entry, entries)
 
 
-def read_path(image: str | os.PathLike, path: str, *, backend: str = "native",
+def read_path(image: str | os.PathLike, path: str, *, backend: str = NATIVE,
               partition: int | None = None, rootfs: str = "a",
               overrides: dict[str, int] | None = None) -> Read:
     """A file's content (and entry: mode, owner) from the image; links are followed."""
     _check_backend(backend)
     with _Session(image, overrides, rootfs) as s:
-        if backend == "mender-artifact":
+        if backend == MENDER_ARTIFACT:
             if rootfs != "a":
                 raise UsageError("mender-artifact reads the root filesystem from rootfs A only")
             with _peer(s, partition) as peer:
@@ -212,7 +212,7 @@ def _write_targets(s: _Session, path: str, partition: int | None, *, follow_fina
             change.warnings.append(f"skipped partition {loc.part.partition.number} "
                                    f"({loc.part.role}): it has no filesystem")
         else:
-            open_filesystem(s.image, loc.part)  # raises the clear "no filesystem" error
+            loc.part.open(s.image)  # raises the clear "no filesystem" error
     targets: list[paths.Location] = []
     for loc in usable:
         resolved = s.resolve_parent(loc, follow_final=follow_final)
@@ -245,13 +245,13 @@ def _check_parent(s: _Session, loc: paths.Location, parents: bool) -> None:
 
 
 def install(image: str | os.PathLike, path: str, data: bytes, *, mode: int = 0o644, uid: int = 0,
-            gid: int = 0, parents: bool = False, backend: str = "native",
+            gid: int = 0, parents: bool = False, backend: str = NATIVE,
             partition: int | None = None, overrides: dict[str, int] | None = None) -> Change:
     """Write a file (created or replaced) with mode and owner; a rootfs path goes to A and B."""
     _check_backend(backend)
     change = Change()
     with _Session(image, overrides, writing=True) as s:
-        if backend == "mender-artifact":
+        if backend == MENDER_ARTIFACT:
             return _through_peer(s, partition, path, change,
                                  lambda peer: peer.install(path, data, mode, uid=uid, gid=gid, parents=parents))
         targets = _write_targets(s, path, partition, follow_final=True, change=change)
@@ -268,14 +268,14 @@ def install(image: str | os.PathLike, path: str, data: bytes, *, mode: int = 0o6
 
 
 def make_dir(image: str | os.PathLike, path: str, *, mode: int = 0o755, uid: int = 0, gid: int = 0,
-             backend: str = "native", partition: int | None = None,
+             backend: str = NATIVE, partition: int | None = None,
              overrides: dict[str, int] | None = None) -> Change:
     """`install -d`: create a directory and any missing parents (as GNU install and
     mender-artifact do), or set mode/owner of an existing one."""
     _check_backend(backend)
     change = Change()
     with _Session(image, overrides, writing=True) as s:
-        if backend == "mender-artifact":
+        if backend == MENDER_ARTIFACT:
             if uid or gid or mode != 0o755:
                 raise UsageError("mender-artifact creates directories 0755 root:root only: "
                                  "use --backend native for -m/-o/-g")
@@ -287,13 +287,13 @@ def make_dir(image: str | os.PathLike, path: str, *, mode: int = 0o755, uid: int
     return change
 
 
-def remove(image: str | os.PathLike, path: str, *, recursive: bool = False, backend: str = "native",
+def remove(image: str | os.PathLike, path: str, *, recursive: bool = False, backend: str = NATIVE,
            partition: int | None = None, overrides: dict[str, int] | None = None) -> Change:
     """Remove a file, link or (recursive) directory; a rootfs path from A and B where present."""
     _check_backend(backend)
     change = Change()
     with _Session(image, overrides, writing=True) as s:
-        if backend == "mender-artifact":
+        if backend == MENDER_ARTIFACT:
             return _through_peer(s, partition, path, change, lambda peer: peer.remove(path, recursive))
         targets = _write_targets(s, path, partition, follow_final=False, change=change)
         present = [loc for loc in targets if s.fs(loc.part).exists(loc.path)]

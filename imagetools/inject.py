@@ -14,12 +14,12 @@ from pathlib import Path
 
 from . import keys
 from .errors import FilesystemError, UsageError
-from .fs import lock, open_filesystem
+from .fs import lock
 from .layout import PartInfo, open_layout
+from .mender import BACKENDS, DATA_MOUNT, NATIVE
 from .sparse import copy_sparse, remove_quietly
 from .verify import DEFAULT_KEY_PATH, data_path, link_checks
 
-BACKENDS = ("native", "mender-artifact")
 KEY_MODE = 0o600
 DIR_MODE = 0o755
 
@@ -33,7 +33,7 @@ class InjectResult:
 
 
 def inject_key(image: str | Path, key_pem: bytes, *, out: str | Path | None = None,
-               path: str = DEFAULT_KEY_PATH, backend: str = "native",
+               path: str = DEFAULT_KEY_PATH, backend: str = NATIVE,
                overrides: dict[str, int] | None = None) -> InjectResult:
     """Write `key_pem` (as given: PKCS#1, SEC1 or PKCS#8 PEM) to `path` on the data partition,
     mode 0600, owner 0:0, creating its directory and replacing an existing key."""
@@ -68,7 +68,7 @@ def _inject(image: Path, key_pem: bytes, key_rel: str, backend: str,
     with lock.exclusive(image):
         layout = open_layout(image, overrides)
         data = layout.require("data")
-        if backend == "native":
+        if backend == NATIVE:
             write_key(image, data, key_pem, key_rel)
         else:
             _write_mender_artifact(image, layout, data, key_pem, key_rel)
@@ -80,7 +80,7 @@ def _inject(image: Path, key_pem: bytes, key_rel: str, backend: str,
 def write_key(image: str | Path, data: PartInfo, key_pem: bytes, key_rel: str) -> None:
     """The write alone (the fs layer reads back what it wrote): for callers that already know the
     data partition and check the key and the links themselves, like emit."""
-    with open_filesystem(image, data, writable=True) as fs:
+    with data.open(image, writable=True) as fs:
         parent = posixpath.dirname(key_rel)
         if parent != "/" and not fs.exists(parent):
             fs.mkdir(parent, mode=DIR_MODE, uid=0, gid=0, parents=True)
@@ -88,18 +88,18 @@ def write_key(image: str | Path, data: PartInfo, key_pem: bytes, key_rel: str) -
 
 
 def _write_mender_artifact(image: Path, layout, data, key_pem: bytes, key_rel: str) -> None:
-    from .peer import MenderArtifact, check_layout
+    from .backends.mender_artifact import MenderArtifact, check_layout
 
     check_layout(layout)
-    with open_filesystem(str(image), data) as fs:  # each mender-artifact run copies every partition
+    with data.open(str(image)) as fs:  # each mender-artifact run copies every partition
         missing_dir = not fs.exists(posixpath.dirname(key_rel))
     with MenderArtifact(image) as tool:
-        tool.install("/data" + key_rel, key_pem, KEY_MODE, parents=missing_dir)
+        tool.install(DATA_MOUNT + key_rel, key_pem, KEY_MODE, parents=missing_dir)
 
 
 def _read_back(image: str, data, key_pem: bytes, key_rel: str) -> None:
     """mender-artifact exits 0 on some failures and takes modes in decimal: confirm what landed."""
-    with open_filesystem(image, data) as fs:
+    with data.open(image) as fs:
         entry = fs.stat(key_rel)
         content = fs.read(key_rel)
     if content != key_pem or entry.mode != KEY_MODE or (entry.uid, entry.gid) != (0, 0):

@@ -13,28 +13,15 @@ import os
 from dataclasses import dataclass, field
 
 from .errors import LayoutError
-from .fs.probe import FsInfo, probe
+from .fs import EXT_TYPES as EXT, Filesystem, fsck, open_filesystem
+from .image.probe import FsInfo, probe
+from .mender import (ESP_GUID, FAT_GUIDS, LINUX_GUIDS, MBR_FAT_TYPES, MBR_LINUX_TYPES, MBR_SWAP_TYPE,
+                     SWAP_GUID)
 from .image import DiskImage, Partition, read_image
 
 ROLES = ("boot", "rootfs-a", "rootfs-b", "swap", "data", "extra")
 OVERRIDABLE = ("boot", "rootfs-a", "rootfs-b", "data")
 
-ESP_GUID = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
-SWAP_GUID = "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f"
-LINUX_GUIDS = {
-    "0fc63daf-8483-4772-8e79-3d69d8477de4": "Linux filesystem",
-    "4f68bce3-e8cd-4db1-96e7-fbcaf984b709": "Linux root (x86-64)",
-    "44479540-f297-41b2-9af7-d131d5f0458a": "Linux root (x86)",
-    "b921b045-1df0-41c3-af44-4c6f280d3fae": "Linux root (ARM64)",
-    "69dad710-2ce4-4e3c-b16c-21a1d49abed3": "Linux root (ARM)",
-    "4d21b016-b534-45c2-a9fb-5c16e091fd2d": "Linux /var",
-    "933ac7e1-2eb4-4f13-b844-0e14e2aef915": "Linux /home",
-    "3b8f8425-20e0-4f3b-907f-1a25a76f98e8": "Linux /srv",
-}
-FAT_GUIDS = {ESP_GUID: "EFI System", "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7": "Basic data"}
-MBR_FAT_TYPES = {"0x01", "0x04", "0x06", "0x0b", "0x0c", "0x0e", "0xef"}
-MBR_LINUX_TYPES = {"0x83"}
-EXT = ("ext2", "ext3", "ext4")
 ROOTFS_A_NAMES = {"primary", "rootfs", "rootfsa", "rootfs-a", "rootfs_a", "root", "roota", "root-a",
                   "root_a"}
 ROOTFS_B_NAMES = {"secondary", "rootfsb", "rootfs-b", "rootfs_b", "rootb", "root-b", "root_b"}
@@ -54,8 +41,23 @@ class PartInfo:
     def number(self) -> int:
         return self.partition.number
 
+    @property
+    def where(self) -> str:
+        """'partition 4 (data, ext4)': how messages about its contents name a partition."""
+        role = f"{self.role}, " if self.role else ""
+        return f"partition {self.number} ({role}{self.fs.type})"
+
+    def open(self, image_path: str | os.PathLike, writable: bool = False) -> Filesystem:
+        """This partition's filesystem in `image_path` (the image itself or a copy of it)."""
+        return open_filesystem(image_path, self.partition.start, self.partition.size, self.fs.type,
+                               writable=writable, label=self.where)
+
+    def fsck(self, image_path: str | os.PathLike) -> tuple[bool, str]:
+        """e2fsck -fn of this partition in `image_path`: (clean, its output)."""
+        return fsck(image_path, self.partition.start, self.fs.type, self.where)
+
     def describe(self) -> str:
-        """`4 ext4 'data'`: how messages name a partition."""
+        """`4 ext4 'data'`: how summaries of the table name a partition."""
         label = f" '{self.fs.label}'" if self.fs.label else ""
         name = f" (GPT name '{self.partition.name}')" if self.partition.name else ""
         return f"{self.number} {self.fs.type}{label}{name}"
@@ -200,7 +202,7 @@ def _assign_boot_and_swap(infos: Infos, roles: Roles) -> None:
     for p, fs in infos:
         if p.number in roles:
             continue
-        if fs.type == "swap" or (fs.type in ("empty", "unknown") and p.type in ("0x82", SWAP_GUID)):
+        if fs.type == "swap" or (fs.type in ("empty", "unknown") and p.type in (MBR_SWAP_TYPE, SWAP_GUID)):
             why = "swap signature" if fs.type == "swap" else f"swap partition type {p.type}"
             roles[p.number] = ("swap", why)
     if _taken(roles, "boot"):

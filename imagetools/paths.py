@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING
 
 from .errors import LayoutError, UsageError
 from .fs.base import normalize
+from .mender import BOOT_MOUNTS, DATA_MOUNT
 
 if TYPE_CHECKING:
     from .layout import Layout, PartInfo
 
-BOOT_PREFIXES = ("/uboot", "/boot/efi", "/boot/grub")
-DATA_PREFIX = "/data"
+BOOT_PREFIXES = BOOT_MOUNTS
+DATA_PREFIX = DATA_MOUNT
 ROOTFS_ROLES = ("rootfs-a", "rootfs-b")
 
 

@@ -16,9 +16,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .errors import DeviceListError, KeyMaterialError, ServerError, UsageError
+from .errors import DeviceListError, KeyMaterialError, ServerError, UsageError, from_oserror
 from .keys import PublicKey, fingerprint, load_public, public_pem, same_key
-from .server import BadResponse, MenderClient, canonical_identity, json_type, read_regular_file
+from .mender import canonical_identity
+from .server import BadResponse, MenderClient, json_type, read_regular_file
 
 OUTCOMES = ("preauthorized", "already", "conflict", "failed")
 GOOD_STATUSES = ("preauthorized", "accepted")
@@ -187,7 +188,7 @@ def _read_text(path: str | Path, what: str, limit: int, hint: str = "") -> str:
     except FileNotFoundError:
         raise UsageError(f"{what} {path} not found{hint}") from None
     except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+        raise from_oserror(exc, f"cannot read {what} {path}", UsageError) from None
     except ValueError as exc:
         raise UsageError(f"cannot use {what} {path}: {exc}") from None
     try:

@@ -41,19 +41,16 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import httpx
 
-from .errors import AuthError, ImageToolsError, KeyMaterialError, ServerError, UsageError
+from .errors import AuthError, ImageToolsError, KeyMaterialError, ServerError, UsageError, from_oserror
 from .keys import PublicKey, load_public, write_secret
+from .mender import (ADMISSION_V1, DEVICES_V2, ENV_SERVER_URL, ENV_TOKEN, LOGIN, MAX_PER_PAGE,
+                     canonical_identity)
 
-DEVICES_V2 = "/api/management/v2/devauth/devices"
-ADMISSION_V1 = "/api/management/v1/admission/devices"
-LOGIN = "/api/management/v1/useradm/auth/login"
-MAX_PER_PAGE = 500
 MAX_PAGES = 10_000               # 5 million devices at 500 per page
 MAX_BODY = 16 * 1024 * 1024      # a page of 500 devices with RSA-4096 keys is about 2 MiB
 MAX_TOKEN_BYTES = 64 * 1024
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-TOKEN_ENV = "MENDER_TOKEN"
-URL_ENV = "MENDER_SERVER_URL"
+TOKEN_ENV, URL_ENV = ENV_TOKEN, ENV_SERVER_URL
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")   # device and auth set ids: UUIDs, hex ObjectIds
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")       # statuses: pending, accepted, ...
@@ -108,11 +105,6 @@ def _plain_http_url(url: str) -> bool:
             and not parts.query and not parts.fragment and "@" not in parts.netloc)
 
 
-def canonical_identity(identity: Mapping[str, Any]) -> str:
-    """The server matches identities after sorting keys; this is that form, compact."""
-    return json.dumps(identity, sort_keys=True, separators=(",", ":"))
-
-
 # --- credentials -------------------------------------------------------------------------------
 
 def cache_dir() -> Path:
@@ -153,7 +145,7 @@ def _read_token_file(path: str | os.PathLike, what: str, unreadable: type[ImageT
     try:
         data = read_regular_file(path, MAX_TOKEN_BYTES)
     except OSError as exc:
-        raise unreadable(f"cannot read {what}: {exc.strerror}") from None
+        raise from_oserror(exc, f"cannot read {what}", unreadable) from None
     except ValueError as exc:
         raise unreadable(f"cannot use {what}: {exc}") from None
     return check_token(data.decode("ascii", "surrogateescape"), what)

@@ -18,14 +18,13 @@ from cryptography.hazmat.primitives import serialization
 
 from . import keys
 from .errors import FilesystemError, KeyMaterialError, UsageError
-from .fs import EXT_TYPES, open_filesystem
-from .fs import fsck as fsck_partition
+from .fs import EXT_TYPES
 from .image import read_image
 from .layout import Layout, PartInfo, detect_layout
+from .mender import DATA_DATASTORE, DATA_MOUNT, DATASTORE, KEY_PATH
 
-DEFAULT_KEY_PATH = "/data/mender/mender-agent.pem"
-CLIENT_KEY_DIR = "/var/lib/mender"  # where the client looks; a link to the data partition's mender/
-DATA_MOUNT = "/data"
+DEFAULT_KEY_PATH = KEY_PATH
+CLIENT_KEY_DIR = DATASTORE  # where the client looks; a link to the data partition's mender/
 
 # Check names, in report order (stable: pipelines may look them up).
 TABLE = "partition table sane"
@@ -198,7 +197,7 @@ def _check_data(report: VerifyReport, layout: Layout, data: PartInfo | None):
         return None
     where = f"partition {data.describe()}"
     try:
-        fs = open_filesystem(layout.image.path, data)
+        fs = data.open(layout.image.path)
     except FilesystemError as exc:
         report.add(DATA, "fail", f"{where}: cannot read it: {exc}")
         return None
@@ -226,9 +225,18 @@ def _check_present(report: VerifyReport, fs, key_rel: str, shown: str):
     return entry
 
 
+def read_key_in_image(fs, key_rel: str) -> bytes:
+    """The key file's bytes, refused unread when it is far larger than any key (hostile image)."""
+    size = fs.stat(key_rel).size
+    if size > keys.MAX_KEY_FILE:
+        raise KeyMaterialError(f"key in image: {size} bytes, more than any key file "
+                               f"({keys.MAX_KEY_FILE} at most)")
+    return fs.read(key_rel)
+
+
 def _check_parses(report: VerifyReport, fs, key_rel: str):
     try:
-        key = keys.load_private(fs.read(key_rel), "key in image")
+        key = keys.load_private(read_key_in_image(fs, key_rel), "key in image")
     except (KeyMaterialError, FilesystemError) as exc:
         report.add(PARSES, "fail", str(exc))
         return None
@@ -278,9 +286,9 @@ def _link_status(target: str, part: PartInfo | None, role: str) -> tuple[str, st
         if role == "rootfs-b" and part.fs.type == "empty":
             return "warn", f"{label} has no filesystem yet (filled by the first update)"
         return "warn", f"{label} (partition {part.partition.number}) is {part.fs.type}: link not checked"
-    want = DATA_MOUNT + "/mender"
+    want = DATA_DATASTORE
     try:
-        with open_filesystem(target, part) as fs:
+        with part.open(target) as fs:
             if role == "rootfs-b" and not [e for e in fs.list("/") if e.name not in ("lost+found", ".", "..")]:
                 return "warn", f"{label} is empty (filled by the first update); not checked"
             resolved, chain = resolve_on_rootfs(fs, CLIENT_KEY_DIR)
@@ -343,7 +351,7 @@ def fsck_check(target: str | Path, data: PartInfo) -> Check:
     """The e2fsck check alone. e2fsck fsyncs the image even with -n, so emit runs it while little
     of a new image is still unwritten, before the other checks."""
     try:
-        clean, output = fsck_partition(str(target), data)
+        clean, output = data.fsck(target)
     except FilesystemError as exc:
         return Check(FSCK, "fail", str(exc))
     if clean:

@@ -21,10 +21,15 @@ LAYOUTS = ["sdimg", "uefiimg", "gptimg", "extended", "noboot"]
 os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
 
 
+def image_suffix(layout: str) -> str:
+    """The file name ending Mender tools expect for a make-image layout."""
+    return ".sdimg" if layout in ("sdimg", "extended", "noboot") else f".{layout}"
+
+
 def _build(cache: Path, layout: str, opts: dict) -> Path:
     merged = {**SMALL, **opts}
     key = layout + "".join(f"-{k}{v}" for k, v in sorted(merged.items()))
-    out = cache / f"{key}.{'sdimg' if layout in ('sdimg', 'extended', 'noboot') else layout}"
+    out = cache / f"{key}{image_suffix(layout)}"
     if not out.exists():
         args = [str(MAKE_IMAGE), "--layout", layout]
         for name, value in sorted(merged.items()):

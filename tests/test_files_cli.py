@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from conftest import run_tool
 from imagetools.cli import main
-from fscheck import fsck
+from support.fscheck import fsck
 from imagetools.layout import open_layout
 from imagetools.sparse import allocated_bytes
 

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import run_tool
 from imagetools.errors import EnvironmentProblem, FilesystemError
-from imagetools.fs import NoSpaceError, NotFoundError, SymlinkInPath, fsck, open_filesystem
+from imagetools.fs import NoSpaceError, NotFoundError, SymlinkInPath
 from imagetools.fs.ext4 import Ext4Filesystem
 from imagetools.layout import open_layout
 from imagetools.sparse import allocated_bytes
@@ -44,7 +44,7 @@ def sdimg(make_image):
 
 def test_read_stat_list_and_links(sdimg):
     img, layout = sdimg
-    with open_filesystem(img, layout.rootfs_a) as fs:
+    with layout.rootfs_a.open(img) as fs:
         assert fs.read("/etc/hostname") == b"rootfs-a\n"
         entry = fs.stat("/var/lib/mender")
         assert (entry.type, entry.target) == ("symlink", "/data/mender")
@@ -67,7 +67,7 @@ def test_reading_never_writes(sdimg):
     before = sha(img)
     os.chmod(img, 0o444)
     for part in (layout.rootfs_a, layout.data, layout.boot):
-        with open_filesystem(img, part) as fs:
+        with part.open(img) as fs:
             for entry in fs.list("/"):
                 if entry.type == "file":
                     fs.read(entry.path)
@@ -82,7 +82,7 @@ def test_write_mode_owner_replace_and_fsck(sdimg):
     data = layout.data
     off = data.partition.start
     key = b"-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----\n"
-    with open_filesystem(img, data, writable=True) as fs:
+    with data.open(img, writable=True) as fs:
         fs.write("/mender/mender-agent.pem", key, mode=0o600)
         assert fs.read("/mender/mender-agent.pem") == key
         assert debugfs_stat(img, off, "/mender/mender-agent.pem") == {
@@ -94,13 +94,13 @@ def test_write_mode_owner_replace_and_fsck(sdimg):
         assert (entry.mode, entry.uid, entry.gid, entry.size) == (0o640, 1000, 70000, 100_000)
         assert [e.name for e in fs.list("/mender")] == ["mender-agent.pem"]  # no temp name left
     assert e2fsck_clean(img, off)
-    assert fsck(img, data)[0]
+    assert data.fsck(img)[0]
 
 
 def test_mkdir_parents_and_remove(sdimg):
     img, layout = sdimg
     part = layout.rootfs_a
-    with open_filesystem(img, part, writable=True) as fs:
+    with part.open(img, writable=True) as fs:
         with pytest.raises(NotFoundError, match="use -p"):
             fs.write("/opt/a/b/file", b"1")
         fs.write("/opt/a/b/file", b"1", parents=True)
@@ -129,7 +129,7 @@ def test_mkdir_parents_and_remove(sdimg):
 
 def test_paths_with_spaces_and_bad_characters(sdimg):
     img, layout = sdimg
-    with open_filesystem(img, layout.data, writable=True) as fs:
+    with layout.data.open(img, writable=True) as fs:
         fs.write("/mender/with space/key file", b"k", parents=True)
         assert fs.read("/mender/with space/key file") == b"k"
         with pytest.raises(FilesystemError, match="unsupported character"):
@@ -142,7 +142,7 @@ def test_disk_full_refused_before_any_change(make_image):
     img = make_image("sdimg")
     data = open_layout(img).data
     before = sha(img)
-    with open_filesystem(img, data, writable=True) as fs:
+    with data.open(img, writable=True) as fs:
         with pytest.raises(NoSpaceError) as info:
             fs.write("/mender/big", os.urandom(9 << 20))
     assert info.value.exit_code == 3
@@ -169,14 +169,14 @@ def test_read_only_image_refused(make_image):
     data = open_layout(img).data
     os.chmod(img, 0o444)
     with pytest.raises(EnvironmentProblem, match="read-only"):
-        open_filesystem(img, data, writable=True)
+        data.open(img, writable=True)
 
 
 def test_writes_keep_the_image_sparse(make_image):
     img = make_image("sdimg", data_mib=64)
     data = open_layout(img).data
     before = allocated_bytes(img)
-    with open_filesystem(img, data, writable=True) as fs:
+    with data.open(img, writable=True) as fs:
         fs.write("/mender/mender-agent.pem", os.urandom(2500), mode=0o600)
         fs.write("/mender/mender-agent.pem", os.urandom(2500), mode=0o600)
     growth = allocated_bytes(img) - before
@@ -191,7 +191,7 @@ def test_block_mapped_and_inline_data_read_through_debugfs(make_image, tmp_path)
     host = tmp_path / "payload"
     host.write_bytes(payload)
     run_tool("e2cp", "-P", "600", str(host), f"{img}?offset={data.partition.start}:/mender/e2cp.bin")
-    with open_filesystem(img, data) as fs:
+    with data.open(img) as fs:
         assert fs.read("/mender/e2cp.bin") == payload
         assert fs.stat("/mender/e2cp.bin").mode == 0o600
 
@@ -232,7 +232,7 @@ def test_not_a_filesystem(make_image):
     img = make_image("extended")
     swap = open_layout(img).find("swap")
     with pytest.raises(FilesystemError, match="swap"):
-        open_filesystem(img, swap)
+        swap.open(img)
 
 
 def test_unreplayed_journal_refused(make_image):
@@ -240,7 +240,7 @@ def test_unreplayed_journal_refused(make_image):
     data = open_layout(img).data
     run_tool("debugfs", "-w", "-R", "feature needs_recovery", f"{img}?offset={data.partition.start}")
     before = sha(img)
-    with open_filesystem(img, data, writable=True) as fs:
+    with data.open(img, writable=True) as fs:
         assert fs.list("/mender") == []
         with pytest.raises(FilesystemError, match="never replayed"):
             fs.write("/mender/k", b"1")

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import run_tool
 from imagetools.errors import FilesystemError
-from fscheck import fsck
-from imagetools.fs import NoSpaceError, NotFoundError, open_filesystem
+from support.fscheck import fsck
+from imagetools.fs import NoSpaceError, NotFoundError
 from imagetools.layout import open_layout
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,7 @@ def test_fat_read_write_replace_remove(make_image, layout, boot_mib, bits):
     img = make_image(layout, boot_mib=boot_mib)
     boot = open_layout(img).boot
     off = boot.partition.start
-    with open_filesystem(img, boot, writable=True) as fs:
+    with boot.open(img, writable=True) as fs:
         assert fs._fs.fs.fat_type == bits  # pyfatfs alone takes this 8 MiB FAT12 for FAT16
         # mtools stores config.txt as CONFIG.TXT + lowercase flags: found and shown lowercase
         assert fs.read("/CONFIG.TXT") == fs.read("/config.txt") == b"kernel=u-boot.bin\n"
@@ -55,11 +55,11 @@ def test_fat_full_and_read_only_never_written(make_image):
     img = make_image("sdimg")
     boot = open_layout(img).boot
     before = hashlib.sha256(img.read_bytes()).hexdigest()
-    with open_filesystem(img, boot) as fs:
+    with boot.open(img) as fs:
         fs.read("/cmdline.txt")
         with pytest.raises(FilesystemError, match="read-only"):
             fs.write("/x", b"1")
-    with open_filesystem(img, boot, writable=True) as fs:
+    with boot.open(img, writable=True) as fs:
         with pytest.raises(NoSpaceError):
             fs.write("/big.bin", os.urandom(9 << 20))
     assert hashlib.sha256(img.read_bytes()).hexdigest() == before

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from imagetools.errors import FilesystemError, LayoutError, UsageError
 from imagetools.fs.base import normalize
-from imagetools.fs.probe import FsInfo
+from imagetools.image.probe import FsInfo
 from imagetools.image import DiskImage, Partition
 from imagetools.layout import Layout, PartInfo
 from imagetools.paths import Location, follow, parse_image_path, require_image_path, route

@@ -15,7 +15,7 @@ import pytest
 from conftest import run_tool
 from imagetools import files, keys
 from imagetools.errors import EnvironmentProblem, FilesystemError, ImageFormatError
-from imagetools.fs import fsck, lock
+from imagetools.fs import lock
 from imagetools.fs.e2fsprogs import UnsafeName
 from imagetools.fs.ext4 import Ext4Filesystem
 from imagetools.inject import inject_key
@@ -49,7 +49,7 @@ def hostile_tree(root: Path, names: list[bytes]) -> Path:
 
 
 def data_clean(img: Path) -> None:
-    clean, output = fsck(img, open_layout(img).require("data"))
+    clean, output = open_layout(img).require("data").fsck(img)
     assert clean, output
 
 

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from disktables import (BASIC, ESP, LINUX, MiB, GptPart, ext_superblock, fat_boot_sector, gpt_chunks,
-                        gpt_header, mbr_chunks, mbr_entry, mbr_sector, swap_header, write_image)
+from support.disktables import (BASIC, ESP, LINUX, MiB, GptPart, ext_superblock, fat_boot_sector,
+                                gpt_chunks, gpt_header, mbr_chunks, mbr_entry, mbr_sector,
+                                swap_header, write_image)
 from conftest import LAYOUTS, run_tool
 from imagetools.errors import ImageFormatError
 from imagetools.image import DiskImage, Partition, read_image
@@ -505,7 +506,7 @@ MKFS = {
 @pytest.mark.integration
 @pytest.mark.parametrize("kind", sorted(MKFS))
 def test_probe_matches_blkid(tmp_path, kind):
-    from imagetools.fs.probe import probe
+    from imagetools.image.probe import probe
 
     fs_file = write_image(tmp_path / "fs", 48 * MiB if kind == "fat32" else 8 * MiB, {})
     run_tool(*MKFS[kind], str(fs_file))
@@ -525,7 +526,7 @@ def test_probe_matches_blkid(tmp_path, kind):
 
 
 def test_probe_synthetic_signatures():
-    from imagetools.fs.probe import probe_bytes
+    from imagetools.image.probe import probe_bytes
 
     assert probe_bytes(b"hsqs" + bytes(8) + (131072).to_bytes(4, "little")).type == "squashfs"
     assert probe_bytes(bytes(65536)).type == "empty"
@@ -545,7 +546,7 @@ def test_probe_synthetic_signatures():
 @given(st.sampled_from([b"", b"hsqs", b"\xeb\x3c\x90", b"SWAPSPACE2"]), st.binary(max_size=8192),
        st.sampled_from([0, 1080, 4086]))
 def test_fuzz_probe_never_raises(prefix, data, magic_at):
-    from imagetools.fs.probe import probe_bytes
+    from imagetools.image.probe import probe_bytes
 
     buf = bytearray(prefix + data)
     if magic_at and len(buf) > magic_at + 10:

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from conftest import LAYOUTS, run_tool
-from disktables import MiB, write_image
+from support.disktables import MiB, write_image
 from test_layout import EXPECTED
 
 pytestmark = pytest.mark.integration

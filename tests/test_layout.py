@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import run_tool
-from disktables import (BASIC, ESP, LINUX, SWAP, MiB, GptPart, ext_superblock, fat_boot_sector,
-                        gpt_chunks, mbr_chunks, mbr_entry, mbr_sector, swap_header, write_image)
+from support.disktables import (BASIC, ESP, LINUX, SWAP, MiB, GptPart, ext_superblock,
+                                fat_boot_sector, gpt_chunks, mbr_chunks, mbr_entry, mbr_sector,
+                                swap_header, write_image)
 from imagetools.errors import LayoutError
 from imagetools.image import read_image
 from imagetools.layout import ROLES, detect_layout, open_layout

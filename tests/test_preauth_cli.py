@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from imagetools import keys
-from mender_server import ADMISSION, DEVICES, MenderTestServer
+from support.mender_server import ADMISSION, DEVICES, MenderTestServer
 
 
 @pytest.fixture

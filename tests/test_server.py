@@ -19,7 +19,7 @@ from imagetools import keys, preauth
 from imagetools.errors import AuthError, DeviceListError, ServerError, UsageError
 from imagetools.server import (MenderClient, ServerSettings, canonical_identity, expected_key_for_identity,
                                parse_retry_after, resolve_token, save_token, token_cache_path)
-from mender_server import DEVICES, MenderTestServer, make_jwt
+from support.mender_server import DEVICES, MenderTestServer, make_jwt
 
 
 @pytest.fixture

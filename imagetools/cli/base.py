@@ -18,7 +18,6 @@ text.escape); --json through `print_json` (always valid UTF-8, see there).
 
 from __future__ import annotations
 
-import errno
 import importlib
 import io
 import json
@@ -28,10 +27,10 @@ from typing import Any, Iterable, NoReturn, Sequence
 
 import click
 
-from ..errors import ImageToolsError
+from ..errors import ImageToolsError, UsageError, from_oserror
 from .text import escape, for_json
 
-EXIT_FAILED, EXIT_INPUT, EXIT_ENV = 1, 2, 3  # the rest come from the exception classes
+EXIT_FAILED = 1  # the other codes come from the exception classes
 EXIT_PIPE = 128 + 13  # 128 + SIGPIPE, as the shell reports a tool killed by a closed pipe
 
 
@@ -39,7 +38,7 @@ EXIT_PIPE = 128 + 13  # 128 + SIGPIPE, as the shell reports a tool killed by a c
 # command (verify on a flashing station) does not pay for importing httpx, emit, etc.
 _COMMAND_MODULES = {
     "inspect": "inspect_cmd",
-    "ls": "files", "cat": "files", "cp": "files", "install": "files", "rm": "files",
+    "ls": "files_cmd", "cat": "files_cmd", "cp": "files_cmd", "install": "files_cmd", "rm": "files_cmd",
     "keygen": "keys_cmd", "inject": "keys_cmd", "verify": "keys_cmd",
     "emit": "emit_cmd",
     "login": "server_cmd", "preauth": "server_cmd",
@@ -77,17 +76,12 @@ class _Group(click.Group):
             _output_closed()
         except ImageToolsError as exc:
             _fail(ctx, str(exc), exc.exit_code)
-        except OSError as exc:
-            code = EXIT_ENV if exc.errno in (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS) else EXIT_INPUT
-            _fail(ctx, _describe_oserror(exc), code)
+        except OSError as exc:  # one we did not expect: named as well as we can
+            where = f" ({exc.filename})" if exc.filename else ""
+            error = from_oserror(exc, "operating system error" + where, UsageError)
+            _fail(ctx, str(error), error.exit_code)
         except KeyboardInterrupt:
             _fail(ctx, "interrupted", 130)
-
-
-def _describe_oserror(exc: OSError) -> str:
-    where = f": {exc.filename}" if exc.filename else ""
-    hint = " (free some space and run again)" if exc.errno == errno.ENOSPC else ""
-    return f"{exc.strerror or exc}{where}{hint}"
 
 
 def _fail(ctx: click.Context, message: str, code: int) -> None:

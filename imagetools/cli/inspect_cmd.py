@@ -6,16 +6,12 @@ from typing import Any
 
 import click
 
-from ..layout import FAT_GUIDS, LINUX_GUIDS, SWAP_GUID, Layout, PartInfo, open_layout
+from ..layout import Layout, PartInfo, open_layout
+from ..mender import GPT_TYPE_NAMES, MBR_TYPE_NAMES
+from ..units import human_size
 from .base import echo, main, print_json, print_table, warn
 from .options import layout_options
 
-MBR_TYPE_NAMES = {
-    "0x01": "FAT12", "0x04": "FAT16 <32M", "0x05": "Extended", "0x06": "FAT16", "0x0b": "FAT32",
-    "0x0c": "FAT32 LBA", "0x0e": "FAT16 LBA", "0x0f": "Extended LBA", "0x82": "Linux swap",
-    "0x83": "Linux", "0x85": "Linux extended", "0x8e": "Linux LVM", "0xee": "GPT", "0xef": "EFI",
-}
-GPT_TYPE_NAMES = {**FAT_GUIDS, **LINUX_GUIDS, SWAP_GUID: "Linux swap"}
 
 
 @main.command()
@@ -36,9 +32,9 @@ def inspect(image: str, as_json: bool, overrides: dict[str, int]) -> None:
         return
     img = layout.image
     echo(f"{img.path}: {img.table.upper()}, {img.sector_size}-byte sectors, "
-         f"{_human(img.size)} ({img.size} bytes)")
+         f"{human_size(img.size)} ({img.size} bytes)")
     rows = [_row(p) for p in layout.parts]
-    rows += [[c.number, c.start, _human(c.size), _type_name(c.type), None, None, None,
+    rows += [[c.number, c.start, human_size(c.size), _type_name(c.type), None, None, None,
               "container of the logical partitions"] for c in img.extended]
     rows.sort(key=lambda r: int(r[0]))
     print_table(["#", "START", "SIZE", "TYPE", "FS", "LABEL", "ROLE", "REASON"], rows)
@@ -71,7 +67,7 @@ def _row(p: PartInfo) -> list[Any]:
         kind += f" '{part.name}'"
     elif part.logical:
         kind += ", logical"
-    return [p.number, part.start, _human(part.size), kind, p.fs.type, p.fs.label or None, p.role,
+    return [p.number, part.start, human_size(part.size), kind, p.fs.type, p.fs.label or None, p.role,
             p.reason]
 
 
@@ -79,12 +75,3 @@ def _type_name(ptype: str) -> str:
     if ptype in MBR_TYPE_NAMES:
         return f"{ptype} {MBR_TYPE_NAMES[ptype]}"
     return GPT_TYPE_NAMES.get(ptype, ptype)
-
-
-def _human(n: int) -> str:
-    value, unit = float(n), "B"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            break
-        value /= 1024
-    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"

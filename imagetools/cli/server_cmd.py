@@ -8,11 +8,10 @@ from typing import Any, Callable
 import click
 
 from .. import preauth as preauth_lib
+from ..mender import ENV_PASSWORD
 from ..server import MenderClient, ServerSettings, save_token
 from .base import EXIT_FAILED, echo, is_tty, main, print_json, print_table
 from .server_options import server_options
-
-PASSWORD_ENV = "MENDER_PASSWORD"
 
 
 @main.command()
@@ -26,7 +25,7 @@ def login(settings: Callable[..., ServerSettings], username: str) -> None:
     unless MENDER_TOKEN or --token-file is given.
     """
     s = settings()
-    password = os.environ.get(PASSWORD_ENV)
+    password = os.environ.get(ENV_PASSWORD)
     if password is None:
         password = click.prompt(f"Password for {username} on {s.url}", hide_input=True, err=True)
     with MenderClient(s) as client:

@@ -15,13 +15,14 @@ from urllib.parse import urlsplit
 import click
 
 from ..errors import UsageError
+from ..mender import ENV_SERVER_URL
 from .base import warn
 
 if TYPE_CHECKING:
     from ..keys import PublicKey
     from ..server import ServerSettings
 
-URL_ENV = "MENDER_SERVER_URL"  # == server.URL_ENV, spelled here so importing this stays light
+URL_ENV = ENV_SERVER_URL
 
 
 def server_options(require_token: bool = True, optional: bool = False) -> Callable:

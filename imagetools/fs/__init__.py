@@ -1,57 +1,46 @@
 """Filesystems inside a whole-disk image, edited in place at the partition's byte offset.
 
-open_filesystem() picks the implementation from the probed filesystem type; both implement the
-Filesystem protocol of fs/base.py. fsck() runs e2fsck -fn in place (ext2/3/4).
+open_filesystem() picks the implementation from the filesystem type; both implement the
+Filesystem protocol of fs/base.py. fsck() runs e2fsck -fn in place (ext2/3/4). This layer knows
+geometry (image, offset, size, type), not Mender roles: layout.PartInfo.open() is the way in
+from a partition.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from typing import TYPE_CHECKING
 
 from ..errors import FilesystemError
 from . import e2fsprogs
 from .base import Entry, Filesystem, NoSpaceError, NotFoundError, SymlinkInPath
 
-if TYPE_CHECKING:
-    from ..layout import PartInfo
-
 EXT_TYPES = ("ext2", "ext3", "ext4")
 FAT_TYPES = ("vfat", "fat", "fat12", "fat16", "fat32")
 
 __all__ = ["Entry", "Filesystem", "NoSpaceError", "NotFoundError", "SymlinkInPath",
-           "open_filesystem", "fsck", "describe"]
+           "open_filesystem", "fsck", "EXT_TYPES", "FAT_TYPES"]
 
 
-def describe(part: PartInfo) -> str:
-    """'partition 4 (data, ext4)' — how messages name a partition."""
-    role = f"{part.role}, " if getattr(part, "role", "") else ""
-    return f"partition {part.partition.number} ({role}{part.fs.type})"
-
-
-def open_filesystem(image_path: str | os.PathLike, part: PartInfo, writable: bool = False) -> Filesystem:
-    """The filesystem of one partition; writable checks up front that the image may be written."""
-    kind = part.fs.type
-    if kind in EXT_TYPES:
+def open_filesystem(image_path: str | os.PathLike, offset: int, size: int, fs_type: str, *,
+                    writable: bool = False, label: str | None = None) -> Filesystem:
+    """The `fs_type` filesystem at `offset` (a partition of `size` bytes); writable checks up
+    front that the image may be written. `label` names it in messages."""
+    label = label or f"{fs_type or 'partition'} at offset {offset}"
+    if fs_type in EXT_TYPES:
         from .ext4 import Ext4Filesystem
-        return Ext4Filesystem(image_path, part.partition.start, part.partition.size,
-                              writable=writable, label=describe(part))
-    if kind in FAT_TYPES:
+        return Ext4Filesystem(image_path, offset, size, writable=writable, label=label)
+    if fs_type in FAT_TYPES:
         from .fat import FatFilesystem
-        return FatFilesystem(image_path, part.partition.start, part.partition.size,
-                             writable=writable, label=describe(part))
-    what = "no filesystem" if kind in ("empty", "unknown", "") else f"a {kind} filesystem"
-    raise FilesystemError(f"partition {part.partition.number} has {what}; "
-                          "files can only be read or written on ext2/3/4 and FAT")
+        return FatFilesystem(image_path, offset, size, writable=writable, label=label)
+    what = "no filesystem" if fs_type in ("empty", "unknown", "") else f"a {fs_type} filesystem"
+    raise FilesystemError(f"{label} has {what}; files can only be read or written on ext2/3/4 and FAT")
 
 
-def fsck(image_path: str | os.PathLike, part: PartInfo) -> tuple[bool, str]:
-    """Check the partition's filesystem without changing anything: (clean, checker output)."""
-    kind = part.fs.type
-    if kind in EXT_TYPES:
+def fsck(image_path: str | os.PathLike, offset: int, fs_type: str, label: str) -> tuple[bool, str]:
+    """Check a filesystem without changing anything: (clean, checker output)."""
+    if fs_type in EXT_TYPES:
         with tempfile.TemporaryDirectory(prefix="imagetools-fsck-") as tmp:
-            dev = e2fsprogs.device(image_path, part.partition.start, describe(part), lambda: tmp)
-            return e2fsprogs.e2fsck(dev)
-    raise FilesystemError(f"cannot check partition {part.partition.number} in place: only ext2/3/4 "
-                          "can be checked at an offset (fsck.vfat needs the partition as its own file)")
+            return e2fsprogs.e2fsck(e2fsprogs.device(image_path, offset, label, lambda: tmp))
+    raise FilesystemError(f"cannot check {label} in place: only ext2/3/4 can be checked at an "
+                          "offset (fsck.vfat needs the partition as its own file)")

@@ -12,10 +12,10 @@ import os
 import posixpath
 import stat as stat_mod
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
-from ..errors import EnvironmentProblem, FilesystemError, ImageFormatError
-from .probe import probe
+from ..errors import EnvironmentProblem, FilesystemError, ImageFormatError, from_oserror
+from ..image.probe import probe
 
 # Characters debugfs' command parser cannot carry inside a quoted argument.
 _FORBIDDEN = ('"', "\n", "\r", "\0")
@@ -60,7 +60,6 @@ class NoSpaceError(FilesystemError):
     exit_code = 3
 
 
-@runtime_checkable
 class Filesystem(Protocol):
     """What imagetools needs from a filesystem inside an image."""
 
@@ -135,7 +134,7 @@ def check_writable(image_path: str) -> None:
     try:
         st = os.stat(image_path)
     except OSError as exc:
-        raise FilesystemError(f"cannot open image {image_path}: {exc.strerror}") from exc
+        raise from_oserror(exc, f"cannot open image {image_path}", FilesystemError) from exc
     if stat_mod.S_ISBLK(st.st_mode):
         where = mount_point(st.st_rdev)
         if where:

@@ -17,13 +17,14 @@ import contextlib
 import os
 import posixpath
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import ext4
 
-from ..errors import FilesystemError
+from ..errors import FilesystemError, from_oserror
 from . import e2fsprogs, lock
 from .base import (Entry, NoSpaceError, NotFoundError, SymlinkInPath, check_geometry, check_mode,
                    check_owner, check_writable, components, join, normalize, type_from_mode)
@@ -37,6 +38,13 @@ _INCOMPAT_64BIT = 0x80
 
 class _Unsupported(Exception):
     """The ext4 package cannot read this inode correctly; use debugfs."""
+
+
+# What the ext4 package raises on structures it cannot parse (it reads untrusted bytes): those
+# fall back to debugfs. Anything else (AttributeError, TypeError, ...) is a bug and propagates.
+_PACKAGE_ERRORS = (_Unsupported, ext4.ChecksumError, ext4.ExtendedAttributeError, ext4.InodeError,
+                   ext4.InvalidStreamException, ext4.MagicError, struct.error, ValueError,
+                   IndexError, KeyError, EOFError, OverflowError)
 
 
 class Ext4Filesystem:
@@ -96,10 +104,10 @@ class Ext4Filesystem:
         try:
             self._file = open(self.image_path, "rb")  # noqa: SIM115 - kept open for the Volume
         except OSError as exc:
-            raise FilesystemError(f"cannot open image {self.image_path}: {exc.strerror}") from exc
+            raise from_oserror(exc, f"cannot open image {self.image_path}", FilesystemError) from exc
         try:
             self._vol = ext4.Volume(self._file, offset=self.offset)
-        except Exception:  # the package refuses some feature sets: debugfs reads those
+        except _PACKAGE_ERRORS:  # the package refuses some feature sets: debugfs reads those
             self._vol = None
 
     # -- reading ----------------------------------------------------------------------------
@@ -129,9 +137,7 @@ class Ext4Filesystem:
         if self._vol is not None:
             try:
                 return pkg(path)
-            except FilesystemError:
-                raise
-            except Exception:  # _Unsupported, or the package tripping on something it can't parse
+            except _PACKAGE_ERRORS:
                 pass
         return dbg(path)
 

@@ -12,6 +12,7 @@ import os
 from ..errors import ImageFormatError
 from . import gpt, mbr
 from .model import DiskImage, Partition
+from .probe import probe_bytes
 from .source import ImageSource
 
 __all__ = ["DiskImage", "Partition", "read_image"]
@@ -70,8 +71,6 @@ def _hybrid_warning(table: list[mbr.MbrEntry]) -> list[str]:
 
 def _bare_filesystem_hint(src: ImageSource) -> str:
     """A common mistake is passing one partition's filesystem instead of the whole-disk image."""
-    from ..fs.probe import probe_bytes
-
     fs = probe_bytes(src.read(0, min(src.size, 65536), "the first sectors"))
     if fs.type in ("empty", "unknown"):
         return ""

@@ -19,7 +19,6 @@ SECTOR_SIZES = (512, 4096)
 MAX_ENTRY_ARRAY = 1 << 20  # 1 MiB: real tables use 16 KiB; more is garbage, not a table
 _HEADER = struct.Struct("<8sIIII QQQQ 16s QIII")
 _ENTRY = struct.Struct("<16s16sQQQ72s")
-ESP_GUID = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 
 
 class _Bad(Exception):

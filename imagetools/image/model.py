@@ -34,6 +34,3 @@ class DiskImage:
     partitions: list[Partition]
     warnings: list[str] = field(default_factory=list)
     extended: list[Partition] = field(default_factory=list)
-
-    def partition(self, number: int) -> Partition | None:
-        return next((p for p in self.partitions if p.number == number), None)

@@ -12,7 +12,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 
-from ..errors import ImageFormatError
+from ..errors import ImageFormatError, from_oserror
 
 PROBE_BYTES = 65536  # covers the ext superblock, FAT boot sector and swap headers up to 64 KiB pages
 
@@ -32,12 +32,12 @@ def probe(path: str | os.PathLike, offset: int, size: int) -> FsInfo:
     try:
         fd = os.open(os.fspath(path), os.O_RDONLY)
     except OSError as exc:
-        raise ImageFormatError(f"cannot open {os.fspath(path)}: {exc.strerror or exc}") from exc
+        raise from_oserror(exc, f"cannot open {os.fspath(path)}", ImageFormatError) from exc
     try:
         data = os.pread(fd, min(max(size, 0), PROBE_BYTES), offset)
     except OSError as exc:
-        raise ImageFormatError(
-            f"{os.fspath(path)}: cannot read at byte {offset}: {exc.strerror}") from exc
+        raise from_oserror(exc, f"{os.fspath(path)}: cannot read at byte {offset}",
+                           ImageFormatError) from exc
     finally:
         os.close(fd)
     return probe_bytes(data)

@@ -9,7 +9,7 @@ import errno
 import os
 import stat
 
-from ..errors import EnvironmentProblem, ImageFormatError
+from ..errors import ImageFormatError, from_oserror
 
 
 class ImageSource:
@@ -43,7 +43,7 @@ class ImageSource:
             try:
                 chunk = os.pread(self.fd, length - done, offset + done)
             except OSError as exc:
-                raise ImageFormatError(f"{self.path}: cannot read {what}: {exc.strerror}") from exc
+                raise from_oserror(exc, f"{self.path}: cannot read {what}", ImageFormatError) from exc
             if not chunk:
                 raise ImageFormatError(f"{self.path}: {what} is cut off: the image is truncated")
             chunks.append(chunk)
@@ -61,8 +61,6 @@ class ImageSource:
 
 
 def _open_error(path: str, exc: OSError) -> Exception:
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return EnvironmentProblem(f"cannot open {path}: permission denied (run with access to it)")
     if exc.errno == errno.ENOENT:
         return ImageFormatError(f"{path}: no such file")
-    return ImageFormatError(f"cannot open {path}: {exc.strerror or exc}")
+    return from_oserror(exc, f"cannot open {path}", ImageFormatError)

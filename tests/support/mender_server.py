@@ -1,8 +1,9 @@
 """A small Mender Server for tests: deviceauth v2, useradm login, legacy admission v1.
 
-It follows the OpenAPI documents in shared/reference/mender-api (and tests/mender_admission_v1.yaml
-for the legacy API): every request and every response is validated with openapi-core, and each
-violation is recorded in `violations` — the `mender` fixtures fail the test when it is not empty.
+It follows the OpenAPI documents in shared/reference/mender-api (and
+fixtures/mender-api/admission_v1.yaml for the legacy API): every request and every response is
+validated with openapi-core, and each violation is recorded in `violations` — the `mender`
+fixtures fail the test when it is not empty.
 
 Answers the real gateway gives but the service specs do not list (401 from the auth check, 429
 from the rate limiter, 503) are checked against the common Error schema instead.
@@ -39,14 +40,15 @@ from openapi_core.templating.responses.exceptions import ResponseNotFound
 from openapi_core.testing import MockRequest, MockResponse
 from openapi_core.validation.request.exceptions import SecurityValidationError
 
+ROOT = Path(__file__).resolve().parents[2]
 # The Mender OpenAPI documents live in shared/ beside the repository checkout (override with
 # MENDER_API_SPECS); without them the server cannot validate traffic, so that is an error.
 REFERENCE = Path(os.environ.get("MENDER_API_SPECS")
-                 or Path(__file__).resolve().parents[2] / "shared" / "reference" / "mender-api")
+                 or ROOT.parent / "shared" / "reference" / "mender-api")
 if not (REFERENCE / "deviceauth" / "management_v2.yaml").is_file():
     raise RuntimeError(f"Mender OpenAPI specs not found at {REFERENCE}: put shared/ beside the "
                        "repository or set MENDER_API_SPECS")
-LEGACY_SPEC = Path(__file__).with_name("mender_admission_v1.yaml")
+LEGACY_SPEC = ROOT / "fixtures" / "mender-api" / "admission_v1.yaml"
 
 DEVICES = "/api/management/v2/devauth/devices"
 ADMISSION = "/api/management/v1/admission/devices"

@@ -17,9 +17,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .errors import FilesystemError, LayoutError, ToolMissingError, UsageError
-from .fs.base import normalize
-from .tools import find_tool
+from ..errors import FilesystemError, LayoutError, ToolMissingError, UsageError
+from ..fs.base import normalize
+from ..mender import BOOT_MOUNTS, DATA_MOUNT
+from ..tools import find_tool
 
 SUFFIXES = (".sdimg", ".uefiimg", ".img")
 TIMEOUT = 3600
@@ -104,7 +105,7 @@ class MenderArtifact:
 
     def mkdir(self, path: str) -> None:
         """`install -d`: creates missing parents too, and accepts an existing directory."""
-        if normalize(path) in ("/", "/data", "/uboot", "/boot/efi", "/boot/grub"):
+        if normalize(path) in ("/", DATA_MOUNT, *BOOT_MOUNTS):
             return
         self._run("install", "-d", self._target(path), what=f"create directory {path}")
 

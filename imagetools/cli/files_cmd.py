@@ -12,6 +12,7 @@ import click
 from .. import files
 from ..errors import UsageError
 from ..fs import Entry, NotFoundError
+from ..mender import BACKENDS, NATIVE
 from ..paths import parse_image_path, require_image_path
 from .base import main, print_json, print_table, warn
 from .options import layout_options
@@ -20,7 +21,7 @@ from .text import escape
 _TYPE_BITS = {"file": stat_mod.S_IFREG, "dir": stat_mod.S_IFDIR, "symlink": stat_mod.S_IFLNK, "other": 0}
 
 backend_option = click.option(
-    "--backend", type=click.Choice(files.BACKENDS), default="native", show_default=True,
+    "--backend", type=click.Choice(BACKENDS), default=NATIVE, show_default=True,
     help="native edits partitions in place; mender-artifact runs the reference tool (slow, "
          "exactly 4 partitions).")
 partition_option = click.option(

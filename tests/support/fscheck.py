@@ -1,6 +1,6 @@
 """Filesystem integrity as the real checkers judge it, for any partition the tests write.
 
-ext is checked in place by imagetools.fs.fsck (e2fsck -fn at an offset). fsck.vfat cannot start at
+ext is checked in place by PartInfo.fsck (e2fsck -fn at an offset). fsck.vfat cannot start at
 an offset, so the test copies just that partition's range to a scratch file: fine in a test, and
 the reason the library itself offers no FAT check.
 """
@@ -10,13 +10,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from imagetools.fs import EXT_TYPES, fsck as ext_fsck
+from imagetools.fs import EXT_TYPES
 from imagetools.layout import PartInfo
 
 
 def fsck(img: Path, part: PartInfo, scratch: Path | None = None) -> tuple[bool, str]:
     if part.fs.type in EXT_TYPES:
-        return ext_fsck(img, part)
+        return part.fsck(img)
     scratch = scratch or Path(f"{img}.p{part.partition.number}.vfat")
     try:
         subprocess.run(["dd", f"if={img}", f"of={scratch}", "bs=512", "conv=sparse", "status=none",

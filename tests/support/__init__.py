@@ -1,0 +1,1 @@
+"""Helpers the tests share (not tests themselves): table builders, fsck, a Mender Server, fixtures."""
