@@ -18,7 +18,7 @@ from .fs import lock
 from .layout import PartInfo, open_layout
 from .mender import BACKENDS, DATA_MOUNT, NATIVE
 from .sparse import copy_sparse, remove_quietly
-from .verify import DEFAULT_KEY_PATH, data_path, link_checks
+from .verify import DEFAULT_KEY_PATH, Status, data_path, link_checks
 
 KEY_MODE = 0o600
 DIR_MODE = 0o755
@@ -73,7 +73,7 @@ def _inject(image: Path, key_pem: bytes, key_rel: str, backend: str,
         else:
             _write_mender_artifact(image, layout, data, key_pem, key_rel)
             _read_back(str(image), data, key_pem, key_rel)
-    result.warnings += [f"{c.name}: {c.detail}" for c in link_checks(str(image), layout) if c.status == "fail"]
+    result.warnings += [f"{c.name}: {c.detail}" for c in link_checks(str(image), layout) if c.status == Status.FAIL]
     return result
 
 

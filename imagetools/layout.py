@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
 
 from .errors import LayoutError
 from .fs import EXT_TYPES as EXT, Filesystem, fsck, open_filesystem
@@ -19,8 +21,17 @@ from .mender import (ESP_GUID, FAT_GUIDS, LINUX_GUIDS, MBR_FAT_TYPES, MBR_LINUX_
                      SWAP_GUID)
 from .image import DiskImage, Partition, read_image
 
-ROLES = ("boot", "rootfs-a", "rootfs-b", "swap", "data", "extra")
-OVERRIDABLE = ("boot", "rootfs-a", "rootfs-b", "data")
+class Role(StrEnum):
+    BOOT = "boot"
+    ROOTFS_A = "rootfs-a"
+    ROOTFS_B = "rootfs-b"
+    SWAP = "swap"
+    DATA = "data"
+    EXTRA = "extra"    # anything else: left alone
+
+
+ROLES = tuple(Role)
+OVERRIDABLE = (Role.BOOT, Role.ROOTFS_A, Role.ROOTFS_B, Role.DATA)
 
 ROOTFS_A_NAMES = {"primary", "rootfs", "rootfsa", "rootfs-a", "rootfs_a", "root", "roota", "root-a",
                   "root_a"}
@@ -34,8 +45,11 @@ Infos = list[tuple[Partition, FsInfo]]
 class PartInfo:
     partition: Partition
     fs: FsInfo
-    role: str
+    role: Role
     reason: str
+
+    def __post_init__(self) -> None:
+        self.role = Role(self.role)
 
     @property
     def number(self) -> int:
@@ -87,6 +101,22 @@ class Layout:
             raise LayoutError(f"{self.image.path} has no partition {number}; "
                               f"partitions seen: {self.summary()}")
         return found
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `inspect --json` document: byte offsets, one entry per usable partition."""
+        img = self.image
+        return {
+            "image": img.path, "table": img.table, "sector_size": img.sector_size, "size": img.size,
+            "partitions": [{
+                "number": p.number, "start": p.partition.start, "size": p.partition.size,
+                "type": p.partition.type, "name": p.partition.name, "fs": p.fs.type,
+                "label": p.fs.label, "role": p.role, "reason": p.reason, "uuid": p.partition.uuid,
+                "fs_uuid": p.fs.uuid, "logical": p.partition.logical,
+            } for p in self.parts],
+            "extended": [{"number": c.number, "start": c.start, "size": c.size, "type": c.type}
+                         for c in img.extended],
+            "warnings": self.warnings,
+        }
 
     def summary(self) -> str:
         return ", ".join(f"{p.describe()} as {p.role}" for p in self.parts)

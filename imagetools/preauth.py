@@ -13,6 +13,7 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -21,7 +22,15 @@ from .keys import PublicKey, fingerprint, load_public, public_pem, same_key
 from .mender import canonical_identity
 from .server import BadResponse, MenderClient, json_type, read_regular_file
 
-OUTCOMES = ("preauthorized", "already", "conflict", "failed")
+class Outcome(StrEnum):
+    PREAUTHORIZED = "preauthorized"   # 201
+    ALREADY = "already"               # 409, and the server holds our key for the identity
+    CONFLICT = "conflict"             # 409 with another key
+    FAILED = "failed"                 # the server refused this unit
+    DRY_RUN = "dry-run"
+
+
+OUTCOMES = (Outcome.PREAUTHORIZED, Outcome.ALREADY, Outcome.CONFLICT, Outcome.FAILED)
 GOOD_STATUSES = ("preauthorized", "accepted")
 MAX_PREAUTH_BYTES = 256 * 1024 * 1024
 MAX_IDENTITY_BYTES = 1024 * 1024
@@ -217,10 +226,13 @@ class PushResult:
     name: str
     identity: dict[str, str]
     fingerprint: str
-    outcome: str                    # one of OUTCOMES, or "dry-run"
+    outcome: Outcome
     detail: str = ""
     device_id: str | None = None
     device_status: str | None = None
+
+    def __post_init__(self) -> None:
+        self.outcome = Outcome(self.outcome)
 
     def to_dict(self) -> dict:
         return asdict(self)

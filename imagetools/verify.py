@@ -11,6 +11,7 @@ from __future__ import annotations
 import posixpath
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,17 @@ FSCK = "e2fsck -fn clean on data"
 CHECK_NAMES = (TABLE, DATA, PRESENT, PARSES, ACCEPTABLE, MATCHES, MODE, OWNER, LINK_A, LINK_B, FSCK)
 
 
+class Status(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    WARN = "warn"   # worth a look, not a reason to fail (an empty rootfs B)
+    SKIP = "skip"   # could not be checked (no key, --no-fsck)
+
+
 @dataclass
 class Check:
     name: str
-    status: str  # "pass" | "fail" | "warn" | "skip"
+    status: Status
     detail: str
 
 
@@ -61,7 +69,7 @@ class VerifyReport:
 
     @property
     def failed(self) -> list[Check]:
-        return [c for c in self.checks if c.status == "fail"]
+        return [c for c in self.checks if c.status == Status.FAIL]
 
     def check(self, name: str) -> Check:
         return next(c for c in self.checks if c.name == name)
@@ -70,7 +78,7 @@ class VerifyReport:
         return {"target": self.target, "ok": self.ok, "fingerprint": self.fingerprint,
                 "key_type": self.key_type, "checks": [asdict(c) for c in self.checks]}
 
-    def add(self, name: str, status: str, detail: str) -> None:
+    def add(self, name: str, status: Status, detail: str) -> None:
         self.checks.append(Check(name, status, detail))
 
     def replace(self, check: Check) -> None:
@@ -175,7 +183,7 @@ def _expected(expected: keys.PublicKey | bytes | None, fingerprint: str | None) 
 
 def _skip(report: VerifyReport, names: tuple[str, ...], why: str) -> None:
     for name in names:
-        report.add(name, "skip", why)
+        report.add(name, Status.SKIP, why)
 
 
 def _check_table(report: VerifyReport, image, layout: Layout) -> None:
@@ -185,43 +193,43 @@ def _check_table(report: VerifyReport, image, layout: Layout) -> None:
     summary = f"{image.table.upper()}, {len(image.partitions)} partitions"
     warnings = image.warnings + layout.oversized
     if warnings:
-        report.add(TABLE, "warn", f"{summary}; " + "; ".join(warnings))
+        report.add(TABLE, Status.WARN, f"{summary}; " + "; ".join(warnings))
     else:
-        report.add(TABLE, "pass", summary)
+        report.add(TABLE, Status.PASS, summary)
 
 
 def _check_data(report: VerifyReport, layout: Layout, data: PartInfo | None):
     if data is None:
-        report.add(DATA, "fail", f"no data partition (choose one with --data-partition N); "
+        report.add(DATA, Status.FAIL, f"no data partition (choose one with --data-partition N); "
                                  f"partitions seen: {layout.summary() or 'none'}")
         return None
     where = f"partition {data.describe()}"
     try:
         fs = data.open(layout.image.path)
     except FilesystemError as exc:
-        report.add(DATA, "fail", f"{where}: cannot read it: {exc}")
+        report.add(DATA, Status.FAIL, f"{where}: cannot read it: {exc}")
         return None
-    report.add(DATA, "pass", f"{where} ({data.reason})")
+    report.add(DATA, Status.PASS, f"{where} ({data.reason})")
     return fs
 
 
 def _check_present(report: VerifyReport, fs, key_rel: str, shown: str):
     try:
         if not fs.exists(key_rel):
-            report.add(PRESENT, "fail", f"no file at {shown}: the client would generate a new key")
+            report.add(PRESENT, Status.FAIL, f"no file at {shown}: the client would generate a new key")
             return None
         entry = fs.stat(key_rel)
     except FilesystemError as exc:
-        report.add(PRESENT, "fail", f"{shown}: {exc}")
+        report.add(PRESENT, Status.FAIL, f"{shown}: {exc}")
         return None
     if entry.type != "file":
         what = f"a symlink to {entry.target}" if entry.type == "symlink" else f"a {entry.type}"
-        report.add(PRESENT, "fail", f"{shown} is {what}, not a regular file")
+        report.add(PRESENT, Status.FAIL, f"{shown} is {what}, not a regular file")
         return None
     if entry.size == 0:
-        report.add(PRESENT, "fail", f"{shown} is empty")
+        report.add(PRESENT, Status.FAIL, f"{shown} is empty")
         return None
-    report.add(PRESENT, "pass", f"{shown} ({entry.size} bytes)")
+    report.add(PRESENT, Status.PASS, f"{shown} ({entry.size} bytes)")
     return entry
 
 
@@ -238,9 +246,9 @@ def _check_parses(report: VerifyReport, fs, key_rel: str):
     try:
         key = keys.load_private(read_key_in_image(fs, key_rel), "key in image")
     except (KeyMaterialError, FilesystemError) as exc:
-        report.add(PARSES, "fail", str(exc))
+        report.add(PARSES, Status.FAIL, str(exc))
         return None
-    report.add(PARSES, "pass", f"{keys.describe(key)}, unencrypted")
+    report.add(PARSES, Status.PASS, f"{keys.describe(key)}, unencrypted")
     return key
 
 
@@ -248,58 +256,58 @@ def _check_acceptable(report: VerifyReport, key) -> None:
     try:
         keys.check_acceptable(key, "key in image")
     except KeyMaterialError as exc:
-        report.add(ACCEPTABLE, "fail", str(exc))
+        report.add(ACCEPTABLE, Status.FAIL, str(exc))
         return
-    report.add(ACCEPTABLE, "pass", keys.describe(key))
+    report.add(ACCEPTABLE, Status.PASS, keys.describe(key))
 
 
 def _check_matches(report: VerifyReport, key, want: str | None, problem: str | None) -> None:
     have = keys.fingerprint(key)
     if problem:
         same = "matches it" if have == want else "does not match it either"
-        report.add(MATCHES, "fail", f"{problem} (the key in the image {same})")
+        report.add(MATCHES, Status.FAIL, f"{problem} (the key in the image {same})")
     elif want is None:
-        report.add(MATCHES, "skip", f"no expected key given; image key SHA256 {have}")
+        report.add(MATCHES, Status.SKIP, f"no expected key given; image key SHA256 {have}")
     elif have == want:
-        report.add(MATCHES, "pass", f"SHA256 {have}")
+        report.add(MATCHES, Status.PASS, f"SHA256 {have}")
     else:
-        report.add(MATCHES, "fail", f"image key SHA256 {have}, expected {want}")
+        report.add(MATCHES, Status.FAIL, f"image key SHA256 {have}, expected {want}")
 
 
 def _check_mode_owner(report: VerifyReport, entry) -> None:
     if entry.mode == 0o600:
-        report.add(MODE, "pass", "0600")
+        report.add(MODE, Status.PASS, "0600")
     else:
         hint = " (mender-artifact -m 600 is decimal; use -m 0600)" if entry.mode == 0o130 else ""
-        report.add(MODE, "fail", f"{entry.mode:04o}, expected 0600{hint}")
+        report.add(MODE, Status.FAIL, f"{entry.mode:04o}, expected 0600{hint}")
     if (entry.uid, entry.gid) == (0, 0):
-        report.add(OWNER, "pass", "0:0")
+        report.add(OWNER, Status.PASS, "0:0")
     else:
-        report.add(OWNER, "fail", f"{entry.uid}:{entry.gid}, expected 0:0 (root)")
+        report.add(OWNER, Status.FAIL, f"{entry.uid}:{entry.gid}, expected 0:0 (root)")
 
 
-def _link_status(target: str, part: PartInfo | None, role: str) -> tuple[str, str]:
+def _link_status(target: str, part: PartInfo | None, role: str) -> tuple[Status, str]:
     label = "rootfs " + role[-1].upper()
     if part is None:
-        return ("warn" if role == "rootfs-b" else "fail"), f"no {label} partition found"
+        return (Status.WARN if role == "rootfs-b" else Status.FAIL), f"no {label} partition found"
     if part.fs.type not in EXT_TYPES:
         if role == "rootfs-b" and part.fs.type == "empty":
-            return "warn", f"{label} has no filesystem yet (filled by the first update)"
-        return "warn", f"{label} (partition {part.partition.number}) is {part.fs.type}: link not checked"
+            return Status.WARN, f"{label} has no filesystem yet (filled by the first update)"
+        return Status.WARN, f"{label} (partition {part.partition.number}) is {part.fs.type}: link not checked"
     want = DATA_DATASTORE
     try:
         with part.open(target) as fs:
             if role == "rootfs-b" and not [e for e in fs.list("/") if e.name not in ("lost+found", ".", "..")]:
-                return "warn", f"{label} is empty (filled by the first update); not checked"
+                return Status.WARN, f"{label} is empty (filled by the first update); not checked"
             resolved, chain = resolve_on_rootfs(fs, CLIENT_KEY_DIR)
     except FilesystemError as exc:
-        return "fail", f"{exc}: the client would not find the key ({CLIENT_KEY_DIR} must link to {want})"
+        return Status.FAIL, f"{exc}: the client would not find the key ({CLIENT_KEY_DIR} must link to {want})"
     if resolved == want:
-        return "pass", ", ".join(chain) + " (the data partition's mender/)"
+        return Status.PASS, ", ".join(chain) + " (the data partition's mender/)"
     if not chain:
-        return "fail", (f"{CLIENT_KEY_DIR} is a directory on {label}, not a link to {want}: "
+        return Status.FAIL, (f"{CLIENT_KEY_DIR} is a directory on {label}, not a link to {want}: "
                         f"the client would not find the key")
-    return "fail", ", ".join(chain) + f" resolves to {resolved}, not {want}: the client would not find the key"
+    return Status.FAIL, ", ".join(chain) + f" resolves to {resolved}, not {want}: the client would not find the key"
 
 
 def resolve_on_rootfs(fs, path: str, max_links: int = 40) -> tuple[str, list[str]]:
@@ -340,9 +348,9 @@ def resolve_on_rootfs(fs, path: str, max_links: int = 40) -> tuple[str, list[str
 
 def _check_fsck(report: VerifyReport, target: str, data: PartInfo | None, run: bool) -> None:
     if not run:
-        report.add(FSCK, "skip", "skipped (--no-fsck)")
+        report.add(FSCK, Status.SKIP, "skipped (--no-fsck)")
     elif data is None:
-        report.add(FSCK, "skip", "no data partition")
+        report.add(FSCK, Status.SKIP, "no data partition")
     else:
         report.checks.append(fsck_check(target, data))
 
@@ -353,8 +361,8 @@ def fsck_check(target: str | Path, data: PartInfo) -> Check:
     try:
         clean, output = data.fsck(target)
     except FilesystemError as exc:
-        return Check(FSCK, "fail", str(exc))
+        return Check(FSCK, Status.FAIL, str(exc))
     if clean:
-        return Check(FSCK, "pass", "clean")
+        return Check(FSCK, Status.PASS, "clean")
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    return Check(FSCK, "fail", "errors found: " + "; ".join(lines[:4])[:300])
+    return Check(FSCK, Status.FAIL, "errors found: " + "; ".join(lines[:4])[:300])

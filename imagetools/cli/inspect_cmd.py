@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ..layout import Layout, PartInfo, open_layout
+from ..layout import PartInfo, open_layout
 from ..mender import GPT_TYPE_NAMES, MBR_TYPE_NAMES
 from ..units import human_size
 from .base import echo, main, print_json, print_table, warn
@@ -28,7 +28,7 @@ def inspect(image: str, as_json: bool, overrides: dict[str, int]) -> None:
     for message in layout.warnings:
         warn(message)
     if as_json:
-        print_json(to_dict(layout))
+        print_json(layout.to_dict())
         return
     img = layout.image
     echo(f"{img.path}: {img.table.upper()}, {img.sector_size}-byte sectors, "
@@ -38,26 +38,6 @@ def inspect(image: str, as_json: bool, overrides: dict[str, int]) -> None:
               "container of the logical partitions"] for c in img.extended]
     rows.sort(key=lambda r: int(r[0]))
     print_table(["#", "START", "SIZE", "TYPE", "FS", "LABEL", "ROLE", "REASON"], rows)
-
-
-def to_dict(layout: Layout) -> dict[str, Any]:
-    """The --json document: byte offsets, one entry per usable partition."""
-    img = layout.image
-    return {
-        "image": img.path,
-        "table": img.table,
-        "sector_size": img.sector_size,
-        "size": img.size,
-        "partitions": [{
-            "number": p.number, "start": p.partition.start, "size": p.partition.size,
-            "type": p.partition.type, "name": p.partition.name, "fs": p.fs.type, "label": p.fs.label,
-            "role": p.role, "reason": p.reason, "uuid": p.partition.uuid, "fs_uuid": p.fs.uuid,
-            "logical": p.partition.logical,
-        } for p in layout.parts],
-        "extended": [{"number": c.number, "start": c.start, "size": c.size, "type": c.type}
-                     for c in img.extended],
-        "warnings": layout.warnings,
-    }
 
 
 def _row(p: PartInfo) -> list[Any]:

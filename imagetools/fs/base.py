@@ -12,6 +12,7 @@ import os
 import posixpath
 import stat as stat_mod
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 from ..errors import EnvironmentProblem, FilesystemError, ImageFormatError, from_oserror
@@ -22,17 +23,27 @@ _FORBIDDEN = ('"', "\n", "\r", "\0")
 MAX_NAME_BYTES = 255  # one name in a directory: ext2/3/4's limit (FAT's is lower)
 
 
+class EntryType(StrEnum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    OTHER = "other"   # device, FIFO, socket
+
+
 @dataclass(frozen=True)
 class Entry:
     path: str            # absolute path inside the partition
     name: str
-    type: str            # "file" | "dir" | "symlink" | "other"
+    type: EntryType
     mode: int            # permission bits only (e.g. 0o600), plus setuid/setgid/sticky
     uid: int
     gid: int
     size: int
     target: str | None = None   # symlink target
     inode: int | None = field(default=None, compare=False)  # ext: to address it without its name
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "type", EntryType(self.type))
 
     def to_dict(self) -> dict:
         return {"path": self.path, "name": self.name, "type": self.type,

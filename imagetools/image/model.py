@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 
 @dataclass(frozen=True)
@@ -23,14 +24,22 @@ class Partition:
         return self.start + self.size
 
 
+class TableType(StrEnum):
+    MBR = "mbr"
+    GPT = "gpt"
+
+
 @dataclass
 class DiskImage:
     """A parsed partition table. `extended` holds MBR extended containers (not usable partitions)."""
 
     path: str
-    table: str  # "mbr" | "gpt"
+    table: TableType
     sector_size: int
     size: int  # bytes (file size or block device size)
     partitions: list[Partition]
     warnings: list[str] = field(default_factory=list)
     extended: list[Partition] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.table = TableType(self.table)

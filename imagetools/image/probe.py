@@ -11,20 +11,35 @@ import os
 import struct
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 
 from ..errors import ImageFormatError, from_oserror
 
 PROBE_BYTES = 65536  # covers the ext superblock, FAT boot sector and swap headers up to 64 KiB pages
 
 
+class FsType(StrEnum):
+    EXT2 = "ext2"
+    EXT3 = "ext3"
+    EXT4 = "ext4"
+    VFAT = "vfat"
+    SWAP = "swap"
+    SQUASHFS = "squashfs"
+    EMPTY = "empty"      # all zeros: e.g. a never-formatted rootfs B
+    UNKNOWN = "unknown"
+
+
 @dataclass(frozen=True)
 class FsInfo:
-    type: str  # "ext2"|"ext3"|"ext4"|"vfat"|"swap"|"squashfs"|"empty"|"unknown"
+    type: FsType
     label: str = ""
     uuid: str = ""
     features: tuple[str, ...] = ()
     block_size: int = 0
     size: int = 0  # bytes the filesystem says it spans (ext, FAT); 0 when unknown
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "type", FsType(self.type))
 
 
 def probe(path: str | os.PathLike, offset: int, size: int) -> FsInfo:
