@@ -16,10 +16,10 @@ from typing import Any
 
 from .errors import LayoutError
 from .fs import EXT_TYPES as EXT, Filesystem, fsck, open_filesystem
-from .image.probe import FsInfo, probe
+from .image.probe import FsInfo, probe_source
 from .mender import (ESP_GUID, FAT_GUIDS, LINUX_GUIDS, MBR_FAT_TYPES, MBR_LINUX_TYPES, MBR_SWAP_TYPE,
                      SWAP_GUID)
-from .image import DiskImage, Partition, read_image
+from .image import DiskImage, ImageSource, Partition, read_image
 
 class Role(StrEnum):
     BOOT = "boot"
@@ -156,13 +156,19 @@ class Layout:
 
 
 def open_layout(path: str | os.PathLike, overrides: dict[str, int] | None = None) -> Layout:
-    """Read the partition table of `path` and assign roles."""
-    return detect_layout(read_image(path), overrides)
+    """Read the partition table of `path` and assign roles (the image is opened once)."""
+    with ImageSource(path) as src:
+        return detect_layout(read_image(src), overrides, src)
 
 
-def detect_layout(image: DiskImage, overrides: dict[str, int] | None = None) -> Layout:
-    """Probe every partition's filesystem and assign Mender roles (see the module docstring)."""
-    infos = [(p, probe(image.path, p.start, p.size)) for p in image.partitions]
+def detect_layout(image: DiskImage, overrides: dict[str, int] | None = None,
+                  source: ImageSource | None = None) -> Layout:
+    """Probe every partition's filesystem (through `source` when the caller has the image open)
+    and assign Mender roles (see the module docstring)."""
+    if source is None:
+        with ImageSource(image.path) as src:
+            return detect_layout(image, overrides, src)
+    infos = [(p, probe_source(source, p.start, p.size)) for p in image.partitions]
     roles: Roles = {}
     _apply_overrides(image, infos, overrides or {}, roles)
     _assign_boot_and_swap(infos, roles)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from . import keys
 from .errors import FilesystemError, KeyMaterialError, UsageError
 from .fs import EXT_TYPES
-from .image import read_image
+from .image import ImageSource, read_image
 from .layout import Layout, PartInfo, detect_layout
 from .mender import DATA_DATASTORE, DATA_MOUNT, DATASTORE, KEY_PATH
 
@@ -113,8 +113,9 @@ def verify_image(target: str | Path, *, expected: keys.PublicKey | bytes | None 
     key_rel = data_path(path)
     want_fp, want_problem = _expected(expected, expected_fingerprint)
     report = VerifyReport(target)
-    image = read_image(target)
-    layout = detect_layout(image, overrides)
+    with ImageSource(target) as src:
+        image = read_image(src)
+        layout = detect_layout(image, overrides, src)
     _check_table(report, image, layout)
     data = layout.find("data")
     with ExitStack() as stack:

@@ -15,21 +15,24 @@ from .model import DiskImage, Partition
 from .probe import probe_bytes
 from .source import ImageSource
 
-__all__ = ["DiskImage", "Partition", "read_image"]
+__all__ = ["DiskImage", "ImageSource", "Partition", "read_image"]
 
 
-def read_image(path: str | os.PathLike) -> DiskImage:
-    """Parse the partition table of `path`; never writes, never reads partition contents."""
-    with ImageSource(path) as src:
-        if src.size < mbr.SECTOR:
-            what = "empty (0 bytes)" if src.size == 0 else f"only {src.size} byte" + "s" * (src.size > 1)
-            raise ImageFormatError(
-                f"{src.path} is {what}: a disk image starts with a 512-byte partition table; "
-                "check that the file was copied completely")
-        image = _parse(src)
-        _check_bounds(image)
-        _check_overlaps(image)
-        return image
+def read_image(image: str | os.PathLike | ImageSource) -> DiskImage:
+    """Parse the partition table of a path (opened and closed here) or of an ImageSource the
+    caller keeps open; never writes, never reads partition contents."""
+    if not isinstance(image, ImageSource):
+        with ImageSource(image) as src:
+            return read_image(src)
+    if image.size < mbr.SECTOR:
+        what = "empty (0 bytes)" if image.size == 0 else f"only {image.size} byte" + "s" * (image.size > 1)
+        raise ImageFormatError(
+            f"{image.path} is {what}: a disk image starts with a 512-byte partition table; "
+            "check that the file was copied completely")
+    disk = _parse(image)
+    _check_bounds(disk)
+    _check_overlaps(disk)
+    return disk
 
 
 def _parse(src: ImageSource) -> DiskImage:

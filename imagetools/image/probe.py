@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from ..errors import ImageFormatError, from_oserror
+from .source import ImageSource
 
 PROBE_BYTES = 65536  # covers the ext superblock, FAT boot sector and swap headers up to 64 KiB pages
 
@@ -40,6 +41,12 @@ class FsInfo:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "type", FsType(self.type))
+
+
+def probe_source(src: ImageSource, offset: int, size: int) -> FsInfo:
+    """Probe the `size`-byte region at `offset` of an image already open (read-only)."""
+    length = min(max(size, 0), PROBE_BYTES, max(src.size - offset, 0))
+    return probe_bytes(src.read(offset, length, f"the filesystem at byte {offset}"))
 
 
 def probe(path: str | os.PathLike, offset: int, size: int) -> FsInfo:
