@@ -20,6 +20,7 @@ from typing import NoReturn
 
 from . import keys
 from .errors import DeviceListError, ImageToolsError
+from .mender import canonical_identity
 
 RESERVED_COLUMNS = ("name", "key")
 # JSON objects may also hold the identity in an `identity_data` object (preauth.json's form).
@@ -110,10 +111,6 @@ def derive_name(identity: dict[str, str]) -> str:
 def identity_digest(identity: dict[str, str]) -> str:
     """Order-independent digest of an identity (the server sorts identity keys too)."""
     return hashlib.sha256(canonical_identity(identity).encode()).hexdigest()
-
-
-def canonical_identity(identity: dict[str, str]) -> str:
-    return json.dumps(identity, sort_keys=True, separators=(",", ":"))
 
 
 def check_name(name: str) -> str | None:
