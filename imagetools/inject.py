@@ -7,17 +7,17 @@ image is a reflink/sparse copy made under a temporary name and renamed only once
 
 from __future__ import annotations
 
-import os
 import posixpath
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import keys
+from .atomic import replace_when_done
 from .errors import FilesystemError, UsageError
 from .fs import lock
 from .layout import PartInfo, open_layout
 from .mender import BACKENDS, DATA_MOUNT, NATIVE
-from .sparse import copy_sparse, remove_quietly
+from .sparse import copy_sparse
 from .verify import DEFAULT_KEY_PATH, Status, data_path, link_checks
 
 KEY_MODE = 0o600
@@ -33,12 +33,13 @@ class InjectResult:
 
 
 def inject_key(image: str | Path, key_pem: bytes, *, out: str | Path | None = None,
-               path: str = DEFAULT_KEY_PATH, backend: str = NATIVE,
-               overrides: dict[str, int] | None = None) -> InjectResult:
+               force: bool = False, path: str = DEFAULT_KEY_PATH, backend: str = NATIVE,
+               overrides: dict[str, int] | None = None, key_source: str = "private key") -> InjectResult:
     """Write `key_pem` (as given: PKCS#1, SEC1 or PKCS#8 PEM) to `path` on the data partition,
-    mode 0600, owner 0:0, creating its directory and replacing an existing key."""
-    key = keys.load_private(key_pem, "private key")
-    keys.check_acceptable(key, "private key")
+    mode 0600, owner 0:0, creating its directory and replacing an existing key. An existing `out`
+    is replaced only with force. `key_source` names the key in errors (e.g. its file)."""
+    key = keys.load_private(key_pem, key_source)
+    keys.check_acceptable(key, key_source)
     key_rel = data_path(path)
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
@@ -50,16 +51,9 @@ def inject_key(image: str | Path, key_pem: bytes, *, out: str | Path | None = No
         raise UsageError(f"--out {out} is the input image; omit --out to edit in place")
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: directory {out.parent} does not exist")
-    # Keep the suffix: mender-artifact only accepts .sdimg/.uefiimg/.img names.
-    tmp = out.with_name(f".{out.stem}.partial-{os.getpid()}{out.suffix}")
-    try:
+    with replace_when_done(out, mode=0o600, exclusive=not force) as tmp:  # the image holds a key
         copy_sparse(image, tmp)
         _inject(tmp, key_pem, key_rel, backend, overrides, result)
-        _fsync(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        remove_quietly(tmp)
-        raise
     return replace(result, image=str(out))
 
 
@@ -106,11 +100,3 @@ def _read_back(image: str, data, key_pem: bytes, key_rel: str) -> None:
         raise FilesystemError(
             f"{image}: the key read back from /data{key_rel} differs from what was written "
             f"(mode {entry.mode:04o}, owner {entry.uid}:{entry.gid}, {entry.size} bytes)")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -24,6 +24,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from .atomic import write_atomic
 from .errors import EnvironmentProblem, ImageToolsError, KeyMaterialError
 
 PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey]
@@ -370,37 +371,14 @@ def same_key(a: PrivateKey | PublicKey, b: PrivateKey | PublicKey) -> bool:
 
 
 def write_secret(path: str | os.PathLike, data: bytes, force: bool = False, durable: bool = True) -> None:
-    """Create a file 0600 from the first byte (O_EXCL unless force, then replaced atomically).
-
-    durable=False skips the fsync, for callers that publish a whole directory by rename and
-    check it again on resume (emit: an fsync per unit stalls the workers on the journal)."""
-    path = Path(path)
-    target = path.with_name(f".{path.name}.tmp{os.getpid()}") if force else path
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(target, flags, 0o600)
-    except FileExistsError:
-        raise EnvironmentProblem(f"{path} exists; use --force to overwrite") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        if force:
-            os.replace(target, path)
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
+    """A file 0600 from the first byte, complete or absent (an existing one only replaced with
+    force). durable=False skips the fsync, for callers that publish a whole directory by rename
+    and check it again on resume (emit: an fsync per unit stalls the workers on the journal)."""
+    write_atomic(path, data, mode=0o600, exclusive=not force, durable=durable)
 
 
 def write_public(path: str | os.PathLike, data: bytes, force: bool = False) -> None:
-    path = Path(path)
-    if path.exists() and not force:
-        raise EnvironmentProblem(f"{path} exists; use --force to overwrite")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=0o644, exclusive=not force)
 
 
 @dataclass(frozen=True)

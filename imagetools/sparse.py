@@ -135,7 +135,3 @@ def _copy_chunk(fin: int, fout: int, start: int, end: int) -> int:
         return len(data)
     os.pwrite(fout, data, start)
     return len(data)
-
-
-def remove_quietly(path: str | os.PathLike) -> None:
-    Path(path).unlink(missing_ok=True)

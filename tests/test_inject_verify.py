@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from conftest import run_tool
 from imagetools import keys, verify
-from imagetools.errors import ImageFormatError, KeyMaterialError
+from imagetools.errors import EnvironmentProblem, ImageFormatError, KeyMaterialError
 from imagetools.inject import DEFAULT_KEY_PATH, inject_key
 from imagetools.layout import open_layout
 from imagetools.verify import verify_image
@@ -171,6 +171,9 @@ def test_inject_out_refuses_existing_file_without_force(cli, make_image, keyset,
     result = cli("inject", "--key", keyset / "rsa.key", base, "--out", out)
     assert result.returncode == 3 and "--force" in result.stderr
     assert out.read_bytes() == b"precious"
+    with pytest.raises(EnvironmentProblem, match="--force"):  # the library keeps the same policy
+        inject_key(base, (keyset / "rsa.key").read_bytes(), out=out)
+    assert out.read_bytes() == b"precious" and [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
     assert cli("inject", "--key", keyset / "rsa.key", base, "--out", out, "--force").returncode == 0
     assert verify_image(out).ok
 

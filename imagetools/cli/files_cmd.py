@@ -10,6 +10,7 @@ import sys
 import click
 
 from .. import files
+from ..atomic import write_atomic
 from ..errors import UsageError
 from ..fs import Entry, NotFoundError
 from ..mender import BACKENDS, NATIVE
@@ -159,16 +160,18 @@ def _write_stdout(data: bytes) -> None:
 
 
 def _write_host(dest: str, name: str, data: bytes, mode: int) -> None:
-    """Created 0600 first (the content may be a key), then given the image file's mode."""
+    """A regular file gets the image file's mode from its first byte and appears complete or not
+    at all; something else that exists (a FIFO, /dev/null) is written to, never replaced."""
     if dest == "-":
         _write_stdout(data)
         return
     if os.path.isdir(dest):
         dest = os.path.join(dest, name)
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        os.fchmod(fh.fileno(), mode)
+    if os.path.exists(dest) and not os.path.isfile(dest):
+        with open(dest, "wb") as fh:
+            fh.write(data)
+        return
+    write_atomic(dest, data, mode=mode)
 
 
 @main.command("install")

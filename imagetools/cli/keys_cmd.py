@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from .. import keys
-from ..errors import EnvironmentProblem, UsageError, VerifyFailed
-from .base import is_tty, main, print_json, print_table, warn
+from ..errors import UsageError, VerifyFailed
+from .base import echo, is_tty, main, print_json, print_table, warn
 from .options import layout_options
 from .server_options import server_key_options
 
@@ -105,19 +105,17 @@ def inject(key_file: Path, image: Path, out: Path | None, force: bool, key_path:
     """
     from ..inject import inject_key
 
-    if out is not None and out.exists() and not force:
-        raise EnvironmentProblem(f"{out} exists; use --force to replace it")
     key_pem = keys.read_key_bytes(key_file, "private key")
-    keys.check_acceptable(keys.load_private(key_pem, str(key_file)), str(key_file))
-    result = inject_key(image, key_pem, out=out, path=key_path, backend=backend, overrides=overrides or None)
+    result = inject_key(image, key_pem, out=out, force=force, path=key_path, backend=backend,
+                        overrides=overrides or None, key_source=str(key_file))
     for message in result.warnings:
         warn(message)
     if as_json:
         print_json({"image": result.image, "path": key_path, "fingerprint": result.fingerprint,
                     "key_type": result.key_type, "warnings": result.warnings})
         return
-    click.echo(f"injected {result.key_type} key into {result.image}:{key_path} (mode 0600, owner 0:0)")
-    click.echo(f"fingerprint SHA256 {result.fingerprint}")
+    echo(f"injected {result.key_type} key into {result.image}:{key_path} (mode 0600, owner 0:0)")
+    echo(f"fingerprint SHA256 {result.fingerprint}")
 
 
 @main.command()
@@ -156,8 +154,9 @@ def verify(target: Path, pubkey: Path | None, expected_fp: str | None, no_fsck: 
     else:
         print_table(["CHECK", "STATUS", "DETAIL"], [(c.name, c.status.upper(), c.detail) for c in report.checks])
         if report.fingerprint:
-            click.echo(f"\nkey {report.key_type}, fingerprint SHA256 {report.fingerprint}")
-        click.echo("verify: " + ("OK" if report.ok else "FAILED"))
+            echo()
+            echo(f"key {report.key_type}, fingerprint SHA256 {report.fingerprint}")
+        echo("verify: " + ("OK" if report.ok else "FAILED"))
     if not report.ok:
         names = ", ".join(c.name for c in report.failed)
         raise VerifyFailed(f"{target}: {len(report.failed)} check(s) failed: {names}")
