@@ -16,7 +16,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from . import keys
 from .errors import DeviceListError, ImageToolsError
@@ -31,6 +31,19 @@ MAX_DEVICE_LIST = 64 * 1024 * 1024
 RESERVED_NAMES = frozenset({"preauth.json", "preauth.csv", "report.json"})
 MAX_NAME = 64
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+# (line, message) for every bad row; line 0 for the list as a whole. Sorted by line at the end.
+Problems = list[tuple[int, str]]
+
+
+class Row(NamedTuple):
+    """One row of the device list as read, before the cross-row checks."""
+
+    line: int
+    name: str      # "" when the row has none (derived later)
+    key: str       # "" when the row lists no key file
+    identity: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -61,7 +74,7 @@ def load_devices(path: str | Path) -> list[Device]:
 def parse_csv(text: str, source: str = "devices.csv", base_dir: Path | None = None) -> list[Device]:
     """CSV with a header row: identity columns, plus optional `name` and `key` columns."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    problems: list[str] = []
+    problems: Problems = []
     rows: list[tuple[int, dict[str, str]]] = []
     header: list[str] | None = None
     line = 1
@@ -76,14 +89,14 @@ def parse_csv(text: str, source: str = "devices.csv", base_dir: Path | None = No
                     break
                 continue
             if len(record) != len(header):
-                problems.append(f"line {start}: {len(record)} fields, the header has {len(header)}")
+                problems.append((start, f"{len(record)} fields, the header has {len(header)}"))
                 continue
             rows.append((start, dict(zip(header, (cell.strip() for cell in record)))))
     except csv.Error as exc:
-        problems.append(f"line {reader.line_num}: bad CSV: {exc}")
+        problems.append((reader.line_num, f"bad CSV: {exc}"))
     if header is None and not problems:
-        problems.append("line 1: empty file; expected a header row such as 'mac' or 'name,mac,key'")
-    entries = [(start, _split_row(values, start, problems)) for start, values in rows]
+        problems.append((1, "empty file; expected a header row such as 'mac' or 'name,mac,key'"))
+    entries = [_split_row(values, start, problems) for start, values in rows]
     return _finish(entries, problems, source, base_dir)
 
 
@@ -91,10 +104,8 @@ def parse_json(text: str, source: str = "devices.json", base_dir: Path | None = 
     """A JSON list of objects: either {"name"?, "key"?, "identity_data": {...}} or flat
     {"name"?, "key"?, attr: value, ...}; `name`, `key` and `identity_data` in any ASCII case.
     Numbers become strings as written (1.10 stays "1.10"); other value types are refused."""
-    problems: list[str] = []
-    entries: list[tuple[int, tuple[str, str, dict[str, str]] | None]] = []
-    for start, item in _json_items(text, problems):
-        entries.append((start, _json_entry(item, start, problems)))
+    problems: Problems = []
+    entries = [_json_entry(item, start, problems) for start, item in _json_items(text, problems)]
     return _finish(entries, problems, source, base_dir)
 
 
@@ -124,7 +135,7 @@ def check_name(name: str) -> str | None:
     return None
 
 
-def _check_header(record: list[str], line: int, problems: list[str]) -> list[str] | None:
+def _check_header(record: list[str], line: int, problems: Problems) -> list[str] | None:
     """The header with `name` and `key` lowercased (they match in any ASCII case, like 'Name')."""
     spelled = [cell.strip() for cell in record]
     header = [_meta_key(col, RESERVED_COLUMNS) or col for col in spelled]
@@ -132,13 +143,13 @@ def _check_header(record: list[str], line: int, problems: list[str]) -> list[str
     for i, col in enumerate(header):
         first = header.index(col)
         if not col:
-            problems.append(f"line {line}: column {i + 1} of the header has no name")
+            problems.append((line, f"column {i + 1} of the header has no name"))
         elif first != i and spelled[first] != spelled[i]:
-            problems.append(f"line {line}: columns {spelled[first]!r} and {spelled[i]!r} both mean {col!r}; keep one")
+            problems.append((line, f"columns {spelled[first]!r} and {spelled[i]!r} both mean {col!r}; keep one"))
         elif first != i:
-            problems.append(f"line {line}: column {col!r} appears twice in the header")
+            problems.append((line, f"column {col!r} appears twice in the header"))
     if not [c for c in header if c not in RESERVED_COLUMNS]:
-        problems.append(f"line {line}: no identity column in the header (only {', '.join(spelled)})")
+        problems.append((line, f"no identity column in the header (only {', '.join(spelled)})"))
     return None if len(problems) > before else header
 
 
@@ -148,13 +159,13 @@ def _meta_key(key: str, names: tuple[str, ...]) -> str | None:
     return lowered if key.isascii() and lowered in names else None
 
 
-def _split_row(values: dict[str, str], line: int, problems: list[str]) -> tuple[str, str, dict[str, str]] | None:
+def _split_row(values: dict[str, str], line: int, problems: Problems) -> Row | None:
     identity = {k: v for k, v in values.items() if k not in RESERVED_COLUMNS}
     empty = [k for k, v in identity.items() if not v]
     if empty:
-        problems.append(f"line {line}: empty identity value for {', '.join(map(repr, empty))}")
+        problems.append((line, f"empty identity value for {', '.join(map(repr, empty))}"))
         return None
-    return values.get("name", ""), values.get("key", ""), identity
+    return Row(line, values.get("name", ""), values.get("key", ""), identity)
 
 
 class _Number(str):
@@ -186,13 +197,13 @@ def _constant(name: str) -> NoReturn:
     raise _NotJSON(f"{name} is not a JSON value")
 
 
-def _json_items(text: str, problems: list[str]):
+def _json_items(text: str, problems: Problems):
     """Top-level list elements with the line each starts on (json has no positions otherwise)."""
     decoder = json.JSONDecoder(object_pairs_hook=_Object, parse_float=_Number, parse_int=_Number,
                                parse_constant=_constant)
     pos = _skip_ws(text, 0)
     if pos >= len(text) or text[pos] != "[":
-        problems.append(f"line {_line_of(text, pos)}: expected a JSON list of device objects")
+        problems.append((_line_of(text, pos), f"expected a JSON list of device objects"))
         return
     pos = _skip_ws(text, pos + 1)
     if pos < len(text) and text[pos] == "]":
@@ -201,13 +212,13 @@ def _json_items(text: str, problems: list[str]):
         try:
             item, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
-            problems.append(f"line {exc.lineno}: bad JSON: {exc.msg}")
+            problems.append((exc.lineno, f"bad JSON: {exc.msg}"))
             return
         except _NotJSON as exc:
-            problems.append(f"line {_line_of(text, pos)}: bad JSON: {exc}")
+            problems.append((_line_of(text, pos), f"bad JSON: {exc}"))
             return
         except RecursionError:
-            problems.append(f"line {_line_of(text, pos)}: bad JSON: nested too deeply")
+            problems.append((_line_of(text, pos), f"bad JSON: nested too deeply"))
             return
         yield _line_of(text, pos), item
         pos = _skip_ws(text, end)
@@ -216,24 +227,24 @@ def _json_items(text: str, problems: list[str]):
             continue
         if pos < len(text) and text[pos] == "]":
             if _skip_ws(text, pos + 1) < len(text):
-                problems.append(f"line {_line_of(text, pos + 1)}: unexpected text after the list")
+                problems.append((_line_of(text, pos + 1), f"unexpected text after the list"))
             return
         if pos >= len(text):
             break
-        problems.append(f"line {_line_of(text, pos)}: expected ',' or ']' in the device list")
+        problems.append((_line_of(text, pos), f"expected ',' or ']' in the device list"))
         return
-    problems.append(f"line {_line_of(text, pos)}: the device list is not closed with ']'")
+    problems.append((_line_of(text, pos), f"the device list is not closed with ']'"))
 
 
-def _json_entry(item: object, line: int, problems: list[str]) -> tuple[str, str, dict[str, str]] | None:
+def _json_entry(item: object, line: int, problems: Problems) -> Row | None:
     if not isinstance(item, _Object):
-        problems.append(f"line {line}: expected an object, got {_json_type(item)}")
+        problems.append((line, f"expected an object, got {_json_type(item)}"))
         return None
     try:
         meta, attrs = _json_fields(item)
-        return meta["name"], meta["key"], _json_identity(attrs)
+        return Row(line, meta["name"], meta["key"], _json_identity(attrs))
     except _RowProblem as exc:
-        problems.append(f"line {line}: {exc}")
+        problems.append((line, f"{exc}"))
         return None
 
 
@@ -294,70 +305,71 @@ def _json_type(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _finish(entries: list[tuple[int, tuple[str, str, dict[str, str]] | None]], problems: list[str],
-            source: str, base_dir: Path | None) -> list[Device]:
+def _finish(entries: list[Row | None], problems: Problems, source: str,
+            base_dir: Path | None) -> list[Device]:
     """Cross-row checks (duplicates, names, keys), then either the devices or one error. Rows are
     told apart by their index in `good`, not by line: a compact JSON list has them all on line 1."""
-    good = [(line, e) for line, e in entries if e is not None]
+    good = [row for row in entries if row is not None]
     by_identity: dict[str, int] = {}
-    for line, (_, _, identity) in good:
-        canon = canonical_identity(identity)
+    for row in good:
+        canon = canonical_identity(row.identity)
         if canon in by_identity:
-            problems.append(f"line {line}: duplicate identity {canon} (first on line {by_identity[canon]})")
+            problems.append((row.line, f"duplicate identity {canon} (first on line {by_identity[canon]})"))
         else:
-            by_identity[canon] = line
+            by_identity[canon] = row.line
     names = _assign_names(good, problems)
     key_info = _check_keys(good, problems, base_dir)
     if not entries and not problems:
-        problems.append("no devices listed")
+        problems.append((0, "no devices listed"))
     if problems:
-        problems.sort(key=_line_key)
-        shown = problems[:50] + ([f"... and {len(problems) - 50} more"] if len(problems) > 50 else [])
+        problems.sort(key=lambda problem: problem[0])  # stable: a row's problems keep their order
+        text = [f"line {line}: {message}" if line else message for line, message in problems]
+        shown = text[:50] + ([f"... and {len(text) - 50} more"] if len(text) > 50 else [])
         raise DeviceListError(f"{source}: {len(problems)} problem(s): " + "; ".join(shown))
-    return [Device(name=names[i], identity=identity, line=line,
+    return [Device(name=names[i], identity=row.identity, line=row.line,
                    key_path=key_info.get(i, (None, None))[0],
                    key_fingerprint=key_info.get(i, (None, None))[1])
-            for i, (line, (_, _, identity)) in enumerate(good)]
+            for i, row in enumerate(good)]
 
 
-def _assign_names(good, problems: list[str]) -> dict[int, str]:
+def _assign_names(good: list[Row], problems: Problems) -> dict[int, str]:
     """Explicit names must be safe and unique; derived names that collide get an identity digest
     suffix, so a unit's name does not depend on the order of the rows. Returns index -> name."""
     names: dict[int, str] = {}
     taken: dict[str, int] = {}
-    for i, (line, (name, _, _)) in enumerate(good):
+    for i, (line, name, _, _) in enumerate(good):
         if not name:
             continue
         why = check_name(name)
         if why:
-            problems.append(f"line {line}: name {name!r} is not usable: {why}")
+            problems.append((line, f"name {name!r} is not usable: {why}"))
         elif name.lower() in taken:
-            problems.append(f"line {line}: duplicate name {name!r} (first on line {taken[name.lower()]})")
+            problems.append((line, f"duplicate name {name!r} (first on line {taken[name.lower()]})"))
         else:
             taken[name.lower()] = line
             names[i] = name
-    derived = {i: derive_name(identity) for i, (_, (name, _, identity)) in enumerate(good) if not name}
+    derived = {i: derive_name(row.identity) for i, row in enumerate(good) if not row.name}
     counts: dict[str, int] = {}
     for cand in derived.values():
         counts[cand.lower()] = counts.get(cand.lower(), 0) + 1
     for i, cand in derived.items():
-        line, (_, _, identity) = good[i]
+        line, identity = good[i].line, good[i].identity
         if counts[cand.lower()] > 1 or cand.lower() in taken or cand.lower() in RESERVED_NAMES:
             cand = cand[: MAX_NAME - 9] + "-" + identity_digest(identity)[:8]
         if cand.lower() in taken:
-            problems.append(f"line {line}: derived name {cand!r} is taken (first on line {taken[cand.lower()]}); "
-                            f"give this row a 'name'")
+            problems.append((line, f"derived name {cand!r} is taken (first on line {taken[cand.lower()]}); "
+                                   f"give this row a 'name'"))
             continue
         taken[cand.lower()] = line
         names[i] = cand
     return names
 
 
-def _check_keys(good, problems: list[str], base_dir: Path | None) -> dict[int, tuple[Path, str]]:
+def _check_keys(good: list[Row], problems: Problems, base_dir: Path | None) -> dict[int, tuple[Path, str]]:
     """index -> (path, fingerprint) of each listed key; every key must be usable and unshared."""
     found: dict[int, tuple[Path, str]] = {}
     by_fp: dict[str, int] = {}
-    for i, (line, (_, key, _)) in enumerate(good):
+    for i, (line, _, key, _) in enumerate(good):
         if not key:
             continue
         path = Path(key)
@@ -367,11 +379,11 @@ def _check_keys(good, problems: list[str], base_dir: Path | None) -> dict[int, t
             private = keys.read_private_file(path)
             keys.check_acceptable(private, str(path))
         except ImageToolsError as exc:
-            problems.append(f"line {line}: {exc}")
+            problems.append((line, f"{exc}"))
             continue
         fp = keys.fingerprint(private)
         if fp in by_fp:
-            problems.append(f"line {line}: key {key} is the same key as on line {by_fp[fp]}")
+            problems.append((line, f"key {key} is the same key as on line {by_fp[fp]}"))
             continue
         by_fp[fp] = line
         found[i] = (path, fp)
@@ -386,8 +398,3 @@ def _skip_ws(text: str, pos: int) -> int:
 
 def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
-
-
-def _line_key(problem: str) -> int:
-    match = re.match(r"line (\d+)", problem)
-    return int(match.group(1)) if match else 0

@@ -27,10 +27,9 @@ from typing import Any, Iterable, NoReturn, Sequence
 
 import click
 
-from ..errors import ImageToolsError, UsageError, from_oserror
+from ..errors import ImageToolsError, UsageError, VerifyFailed, from_oserror
 from .text import escape, for_json
 
-EXIT_FAILED = 1  # the other codes come from the exception classes
 EXIT_PIPE = 128 + 13  # 128 + SIGPIPE, as the shell reports a tool killed by a closed pipe
 
 
@@ -143,6 +142,13 @@ def echo(message: str = "", *, err: bool = False) -> None:
     """click.echo for one human-readable line: names quoted in it cannot reach the terminal raw
     (control characters, newlines included, are escaped; backslashes kept; see text.escape)."""
     click.echo(escape(message, backslash=False), err=err)
+
+
+def units_failed(failed: list[tuple[str, str]], total: int, what: str, after: str = "") -> NoReturn:
+    """How every batch command (emit, preauth push/status) reports units that did not make it:
+    one line, exit 1, the first of them with its reason."""
+    name, why = failed[0]
+    raise VerifyFailed(f"{len(failed)} of {total} unit(s) {what}, e.g. {name}: {why}{after}")
 
 
 def warn(message: str) -> None:

@@ -11,8 +11,7 @@ import click
 from .. import keys
 from ..devices import load_devices
 from ..emit import EmitOptions, EmitResult, UnitResult, emit
-from ..errors import VerifyFailed
-from .base import echo, is_tty, main, print_json, print_table
+from .base import echo, is_tty, main, print_json, print_table, units_failed
 from .text import escape
 
 FULL_TABLE_MAX = 50
@@ -58,10 +57,10 @@ def emit_command(base: Path, devices: Path, out_dir: Path, key_type: str, bits: 
         print_json(result.to_dict())
     else:
         _summary(result)
-    failed = [u for u in result.units if u.status == "failed"]
+    failed = [(u.name, u.error or "") for u in result.units if u.status == "failed"]
     if failed:
-        raise VerifyFailed(f"{len(failed)} of {len(result.units)} unit(s) failed, e.g. {failed[0].name}: "
-                           f"{failed[0].error}; they were not published (see {out_dir}/report.json)")
+        units_failed(failed, len(result.units), "failed",
+                     f"; they were not published (see {out_dir}/report.json)")
 
 
 def _with_progress(base: Path, listed, out_dir: Path, options: EmitOptions) -> EmitResult:

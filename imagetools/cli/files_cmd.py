@@ -13,6 +13,7 @@ from .. import files
 from ..atomic import write_atomic
 from ..errors import UsageError
 from ..fs import Entry, NotFoundError
+from ..fs.base import check_mode
 from ..mender import BACKENDS, NATIVE
 from ..paths import parse_image_path, require_image_path
 from .base import main, print_json, print_table, warn
@@ -36,12 +37,9 @@ rootfs_option = click.option(
 def parse_mode(text: str) -> int:
     """Octal like chmod/install: '600' and '0600' are both 0600 (mender-artifact reads 600 as decimal)."""
     try:
-        value = int(text, 8)
+        return check_mode(int(text, 8))
     except ValueError:
         raise UsageError(f"mode must be octal digits like 600 or 0640, not {text!r}") from None
-    if not 0 <= value <= 0o7777:
-        raise UsageError(f"mode {text} is out of range (0000-7777)")
-    return value
 
 
 def parse_id(text: str, what: str) -> int:

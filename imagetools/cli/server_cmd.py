@@ -10,7 +10,7 @@ import click
 from .. import preauth as preauth_lib
 from ..mender import ENV_PASSWORD
 from ..server import MenderClient, ServerSettings, save_token
-from .base import EXIT_FAILED, echo, is_tty, main, print_json, print_table
+from .base import echo, is_tty, main, print_json, print_table, units_failed
 from .server_options import server_options
 
 
@@ -71,8 +71,9 @@ def push(settings: Callable[..., ServerSettings], preauth_file: str, jobs: int, 
                     [(r.name, r.outcome, r.fingerprint[:16], r.device_id, r.detail) for r in results])
         if not dry_run:
             echo(", ".join(f"{n} {o}" for o, n in summary.items()))
-    if summary["failed"] or summary["conflict"]:
-        click.get_current_context().exit(EXIT_FAILED)
+    failed = [(r.name, f"{r.outcome}: {r.detail}") for r in results if r.outcome in ("failed", "conflict")]
+    if failed:
+        units_failed(failed, len(results), "conflicted or failed")
 
 
 def _push_with_progress(client: MenderClient, units: list[preauth_lib.Unit], **kwargs: Any) -> list:
@@ -105,6 +106,7 @@ def status(settings: Callable[..., ServerSettings], preauth_file: str, as_json: 
         for r in results:
             for line in r.diagnosis:
                 echo(f"{r.name}: {line}")
-    if not all(r.ok for r in results):
-        click.get_current_context().exit(EXIT_FAILED)
+    failed = [(r.name, "; ".join(r.diagnosis) or r.status) for r in results if not r.ok]
+    if failed:
+        units_failed(failed, len(results), "are not preauthorized or accepted with their own key")
 
