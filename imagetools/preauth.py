@@ -1,12 +1,14 @@
 """Preauthorize units on the Mender Server and report the server's view of them.
 
-The preauth file (written by `imagetools emit` as OUT/preauth.json) is a JSON list of
-``{"name": str, "identity_data": {str: str}, "pubkey": SPKI PEM}``. Keys are always compared as
-SPKI DER: the server re-serializes the PEM it was given.
+The preauth file (written by `imagetools emit` as OUT/preauth.json, with the same units for people
+in OUT/preauth.csv) is a JSON list of ``{"name": str, "identity_data": {str: str}, "pubkey": SPKI
+PEM}``. Keys are always compared as SPKI DER: the server re-serializes the PEM it was given.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from collections import Counter
@@ -115,6 +117,44 @@ def _parse_entry(number: int, entry: Any) -> tuple[Unit | None, str, list[str]]:
     if errors:
         return None, where, errors
     return Unit(name, dict(entry["identity_data"]), key), where, []
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A unit as the preauth files list it; load_units reads it back as a Unit."""
+
+    name: str
+    identity: dict[str, str]
+    pem: str                         # SPKI PEM text, as in the unit's public.key
+    fingerprint: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "identity_data": self.identity, "pubkey": self.pem}
+
+
+def render(entries: list[Entry]) -> str:
+    """The preauth file (preauth.json)."""
+    return json.dumps([e.to_json() for e in entries], indent=2) + "\n"
+
+
+def render_csv(entries: list[Entry]) -> str:
+    """preauth.csv: name, every identity attribute, fingerprint and pubkey PEM per unit, each cell
+    safe to open in a spreadsheet."""
+    attrs: list[str] = []
+    for entry in entries:
+        attrs += [a for a in entry.identity if a not in attrs]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([spreadsheet_safe(c) for c in ["name", *attrs, "fingerprint", "pubkey"]])
+    for entry in entries:
+        row = [entry.name, *(entry.identity.get(a, "") for a in attrs), entry.fingerprint, entry.pem]
+        writer.writerow([spreadsheet_safe(c or "") for c in row])
+    return buf.getvalue()
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A cell a spreadsheet shows as text: one that could start a formula gets a leading "'"."""
+    return "'" + cell if cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
 
 
 def load_identity(arg: str | None, default: Path) -> dict[str, str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+MiB = 1 << 20
+
 
 def human_size(n: float) -> str:
     """'512 B', '16.0 MiB', '1.3 GiB': binary units, one decimal."""

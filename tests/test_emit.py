@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import run_tool
-from imagetools import emit as emit_module, keys
+from imagetools import keys
 from imagetools.devices import load_devices, parse_csv
-from imagetools.emit import LOCK_FILE, STATE_FILE, EmitOptions, emit
+from imagetools.emit import LOCK_FILE, STATE_FILE, EmitOptions, emit, runner
 from imagetools.errors import EnvironmentProblem
 from imagetools.verify import verify_image
 
@@ -210,7 +210,7 @@ def test_space_check_refuses_before_starting(make_image, tmp_path, small_fs):
 
 
 def test_disk_full_midway_is_clean_and_resumable(make_image, tmp_path, small_fs, monkeypatch):
-    monkeypatch.setattr(emit_module, "_SYNC_BYTES", 1)  # publish unit by unit: fill up after the first
+    monkeypatch.setattr(runner, "_SYNC_BYTES", 1)  # publish unit by unit: fill up after the first
     base = make_image("sdimg")
     devices = load_devices(_devices_csv(tmp_path / "d.csv", 3))
     out = small_fs / "out"

@@ -205,17 +205,18 @@ def test_inject_out_is_private_from_its_first_byte(make_image, tmp_path, monkeyp
 def test_every_file_emit_writes_is_private(make_image, tmp_path, monkeypatch):
     from imagetools import emit as emit_module
     from imagetools.devices import parse_csv
+    from imagetools.emit import unit as emit_unit
 
     os.umask(0o022)
     seen = []
-    real = emit_module.write_key
+    real = emit_unit.write_key
 
     def spy(image, *args):
         image = Path(image)
         seen.append([os.stat(p).st_mode & 0o777 for p in (image, image.parent, image.parent.parent)])
         return real(image, *args)
 
-    monkeypatch.setattr(emit_module, "write_key", spy)
+    monkeypatch.setattr(emit_unit, "write_key", spy)
     devices = parse_csv("name,mac\nu1,02:00:00:00:00:01\nu2,02:00:00:00:00:02\n")
     out = tmp_path / "out"
     opts = emit_module.EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=1)

@@ -1,0 +1,190 @@
+"""Before any work: the inputs are usable; the units already published in OUT agree with the
+device list (each keeps its identity and key, and no identity or key serves two units) and were
+made from this base with these settings unless force; what is left to do fits in OUT. A
+published unit that is not re-emitted is re-checked cheaply instead."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .. import keys
+from ..devices import Device
+from ..errors import EnvironmentProblem, UsageError
+from ..layout import PartInfo
+from ..mender import canonical_identity
+from ..sparse import allocated_bytes, clone
+from ..units import MiB, human_size
+from ..verify import verify_image
+from .model import EmitOptions, Job, KeySource, Status, UnitResult
+from .outdir import TMP_DIR, private_dir
+from .state import UNIT_FILE, BaseIdentity, EmitState, UnitRecord
+
+
+def check_inputs(base: Path, devices: list[Device], out: Path) -> None:
+    if not devices:
+        raise UsageError("the device list is empty")
+    if not base.is_file():
+        raise UsageError(f"base image {base} not found (or not a regular file)")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output directory {out} exists and is not a directory")
+    if out.resolve() in base.resolve().parents:
+        raise UsageError(f"the base image {base} must not be inside the output directory {out}")
+
+
+def published_units(out: Path, devices: list[Device]) -> dict[str, UnitRecord]:
+    """Records of the listed units already published in OUT; a unit directory that disagrees with
+    the device list is refused (for every such unit at once) before anything is written."""
+    found: dict[str, UnitRecord] = {}
+    problems = []
+    for device in devices:
+        unit_dir = out / device.name
+        if not unit_dir.exists():
+            continue
+        try:
+            record = UnitRecord.read(unit_dir / UNIT_FILE)
+        except (OSError, ValueError):
+            problems.append(f"{unit_dir} exists but was not written by imagetools emit; move it away")
+            continue
+        if record.identity != device.identity:
+            problems.append(f"{unit_dir} was emitted for identity {json.dumps(record.identity)}, the device "
+                            f"list (line {device.line}) now says {json.dumps(device.identity)}; a published unit "
+                            f"keeps its identity: remove {unit_dir} or rename the unit")
+        elif device.key_fingerprint and device.key_fingerprint != record.fingerprint:
+            problems.append(f"{unit_dir} holds key {record.fingerprint[:16]}…, the device list "
+                            f"(line {device.line}) gives {device.key_path} ({device.key_fingerprint[:16]}…); "
+                            f"remove {unit_dir} to re-emit it with that key")
+        else:
+            found[device.name] = record
+    problems += _conflicts_elsewhere(out, devices)
+    if problems:
+        raise EnvironmentProblem(f"{out}: {len(problems)} published unit(s) conflict with the device list: "
+                                 + "; ".join(problems))
+    return found
+
+
+def other_units(out: Path, listed: set[str]) -> Iterator[tuple[Path, UnitRecord]]:
+    """(unit directory, record) of the units published in OUT but not named in listed."""
+    for unit_json in sorted(out.glob(f"*/{UNIT_FILE}")):
+        if unit_json.parent.name in listed:
+            continue
+        try:
+            yield unit_json.parent, UnitRecord.read(unit_json)
+        except (OSError, ValueError):
+            continue
+
+
+def _conflicts_elsewhere(out: Path, devices: list[Device]) -> list[str]:
+    """One identity and one key per unit across the device list and everything published in OUT."""
+    identities, fingerprints = {}, {}
+    for unit_dir, record in other_units(out, {d.name for d in devices}):
+        identities[canonical_identity(record.identity)] = unit_dir
+        fingerprints[record.fingerprint] = unit_dir
+    problems = []
+    for device in devices:
+        other = identities.get(canonical_identity(device.identity))
+        if other is not None:
+            problems.append(f"identity {json.dumps(device.identity)} (line {device.line}) was already emitted "
+                            f"as {other} with its own key; name the unit {other.name!r} again or remove {other}")
+        other = fingerprints.get(device.key_fingerprint) if device.key_fingerprint else None
+        if other is not None:
+            problems.append(f"key {device.key_path} (line {device.line}) is already published for the unit "
+                            f"{other}: every unit needs a key of its own")
+    return problems
+
+
+def check_changes(state: EmitState | None, base_id: BaseIdentity, options: EmitOptions,
+                  published: dict[str, UnitRecord], out: Path, content_sha256: Callable[[], str]) -> None:
+    """Published units must come from this base with these settings, unless force."""
+    if not published or options.force:
+        return
+    if state is None:  # state file lost: the unit records say what they were made from
+        record = next(iter(published.values()))
+        old_path, old_sha256, old_settings = "?", record.base_sha256, record.settings
+    else:
+        old_path, old_sha256, old_settings = state.base.path, state.base.sha256, state.settings
+    if base_id.sha256 is None:  # cheap identity differs: compare the content before refusing
+        base_id.sha256 = content_sha256()
+    if old_sha256 != base_id.sha256:
+        raise EnvironmentProblem(
+            f"the base image differs from the one {len(published)} unit(s) in {out} were made from "
+            f"({old_path}, sha256 {str(old_sha256)[:16]}...); use --force to "
+            f"re-emit them from this base (their keys are kept) or a new output directory")
+    if old_settings != options.settings():
+        raise EnvironmentProblem(
+            f"the settings differ from the run that made {len(published)} unit(s) in {out} "
+            f"(was {json.dumps(old_settings)}); use --force to re-emit the published units with the "
+            f"new settings (they keep their keys; new keys follow the new settings) or a new output directory")
+
+
+def plan(devices: list[Device], published: dict[str, UnitRecord], base: Path, out: Path,
+         options: EmitOptions, data: PartInfo) -> list[Job]:
+    """A job per unit to emit: the unpublished ones, and with force the published ones too."""
+    jobs = []
+    for device in devices:
+        record = published.get(device.name)
+        if record is not None and not options.force:
+            continue
+        key_path = str(device.key_path) if device.key_path else None
+        key_from_image, source = None, KeySource.DEVICE_LIST if key_path else KeySource.GENERATED
+        if record is not None and not key_path:
+            source = KeySource.KEPT
+            private = out / device.name / "private.key"
+            if private.exists():
+                key_path = str(private)
+            else:
+                key_from_image = str(out / device.name / record.image)
+        jobs.append(Job(device.name, device.identity, key_path, key_from_image, source, str(base),
+                        base.suffix or ".img", str(out), options, "", record is not None, data))
+    return jobs
+
+
+def choose_copy_mode(base: Path, out: Path) -> str:
+    """'reflink' if OUT's filesystem can clone the base (tried once), else 'sparse'."""
+    probe = private_dir(out / TMP_DIR) / f"reflink-probe-{uuid.uuid4().hex}"
+    try:
+        return "reflink" if clone(base, probe) else "sparse"
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def check_space(base: Path, out: Path, units: int, copy_mode: str) -> None:
+    """Refuse before starting if the units cannot fit: each costs the base's allocated size without
+    reflink (a few MiB of changed blocks with it), plus its bmap and keys."""
+    per_unit = (8 * MiB if copy_mode == "reflink" else allocated_bytes(base) + 2 * MiB)
+    need = per_unit * units
+    st = os.statvfs(out)
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise EnvironmentProblem(
+            f"not enough space in {out}: {units} unit(s) need about {human_size(need)} "
+            f"({human_size(per_unit)} each, {copy_mode} copies), {human_size(free)} free; free some space or "
+            f"emit fewer units per run")
+
+
+def recheck(out: Path, device: Device, record: UnitRecord) -> UnitResult:
+    """A published unit: its files are there and unchanged since publication (stat only); if the
+    image was touched since, verify it again (without fsck) before counting it done."""
+    unit_dir = out / device.name
+    result = record.result(unit_dir, Status.SKIPPED)
+    missing = [f for f in record.files if not (unit_dir / f).exists()]
+    if missing:
+        result.status, result.error = Status.FAILED, (f"published unit lost {', '.join(missing)}; "
+                                                      f"use --force to re-emit it with its key")
+        return result
+    image = unit_dir / record.image
+    st = image.stat()
+    ctime = st.st_ctime_ns if record.image_ctime_ns is None else record.image_ctime_ns
+    if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (record.image_size, record.image_mtime_ns, ctime):
+        return result
+    pub = keys.read_public_file(unit_dir / "public.key")
+    report = verify_image(image, expected=pub, fsck=False)
+    if not report.ok:
+        result.status = Status.FAILED
+        result.error = ("published image changed and no longer verifies: "
+                        + "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
+                        + "; use --force to re-emit it with its key")
+    return result

@@ -1,0 +1,178 @@
+"""One unit, in two stages (runner.run says why): stage 1 makes the key files and the image's
+data partition with the key injected, and checks it with e2fsck; stage 2 copies the rest of the
+base, runs the other checks, hashes the image (bmap and SHA-256 in one pass) and writes the
+unit's records. Both work in the unit's own temporary directory and never raise: a failure
+becomes the result's error and the unit's files are removed."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import bmap, keys
+from ..errors import ImageToolsError
+from ..inject import write_key
+from ..layout import PartInfo, open_layout
+from ..sparse import allocated_bytes, clone, copy_extents
+from ..units import MiB
+from ..verify import DEFAULT_KEY_PATH, Check, data_path, fsck_check, read_key_in_image, verify_image
+from .model import Job, Status, UnitResult
+from .outdir import TMP_DIR, private_dir
+from .state import UNIT_FILE, UnitRecord
+
+DATA_KEY_PATH = data_path(DEFAULT_KEY_PATH)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What stage 1 hands to stage 2 (picklable)."""
+
+    tmp: Path
+    image: Path
+    cloned: bool
+    fsck: Check
+    files: list[str]
+
+
+def prepare_unit(job: Job) -> tuple[UnitResult, Stage | None]:
+    """Stage 1 in a temporary directory: key files, image with the data partition (the whole
+    image if reflinked) and the key, e2fsck of the data partition. Never raises."""
+    result = UnitResult(job.name, job.identity, Status.FAILED, key_source=job.key_source)
+    tmp = Path(job.out_dir) / TMP_DIR / f"{job.name}.{uuid.uuid4().hex[:12]}"
+    stage = _guarded(job, result, tmp, lambda: _prepare(job, tmp, result))
+    return result, stage
+
+
+def finish_unit(job: Job, result: UnitResult, stage: Stage, reuse: bmap.Reuse | None) -> UnitResult:
+    """Stage 2: the rest of the image, the checks, bmap and SHA-256 (reusing what the image shares
+    with the base), the unit's records; status "built" (the parent publishes it). Never raises."""
+    if _guarded(job, result, stage.tmp, lambda: _finish(job, stage, result, reuse)) is not None:
+        result.status, result.tmp = Status.BUILT, str(stage.tmp)
+    return result
+
+
+def _guarded(job: Job, result: UnitResult, tmp: Path, step: Callable[[], Any]) -> Any:
+    """step() with every failure turned into result.error (and the unit's files removed)."""
+    try:
+        value = step()
+        if result.error is None:
+            return value
+    except OSError as exc:
+        result.error, result.disk_full = os_error(exc)
+    except ImageToolsError as exc:
+        result.error = str(exc)
+        result.disk_full = _nearly_full(Path(job.out_dir), job.base)
+    except Exception as exc:  # a worker must report, not die: the batch goes on
+        result.error = f"{type(exc).__name__}: {exc}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    result.status = Status.FAILED
+    return None
+
+
+def os_error(exc: OSError) -> tuple[str, bool]:
+    """(message, whether the disk is full)."""
+    message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    return message, exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _prepare(job: Job, tmp: Path, result: UnitResult) -> Stage:
+    t = time.monotonic()
+    private_dir(tmp.parent)
+    tmp.mkdir(mode=0o700)
+    os.chmod(tmp, 0o700)
+    pem, private = _unit_key(job)
+    result.fingerprint, result.key_type = keys.fingerprint(private), keys.describe(private)
+    files = ["public.key", "identity.json", UNIT_FILE]
+    if not job.options.discard_private_keys:
+        keys.write_secret(tmp / "private.key", pem, durable=False)
+        files.append("private.key")
+    (tmp / "public.key").write_bytes(keys.public_pem(private))
+    t = _lap(result, "key", t)
+    image = tmp / f"{job.name}{job.suffix}"
+    cloned = clone(job.base, image)
+    if not cloned:
+        copy_extents(job.base, image, inside=data_window(job.data))
+    t = _lap(result, "copy", t)
+    write_key(image, job.data, pem, DATA_KEY_PATH)
+    t = _lap(result, "inject", t)
+    fsck = fsck_check(image, job.data)
+    _lap(result, "verify", t)
+    return Stage(tmp, image, cloned, fsck, files)
+
+
+def _finish(job: Job, stage: Stage, result: UnitResult, reuse: bmap.Reuse | None) -> bool:
+    t = time.monotonic()
+    image, files = stage.image, list(stage.files)
+    if not stage.cloned:
+        copy_extents(job.base, image, outside=data_window(job.data))
+    t = _lap(result, "copy", t)
+    report = verify_image(image, expected=keys.read_public_file(stage.tmp / "public.key"), fsck=False)
+    report.replace(stage.fsck)
+    result.verify = report.to_dict()
+    result.verify["target"] = image.name
+    t = _lap(result, "verify", t)
+    if not report.ok:
+        result.error = "verification failed: " + "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
+        return False
+    scan = bmap.scan(image, reuse=reuse)
+    result.image_sha256 = scan.sha256
+    if job.options.bmap:
+        (stage.tmp / f"{image.name}.bmap").write_bytes(bmap.render(scan.size, scan.ranges))
+        files.append(f"{image.name}.bmap")
+    _lap(result, "bmap", t)
+    result.image = str(image)
+    files.append(image.name)
+    (stage.tmp / "identity.json").write_text(json.dumps(job.identity, indent=2) + "\n")
+    st = image.stat()
+    UnitRecord(name=job.name, identity=job.identity, fingerprint=result.fingerprint,
+               key_type=result.key_type, key_source=job.key_source, image=image.name,
+               image_size=st.st_size, image_mtime_ns=st.st_mtime_ns, image_ctime_ns=st.st_ctime_ns,
+               image_sha256=scan.sha256, base_sha256=job.base_sha256, settings=job.options.settings(),
+               files=sorted(files), verify=result.verify, timings=result.timings,
+               ).write(stage.tmp / UNIT_FILE)
+    return True
+
+
+def data_window(data: PartInfo) -> tuple[int, int]:
+    """The data partition's bytes: all that injection changes."""
+    return data.partition.start, data.partition.end
+
+
+def _unit_key(job: Job) -> tuple[bytes, keys.PrivateKey]:
+    """PEM and key object; a generated key is not parsed back (loading an RSA key validates it,
+    which costs about half a key generation)."""
+    if job.key_path or job.key_from_image:
+        pem = (keys.read_key_bytes(job.key_path, "private key") if job.key_path
+               else _key_from_image(job.key_from_image))
+        return pem, keys.load_private(pem, f"key of {job.name}")
+    private = keys.generate(job.options.key_spec)
+    return keys.private_pem(private, job.options.key_spec.format), private
+
+
+def _key_from_image(image: str) -> bytes:
+    """The only copy of a published unit's key when its private.key was discarded."""
+    data = open_layout(image).require("data")
+    with data.open(image) as fs:
+        return read_key_in_image(fs, DATA_KEY_PATH)
+
+
+def _lap(result: UnitResult, name: str, since: float) -> float:
+    now = time.monotonic()
+    result.timings[name] = round(result.timings.get(name, 0) + now - since, 4)
+    return now
+
+
+def _nearly_full(out: Path, base: str) -> bool:
+    """Tools like debugfs report a full disk only as text: judge by the free space left."""
+    try:
+        st = os.statvfs(out)
+        return st.f_bavail * st.f_frsize < max(allocated_bytes(base), 16 * MiB)
+    except OSError:
+        return False
