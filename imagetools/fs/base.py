@@ -19,8 +19,9 @@ from ..errors import EnvironmentProblem, FilesystemError, ImageFormatError, from
 from ..image.probe import probe
 
 # Characters debugfs' command parser cannot carry inside a quoted argument.
-_FORBIDDEN = ('"', "\n", "\r", "\0")
-MAX_NAME_BYTES = 255  # one name in a directory: ext2/3/4's limit (FAT's is lower)
+UNSAFE_CHARACTERS = ('"', "\n", "\r", "\0")
+MAX_NAME_BYTES = 255      # one name in a directory: ext2/3/4's limit (FAT's is lower)
+MAX_PATH_BYTES = 4095     # PATH_MAX; also keeps every debugfs command line far below its 8 KiB buffer
 
 
 class EntryType(StrEnum):
@@ -95,19 +96,29 @@ def normalize(path: str) -> str:
     """Absolute, normalized partition path; '..' cannot climb above the root."""
     if not path.startswith("/"):
         raise FilesystemError(f"path inside the image must be absolute: {path!r}")
-    for bad in _FORBIDDEN:
-        if bad in path:
-            raise FilesystemError(f"unsupported character {bad!r} in path {path!r}")
     norm = "/" + posixpath.normpath(path).lstrip("/")  # normpath keeps a leading '//'
-    try:
-        norm.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raise FilesystemError(f"path {path!r} holds characters that are not valid in a file name") from None
-    for name in norm.split("/"):
-        if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-            raise FilesystemError(f"name {name[:40]!r}... in path {path[:80]!r} is longer than "
-                                  f"{MAX_NAME_BYTES} bytes, the limit of a name in a directory")
+    why = unsafe_reason(norm)
+    if why:
+        raise FilesystemError(f"cannot use the path {path[:200]!r}: {why}")
     return norm
+
+
+def unsafe_reason(path: str) -> str | None:
+    """Why `path` cannot be addressed inside an image (debugfs cannot carry it in a command, or
+    ext4 cannot hold it), or None when it can. For typed paths and names read from images alike."""
+    for bad in UNSAFE_CHARACTERS:
+        if bad in path:
+            return f"unsupported character {bad!r} (debugfs commands cannot carry it)"
+    try:
+        raw = path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return "the name holds characters that are not valid in a file name"
+    if len(raw) > MAX_PATH_BYTES:
+        return f"the path is {len(raw)} bytes long (at most {MAX_PATH_BYTES})"
+    longest = max((len(c) for c in raw.split(b"/")), default=0)
+    if longest > MAX_NAME_BYTES:
+        return f"a name in it is {longest} bytes long (ext4 allows at most {MAX_NAME_BYTES} bytes)"
+    return None
 
 
 def components(path: str) -> list[str]:

@@ -26,11 +26,8 @@ from typing import Callable
 
 from ..errors import FilesystemError, ToolMissingError
 from ..tools import find_tool
-from .base import Entry, type_from_mode
+from .base import Entry, type_from_mode, unsafe_reason
 
-MAX_NAME_BYTES = 255      # ext2/3/4 directory entries
-MAX_PATH_BYTES = 4095     # PATH_MAX; also keeps every command line far below debugfs' 8 KiB buffer
-UNSAFE_CHARACTERS = ('"', "\n", "\r", "\0")
 DEBUGFS_TIMEOUT = 600
 E2FSCK_TIMEOUT = 1800
 # The verbs we use, and the literal tokens (options, field names) they take besides paths.
@@ -53,23 +50,6 @@ class UnsafeName(FilesystemError):
                          "(rename it with a tool that works on the mounted filesystem)")
         self.path = path
         self.where = where
-
-
-def unsafe_reason(path: str) -> str | None:
-    """Why `path` cannot go into a debugfs command, or None when it can."""
-    for bad in UNSAFE_CHARACTERS:
-        if bad in path:
-            return f"the name holds {bad!r}, which debugfs commands cannot carry"
-    try:
-        raw = path.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return "the name holds characters that are not valid in a file name"
-    if len(raw) > MAX_PATH_BYTES:
-        return f"the path is {len(raw)} bytes long (at most {MAX_PATH_BYTES})"
-    longest = max((len(c) for c in raw.split(b"/")), default=0)
-    if longest > MAX_NAME_BYTES:
-        return f"a name in it is {longest} bytes long (ext4 allows {MAX_NAME_BYTES})"
-    return None
 
 
 def check_path(path: str, where: str) -> str:
