@@ -13,11 +13,11 @@ import click
 
 from .. import keys
 from ..errors import UsageError, VerifyFailed
+from ..mender import BACKENDS, KEY_PATH, NATIVE
 from .base import echo, is_tty, main, print_json, print_table, warn
 from .options import layout_options
 from .server_options import server_key_options
 
-DEFAULT_KEY_PATH = "/data/mender/mender-agent.pem"  # same as imagetools.inject.DEFAULT_KEY_PATH
 
 
 @main.command()
@@ -85,9 +85,9 @@ def _spec(key_type: str, bits: int | None, curve: str | None, fmt: str | None) -
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a new image (sparse/reflink copy) and leave IMAGE untouched.")
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
-@click.option("--path", "key_path", default=DEFAULT_KEY_PATH, show_default=True,
+@click.option("--path", "key_path", default=KEY_PATH, show_default=True,
               help="Where the key goes (under /data/).")
-@click.option("--backend", type=click.Choice(["native", "mender-artifact"]), default="native", show_default=True,
+@click.option("--backend", type=click.Choice(BACKENDS), default=NATIVE, show_default=True,
               help="native writes at the partition's offset; mender-artifact uses `mender-artifact install`.")
 @layout_options
 @click.option("--json", "as_json", is_flag=True, help="Report as JSON.")
@@ -125,7 +125,7 @@ def inject(key_file: Path, image: Path, out: Path | None, force: bool, key_path:
 @click.option("--fingerprint", "expected_fp", default=None, metavar="SHA256",
               help="The expected SHA-256 fingerprint of the public key (hex, colons allowed).")
 @click.option("--no-fsck", is_flag=True, help="Skip e2fsck -fn on the data partition.")
-@click.option("--path", "key_path", default=DEFAULT_KEY_PATH, show_default=True, help="Where the key should be.")
+@click.option("--path", "key_path", default=KEY_PATH, show_default=True, help="Where the key should be.")
 @layout_options
 @server_key_options
 @click.option("--json", "as_json", is_flag=True, help="Report the checks and the fingerprint as JSON.")
