@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from .atomic import write_atomic
-from .errors import EnvironmentProblem, ImageToolsError, KeyMaterialError
+from .errors import EnvironmentProblem, ImageToolsError, KeyMaterialError, from_oserror
 
 PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey]
 PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey]
@@ -466,13 +466,13 @@ def read_regular_file(path: str | os.PathLike, limit: int, what: str,
     except FileNotFoundError:
         raise error(f"{what} {path} not found") from None
     except OSError as exc:
-        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+        raise from_oserror(exc, f"cannot read {what} {path}", error) from None
     try:
         st = os.fstat(fd)
         _require_regular(st, path, what, error)
         data = b"" if st.st_size > limit else _read_at_most(fd, limit + 1)
     except OSError as exc:
-        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+        raise from_oserror(exc, f"cannot read {what} {path}", error) from None
     finally:
         os.close(fd)
     if st.st_size > limit or len(data) > limit:
