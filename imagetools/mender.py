@@ -14,6 +14,45 @@ BOOT_MOUNTS = ("/uboot", "/boot/efi", "/boot/grub")  # where the boot/EFI partit
 DATASTORE = "/var/lib/mender"                 # the client's datastore: a link to /data/mender
 DATA_DATASTORE = DATA_MOUNT + "/mender"       # where that link must lead
 KEY_PATH = DATA_DATASTORE + "/mender-agent.pem"  # the device key, as mender-artifact addresses it
+CLIENT_KEY_PATH = DATASTORE + "/mender-agent.pem"  # the same key as the client opens it
+
+# --- the client's configuration (both rootfs; the fallback file through the datastore link) ---
+CONF_PATH = "/etc/mender/mender.conf"         # the main file: its settings win
+FALLBACK_CONF_PATH = DATASTORE + "/mender.conf"  # read first, then CONF_PATH over it
+ARTIFACT_INFO_PATH = "/etc/mender/artifact_info"  # `artifact_name=NAME`
+ARTIFACT_NAME_FIELD = "artifact_name"
+DEVICE_TYPE_PATH = DATASTORE + "/device_type"  # `device_type=TYPE`, on the data partition
+DEVICE_TYPE_FIELD = "device_type"
+SERVER_CERT_PATH = "/etc/mender/server.crt"   # mender-artifact modify -c puts it here
+VERIFY_KEY_PATH = "/etc/mender/artifact-verify-key.pem"  # and -v here
+# Settings in mender.conf. The client (Go's encoding/json in 3.x) matches names without regard
+# to case; an object in a later file is merged field by field, anything else replaced.
+SERVER_URL = "ServerURL"
+SERVERS = "Servers"                 # a list of {"ServerURL"}; the client refuses it beside ServerURL
+TENANT_TOKEN = "TenantToken"
+SERVER_CERTIFICATE = "ServerCertificate"
+ARTIFACT_VERIFY_KEY = "ArtifactVerifyKey"
+AUTH_PRIVATE_KEY = "Security.AuthPrivateKey"  # set: a missing or bad key is fatal, not replaced
+# What the client reads, with the JSON type it expects (clients 3.x to 5.x); a value of another
+# type makes the client fail to parse the whole file. "integer" fields are Go ints: 32 bits on
+# 32-bit ARM devices.
+CONF_TYPES = {
+    "ArtifactVerifyKey": "string", "ArtifactVerifyKeys": "list", "BootUtilitiesGetNextActivePart": "string",
+    "BootUtilitiesSetActivePart": "string", "Connectivity": "object",
+    "Connectivity.DisableKeepAlive": "boolean", "Connectivity.IdleConnTimeoutSeconds": "integer",
+    "DaemonLogLevel": "string", "DBus": "object", "DBus.Enabled": "boolean", "DeviceTypeFile": "string",
+    "HttpsClient": "object", "HttpsClient.Certificate": "string", "HttpsClient.Key": "string",
+    "HttpsClient.SSLEngine": "string", "InventoryPollIntervalSeconds": "integer",
+    "ModuleTimeoutSeconds": "integer", "RetryPollCount": "integer", "RetryPollIntervalSeconds": "integer",
+    "RootfsPartA": "string", "RootfsPartB": "string", "Security": "object",
+    "Security.AuthPrivateKey": "string", "Security.SSLEngine": "string", "ServerCertificate": "string",
+    "Servers": "list", "ServerURL": "string", "SkipVerify": "boolean",
+    "StateScriptRetryIntervalSeconds": "integer", "StateScriptRetryTimeoutSeconds": "integer",
+    "StateScriptTimeoutSeconds": "integer", "TenantToken": "string",
+    "UpdateControlMapBootExpirationTimeSeconds": "integer",
+    "UpdateControlMapExpirationTimeSeconds": "integer", "UpdateLogPath": "string",
+    "UpdatePollIntervalSeconds": "integer",
+}
 
 # --- partitions -------------------------------------------------------------------------------
 ESP_GUID = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
@@ -49,6 +88,9 @@ ENV_SERVER_URL = "MENDER_SERVER_URL"
 ENV_TOKEN = "MENDER_TOKEN"
 ENV_PASSWORD = "MENDER_PASSWORD"
 DEVICES_V2 = "/api/management/v2/devauth/devices"
+DEVICE_V2 = DEVICES_V2 + "/{device_id}"                    # GET a device; DELETE decommissions it
+AUTH_SET_V2 = DEVICES_V2 + "/{device_id}/auth/{auth_id}"   # DELETE removes one auth set
+PREAUTHORIZED, ACCEPTED = "preauthorized", "accepted"     # auth set (and device) statuses
 ADMISSION_V1 = "/api/management/v1/admission/devices"
 LOGIN = "/api/management/v1/useradm/auth/login"
 MAX_PER_PAGE = 500

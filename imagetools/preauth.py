@@ -11,18 +11,22 @@ import csv
 import io
 import json
 import re
+import shlex
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from .errors import DeviceListError, KeyMaterialError, ServerError, UsageError, from_oserror
-from .keys import PublicKey, fingerprint, load_public, public_pem, same_key
-from .mender import canonical_identity
+from .keys import PublicKey, fingerprint, load_public, parse_pem, public_pem, same_key, spki_der
+from .mender import ACCEPTED, PREAUTHORIZED, canonical_identity
 from .server import BadResponse, MenderClient, json_type, read_regular_file
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 class Outcome(StrEnum):
     PREAUTHORIZED = "preauthorized"   # 201
@@ -157,11 +161,13 @@ def spreadsheet_safe(cell: str) -> str:
     return "'" + cell if cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
 
 
-def load_identity(arg: str | None, default: Path) -> dict[str, str]:
+def load_identity(arg: str | None, default: Path | None = None) -> dict[str, str]:
     """A unit's identity from inline JSON, a JSON file, or `default` (identity.json beside an image).
 
     The file may hold the identity object itself or a preauth entry with 'identity_data'.
     """
+    if arg is None and default is None:
+        raise UsageError("no identity given: pass --identity JSON")
     if arg is not None and arg.lstrip().startswith("{"):
         text, source = arg, "--identity"
     else:
@@ -294,9 +300,15 @@ def push(client: MenderClient | None, units: list[Unit], *, force: bool = False,
     if client is None:
         raise UsageError("preauthorizing needs a server connection (only a dry run works without)")
     one = _push_v1 if api == "v1" else _push_v2
-    results: dict[int, PushResult] = {}
+    return _run_all(lambda unit: _guarded(one, client, unit, force), units, jobs, progress)
+
+
+def _run_all(fn: Callable[[T], R], items: list[T], jobs: int, progress: Callable[[R], None] | None) -> list[R]:
+    """``fn`` over ``items``, at most ``jobs`` at a time; results in the items' order. An exception
+    escaping ``fn`` (an abort) or Ctrl-C cancels the items not started yet and is re-raised."""
+    results: dict[int, R] = {}
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="preauth") as pool:
-        futures = {pool.submit(_guarded, one, client, unit, force): i for i, unit in enumerate(units)}
+        futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
         pending = set(futures)
         try:
             while pending:
@@ -305,11 +317,11 @@ def push(client: MenderClient | None, units: list[Unit], *, force: bool = False,
                     results[futures[fut]] = fut.result()   # re-raises an abort
                     if progress:
                         progress(results[futures[fut]])
-        except BaseException:  # abort or Ctrl-C: do not start the units still queued
+        except BaseException:
             for fut in pending:
                 fut.cancel()
             raise
-    return [results[i] for i in range(len(units))]
+    return [results[i] for i in range(len(items))]
 
 
 def summarize(results: list[PushResult]) -> dict[str, int]:
@@ -322,9 +334,15 @@ def _guarded(one: Callable[..., PushResult], client: MenderClient, unit: Unit, f
     try:
         return one(client, unit, force)
     except ServerError as exc:
-        if exc.status is None or exc.status in (401, 403) or isinstance(exc, BadResponse):
+        if _aborts(exc):
             raise
         return PushResult(unit.name, unit.identity, unit.fingerprint, "failed", str(exc))
+
+
+def _aborts(exc: ServerError) -> bool:
+    """True for errors that say nothing about one unit: no server, refused credentials, an answer
+    breaking the API. Anything else with an HTTP status is the server refusing this unit."""
+    return exc.status is None or exc.status in (401, 403) or isinstance(exc, BadResponse)
 
 
 def _push_v2(client: MenderClient, unit: Unit, force: bool) -> PushResult:
@@ -457,6 +475,252 @@ def _loose_identity(identity: dict) -> str:
 
 def _norm_attr(name: str) -> str:
     return name.strip().lower()
+
+
+# --- remove ------------------------------------------------------------------------------------
+
+class Removal(StrEnum):
+    REMOVED = "removed"              # our auth sets (with decommission: the device) are gone
+    NOT_FOUND = "not-found"          # nothing of ours on the server: nothing to do
+    REFUSED = "refused"              # accepted with a key we do not know: a device in use (--force)
+    FAILED = "failed"                # the server refused a removal
+    WOULD_REMOVE = "would-remove"    # dry run
+
+
+@dataclass(frozen=True)
+class Target:
+    """An identity to take off the server, with the keys preauth files gave it.
+
+    With keys, our auth sets are those holding one of them, whatever their status (the unit may
+    have booted). Without keys (an identity given on its own), only auth sets still preauthorized
+    are ours: any other one was made by a device that connected, with a key we cannot vouch for."""
+
+    identity: dict[str, str]
+    keys: tuple[PublicKey, ...] = field(default=(), repr=False)
+    name: str | None = None
+
+
+def removal_targets(units: Iterable[Unit], identities: Iterable[dict[str, str]]) -> list[Target]:
+    """One target per identity, in order. An identity several preauth files list (re-emitted with
+    another key) gets all their keys; one also given on its own keeps them."""
+    found: dict[str, Target] = {}
+    for unit in units:
+        known = found.get(canonical_identity(unit.identity))
+        keys = (known.keys if known else ()) + (unit.pubkey,)
+        found[canonical_identity(unit.identity)] = Target(unit.identity, keys, known.name if known else unit.name)
+    for identity in identities:
+        found.setdefault(canonical_identity(identity), Target(dict(identity)))
+    return list(found.values())
+
+
+def load_target_units(path: str | Path) -> list[Unit]:
+    """The units of a preauth file, or of an emit OUT directory (its preauth.json)."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "preauth.json").exists():
+            raise UsageError(f"{path} has no preauth.json: not an emit OUT directory")
+        path = path / "preauth.json"
+    return load_units(path)
+
+
+@dataclass
+class RemoveResult:
+    identity: dict[str, str]
+    name: str | None                 # the unit's name when a preauth file gave the identity
+    outcome: Removal
+    detail: str = ""
+    device_id: str | None = None
+    auth_sets: list[str] = field(default_factory=list)   # ids of the auth sets removed (or to remove)
+    decommission: bool = False
+
+    def __post_init__(self) -> None:
+        self.outcome = Removal(self.outcome)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def remove(client: MenderClient, targets: list[Target], *, decommission: bool = False, force: bool = False,
+           dry_run: bool = False, jobs: int = 4,
+           progress: Callable[[RemoveResult], None] | None = None) -> list[RemoveResult]:
+    """Take our auth sets for ``targets`` off the server (with ``decommission``: their devices).
+
+    One walk over the device list decides for every target (_plan_removal), then the DELETEs run,
+    at most ``jobs`` at a time; ``dry_run`` stops before them. A removal the server refuses fails
+    that target only; no server, refused credentials or an answer breaking the API abort the run
+    (ServerError)."""
+    if not targets:
+        raise UsageError("nothing to remove: give a preauth file, an emit OUT directory or --identity JSON")
+    devices = {canonical_identity(d.get("identity_data") or {}): d for d in client.iter_devices()}
+    plans = [_plan_removal(t, devices.get(canonical_identity(t.identity)), decommission, force) for t in targets]
+    if dry_run:
+        return plans
+    return _run_all(lambda plan: _carry_out(client, plan), plans, jobs, progress)
+
+
+def summarize_removals(results: list[RemoveResult], dry_run: bool = False) -> dict[str, int]:
+    done = Removal.WOULD_REMOVE if dry_run else Removal.REMOVED
+    return {o: sum(r.outcome == o for r in results) for o in (done, Removal.NOT_FOUND, Removal.REFUSED, Removal.FAILED)}
+
+
+def _plan_removal(target: Target, device: dict | None, decommission: bool, force: bool) -> RemoveResult:
+    """'would-remove' (with the auth sets to remove), 'not-found' or 'refused' for one target.
+
+    An accepted auth set whose key is not ours is a device in use that we cannot vouch for (the
+    identity may be reused, or the unit re-keyed by someone else): it is left alone unless forced."""
+    result = RemoveResult(target.identity, target.name, Removal.NOT_FOUND, decommission=decommission)
+    if device is None:
+        result.detail = "no device with this identity on the server"
+        return result
+    result.device_id = device["id"]
+    sets = device.get("auth_sets") or []
+    ours = [s for s in sets if _is_ours(s, target)]
+    strangers = [s for s in sets if s.get("status") == ACCEPTED and not _is_ours(s, target)]
+    if strangers and not force:
+        result.outcome = Removal.REFUSED
+        result.detail = (f"device {device['id']} is accepted with a key we do not know "
+                         f"({_short_fp(strangers[0].get('pubkey'))}): it is in use; --force "
+                         + ("decommissions it anyway" if decommission else "removes our auth sets anyway"))
+    elif decommission:
+        result.outcome = Removal.WOULD_REMOVE
+        result.detail = f"device {device['id']} with {_sets_text(sets) or 'no auth sets'}"
+    elif not ours:
+        only = "" if target.keys else "; for an identity given on its own only preauthorized ones are ours"
+        result.detail = f"device {device['id']} holds no auth set of ours ({_sets_text(sets) or 'none'}{only})"
+    elif not all(s.get("id") for s in ours):
+        result.outcome = Removal.FAILED
+        result.detail = f"device {device['id']}: the server lists an auth set of ours without an id"
+    else:
+        result.outcome = Removal.WOULD_REMOVE
+        result.auth_sets = [s["id"] for s in ours]
+        result.detail = _sets_text(ours)
+    return result
+
+
+def _carry_out(client: MenderClient, plan: RemoveResult) -> RemoveResult:
+    """The DELETEs of a 'would-remove' plan. A 404 means someone removed it meanwhile."""
+    if plan.outcome != Removal.WOULD_REMOVE:
+        return plan
+    try:
+        if plan.decommission:
+            gone = [client.decommission(plan.device_id)]
+        else:
+            gone = [client.remove_auth_set(plan.device_id, auth_id) for auth_id in plan.auth_sets]
+    except ServerError as exc:
+        if _aborts(exc):
+            raise
+        return replace(plan, outcome=Removal.FAILED, detail=str(exc))
+    if not any(gone):
+        return replace(plan, outcome=Removal.NOT_FOUND, detail=f"{plan.detail}: already gone (HTTP 404)")
+    return replace(plan, outcome=Removal.REMOVED)
+
+
+def _is_ours(auth_set: dict, target: Target) -> bool:
+    if target.keys:
+        return any(_same_key(auth_set.get("pubkey"), key) for key in target.keys)
+    return auth_set.get("status") == PREAUTHORIZED
+
+
+def _sets_text(sets: list[dict]) -> str:
+    """'auth set ID (preauthorized, key 3f9a…)' for each set, for messages."""
+    return ", ".join(f"auth set {s.get('id') or '?'} ({s.get('status')}, key {_short_fp(s.get('pubkey'))})"
+                     for s in sets)
+
+
+# --- preauthorizations left behind -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LeftBehind:
+    """A device still preauthorized on the server that the preauth file no longer has, but that
+    looks like one of its units (see left_behind)."""
+
+    device_id: str
+    identity: dict[str, str]
+    unit: str                        # the file's unit it looks like
+    reason: str
+
+    @property
+    def remove_command(self) -> str:
+        """The command that takes it off the server, ready to paste into a shell."""
+        return "imagetools preauth remove --identity " + shlex.quote(canonical_identity(self.identity))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "remove_command": self.remove_command}
+
+
+def find_left_behind(client: MenderClient, units: list[Unit]) -> list[LeftBehind]:
+    """left_behind over the server's device list: one walk, bounded like every listing."""
+    return left_behind(list(client.iter_devices()), units)
+
+
+def left_behind(devices: list[dict], units: list[Unit]) -> list[LeftBehind]:
+    """Preauthorized devices whose identity the file does not have but that look like its units.
+
+    The case this is for: a typo in an identity, fixed in the file and pushed again, leaves the
+    misspelt identity preauthorized on the server, where a device could still claim it. "Looks
+    like one of ours" means either of:
+    - a preauthorized auth set holds the key of a unit of the file (the identity was edited, the
+      key kept); or
+    - the identity has a unit's attribute names, differs from it in exactly one value, and shares
+      with it a value that no other unit of the file and no other such device has (the serial
+      number of {"mac": "..:03", "sn": "SN3"} fixed to {"mac": "..:33", "sn": "SN3"}).
+    Not "any preauthorized device with the same attribute names", nor "one value apart" alone:
+    with Mender's default identity (the MAC only) or an attribute every unit shares (a SKU) those
+    would name every not-yet-booted unit of earlier batches on every push. The cost: a typo in a
+    single-attribute identity, fixed and pushed with a new key, goes unnoticed here."""
+    in_file = {canonical_identity(u.identity) for u in units}
+    strays = [d for d in devices if _all_strings(d.get("identity_data"))
+              and canonical_identity(d["identity_data"]) not in in_file]
+    by_key = {spki_der(u.pubkey): u for u in units}
+    file_values = Counter(item for u in units for item in u.identity.items())
+    sole = {item: u for u in units for item in u.identity.items() if file_values[item] == 1}
+    stray_values = Counter(item for d in strays for item in d["identity_data"].items())
+    found = []
+    for device in strays:
+        preauthorized = [s for s in device.get("auth_sets") or [] if s.get("status") == PREAUTHORIZED]
+        if not preauthorized:
+            continue
+        match = _unit_by_key(preauthorized, by_key) or _one_value_apart(device["identity_data"], sole, stray_values)
+        if match:
+            found.append(LeftBehind(device["id"], dict(device["identity_data"]), match[0].name, match[1]))
+    return found
+
+
+def _unit_by_key(sets: list[dict], by_key: dict[bytes, Unit]) -> tuple[Unit, str] | None:
+    for auth_set in sets:
+        unit = by_key.get(_pem_der(auth_set.get("pubkey")))
+        if unit:
+            return unit, f"its preauthorized key is unit {unit.name}'s"
+    return None
+
+
+def _one_value_apart(identity: dict[str, str], sole: dict[tuple[str, str], Unit],
+                     stray_values: Counter) -> tuple[Unit, str] | None:
+    for item in identity.items():
+        unit = sole.get(item)
+        if unit is None or stray_values[item] != 1 or unit.identity.keys() != identity.keys():
+            continue
+        differ = [a for a in identity if identity[a] != unit.identity[a]]
+        if len(differ) == 1:
+            attr = differ[0]
+            return unit, (f"its identity differs from unit {unit.name}'s only in {attr} ({json.dumps(identity[attr])} "
+                          f"on the server, {json.dumps(unit.identity[attr])} in the file)")
+    return None
+
+
+def _all_strings(identity: Any) -> bool:
+    return (isinstance(identity, dict) and bool(identity)
+            and all(isinstance(v, str) for v in identity.values()))
+
+
+def _pem_der(pem: Any) -> bytes | None:
+    """The DER of a PEM public key without loading it (cheap for long device lists); None if it is
+    not one clean PUBLIC KEY block."""
+    try:
+        blocks = parse_pem(pem.encode(), "server key").blocks if isinstance(pem, str) else ()
+    except KeyMaterialError:
+        return None
+    return blocks[0].der if len(blocks) == 1 and blocks[0].label == "PUBLIC KEY" else None
 
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -4,7 +4,12 @@ Why a client of our own rather than a curl loop: the server has no bulk preautho
 rate-limits with 429, answers 409 even when the same identity and key are re-posted, and a
 factory run must survive a flaky link. Every request here is retried with exponential backoff on
 connection errors, 5xx and 429 (honouring ``Retry-After``); POSTs are safe to retry because a
-duplicate preauthorization answers 409, which the caller resolves by comparing keys.
+duplicate preauthorization answers 409, which the caller resolves by comparing keys, and DELETEs
+because a repeat answers 404. TLS failures are not retried: a certificate we do not trust or a
+server that speaks plain http stays so, and waiting would only hide the message.
+
+The library never prints: ``on_retry`` hears about each retry (what failed, why, the wait) and
+``on_request`` about each request's method and URL, for a caller that wants to show them.
 
 Nothing the server sends is trusted: each answer is read whole within the request's deadline and
 size cap, and its shape and types are checked against what the API promises before anything uses
@@ -43,13 +48,16 @@ import httpx
 
 from .errors import AuthError, ImageToolsError, KeyMaterialError, ServerError, UsageError, from_oserror
 from .keys import PublicKey, load_public, write_secret
-from .mender import (ADMISSION_V1, DEVICES_V2, ENV_SERVER_URL, ENV_TOKEN, LOGIN, MAX_PER_PAGE,
-                     canonical_identity)
+from .mender import (ACCEPTED, ADMISSION_V1, AUTH_SET_V2, DEVICE_V2, DEVICES_V2, ENV_SERVER_URL, ENV_TOKEN,
+                     LOGIN, MAX_PER_PAGE, PREAUTHORIZED, canonical_identity)
 
 MAX_PAGES = 10_000               # 5 million devices at 500 per page
 MAX_BODY = 16 * 1024 * 1024      # a page of 500 devices with RSA-4096 keys is about 2 MiB
 MAX_TOKEN_BYTES = 64 * 1024
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# OpenSSL's reasons when the other side answered a TLS hello with something that is not TLS
+# (a plain http server's "HTTP/1.1 400"): 1.x/3.0, 3.2 and later, and a long non-TLS record.
+PLAIN_HTTP_REASONS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"})
 TOKEN_ENV, URL_ENV = ENV_TOKEN, ENV_SERVER_URL
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")   # device and auth set ids: UUIDs, hex ObjectIds
@@ -265,6 +273,17 @@ class Reply:
         return _one_line(text, limit)
 
 
+@dataclass(frozen=True)
+class Retry:
+    """A failed attempt that is about to be retried, as MenderClient's ``on_retry`` hears of it."""
+
+    what: str          # the request, e.g. "list devices"
+    attempt: int       # the attempt that failed, counted from 1
+    attempts: int      # how many there are at most (1 + retries)
+    reason: str        # why it failed, one line: "cannot reach the Mender Server at URL: ...", "HTTP 503: ..."
+    wait: float        # seconds until the next attempt
+
+
 @dataclass
 class PreauthAnswer:
     """What the server said to one preauthorization: 201 created (with the id from Location) or
@@ -278,12 +297,20 @@ class PreauthAnswer:
 # --- the client --------------------------------------------------------------------------------
 
 class MenderClient:
-    """A small, thread-safe client for the management endpoints imagetools needs."""
+    """A small, thread-safe client for the management endpoints imagetools needs.
 
-    def __init__(self, settings: ServerSettings, *, connections: int = 4):
+    ``on_retry(Retry)`` is called before each wait for a retry, ``on_request(method, url)`` before
+    each attempt is sent (the URL as sent, never with credentials). Both are called from the
+    thread doing the request (push and remove run several), and must not raise."""
+
+    def __init__(self, settings: ServerSettings, *, connections: int = 4,
+                 on_retry: Callable[[Retry], None] | None = None,
+                 on_request: Callable[[str, str], None] | None = None):
         self.settings = settings
         self.url = settings.url
+        self.on_retry = on_retry
         token = check_token(settings.token, settings.token_source or "the token") if settings.token else None
+        hooks = {"request": [lambda request: on_request(request.method, str(request.url))]} if on_request else {}
         self._http = httpx.Client(
             base_url=self.url,
             verify=_tls_verify(settings),
@@ -292,6 +319,7 @@ class MenderClient:
             auth=_Bearer(token) if token else None,
             headers={"User-Agent": "imagetools"},
             follow_redirects=False,
+            event_hooks=hooks,
         )
 
     def __enter__(self) -> "MenderClient":
@@ -312,21 +340,21 @@ class MenderClient:
         """Send with retries; return any answer below 500 except 401/403/429 (raised as errors).
 
         Each attempt is over within ``timeout`` seconds (see _attempt); there are at most
-        ``retries`` more, and no wait between them is longer than ``max_wait``."""
+        ``retries`` more, and no wait between them is longer than ``max_wait``. A TLS failure
+        ends it at once (see _tls_failure)."""
         s = self.settings
         attempts = s.retries + 1
-        for attempt in range(attempts):
-            wait = s.backoff * (2 ** min(attempt, 30)) * (1 + random.random() / 10)
+        for attempt in range(1, attempts + 1):
+            wait = s.backoff * (2 ** min(attempt - 1, 30)) * (1 + random.random() / 10)
             try:
                 reply = self._attempt(method, path, what, kwargs)
             except httpx.TransportError as exc:
-                if _is_certificate_error(exc):
-                    raise ServerError(
-                        f"{what}: TLS certificate of {self.url} not trusted ({self._reason(exc)}); pass "
-                        f"--ca-cert FILE for a private CA (--insecure skips the check, test setups only)"
-                    ) from None
-                if attempt + 1 == attempts:
-                    raise ServerError(self._no_answer(exc, what, attempts)) from None
+                tls = self._tls_failure(exc)
+                if tls:
+                    raise ServerError(f"{what}: {tls}") from None
+                reason = self._no_answer(exc)
+                if attempt == attempts:
+                    raise ServerError(f"{what}: {reason} ({_tries(attempts)})") from None
             else:
                 if reply.status_code in (401, 403):
                     raise self._auth_error(reply, what)
@@ -337,9 +365,13 @@ class MenderClient:
                     if retry_after > s.max_wait:
                         raise server_error(reply, f"{what} (server asks to retry after {retry_after:.0f} s)")
                     wait = max(wait, retry_after)
-                if attempt + 1 == attempts:
+                if attempt == attempts:
                     raise server_error(reply, f"{what} ({_tries(attempts)})")
-            time.sleep(min(wait, s.max_wait))
+                reason = _answer_text(reply)
+            wait = min(wait, s.max_wait)
+            if self.on_retry:
+                self.on_retry(Retry(what, attempt, attempts, reason, wait))
+            time.sleep(wait)
         raise AssertionError("unreachable")
 
     def _attempt(self, method: str, path: str, what: str, kwargs: dict[str, Any]) -> Reply:
@@ -377,10 +409,25 @@ class MenderClient:
                 raise _bad_response(head, what, "its body does not decode as its Content-Encoding says") from None
         return Reply(resp.status_code, resp.headers, bytes(body), resp.request)
 
-    def _no_answer(self, exc: httpx.TransportError, what: str, attempts: int) -> str:
+    def _no_answer(self, exc: httpx.TransportError) -> str:
         if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-            return f"{what}: cannot reach the Mender Server at {self.url}: {self._reason(exc)} ({_tries(attempts)})"
-        return f"{what}: no complete answer from the Mender Server at {self.url}: {self._reason(exc)} ({_tries(attempts)})"
+            return f"cannot reach the Mender Server at {self.url}: {self._reason(exc)}"
+        return f"no complete answer from the Mender Server at {self.url}: {self._reason(exc)}"
+
+    def _tls_failure(self, exc: httpx.TransportError) -> str | None:
+        """What to stop with when TLS itself failed, or None when retrying may help (no TLS error,
+        or a handshake cut short: a restarting server or a flaky link does that)."""
+        tls = _ssl_error(exc)
+        if tls is None or isinstance(tls, _TRANSIENT_SSL) or tls.reason == "UNEXPECTED_EOF_WHILE_READING":
+            return None
+        reason = self._reason(exc)
+        if isinstance(tls, ssl.SSLCertVerificationError) or tls.reason == "CERTIFICATE_VERIFY_FAILED":
+            return (f"TLS certificate of {self.url} not trusted ({reason}); use --ca-cert FILE for a private CA "
+                    f"(--insecure skips the check, test setups only)")
+        if tls.reason in PLAIN_HTTP_REASONS:
+            return (f"TLS handshake with {self.url} failed ({reason}): the server speaks plain http: "
+                    f"use an http:// URL")
+        return f"TLS handshake with {self.url} failed ({reason}); check the URL's port and the server's TLS setup"
 
     def _reason(self, exc: BaseException) -> str:
         """The transport error on one line, the token blanked out should the message quote it."""
@@ -434,7 +481,7 @@ class MenderClient:
 
     def get_device(self, device_id: str) -> dict | None:
         what = f"get device {_one_line(device_id, 80)}"
-        reply = self.request("GET", f"{DEVICES_V2}/{quote(device_id, safe='')}", what=what)
+        reply = self.request("GET", DEVICE_V2.format(device_id=quote(device_id, safe="")), what=what)
         if reply.status_code == 404:
             return None
         if reply.status_code != 200:
@@ -445,6 +492,26 @@ class MenderClient:
         """Every device, following the Link header's 'next' page; each one checked (_device_problem)."""
         yield from self._paged(DEVICES_V2, {"per_page": min(per_page, MAX_PER_PAGE)}, "list devices",
                                _device_problem)
+
+    def remove_auth_set(self, device_id: str, auth_id: str) -> bool:
+        """Remove one auth set: True when removed (204), False when the server has no such auth set
+        or device (404). Removing the only auth set of a preauthorized device removes the device
+        too, and removing an accepted one rejects the device (the API's rules)."""
+        path = AUTH_SET_V2.format(device_id=quote(device_id, safe=""), auth_id=quote(auth_id, safe=""))
+        return self._delete(path, f"remove auth set {_one_line(auth_id, 80)} of device {_one_line(device_id, 80)}")
+
+    def decommission(self, device_id: str) -> bool:
+        """Decommission a device with all its auth sets: True when done (204), False on 404."""
+        path = DEVICE_V2.format(device_id=quote(device_id, safe=""))
+        return self._delete(path, f"decommission device {_one_line(device_id, 80)}")
+
+    def _delete(self, path: str, what: str) -> bool:
+        reply = self.request("DELETE", path, what=what)
+        if reply.status_code in (204, 404):
+            return reply.status_code == 204
+        if reply.status_code < 300:
+            raise _bad_response(reply, what, "the API answers a removal with 204 No Content")
+        raise server_error(reply, what)
 
     def find_device(self, identity: Mapping[str, Any]) -> dict | None:
         """The device whose identity equals ``identity`` exactly (the v2 API has no identity filter)."""
@@ -521,7 +588,7 @@ def expected_key_for_identity(client: MenderClient, identity: Mapping[str, Any])
         raise ServerError(f"no device with identity {canonical_identity(identity)} on {client.url}; "
                           f"preauthorize it first (imagetools preauth push)")
     sets = device.get("auth_sets") or []
-    for wanted in ("accepted", "preauthorized"):
+    for wanted in (ACCEPTED, PREAUTHORIZED):
         for auth_set in sets:
             if auth_set.get("status") == wanted and auth_set.get("pubkey"):
                 try:
@@ -578,8 +645,12 @@ def _auth_sets_problem(sets: Any) -> str | None:
 
 
 def _auth_set_problem(item: Any) -> str | None:
+    """Why ``item`` is not an AuthSet: the id (optional in the spec) is used in DELETE paths."""
     if not isinstance(item, dict):
         return f"an auth set is {json_type(item)}, not an object"
+    auth_id = item.get("id")
+    if auth_id is not None and not (isinstance(auth_id, str) and _ID.fullmatch(auth_id)):
+        return f"auth set id {_show(auth_id)} is not an id"
     pubkey = item.get("pubkey")
     if not isinstance(pubkey, str) or not pubkey.isascii():
         return f"an auth set's pubkey is {json_type(pubkey)}, not PEM text"
@@ -663,6 +734,11 @@ def parse_retry_after(value: str | None) -> float | None:
 
 def server_error(reply: Reply, what: str) -> ServerError:
     """A ServerError quoting the server's 'error' and 'request_id', on one printable line."""
+    return ServerError(f"{what}: {_answer_text(reply)}", reply.status_code, reply.request_id)
+
+
+def _answer_text(reply: Reply) -> str:
+    """'HTTP 503: service unavailable (request_id ...)': an error answer on one printable line."""
     body = reply.data
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         detail = body["error"]
@@ -673,8 +749,7 @@ def server_error(reply: Reply, what: str) -> ServerError:
     if reply.is_redirect:
         detail = f"redirected to {reply.headers['Location']}; pass that server URL instead"
     detail, rid = reply.quote(detail), reply.request_id
-    msg = f"{what}: HTTP {reply.status_code}" + (f": {detail}" if detail else "") + (f" (request_id {rid})" if rid else "")
-    return ServerError(msg, reply.status_code, rid)
+    return f"HTTP {reply.status_code}" + (f": {detail}" if detail else "") + (f" (request_id {rid})" if rid else "")
 
 
 def _bad_response(reply: Reply, what: str, problem: str) -> BadResponse:
@@ -750,15 +825,18 @@ def _tls_verify(settings: ServerSettings) -> ssl.SSLContext | bool:
         raise UsageError(f"cannot use CA certificate {settings.ca_cert}: {exc}") from None
 
 
-def _is_certificate_error(exc: BaseException) -> bool:
+# Connection trouble that shows up as an SSLError: the peer hung up or the socket failed mid-handshake.
+_TRANSIENT_SSL = (ssl.SSLEOFError, ssl.SSLSyscallError, ssl.SSLZeroReturnError)
+
+
+def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    """The ssl.SSLError behind an httpx transport error (httpx and httpcore chain it), if any."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return True
-        if "CERTIFICATE_VERIFY_FAILED" in str(seen):
-            return True
+        if isinstance(seen, ssl.SSLError):
+            return seen
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
 
 
 def _tries(attempts: int) -> str:

@@ -2,12 +2,17 @@
 
 Kept apart from server_cmd so `verify` (run per unit on flashing stations) loads httpx and the
 API client only when --server is actually given.
+
+Network messages are printed here, not in the library: each retry is one line on stderr (which
+attempt failed, why, how long until the next), so an unreachable server says so at the first
+failure instead of after minutes of silence; `-v` adds each request's method and URL.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
@@ -16,21 +21,52 @@ import click
 
 from ..errors import UsageError
 from ..mender import ENV_SERVER_URL
-from .base import warn
+from .base import echo, warn
 
 if TYPE_CHECKING:
     from ..keys import PublicKey
-    from ..server import ServerSettings
+    from ..server import MenderClient, Retry, ServerSettings
 
 URL_ENV = ENV_SERVER_URL
+
+
+@dataclass
+class ServerAccess:
+    """What a server command gets from server_options: ``settings()`` resolves the URL and the
+    token on first use (so --dry-run needs neither), ``client()`` opens a MenderClient that
+    reports retries (and with --verbose every request) on stderr."""
+
+    make_settings: Callable[[], ServerSettings]
+    verbose: bool = False
+    _settings: ServerSettings | None = field(default=None, repr=False)
+
+    def settings(self) -> ServerSettings:
+        if self._settings is None:
+            self._settings = self.make_settings()
+        return self._settings
+
+    def client(self, connections: int = 4) -> MenderClient:
+        from ..server import MenderClient
+
+        return MenderClient(self.settings(), connections=connections, on_retry=show_retry,
+                            on_request=show_request if self.verbose else None)
+
+
+def show_retry(retry: Retry) -> None:
+    echo(f"imagetools: {retry.what}: attempt {retry.attempt} of {retry.attempts} failed: {retry.reason}; "
+         f"retrying in {retry.wait:.2f} s", err=True)
+
+
+def show_request(method: str, url: str) -> None:
+    echo(f"imagetools: {method} {url}", err=True)
 
 
 def server_options(require_token: bool = True, optional: bool = False) -> Callable:
     """The connection options every server command shares.
 
-    The command gets `settings`: a callable returning ServerSettings with the token resolved
+    The command gets `server`: a ServerAccess whose settings have the token resolved
     (require_token=False: no token and no --token-file, for `login`). With optional=True, --server
-    has no environment default and `settings` is None when --server is absent: the command stays
+    has no environment default and `server` is None when --server is absent: the command stays
     offline.
     """
     def decorate(func: Callable) -> Callable:
@@ -57,10 +93,14 @@ def server_options(require_token: bool = True, optional: bool = False) -> Callab
                       envvar="IMAGETOOLS_BACKOFF", metavar="SECONDS",
                       help="First retry wait, doubled on each retry; Retry-After wins when longer "
                            "(env IMAGETOOLS_BACKOFF).")
+        @click.option("--verbose", "-v", is_flag=True,
+                      help="Show each request's method and URL on stderr (retries are always shown).")
         @functools.wraps(func)
         def wrapper(server_url: str | None, ca_cert: str | None, insecure: bool,
-                    timeout: float, retries: int, backoff: float, **kwargs: Any) -> Any:
+                    timeout: float, retries: int, backoff: float, verbose: bool, **kwargs: Any) -> Any:
             token_file = kwargs.pop("token_file", None)
+            if optional and not server_url and verbose:
+                raise UsageError("--verbose is only used with --server")
 
             def settings() -> ServerSettings:
                 from ..server import ServerSettings, resolve_token
@@ -71,7 +111,8 @@ def server_options(require_token: bool = True, optional: bool = False) -> Callab
                     s.token, s.token_source = resolve_token(s.url, token_file)
                 _warn_about_transport(s)
                 return s
-            return func(settings=settings if server_url or not optional else None, **kwargs)
+            access = ServerAccess(settings, verbose) if server_url or not optional else None
+            return func(server=access, **kwargs)
         return wrapper
     return decorate
 
@@ -88,18 +129,18 @@ def server_key_options(func: Callable) -> Callable:
                        "(default: identity.json beside the image).")
     @server_options(optional=True)
     @functools.wraps(func)
-    def wrapper(settings: Callable[..., ServerSettings] | None, identity_arg: str | None, **kwargs: Any) -> Any:
-        if settings is None:
+    def wrapper(server: ServerAccess | None, identity_arg: str | None, **kwargs: Any) -> Any:
+        if server is None:
             if identity_arg is not None:
                 raise UsageError("--identity is only used with --server")
             return func(server_key=None, **kwargs)
 
         def server_key(image: str | os.PathLike) -> PublicKey:
             from ..preauth import load_identity
-            from ..server import MenderClient, expected_key_for_identity
+            from ..server import expected_key_for_identity
 
             identity = load_identity(identity_arg, Path(image).parent / "identity.json")
-            with MenderClient(settings()) as client:
+            with server.client() as client:
                 return expected_key_for_identity(client, identity)
         return func(server_key=server_key, **kwargs)
     return wrapper

@@ -1,26 +1,38 @@
-"""A small Mender Server for tests: deviceauth v2, useradm login, legacy admission v1.
+#!/usr/bin/env -S sh -c 'exec "$(dirname "$0")/../../.venv/bin/python" "$0" "$@"'
+"""A small Mender Server for tests and for trying imagetools without a server: deviceauth v2,
+useradm login, legacy admission v1.
 
 It follows the OpenAPI documents in shared/reference/mender-api (and
 fixtures/mender-api/admission_v1.yaml for the legacy API): every request and every response is
 validated with openapi-core, and each violation is recorded in `violations` — the `mender`
-fixtures fail the test when it is not empty.
+fixtures fail the test when it is not empty (run as a program, each one is printed on stderr).
 
 Answers the real gateway gives but the service specs do not list (401 from the auth check, 429
 from the rate limiter, 503) are checked against the common Error schema instead.
 
 Behaviour modelled on deviceauth: preauthorize → 201 + Location; same identity again → 409 whose
 body is the existing Device; PKCS#1 or unparsable keys → 400; identities matched after key sorting,
-value types included; paging with per_page ≤ 500 and a Link header (first/next/prev).
+value types included; paging with per_page ≤ 500 and a Link header (first/next/prev); DELETE of an
+auth set → 204 (the device goes too when it was preauthorized with that one set), DELETE of a
+device (decommission) → 204, 404 for either when it is not there.
 Faults: `fail_next(status, count, retry_after)` answers the next requests with 429/5xx.
+
+As a program (see --help) it serves on 127.0.0.1 until SIGINT or SIGTERM. The first line of the
+file finds the checkout's .venv (the server needs openapi-core and friends), so both
+`tests/support/mender_server.py` and `.venv/bin/python tests/support/mender_server.py` work.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import json
 import os
+import shlex
+import signal
 import ssl
+import sys
 import threading
 import time
 import uuid
@@ -28,7 +40,7 @@ from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import jsonschema
@@ -41,14 +53,9 @@ from openapi_core.testing import MockRequest, MockResponse
 from openapi_core.validation.request.exceptions import SecurityValidationError
 
 ROOT = Path(__file__).resolve().parents[2]
-# The Mender OpenAPI documents live in shared/ beside the repository checkout (override with
-# MENDER_API_SPECS); without them the server cannot validate traffic, so that is an error.
-REFERENCE = Path(os.environ.get("MENDER_API_SPECS")
-                 or ROOT.parent / "shared" / "reference" / "mender-api")
-if not (REFERENCE / "deviceauth" / "management_v2.yaml").is_file():
-    raise RuntimeError(f"Mender OpenAPI specs not found at {REFERENCE}: put shared/ beside the "
-                       "repository or set MENDER_API_SPECS")
+SPECS_ENV = "MENDER_API_SPECS"
 LEGACY_SPEC = ROOT / "fixtures" / "mender-api" / "admission_v1.yaml"
+TEST_TOKEN = "test-pat"           # the Personal Access Token the server accepts unless told otherwise
 
 DEVICES = "/api/management/v2/devauth/devices"
 ADMISSION = "/api/management/v1/admission/devices"
@@ -57,26 +64,58 @@ GATEWAY_STATUSES = {401, 429, 502, 503, 504}
 STAMP = "2026-11-22T03:00:00Z"
 
 _CONFIG = Config(extra_media_type_deserializers={"application/jwt": lambda data: data.decode("ascii")})
-_SPECS = {
-    "/api/management/v2/devauth/": REFERENCE / "deviceauth" / "management_v2.yaml",
-    "/api/management/v1/useradm/": REFERENCE / "useradm" / "management_v1.yaml",
-    "/api/management/v1/admission/": LEGACY_SPEC,
-}
-_loaded: dict[str, OpenAPI] = {}
-_load_lock = threading.Lock()
 
 
-def _spec_for(path: str) -> OpenAPI | None:
-    for prefix, file in _SPECS.items():
-        if path.startswith(prefix):
-            with _load_lock:
-                if prefix not in _loaded:
-                    _loaded[prefix] = OpenAPI.from_file_path(str(file), config=_CONFIG)
-            return _loaded[prefix]
-    return None
+class SpecsMissing(RuntimeError):
+    """The OpenAPI documents are not where we looked: without them nothing can be validated."""
 
 
-_ERROR_SCHEMA = yaml.safe_load((REFERENCE / "common" / "schemas.yaml").read_text())["components"]["schemas"]["Error"]
+class StateError(ValueError):
+    """A --state file that is not one this server wrote."""
+
+
+def default_reference() -> Path:
+    """$MENDER_API_SPECS, else shared/reference/mender-api beside the repository checkout."""
+    return Path(os.environ.get(SPECS_ENV) or ROOT.parent / "shared" / "reference" / "mender-api")
+
+
+class Specs:
+    """The OpenAPI documents traffic is validated against, each parsed on first use (openapi-core
+    takes a while per document, so servers share one Specs: see default_specs)."""
+
+    def __init__(self, reference: Path):
+        if not (reference / "deviceauth" / "management_v2.yaml").is_file():
+            raise SpecsMissing(f"Mender OpenAPI specs not found at {reference}: put shared/ beside the "
+                               f"repository, set {SPECS_ENV} or pass --specs DIR")
+        self.reference = reference
+        self._files = {
+            "/api/management/v2/devauth/": reference / "deviceauth" / "management_v2.yaml",
+            "/api/management/v1/useradm/": reference / "useradm" / "management_v1.yaml",
+            "/api/management/v1/admission/": LEGACY_SPEC,
+        }
+        schemas = yaml.safe_load((reference / "common" / "schemas.yaml").read_text())
+        self.error_schema = schemas["components"]["schemas"]["Error"]
+        self._loaded: dict[str, OpenAPI] = {}
+        self._lock = threading.Lock()
+
+    def for_path(self, path: str) -> OpenAPI | None:
+        for prefix, file in self._files.items():
+            if path.startswith(prefix):
+                with self._lock:
+                    if prefix not in self._loaded:
+                        self._loaded[prefix] = OpenAPI.from_file_path(str(file), config=_CONFIG)
+                return self._loaded[prefix]
+        return None
+
+
+_default_specs: list[Specs] = []
+
+
+def default_specs() -> Specs:
+    """The documents at default_reference(), parsed once per process."""
+    if not _default_specs:
+        _default_specs.append(Specs(default_reference()))
+    return _default_specs[0]
 
 
 def make_jwt(subject: str, lifetime: int = 3600) -> str:
@@ -96,18 +135,29 @@ class Reply:
 
 
 class MenderTestServer:
-    def __init__(self, *, users: dict[str, str] | None = None, tls: tuple[str, str] | None = None):
+    """The server on 127.0.0.1:``port`` (0: a free one), accepting ``token`` as a Personal Access
+    Token. With ``state``, devices are loaded from that JSON file and saved to it after each
+    request that changes them and on exit. ``on_violation`` hears of each spec violation."""
+
+    def __init__(self, *, users: dict[str, str] | None = None, tls: tuple[str, str] | None = None,
+                 port: int = 0, token: str = TEST_TOKEN, specs: Specs | None = None,
+                 state: Path | None = None, on_violation: Callable[[str], None] | None = None):
+        self.specs = specs or default_specs()
         self.users = users or {"admin@example.com": "correct horse"}
-        self.tokens: set[str] = {"test-pat"}
+        self.tokens: set[str] = {token}
         self.devices: dict[str, dict] = {}        # id → Device (deviceauth v2 shape)
         self.admission: list[dict] = []          # legacy auth sets
         self.violations: list[str] = []
         self.log: list[tuple[str, str, int]] = []   # (method, path, status)
         self.login_headers: list[str] = []
+        self.state = state
+        self.on_violation = on_violation
         self._faults: deque[tuple[int, float | None, str]] = deque()
         self._stalls: deque[float] = deque()
         self._lock = threading.RLock()
-        self._httpd = _QuietServer(("127.0.0.1", 0), _handler_for(self))
+        if state is not None and state.exists():
+            self.devices, self.admission = _load_state(state)
+        self._httpd = _QuietServer(("127.0.0.1", port), _handler_for(self))
         if tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(*tls)
@@ -122,6 +172,17 @@ class MenderTestServer:
     def __exit__(self, *exc: object) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+        self.save()
+
+    def save(self) -> None:
+        """Write the devices to the state file (if any), whole or not at all."""
+        if self.state is None:
+            return
+        with self._lock:
+            text = json.dumps({"devices": list(self.devices.values()), "admission": self.admission}, indent=1)
+            partial = self.state.with_name(self.state.name + ".partial")
+            partial.write_text(text + "\n")
+            os.replace(partial, self.state)
 
     # --- test controls ---
 
@@ -169,7 +230,7 @@ class MenderTestServer:
         time.sleep(stall)
         parts = urlsplit(raw_path)
         path, query = parts.path, parse_qsl(parts.query)
-        spec = _spec_for(path)
+        spec = self.specs.for_path(path)
         request = MockRequest(self.url, method.lower(), path, args=query, headers=headers,
                               data=body, content_type=headers.get("Content-Type"))
         reply = self._route(method, path, dict(query), headers, body, spec, request)
@@ -180,6 +241,8 @@ class MenderTestServer:
             self._check_response(spec, request, reply, f"{method} {path}")
         with self._lock:
             self.log.append((method, path, reply.status))
+        if method != "GET" and reply.status < 300:
+            self.save()
         return reply
 
     def _route(self, method: str, path: str, query: dict, headers: dict, body: bytes,
@@ -212,6 +275,8 @@ class MenderTestServer:
             if path.startswith(DEVICES + "/") and method == "GET":
                 device = self.devices.get(path.rsplit("/", 1)[1])
                 return Reply(200, device) if device else _error(404, "device not found")
+            if path.startswith(DEVICES + "/") and method == "DELETE":
+                return self._delete(path.removeprefix(DEVICES + "/").split("/"))
             if path == ADMISSION and method == "POST":
                 return self._admit(data)
             if path == ADMISSION and method == "GET":
@@ -261,6 +326,24 @@ class MenderTestServer:
             device_id = self.seed_device(identity, pem, "preauthorized")
         return Reply(201, None, {"Location": f"{DEVICES}/{device_id}"})
 
+    def _delete(self, parts: list[str]) -> Reply:
+        """DELETE devices/{id} (decommission) or devices/{id}/auth/{aid}, as deviceauth does it."""
+        device = self.devices.get(parts[0])
+        if device is None:
+            return _error(404, "device not found")
+        if len(parts) == 1:
+            del self.devices[parts[0]]
+            return Reply(204)
+        found = [s for s in device["auth_sets"] if s["id"] == parts[2]] if parts[1:] == ["auth", parts[-1]] else []
+        if not found:
+            return _error(404, "authentication set not found")
+        if len(device["auth_sets"]) == 1 and device["status"] == "preauthorized":
+            del self.devices[parts[0]]
+        else:
+            device["auth_sets"].remove(found[0])
+            _refresh_status(device)
+        return Reply(204)
+
     def _admit(self, data: dict) -> Reply:
         try:
             identity = json.loads(data["device_identity"])
@@ -290,7 +373,7 @@ class MenderTestServer:
                 self._violation(f"{what}: answer {reply.status} is not in the spec")
                 return
             try:
-                jsonschema.validate(reply.body, _ERROR_SCHEMA)
+                jsonschema.validate(reply.body, self.specs.error_schema)
             except jsonschema.ValidationError as exc:
                 self._violation(f"{what}: {reply.status} body is not an Error: {exc.message}")
         except Exception as exc:  # noqa: BLE001
@@ -299,6 +382,8 @@ class MenderTestServer:
     def _violation(self, message: str) -> None:
         with self._lock:
             self.violations.append(message)
+        if self.on_violation:
+            self.on_violation(message)
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -390,19 +475,103 @@ def _encode(reply: Reply) -> bytes:
     return json.dumps(reply.body).encode()
 
 
+def _load_state(path: Path) -> tuple[dict[str, dict], list[dict]]:
+    """Devices and admission sets from a --state file this server wrote (StateError otherwise)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StateError(f"cannot read state file {path}: {exc}") from None
+    devices = data.get("devices") if isinstance(data, dict) else None
+    admission = data.get("admission", []) if isinstance(data, dict) else None
+    good_devices = isinstance(devices, list) and all(
+        isinstance(d, dict) and isinstance(d.get("id"), str) and isinstance(d.get("auth_sets"), list) for d in devices)
+    if not (good_devices and isinstance(admission, list) and all(isinstance(a, dict) for a in admission)):
+        raise StateError(f"{path} is not a state file of this server (expected {{\"devices\": [...], "
+                         f"\"admission\": [...]}})")
+    return {d["id"]: d for d in devices}, admission
 
-def main() -> None:
-    """Serve on 127.0.0.1 for scripts/demo: writes the URL to the file given, stops after the
-    number of seconds given (default 600) or on SIGTERM. Accepts the token 'test-pat'."""
-    import signal
-    import sys
 
-    url_file, lifetime = sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 600.0
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with MenderTestServer() as server:
-        Path(url_file).write_text(server.url)
-        time.sleep(lifetime)
+# --- as a program ---------------------------------------------------------------------------------
+
+class _Stopped(Exception):
+    """Raised by the SIGINT/SIGTERM handler to leave the serving loop."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise _Stopped
+
+
+def _token(text: str) -> str:
+    if not text or not all("!" <= c <= "~" for c in text):
+        raise argparse.ArgumentTypeError("a token is printable ASCII without spaces")
+    return text
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError("a port is a number from 0 to 65535")
+    return int(text)
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="mender_server.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="A local stand-in for the Mender Server: deviceauth v2 (preauthorize, list, get,\n"
+                    "remove an auth set, decommission), useradm login, legacy admission v1. Every request\n"
+                    "and answer is validated against the Mender OpenAPI documents; violations are printed\n"
+                    "on stderr. It listens on 127.0.0.1 only.",
+        epilog=f"""It needs the checkout's virtualenv (openapi-core, PyYAML, jsonschema): run it as
+  .venv/bin/python tests/support/mender_server.py [OPTIONS]
+or directly as tests/support/mender_server.py (its first line finds ../../.venv).
+
+At start it prints two lines on stdout, flushed, then serves until SIGINT (Ctrl-C) or SIGTERM
+(exit 0; exit 2 when it cannot start):
+  MENDER_SERVER_URL=http://127.0.0.1:PORT
+  MENDER_TOKEN=TOKEN
+so a shell can take them over, e.g.
+  .venv/bin/python tests/support/mender_server.py --state devices.json > server.env &
+  sleep 1; set -a; . ./server.env; set +a
+  imagetools preauth push OUT/preauth.json
+
+The token is a test token (default {TEST_TOKEN!r}), the only secret this tool prints; login also
+works, as admin@example.com with password 'correct horse'.""")
+    parser.add_argument("--port", type=_port, default=0, help="port to listen on (default 0: a free one)")
+    parser.add_argument("--token", type=_token, default=TEST_TOKEN,
+                        help=f"the Personal Access Token to accept (default {TEST_TOKEN!r})")
+    parser.add_argument("--specs", type=Path, default=default_reference(), metavar="DIR",
+                        help=f"the mender-api reference documents (default: ${SPECS_ENV}, else "
+                             f"../shared/reference/mender-api beside the checkout; here {default_reference()})")
+    parser.add_argument("--state", type=Path, metavar="FILE",
+                        help="JSON file to load the devices from at start (if it exists) and save them to "
+                             "after each change and on exit, so a restarted server has the same devices")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    try:
+        server = MenderTestServer(port=args.port, token=args.token, specs=Specs(args.specs), state=args.state,
+                                  on_violation=lambda m: print(f"mender_server: spec violation: {m}",
+                                                               file=sys.stderr, flush=True))
+    except (SpecsMissing, StateError) as exc:
+        print(f"mender_server: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"mender_server: error: cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop)
+    try:
+        with server:
+            print(f"MENDER_SERVER_URL={server.url}", flush=True)
+            print(f"MENDER_TOKEN={shlex.quote(args.token)}", flush=True)
+            kept = f"; devices kept in {args.state}" if args.state else ""
+            print(f"mender_server: serving {server.url} until SIGINT or SIGTERM{kept}", file=sys.stderr, flush=True)
+            while True:
+                signal.pause()
+    except _Stopped:
+        return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

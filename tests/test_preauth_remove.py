@@ -1,0 +1,249 @@
+"""`imagetools preauth remove`, and push's warning about preauthorizations left behind, run as the
+real console script against the spec-validating test server (its DELETE endpoints included)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from imagetools import keys, preauth
+from imagetools.server import MenderClient, ServerSettings
+from support.mender_server import DEVICES, MenderTestServer, Reply
+
+
+@pytest.fixture
+def mender():
+    with MenderTestServer() as srv:
+        yield srv
+    assert srv.violations == [], "requests or responses violated the OpenAPI specs"
+
+
+@pytest.fixture
+def env(mender, tmp_path):
+    return {"MENDER_SERVER_URL": mender.url, "MENDER_TOKEN": "test-pat", "IMAGETOOLS_BACKOFF": "0.01",
+            "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+
+def new_pem() -> str:
+    return keys.public_pem(keys.generate(keys.KeySpec("ed25519"))).decode()
+
+
+def write_preauth(path, identities: list[dict], pems: list[str] | None = None) -> list[dict]:
+    """A preauth.json as `imagetools emit` writes it, one unit per identity."""
+    pems = pems or [new_pem() for _ in identities]
+    entries = [{"name": f"unit{i}", "identity_data": identity, "pubkey": pem}
+               for i, (identity, pem) in enumerate(zip(identities, pems))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(entries, indent=2))
+    return entries
+
+
+def macs(*numbers: int, **extra: str) -> list[dict]:
+    return [{"mac": f"02:00:00:00:00:{n:02x}", **extra} for n in numbers]
+
+
+def device_of(mender: MenderTestServer, identity: dict) -> dict | None:
+    return next((d for d in mender.devices.values() if d["identity_data"] == identity), None)
+
+
+def deletes(mender: MenderTestServer) -> list[int]:
+    return [status for method, _path, status in mender.log if method == "DELETE"]
+
+
+def outcomes(result) -> list[str]:
+    return [r["outcome"] for r in json.loads(result.stdout)["results"]]
+
+
+# --- remove ------------------------------------------------------------------------------------------
+
+def test_remove_takes_our_auth_sets_and_a_rerun_finds_nothing(cli, env, mender, tmp_path):
+    entries = write_preauth(tmp_path / "preauth.json", macs(1, 2))
+    assert cli("preauth", "push", "preauth.json", env=env).returncode == 0
+    second = device_of(mender, entries[1]["identity_data"])
+    mender.add_auth_set(second["id"], new_pem(), "pending")      # the device booted with another key
+    removed = cli("preauth", "remove", "preauth.json", "--json", env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert outcomes(removed) == ["removed", "removed"]
+    assert json.loads(removed.stdout)["summary"] == {"removed": 2, "not-found": 0, "refused": 0, "failed": 0}
+    assert device_of(mender, entries[0]["identity_data"]) is None          # its only set: the device goes too
+    assert [s["status"] for s in mender.devices[second["id"]]["auth_sets"]] == ["pending"]   # not ours: kept
+    again = cli("preauth", "remove", "preauth.json", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "0 removed, 2 not-found, 0 refused, 0 failed" in again.stdout
+    assert deletes(mender) == [204, 204]
+
+
+def test_remove_an_out_directory_and_identities_given_on_their_own(cli, env, mender, tmp_path):
+    write_preauth(tmp_path / "OUT" / "preauth.json", macs(1))
+    assert cli("preauth", "push", "OUT/preauth.json", env=env).returncode == 0
+    lone = mender.seed_device(macs(7)[0], new_pem(), "preauthorized")
+    booted = mender.seed_device(macs(8)[0], new_pem(), "pending")
+    result = cli("preauth", "remove", "OUT", "--identity", json.dumps(macs(7)[0]),
+                 "--identity", json.dumps(macs(8)[0]), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert outcomes(result) == ["removed", "removed", "not-found"]
+    assert lone not in mender.devices and booted in mender.devices
+    assert "only preauthorized ones are ours" in json.loads(result.stdout)["results"][2]["detail"]
+    (tmp_path / "empty").mkdir()
+    missing = cli("preauth", "remove", "empty", env=env)
+    assert missing.returncode == 2 and "has no preauth.json" in missing.stderr
+    nothing = cli("preauth", "remove", env=env)
+    assert nothing.returncode == 2 and "nothing to remove" in nothing.stderr
+    typed = cli("preauth", "remove", "--identity", '{"serial": 1234}', env=env)
+    assert typed.returncode == 2 and "is a number" in typed.stderr
+
+
+def test_a_device_accepted_with_an_unknown_key_is_refused_unless_forced(cli, env, mender, tmp_path):
+    [entry] = write_preauth(tmp_path / "preauth.json", macs(1))
+    device_id = mender.seed_device(entry["identity_data"], new_pem(), "accepted")   # someone else's key
+    mender.add_auth_set(device_id, entry["pubkey"], "preauthorized")
+    refused = cli("preauth", "remove", "preauth.json", env=env)
+    assert refused.returncode == 1
+    assert "refused" in refused.stdout and "accepted with a key we do not know" in refused.stdout
+    assert refused.stderr.count("\n") == 1 and "1 of 1 unit(s) refused or failed" in refused.stderr
+    alone = cli("preauth", "remove", "--identity", json.dumps(entry["identity_data"]), "--json", env=env)
+    assert alone.returncode == 1 and outcomes(alone) == ["refused"]
+    assert deletes(mender) == []
+    forced = cli("preauth", "remove", "preauth.json", "--force", "--json", env=env)
+    assert forced.returncode == 0, forced.stderr
+    assert outcomes(forced) == ["removed"]
+    assert [s["status"] for s in mender.devices[device_id]["auth_sets"]] == ["accepted"]
+
+
+def test_our_key_is_ours_whatever_its_status(cli, env, mender, tmp_path):
+    [entry] = write_preauth(tmp_path / "preauth.json", macs(1))
+    device_id = mender.seed_device(entry["identity_data"], entry["pubkey"], "accepted")   # the unit booted
+    mender.add_auth_set(device_id, new_pem(), "preauthorized")                          # not our key
+    result = cli("preauth", "remove", "preauth.json", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert outcomes(result) == ["removed"]
+    assert [s["status"] for s in mender.devices[device_id]["auth_sets"]] == ["preauthorized"]
+
+
+def test_decommission_removes_the_whole_device(cli, env, mender, tmp_path):
+    entries = write_preauth(tmp_path / "preauth.json", macs(1, 2))
+    ours = mender.seed_device(entries[0]["identity_data"], entries[0]["pubkey"], "preauthorized")
+    mender.add_auth_set(ours, new_pem(), "pending")
+    in_use = mender.seed_device(entries[1]["identity_data"], new_pem(), "accepted")
+    result = cli("preauth", "remove", "preauth.json", "--decommission", "--json", env=env)
+    assert result.returncode == 1
+    assert outcomes(result) == ["removed", "refused"]
+    assert ours not in mender.devices and in_use in mender.devices
+    assert mender.requests_to("DELETE", f"{DEVICES}/{ours}") == [204]
+    forced = cli("preauth", "remove", "preauth.json", "--decommission", "--force", "--json", env=env)
+    assert forced.returncode == 0 and outcomes(forced) == ["not-found", "removed"]
+    assert not mender.devices
+
+
+def test_dry_run_removes_nothing(cli, env, mender, tmp_path):
+    write_preauth(tmp_path / "preauth.json", macs(1, 2))
+    assert cli("preauth", "push", "preauth.json", env=env).returncode == 0
+    result = cli("preauth", "remove", "preauth.json", "--dry-run", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert outcomes(result) == ["would-remove"] * 2 and report["dry_run"] is True
+    assert report["summary"]["would-remove"] == 2 and all(r["auth_sets"] for r in report["results"])
+    assert deletes(mender) == [] and len(mender.devices) == 2
+
+
+def test_a_refused_removal_fails_that_identity_only(cli, env, mender, tmp_path):
+    write_preauth(tmp_path / "preauth.json", macs(1, 2))
+    assert cli("preauth", "push", "preauth.json", env=env).returncode == 0
+    mender.fail_next(500, prefix=DEVICES + "/")
+    result = cli("preauth", "remove", "preauth.json", "--retries", "0", "--jobs", "1", "--json", env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    report = json.loads(result.stdout)
+    assert outcomes(result) == ["failed", "removed"]
+    assert "HTTP 500" in report["results"][0]["detail"] and "request_id" in report["results"][0]["detail"]
+
+
+class _Misbehaving(MenderTestServer):
+    """Answers every DELETE with ``answer`` instead of what the API says."""
+
+    answer = Reply(200, {"ok": True})
+
+    def _delete(self, parts: list[str]) -> Reply:
+        return self.answer
+
+
+def test_an_answer_the_api_does_not_give_exits_4(cli, tmp_path):
+    [entry] = write_preauth(tmp_path / "preauth.json", macs(1))
+    with _Misbehaving() as srv:
+        srv.seed_device(entry["identity_data"], entry["pubkey"])
+        result = cli("preauth", "remove", "preauth.json", env={"MENDER_SERVER_URL": srv.url, "MENDER_TOKEN": "test-pat"})
+        assert result.returncode == 4 and result.stderr.count("\n") == 1
+        assert "unexpected answer" in result.stderr and "204" in result.stderr
+        assert any("200 is not in the spec" in v for v in srv.take_violations())
+
+
+def test_a_404_on_delete_means_gone_meanwhile():
+    key = keys.generate(keys.KeySpec("ed25519")).public_key()
+    with _Misbehaving() as srv:
+        srv.answer = Reply(404, {"error": "authentication set not found"})
+        srv.seed_device({"mac": "aa"}, keys.public_pem(key).decode())
+        with MenderClient(ServerSettings(srv.url, token="test-pat")) as client:
+            [result] = preauth.remove(client, [preauth.Target({"mac": "aa"}, (key,), "u1")])
+        assert result.outcome == "not-found" and "already gone" in result.detail
+        assert srv.violations == []
+
+
+def test_identities_from_several_files_keep_every_key():
+    first, second = (keys.generate(keys.KeySpec("ed25519")).public_key() for _ in range(2))
+    units = [preauth.Unit("a", {"mac": "aa"}, first), preauth.Unit("a2", {"mac": "aa"}, second)]
+    [target] = preauth.removal_targets(units, [{"mac": "aa"}])
+    assert target.name == "a" and len(target.keys) == 2
+
+
+# --- push: preauthorizations left behind -------------------------------------------------------------
+
+def test_push_names_the_identity_a_typo_fix_left_behind(cli, env, mender, tmp_path):
+    identities = [{"mac": "02:00:00:00:00:01", "sn": "SN1"}, {"mac": "02:00:00:00:00:03", "sn": "SN3"}]
+    entries = write_preauth(tmp_path / "preauth.json", identities)
+    assert cli("preauth", "push", "preauth.json", env=env).returncode == 0
+    mender.seed_device({"mac": "02:00:00:00:00:09", "sn": "SN9"}, new_pem())   # an earlier batch: not ours
+    identities[1] = {"mac": "02:00:00:00:00:33", "sn": "SN3"}                  # the typo fixed, re-emitted
+    write_preauth(tmp_path / "preauth.json", identities, [entries[0]["pubkey"], new_pem()])
+    pushed = cli("preauth", "push", "preauth.json", "--json", env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    left = json.loads(pushed.stdout)["left_behind"]
+    assert left["count"] == 1 and left["devices"][0]["unit"] == "unit1"
+    [warning] = pushed.stderr.splitlines()
+    assert warning.startswith("imagetools: warning: device ") and "only in mac" in warning
+    command = warning.split("remove it with: ")[1]
+    assert command == left["devices"][0]["remove_command"]
+    removed = cli(*shlex.split(command)[1:], env=env)
+    assert removed.returncode == 0 and "1 removed" in removed.stdout, removed.stderr
+    clean = cli("preauth", "push", "preauth.json", "--json", env=env)
+    assert json.loads(clean.stdout)["left_behind"] == {"count": 0, "devices": []} and clean.stderr == ""
+    dry = cli("preauth", "push", "preauth.json", "--dry-run", "--json", env=env)
+    assert json.loads(dry.stdout)["left_behind"] is None
+
+
+def _device(identity: dict, pem: str, status: str = "preauthorized") -> dict:
+    return {"id": "d" + str(abs(hash(json.dumps(identity))))[:10], "identity_data": identity, "status": status,
+            "auth_sets": [{"id": "a1", "pubkey": pem, "status": status}]}
+
+
+def test_left_behind_is_ours_only_by_key_or_a_shared_unique_value():
+    key = keys.generate(keys.KeySpec("ed25519")).public_key()
+    pem = keys.public_pem(key).decode()
+    units = [preauth.Unit("u1", {"mac": "02:00:00:00:00:33"}, key)]
+    # the MAC alone: earlier units one character apart are not flagged, the same key is
+    assert preauth.left_behind([_device({"mac": "02:00:00:00:00:03"}, new_pem())], units) == []
+    [found] = preauth.left_behind([_device({"mac": "02:00:00:00:00:03"}, pem)], units)
+    assert found.unit == "u1" and "key" in found.reason
+    # a value every unit shares (a SKU) is no evidence; a value only one unit and one device have is
+    batch = [preauth.Unit(f"u{i}", {"mac": f"m{i}", "sku": "gw", "sn": f"SN{i}"},
+                          keys.generate(keys.KeySpec("ed25519")).public_key()) for i in range(3)]
+    others = [_device({"mac": f"old{i}", "sku": "gw", "sn": f"OLD{i}"}, new_pem()) for i in range(3)]
+    assert preauth.left_behind(others, batch) == []
+    typo = _device({"mac": "m1-typo", "sku": "gw", "sn": "SN1"}, new_pem())
+    [found] = preauth.left_behind(others + [typo], batch)
+    assert found.unit == "u1" and "only in mac" in found.reason
+    # accepted (in use), two values apart, or values that are not strings: not ours to point at
+    assert preauth.left_behind([_device({"mac": "m1-typo", "sku": "gw", "sn": "SN1"}, new_pem(), "accepted")],
+                               batch) == []
+    assert preauth.left_behind([_device({"mac": "m1-typo", "sku": "x", "sn": "SN1"}, new_pem())], batch) == []
+    assert preauth.left_behind([_device({"mac": 1, "sku": "gw", "sn": "SN1"}, new_pem())], batch) == []
