@@ -22,7 +22,7 @@ from .errors import FilesystemError, KeyMaterialError, UsageError
 from .fs import EXT_TYPES
 from .image import ImageSource, read_image
 from .layout import Layout, PartInfo, detect_layout
-from .mender import DATA_DATASTORE, DATA_MOUNT, DATASTORE, KEY_PATH
+from .mender import AUTH_PRIVATE_KEY, DATA_DATASTORE, DATA_MOUNT, DATASTORE, KEY_PATH
 
 DEFAULT_KEY_PATH = KEY_PATH
 CLIENT_KEY_DIR = DATASTORE  # where the client looks; a link to the data partition's mender/
@@ -38,8 +38,10 @@ MODE = "mode 0600"
 OWNER = "owner 0:0"
 LINK_A = "/var/lib/mender link on rootfs A"
 LINK_B = "/var/lib/mender link on rootfs B"
+STATIC_KEY = "static key in mender.conf"
 FSCK = "e2fsck -fn clean on data"
-CHECK_NAMES = (TABLE, DATA, PRESENT, PARSES, ACCEPTABLE, MATCHES, MODE, OWNER, LINK_A, LINK_B, FSCK)
+CHECK_NAMES = (TABLE, DATA, PRESENT, PARSES, ACCEPTABLE, MATCHES, MODE, OWNER, LINK_A, LINK_B, STATIC_KEY,
+               FSCK)
 
 
 class Status(StrEnum):
@@ -124,6 +126,7 @@ def verify_image(target: str | Path, *, expected: keys.PublicKey | bytes | None 
             stack.enter_context(data_fs)
         _check_key(report, data_fs, key_rel, path, want_fp, want_problem)
     report.checks += link_checks(target, layout)
+    report.checks.append(static_key_check(target, layout, key_rel))
     _check_fsck(report, target, data, fsck)
     report.checks.sort(key=lambda c: CHECK_NAMES.index(c.name))
     return report
@@ -160,6 +163,49 @@ def link_checks(target: str, layout: Layout) -> list[Check]:
         status, detail = _link_status(target, part, role)
         out.append(Check(name, status, detail))
     return out
+
+
+def static_key_check(target: str, layout: Layout, key_rel: str) -> Check:
+    """Security.AuthPrivateKey as each rootfs's client reads it (/var/lib/mender/mender.conf, then
+    /etc/mender/mender.conf over it). Unset, a missing or unreadable key is silently replaced and
+    the unit shows up pending (warn); set elsewhere, the client uses another key (fail)."""
+    want = DATA_MOUNT + key_rel
+    shown = want.replace(DATA_DATASTORE + "/", CLIENT_KEY_DIR + "/", 1)
+    statuses, details = [], []
+    for part in layout.rootfs:
+        status, detail = _static_key_on(target, layout, part, want, shown)
+        if status is not None:
+            statuses.append(status)
+            details.append(f"rootfs {part.role[-1].upper()}: {detail}")
+    if not statuses:
+        return Check(STATIC_KEY, Status.SKIP, "no root filesystem with a Mender configuration")
+    worst = next(s for s in (Status.FAIL, Status.WARN, Status.PASS) if s in statuses)
+    hint = ("; a missing or unreadable key is then silently replaced and the unit shows up pending "
+            "(imagetools modify --static-key sets it)") if worst == Status.WARN else ""
+    return Check(STATIC_KEY, worst, "; ".join(details) + hint)
+
+
+def _static_key_on(target: str, layout: Layout, part: PartInfo, want: str,
+                   shown: str) -> tuple[Status | None, str]:
+    """(status, detail) for one rootfs; status None for a rootfs with nothing to check (empty B)."""
+    from . import config  # config resolves paths with this module: imported when needed
+
+    try:
+        rootfs = config.read_rootfs(target, layout, part, settings_only=True)
+    except FilesystemError as exc:
+        return Status.FAIL, str(exc)
+    if rootfs.state != "ok":
+        return None, rootfs.state
+    if rootfs.errors:
+        return Status.FAIL, rootfs.errors[0]
+    value = config.lookup(rootfs.settings, AUTH_PRIVATE_KEY)
+    if value is None or value == "":
+        return Status.WARN, f"{AUTH_PRIVATE_KEY} not set"
+    if not isinstance(value, str) or not value.startswith("/"):
+        return Status.FAIL, f"{AUTH_PRIVATE_KEY} is {value!r}, not an absolute path"
+    if rootfs.auth_key_target != want:
+        return Status.FAIL, f"{AUTH_PRIVATE_KEY} is {value}, not {shown}: the client would use another key"
+    return Status.PASS, f"{AUTH_PRIVATE_KEY} = {value} (a bad key fails on the device)"
 
 
 def _expected(expected: keys.PublicKey | bytes | None, fingerprint: str | None) -> tuple[str | None, str | None]:

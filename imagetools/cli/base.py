@@ -40,6 +40,7 @@ _COMMAND_MODULES = {
     "ls": "files_cmd", "cat": "files_cmd", "cp": "files_cmd", "install": "files_cmd", "rm": "files_cmd",
     "keygen": "keys_cmd", "inject": "keys_cmd", "verify": "keys_cmd",
     "emit": "emit_cmd",
+    "modify": "config_cmd", "config": "config_cmd",
     "login": "server_cmd", "preauth": "server_cmd",
 }
 

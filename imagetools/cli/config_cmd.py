@@ -1,0 +1,156 @@
+"""modify and config: the Mender configuration in both root filesystems.
+
+modify takes mender-artifact modify's options, spelled the same, so a factory script ports by
+changing the program name; config shows what the client on each rootfs will use.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..mender import ARTIFACT_INFO_PATH, CONF_PATH, FALLBACK_CONF_PATH, TENANT_TOKEN
+from .base import echo, main, print_json, print_table, warn
+from .options import layout_options
+
+_FILE = click.Path(dir_okay=False, path_type=Path)
+_SOURCES = (FALLBACK_CONF_PATH, CONF_PATH, ARTIFACT_INFO_PATH)  # the files config lists per rootfs
+
+
+@main.command("modify")
+@click.argument("image", type=_FILE)
+@click.option("-u", "--server-uri", metavar="URL", help="ServerURL in mender.conf (http(s)://host[:port]).")
+@click.option("-t", "--tenant-token", metavar="TOKEN|@FILE",
+              help="TenantToken in mender.conf; @FILE reads it from a file (keeps it off the command line).")
+@click.option("-c", "--server-cert", type=_FILE, metavar="FILE",
+              help="PEM certificate(s) to /etc/mender/server.crt, and ServerCertificate set to it.")
+@click.option("-v", "--verification-key", type=_FILE, metavar="FILE",
+              help="Public key to /etc/mender/artifact-verify-key.pem, and ArtifactVerifyKey set to it.")
+@click.option("-n", "--artifact-name", "--name", "artifact_name", metavar="NAME",
+              help="artifact_name in /etc/mender/artifact_info.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=JSON",
+              help="Any other mender.conf setting, e.g. UpdatePollIntervalSeconds=1800 or "
+                   "'Security.SSLEngine=\"pkcs11\"' (repeatable).")
+@click.option("--unset", multiple=True, metavar="KEY", help="Remove a mender.conf setting (repeatable).")
+@click.option("--static-key", is_flag=True,
+              help="Security.AuthPrivateKey = /var/lib/mender/mender-agent.pem: a missing or bad key "
+                   "then fails on the device instead of being silently replaced.")
+@click.option("--rootfs", type=click.Choice(["a", "b"]), default=None,
+              help="Change only this rootfs (default: A and B).")
+@click.option("--out", type=_FILE, default=None,
+              help="Write a new image (sparse/reflink copy) and leave IMAGE untouched.")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@layout_options
+@click.option("--json", "as_json", is_flag=True, help="Report as JSON.")
+def modify_cmd(image: Path, server_uri: str | None, tenant_token: str | None, server_cert: Path | None,
+               verification_key: Path | None, artifact_name: str | None, settings: tuple[str, ...],
+               unset: tuple[str, ...], static_key: bool, rootfs: str | None, out: Path | None,
+               force: bool, overrides: dict[str, int], as_json: bool) -> None:
+    """Change the Mender configuration of IMAGE on rootfs A and B, in place (or into --out).
+
+    Everything is checked before anything is written: the option values, the certificate (a PEM
+    chain), the verification key (a public key), and each rootfs's mender.conf (a malformed one
+    is refused, never overwritten). mender.conf keeps its other settings, its mode and owner.
+
+    \b
+    Examples:
+      imagetools modify golden.sdimg -u https://mender.example.com -t @tenant.token -n release-7
+      imagetools modify golden.sdimg --out prod.sdimg -c server.crt -v artifact-verify.pub
+      imagetools modify golden.sdimg --set UpdatePollIntervalSeconds=1800 --static-key
+    """
+    from .. import config
+
+    plan = config.ModifyPlan.from_options(
+        server_uri=server_uri, tenant_token=tenant_token, server_cert=server_cert,
+        verification_key=verification_key, artifact_name=artifact_name, set=settings, unset=unset,
+        static_key=static_key)
+    result = config.modify(image, plan, out=out, force=force, rootfs=rootfs, overrides=overrides or None)
+    for message in result.warnings:
+        warn(message)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    for change in result.rootfs:
+        label = f"rootfs {change.role[-1].upper()} (partition {change.partition})"
+        written = ", ".join(change.written) or "nothing (already so)"
+        echo(f"{result.image}: {label}: wrote {written}")
+
+
+@main.command("config")
+@click.argument("image", type=_FILE)
+@layout_options
+@click.option("--json", "as_json", is_flag=True, help="Report as JSON.")
+@click.option("--show-secrets", is_flag=True, help="Include the tenant token in --json output.")
+def config_cmd(image: Path, overrides: dict[str, int], as_json: bool, show_secrets: bool) -> None:
+    """Show the Mender configuration the client on each rootfs will use, read-only.
+
+    /var/lib/mender/mender.conf with /etc/mender/mender.conf over it (the client's order),
+    artifact_info, device_type from the data partition, and the server certificate and
+    verification key files. Settings in which rootfs A and B differ are marked; the tenant token
+    is shown as its length only (in --json with --show-secrets).
+    """
+    from .. import config
+
+    report = config.read(image, overrides or None)
+    for message in report.warnings:
+        warn(message)
+    if as_json:
+        print_json(report.to_dict(show_secrets))
+        return
+    _print_report(report)
+
+
+def _print_report(report: Any) -> None:
+    headers = ["SETTING"] + [f"ROOTFS {r.role[-1].upper()} ({r.partition})" for r in report.rootfs] + [""]
+    rows = [[name] + values + ["DIFFERS" if name in report.differences else ""]
+            for name, values in _rows(report)]
+    echo(f"{report.image}: Mender configuration")
+    print_table(headers, rows)
+    for rootfs in report.rootfs:
+        label = f"rootfs {rootfs.role[-1].upper()}"
+        for f in (f for f in rootfs.files if f.path in _SOURCES):
+            detail = f"{f.size} bytes, mode {f.mode}, owner {f.owner}" if f.present else "absent"
+            echo(f"{label}: {f.where}: {detail}")
+        for problem in rootfs.errors + rootfs.warnings:
+            warn(f"{label}: {problem}")
+    if report.differences:
+        echo("rootfs A and B differ in: " + ", ".join(report.differences))
+
+
+def _rows(report: Any) -> list[tuple[str, list[str]]]:
+    from ..config import flatten
+
+    flat = [flatten(r.settings) if r.state == "ok" else {} for r in report.rootfs]
+    names = list(dict.fromkeys(n for f in flat for n in f))
+    rows = [(name, [_shown(name, f.get(name), r.state) for f, r in zip(flat, report.rootfs)]) for name in names]
+    rows.append(("artifact_name", [r.artifact_name if r.state == "ok" else f"({r.state})" for r in report.rootfs]))
+    for title, attr in (("server certificate", "server_cert"), ("verification key", "verification_key")):
+        rows.append((title, [_trust(r, getattr(r, attr)) for r in report.rootfs]))
+    rows.append(("device_type (data partition)", [report.device_type for _ in report.rootfs]))
+    return rows
+
+
+def _shown(name: str, value: Any, state: str) -> str | None:
+    if state != "ok":
+        return f"({state})"
+    if value is None:
+        return None
+    if name.casefold() == TENANT_TOKEN.casefold() and isinstance(value, str):
+        return f"set ({len(value)} chars)"
+    from ..config import JsonNumber, plain
+
+    if isinstance(value, str):
+        return value
+    return value.text if isinstance(value, JsonNumber) else json.dumps(plain(value))
+
+
+def _trust(rootfs: Any, used: str | None) -> str | None:
+    if rootfs.state != "ok":
+        return f"({rootfs.state})"
+    if used is None:
+        return "not set"
+    state = rootfs.file(used)
+    return f"{used} ({'present' if state and state.present else 'MISSING'})"
