@@ -41,7 +41,8 @@ _COMMAND_MODULES = {
     "keygen": "keys_cmd", "inject": "keys_cmd", "verify": "keys_cmd",
     "emit": "emit_cmd",
     "modify": "config_cmd", "config": "config_cmd",
-    "login": "server_cmd", "preauth": "server_cmd",
+    "login": "server_cmd", "preauth": ("server_cmd", "station_cmd"),  # station_cmd adds `preauth merge`
+    "flash": "station_cmd", "materialize": "station_cmd",
 }
 
 
@@ -54,7 +55,9 @@ class _Group(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in self.commands and name in _COMMAND_MODULES:
-            importlib.import_module(f"{__package__}.{_COMMAND_MODULES[name]}")
+            modules = _COMMAND_MODULES[name]
+            for module in (modules,) if isinstance(modules, str) else modules:
+                importlib.import_module(f"{__package__}.{module}")
         return super().get_command(ctx, name)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:

@@ -10,7 +10,9 @@ import click
 
 from .. import keys
 from ..devices import load_devices
-from ..emit import EmitOptions, EmitResult, UnitResult, emit
+from ..emit import EmitOptions, EmitResult, UnitFormat, UnitResult, emit
+from ..emit import shard as shard_devices
+from ..errors import UsageError
 from .base import echo, is_tty, main, print_json, print_table, units_failed
 from .text import escape
 
@@ -36,9 +38,15 @@ FULL_TABLE_MAX = 50
               help="Keep no private.key files: the only copy of each key is inside its image.")
 @click.option("--force", is_flag=True,
               help="Accept a changed base image or settings: re-emit published units (keeping their keys).")
+@click.option("--format", "unit_format", type=click.Choice([f.value for f in UnitFormat]), default="image",
+              show_default=True, help="image: a full image per unit; delta: only the blocks that differ "
+              "from the base (flash or materialize it with the base).")
+@click.option("--shard", metavar="K/N", default=None,
+              help="Emit only the K-th of N deterministic slices of the device list (1 <= K <= N).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def emit_command(base: Path, devices: Path, out_dir: Path, key_type: str, bits: int, curve: str,
-                 jobs: int | None, no_bmap: bool, discard_private_keys: bool, force: bool, as_json: bool) -> None:
+                 jobs: int | None, no_bmap: bool, discard_private_keys: bool, force: bool,
+                 unit_format: str, shard: str | None, as_json: bool) -> None:
     """Emit one ready-to-flash image per unit of the device list into OUT/<name>/ (image, .bmap,
     public.key, private.key, identity.json), plus OUT/preauth.json, preauth.csv and report.json.
 
@@ -47,8 +55,13 @@ def emit_command(base: Path, devices: Path, out_dir: Path, key_type: str, bits: 
     """
     spec = keys.KeySpec(type=key_type, bits=bits, curve=curve)
     listed = load_devices(devices)
+    if shard is not None:
+        listed = shard_devices(listed, *_parse_shard(shard))
+        if not listed:
+            echo(f"shard {shard}: no unit of the device list falls in this slice")
+            return
     options = EmitOptions(key_spec=spec, jobs=jobs, bmap=not no_bmap,
-                          discard_private_keys=discard_private_keys, force=force)
+                          discard_private_keys=discard_private_keys, force=force, format=unit_format)
     if is_tty() and not as_json:
         result = _with_progress(base, listed, out_dir, options)
     else:
@@ -61,6 +74,13 @@ def emit_command(base: Path, devices: Path, out_dir: Path, key_type: str, bits: 
     if failed:
         units_failed(failed, len(result.units), "failed",
                      f"; they were not published (see {out_dir}/report.json)")
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    k, sep, n = text.partition("/")
+    if not (sep and k.isdigit() and n.isdigit()):
+        raise UsageError(f"--shard {text!r}: expected K/N, e.g. 3/8")
+    return int(k), int(n)
 
 
 def _with_progress(base: Path, listed, out_dir: Path, options: EmitOptions) -> EmitResult:

@@ -30,15 +30,16 @@ from .. import bmap
 from ..devices import Device
 from ..layout import PartInfo, open_layout
 from .batch import BATCH_FILES, write_preauth_files, write_report
-from .model import EmitOptions, EmitResult, KeySource, Progress, Status, UnitResult
+from .model import EmitOptions, EmitResult, KeySource, Progress, Status, UnitFormat, UnitResult
 from .outdir import LOCK_FILE, TMP_DIR, clean_temp, locked
 from .plan import (check_changes, check_inputs, check_space, choose_copy_mode, plan, published_units,
-                   recheck)
+                   recheck, shard)
 from .runner import run
 from .state import STATE_FILE, UNIT_FILE, BaseIdentity, EmitState, base_identity, read_state, write_state
 from .unit import data_window
 
-__all__ = ["emit", "EmitOptions", "EmitResult", "UnitResult", "Status", "KeySource", "Progress",
+__all__ = ["emit", "shard", "EmitOptions", "EmitResult", "UnitResult", "Status", "UnitFormat", "KeySource",
+           "Progress",
            "STATE_FILE", "LOCK_FILE", "TMP_DIR", "UNIT_FILE", "BATCH_FILES"]
 
 
@@ -72,12 +73,14 @@ def _emit_locked(base: Path, devices: list[Device], out: Path, options: EmitOpti
     base_scan = functools.cache(lambda: bmap.scan(base, window=data_window(data)))
     check_changes(state, base_id, options, published, out, lambda: base_scan().sha256)
     jobs = plan(devices, published, base, out, options, data)
-    copy_mode = choose_copy_mode(base, out)
+    copy_mode = "delta" if options.format == UnitFormat.DELTA else choose_copy_mode(base, out)
     results: dict[str, UnitResult] = {}
     planned = {job.name for job in jobs}
     for device in devices:
         if device.name in published and device.name not in planned:
-            results[device.name] = result = recheck(out, device, published[device.name])
+            record = published[device.name]
+            sha = base_scan().sha256 if record.format == UnitFormat.DELTA else None
+            results[device.name] = result = recheck(out, device, record, base, sha)
             if progress:
                 progress(result, len(results), len(devices))
     if jobs:

@@ -21,6 +21,13 @@ class Status(enum.StrEnum):
     BUILT = "built"         # internal: built and verified, not yet published
 
 
+class UnitFormat(enum.StrEnum):
+    """What a unit's directory holds: a full image, or the blocks that differ from the base."""
+
+    IMAGE = "image"
+    DELTA = "delta"
+
+
 class KeySource(enum.StrEnum):
     """Where a unit's key came from."""
 
@@ -36,16 +43,24 @@ class EmitOptions:
     bmap: bool = True
     discard_private_keys: bool = False
     force: bool = False
+    format: UnitFormat = UnitFormat.IMAGE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "format", UnitFormat(self.format))  # a plain string is fine too
 
     def settings(self) -> dict[str, Any]:
-        """What a resumed run must agree on (jobs does not change the output)."""
+        """What a resumed run must agree on (jobs does not change the output). The format is
+        recorded only for deltas: runs from before it existed made images."""
         spec = self.key_spec
         key: dict[str, Any] = {"type": spec.type, "format": spec.format}
         if spec.type == "rsa":
             key["bits"] = spec.bits
         elif spec.type == "ecdsa":
             key["curve"] = spec.curve
-        return {"key": key, "bmap": self.bmap, "discard_private_keys": self.discard_private_keys}
+        settings = {"key": key, "bmap": self.bmap, "discard_private_keys": self.discard_private_keys}
+        if self.format == UnitFormat.DELTA:
+            settings["format"] = str(self.format)
+        return settings
 
 
 @dataclass

@@ -5,6 +5,7 @@ published unit that is not re-emitted is re-checked cheaply instead."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -18,7 +19,9 @@ from ..layout import PartInfo
 from ..mender import canonical_identity
 from ..sparse import allocated_bytes, clone
 from ..units import MiB, human_size
-from ..verify import verify_image
+from ..image import delta as delta_format, overlay
+from ..image.overlay import Overlay
+from ..verify import VerifyReport, verify_image
 from .model import EmitOptions, Job, KeySource, Status, UnitResult
 from .outdir import TMP_DIR, private_dir
 from .state import UNIT_FILE, BaseIdentity, EmitState, UnitRecord
@@ -153,8 +156,8 @@ def choose_copy_mode(base: Path, out: Path) -> str:
 
 def check_space(base: Path, out: Path, units: int, copy_mode: str) -> None:
     """Refuse before starting if the units cannot fit: each costs the base's allocated size without
-    reflink (a few MiB of changed blocks with it), plus its bmap and keys."""
-    per_unit = (8 * MiB if copy_mode == "reflink" else allocated_bytes(base) + 2 * MiB)
+    reflink (a few MiB of changed blocks with it), plus its bmap and keys; a delta well under 1 MiB."""
+    per_unit = {"reflink": 8 * MiB, "delta": MiB}.get(copy_mode) or allocated_bytes(base) + 2 * MiB
     need = per_unit * units
     st = os.statvfs(out)
     free = st.f_bavail * st.f_frsize
@@ -165,7 +168,18 @@ def check_space(base: Path, out: Path, units: int, copy_mode: str) -> None:
             f"emit fewer units per run")
 
 
-def recheck(out: Path, device: Device, record: UnitRecord) -> UnitResult:
+def shard(devices: list[Device], index: int, count: int) -> list[Device]:
+    """The index-th (1-based) of `count` slices of the device list: a unit's slice follows from
+    its name alone (SHA-256), so the slices partition the list exactly, whatever the row order,
+    and a unit stays in its slice when rows are added."""
+    if not 1 <= index <= count:
+        raise UsageError(f"shard {index}/{count}: K/N needs 1 <= K <= N")
+    return [d for d in devices
+            if int.from_bytes(hashlib.sha256(d.name.encode()).digest()[:8], "big") % count == index - 1]
+
+
+def recheck(out: Path, device: Device, record: UnitRecord, base: Path | None = None,
+            base_sha256: str | None = None) -> UnitResult:
     """A published unit: its files are there and unchanged since publication (stat only); if the
     image was touched since, verify it again (without fsck) before counting it done."""
     unit_dir = out / device.name
@@ -181,10 +195,20 @@ def recheck(out: Path, device: Device, record: UnitRecord) -> UnitResult:
     if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (record.image_size, record.image_mtime_ns, ctime):
         return result
     pub = keys.read_public_file(unit_dir / "public.key")
-    report = verify_image(image, expected=pub, fsck=False)
+    report = _verify_published(image, pub, record, base, base_sha256)
     if not report.ok:
         result.status = Status.FAILED
         result.error = ("published image changed and no longer verifies: "
                         + "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
                         + "; use --force to re-emit it with its key")
     return result
+
+
+def _verify_published(image: Path, pub: keys.PublicKey, record: UnitRecord, base: Path | None,
+                      base_sha256: str | None) -> VerifyReport:
+    """verify without fsck; a delta through its overlay on the base (which must be its own)."""
+    if record.format != "delta":
+        return verify_image(image, expected=pub, fsck=False)
+    view = Overlay(base, delta_format.read(image), base_sha256 or "")
+    with overlay.attached(image, view):
+        return verify_image(image, expected=pub, fsck=False)

@@ -42,6 +42,7 @@ class UnitRecord:
     files: list[str]
     verify: dict[str, Any]
     timings: dict[str, float]
+    format: str = "image"           # "delta": `image` names the delta file; image_sha256 is its sha256
 
     @classmethod
     def read(cls, path: Path) -> UnitRecord:
@@ -64,7 +65,8 @@ class UnitRecord:
                    image_ctime_ns=f.get("image_ctime_ns", int, optional=True),
                    image_sha256=f.get("image_sha256", str), base_sha256=f.get("base_sha256", str),
                    settings=f.get("settings", dict), files=f.get("files", list, each=str),
-                   verify=f.get("verify", dict), timings=f.get("timings", dict, each=(int, float)))
+                   verify=f.get("verify", dict), timings=f.get("timings", dict, each=(int, float)),
+                   format=_unit_format(f.get("format", str, optional=True)))
 
     def result(self, unit_dir: Path, status: Status) -> UnitResult:
         """The published unit as this run reports it."""
@@ -171,3 +173,10 @@ class _Fields:
 def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
     """isinstance, except that a JSON true or false is no number."""
     return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+
+
+def _unit_format(value: str | None) -> str:
+    """unit.json's format: absent in records from before deltas (they are images)."""
+    if value not in (None, "image", "delta"):
+        raise ValueError(f"{UNIT_FILE}: 'format' is {value!r}, not 'image' or 'delta'")
+    return value or "image"

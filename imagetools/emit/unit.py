@@ -6,7 +6,9 @@ becomes the result's error and the unit's files are removed."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -18,16 +20,21 @@ from typing import Any, Callable
 
 from .. import bmap, keys
 from ..errors import ImageToolsError
+from ..image import delta as delta_format, overlay
+from ..image.overlay import Overlay
+from ..personalize import make_delta
 from ..inject import write_key
 from ..layout import PartInfo, open_layout
 from ..sparse import allocated_bytes, clone, copy_extents
 from ..units import MiB
-from ..verify import DEFAULT_KEY_PATH, Check, data_path, fsck_check, read_key_in_image, verify_image
-from .model import Job, Status, UnitResult
+from ..verify import (DEFAULT_KEY_PATH, Check, VerifyReport, data_path, fsck_check, read_key_in_image,
+                      verify_image)
+from .model import Job, Status, UnitFormat, UnitResult
 from .outdir import TMP_DIR, private_dir
 from .state import UNIT_FILE, UnitRecord
 
 DATA_KEY_PATH = data_path(DEFAULT_KEY_PATH)
+DELTA_SUFFIX = ".delta"
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,8 @@ def _prepare(job: Job, tmp: Path, result: UnitResult) -> Stage:
         files.append("private.key")
     (tmp / "public.key").write_bytes(keys.public_pem(private))
     t = _lap(result, "key", t)
+    if job.options.format == UnitFormat.DELTA:
+        return _prepare_delta(job, tmp, result, pem, files, t)
     image = tmp / f"{job.name}{job.suffix}"
     cloned = clone(job.base, image)
     if not cloned:
@@ -107,13 +116,36 @@ def _prepare(job: Job, tmp: Path, result: UnitResult) -> Stage:
     return Stage(tmp, image, cloned, fsck, files)
 
 
+def _prepare_delta(job: Job, tmp: Path, result: UnitResult, pem: bytes, files: list[str],
+                   t: float) -> Stage:
+    """Stage 1 of a delta unit: the blocks the key changes, taken from a scratch copy of the data
+    partition alone (see personalize), and that copy's e2fsck."""
+    delta, fsck = make_delta(job.base, job.data, pem, DATA_KEY_PATH, job.base_sha256)
+    t = _lap(result, "inject", t)
+    image = tmp / f"{job.name}{DELTA_SUFFIX}"
+    keys.write_secret(image, delta.render(), durable=False)  # it holds the key's blocks: 0600
+    _lap(result, "copy", t)
+    return Stage(tmp, image, False, fsck, files)
+
+
+def _verify(job: Job, stage: Stage) -> VerifyReport:
+    """Every check but e2fsck (stage 1 ran it); a delta is read through its overlay."""
+    expected = keys.read_public_file(stage.tmp / "public.key")
+    if job.options.format != UnitFormat.DELTA:
+        return verify_image(stage.image, expected=expected, fsck=False)
+    view = Overlay(job.base, delta_format.read(stage.image), job.base_sha256)
+    with overlay.attached(stage.image, view):
+        return verify_image(stage.image, expected=expected, fsck=False)
+
+
 def _finish(job: Job, stage: Stage, result: UnitResult, reuse: bmap.Reuse | None) -> bool:
     t = time.monotonic()
     image, files = stage.image, list(stage.files)
-    if not stage.cloned:
+    is_delta = job.options.format == UnitFormat.DELTA
+    if not stage.cloned and not is_delta:
         copy_extents(job.base, image, outside=data_window(job.data))
     t = _lap(result, "copy", t)
-    report = verify_image(image, expected=keys.read_public_file(stage.tmp / "public.key"), fsck=False)
+    report = _verify(job, stage)
     report.replace(stage.fsck)
     result.verify = report.to_dict()
     result.verify["target"] = image.name
@@ -121,11 +153,14 @@ def _finish(job: Job, stage: Stage, result: UnitResult, reuse: bmap.Reuse | None
     if not report.ok:
         result.error = "verification failed: " + "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
         return False
-    scan = bmap.scan(image, reuse=reuse)
-    result.image_sha256 = scan.sha256
-    if job.options.bmap:
-        (stage.tmp / f"{image.name}.bmap").write_bytes(bmap.render(scan.size, scan.ranges))
-        files.append(f"{image.name}.bmap")
+    if is_delta:  # no bmap: a station writes the base's mapped blocks, then these
+        result.image_sha256 = hashlib.sha256(image.read_bytes()).hexdigest()
+    else:
+        scan = bmap.scan(image, reuse=reuse)
+        result.image_sha256 = scan.sha256
+        if job.options.bmap:
+            (stage.tmp / f"{image.name}.bmap").write_bytes(bmap.render(scan.size, scan.ranges))
+            files.append(f"{image.name}.bmap")
     _lap(result, "bmap", t)
     result.image = str(image)
     files.append(image.name)
@@ -134,9 +169,9 @@ def _finish(job: Job, stage: Stage, result: UnitResult, reuse: bmap.Reuse | None
     UnitRecord(name=job.name, identity=job.identity, fingerprint=result.fingerprint,
                key_type=result.key_type, key_source=job.key_source, image=image.name,
                image_size=st.st_size, image_mtime_ns=st.st_mtime_ns, image_ctime_ns=st.st_ctime_ns,
-               image_sha256=scan.sha256, base_sha256=job.base_sha256, settings=job.options.settings(),
-               files=sorted(files), verify=result.verify, timings=result.timings,
-               ).write(stage.tmp / UNIT_FILE)
+               image_sha256=result.image_sha256, base_sha256=job.base_sha256,
+               settings=job.options.settings(), files=sorted(files), verify=result.verify,
+               timings=result.timings, format=str(job.options.format)).write(stage.tmp / UNIT_FILE)
     return True
 
 
@@ -150,17 +185,22 @@ def _unit_key(job: Job) -> tuple[bytes, keys.PrivateKey]:
     which costs about half a key generation)."""
     if job.key_path or job.key_from_image:
         pem = (keys.read_key_bytes(job.key_path, "private key") if job.key_path
-               else _key_from_image(job.key_from_image))
+               else _key_from_image(job.key_from_image, job))
         return pem, keys.load_private(pem, f"key of {job.name}")
     private = keys.generate(job.options.key_spec)
     return keys.private_pem(private, job.options.key_spec.format), private
 
 
-def _key_from_image(image: str) -> bytes:
-    """The only copy of a published unit's key when its private.key was discarded."""
-    data = open_layout(image).require("data")
-    with data.open(image) as fs:
-        return read_key_in_image(fs, DATA_KEY_PATH)
+def _key_from_image(image: str, job: Job) -> bytes:
+    """The only copy of a published unit's key when its private.key was discarded (a delta's
+    key is read through its overlay: only over the base it was made from)."""
+    with contextlib.ExitStack() as stack:
+        if image.endswith(DELTA_SUFFIX):
+            view = Overlay(job.base, delta_format.read(image), job.base_sha256)
+            stack.enter_context(overlay.attached(image, view))
+        data = open_layout(image).require("data")
+        with data.open(image) as fs:
+            return read_key_in_image(fs, DATA_KEY_PATH)
 
 
 def _lap(result: UnitResult, name: str, since: float) -> float:

@@ -12,6 +12,7 @@ import os
 import tempfile
 
 from ..errors import FilesystemError
+from ..image import overlay
 from . import e2fsprogs
 from .base import Entry, Filesystem, NoSpaceError, NotFoundError, SymlinkInPath
 
@@ -27,6 +28,7 @@ def open_filesystem(image_path: str | os.PathLike, offset: int, size: int, fs_ty
     """The `fs_type` filesystem at `offset` (a partition of `size` bytes); writable checks up
     front that the image may be written. `label` names it in messages."""
     label = label or f"{fs_type or 'partition'} at offset {offset}"
+    image_path = overlay.route(image_path, offset, size)
     if fs_type in EXT_TYPES:
         from .ext4 import Ext4Filesystem
         return Ext4Filesystem(image_path, offset, size, writable=writable, label=label)
@@ -41,6 +43,22 @@ def fsck(image_path: str | os.PathLike, offset: int, fs_type: str, label: str) -
     """Check a filesystem without changing anything: (clean, checker output)."""
     if fs_type in EXT_TYPES:
         with tempfile.TemporaryDirectory(prefix="imagetools-fsck-") as tmp:
+            image_path, offset = _fsck_input(image_path, offset, tmp)
             return e2fsprogs.e2fsck(e2fsprogs.device(image_path, offset, label, lambda: tmp))
     raise FilesystemError(f"cannot check {label} in place: only ext2/3/4 can be checked at an "
                           "offset (fsck.vfat needs the partition as its own file)")
+
+
+def _fsck_input(image_path: str | os.PathLike, offset: int, tmp: str) -> tuple[str | os.PathLike, int]:
+    """(file, offset) for e2fsck: an overlay's partition is materialized alone (0600 in the 0700
+    temporary directory), since e2fsck reads a file; anything else is checked in place."""
+    view = overlay.lookup(image_path)
+    if view is None or not view.touches(offset, view.size):
+        return overlay.route(image_path, offset, None), offset
+    part = os.path.join(tmp, "partition")
+    fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view.copy_range(offset, view.size, fd)
+    finally:
+        os.close(fd)
+    return part, 0

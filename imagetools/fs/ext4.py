@@ -25,6 +25,7 @@ from typing import Iterator
 import ext4
 
 from ..errors import FilesystemError, from_oserror
+from ..image import overlay
 from . import e2fsprogs, lock
 from .base import (Entry, NoSpaceError, NotFoundError, SymlinkInPath, check_geometry, check_mode,
                    check_owner, check_writable, components, join, normalize, type_from_mode)
@@ -60,11 +61,16 @@ class Ext4Filesystem:
         self.label = label or f"ext4 filesystem at offset {offset}"
         self._private: str | None = None
         self._lock: tuple[int, int] | None = None
+        self._overlay = overlay.lookup(self.image_path)
+        self._size = size
+        if writable and self._overlay is not None:
+            raise FilesystemError(f"{self.label}: a unit delta is read-only; materialize it to write")
         if writable:
             check_writable(self.image_path)
             check_geometry(self.image_path, offset, size, self.label)
             self._lock = lock.acquire(self.image_path)
-        self.device = e2fsprogs.device(self.image_path, offset, self.label, self._private_dir)
+        self._device = (None if self._overlay is not None
+                        else e2fsprogs.device(self.image_path, offset, self.label, self._private_dir))
         self._file = None
         self._vol: ext4.Volume | None = None
         try:
@@ -98,11 +104,27 @@ class Ext4Filesystem:
             self._private = tempfile.mkdtemp(prefix="imagetools-")
         return self._private
 
+    @property
+    def device(self) -> e2fsprogs.Device:
+        """debugfs's device; for an overlay, the partition materialized (0600, in our 0700
+        directory) the first time debugfs has to read what the ext4 package cannot."""
+        if self._device is None:
+            part = os.path.join(self._private_dir(), "partition")
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                end = self._overlay.size if self._size is None else self.offset + self._size
+                self._overlay.copy_range(self.offset, end, fd)
+            finally:
+                os.close(fd)
+            self._device = e2fsprogs.device(part, 0, self.label, self._private_dir)
+        return self._device
+
     def _open_volume(self) -> None:
         if self._file is not None:
             self._file.close()
         try:
-            self._file = open(self.image_path, "rb")  # noqa: SIM115 - kept open for the Volume
+            self._file = (self._overlay.reader() if self._overlay is not None
+                          else open(self.image_path, "rb"))  # noqa: SIM115 - kept open for the Volume
         except OSError as exc:
             raise from_oserror(exc, f"cannot open image {self.image_path}", FilesystemError) from exc
         try:

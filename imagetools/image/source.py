@@ -17,8 +17,12 @@ class ImageSource:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
+        from .overlay import lookup  # a unit delta attached under this name reads as its image
+
+        self._view = lookup(self.path)
         try:
-            self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            opened = self._view.base if self._view is not None else self.path
+            self.fd = os.open(opened, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
             raise _open_error(self.path, exc) from exc
         try:
@@ -38,6 +42,8 @@ class ImageSource:
             raise ImageFormatError(
                 f"{self.path}: {what} at byte {offset} lies past the end of the image "
                 f"({self.size} bytes): the image is truncated or not a disk image")
+        if self._view is not None:
+            return self._view.pread(offset, length)
         chunks, done = [], 0
         while done < length:
             try:

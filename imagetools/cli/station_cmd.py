@@ -1,0 +1,101 @@
+"""`imagetools flash`, `materialize` and `preauth merge`: the flashing station and scale-out."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import UsageError, VerifyFailed
+from .base import echo, is_tty, main, print_json, print_table
+from .server_cmd import preauth
+
+
+@main.command("flash")
+@click.argument("base", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--unit", "unit_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="A unit directory emit published (--format delta or image).")
+@click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A private key to inject on the fly instead of a unit.")
+@click.option("--log", "log", type=click.Path(dir_okay=False, path_type=Path),
+              help="Station log (JSON lines): one record per card; refuses a unit already flashed.")
+@click.option("--again", is_flag=True, help="Flash a unit the log shows as flashed already.")
+@click.option("--no-fsck", is_flag=True, help="Skip e2fsck in the final verify.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def flash_command(base: Path, targets: tuple[str, ...], unit_dir: Path | None, key_file: Path | None,
+                  log: Path | None, again: bool, no_fsck: bool, as_json: bool) -> None:
+    """Write BASE's mapped blocks and the unit's blocks to each TARGET (block device or file,
+    created if missing), checking every range's sha256; then verify each TARGET read-only.
+    Several TARGETs are written in parallel. Exit 1 if any card fails."""
+    from .. import flash as station
+
+    if (unit_dir is None) == (key_file is None):
+        raise UsageError("give exactly one of --unit UNIT_DIR and --key KEY")
+    plan = station.plan_unit(base, unit_dir) if unit_dir else station.plan_key(base, key_file)
+    bars = _Bars(list(targets)) if is_tty() and not as_json else None
+    results = station.flash(plan, list(targets), log=log, again=again, fsck=not no_fsck,
+                            progress=bars.update if bars else None)
+    if bars:
+        bars.done()
+    if as_json:
+        print_json([r.to_dict() for r in results])
+    else:
+        print_table(["target", "unit", "fingerprint", "serial", "seconds", "result"],
+                    [(r.target, r.unit, r.fingerprint[:16], r.serial, r.times.get("total"),
+                      "ok" if r.ok else r.error) for r in results])
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise VerifyFailed(f"{len(failed)} of {len(results)} card(s) failed, e.g. {failed[0].target}: "
+                           f"{failed[0].error}")
+
+
+class _Bars:
+    """One progress line per target on the terminal, redrawn in place."""
+
+    def __init__(self, targets: list[str]):
+        self.targets, self.state = targets, {t: (0, 1) for t in targets}
+        sys.stderr.write("\n" * len(targets))
+
+    def update(self, target: str, done: int, total: int) -> None:
+        self.state[target] = (done, max(total, 1))
+        lines = []
+        for t in self.targets:
+            d, n = self.state[t]
+            filled = int(30 * d / n)
+            lines.append(f"{t[-30:]:<30} [{'#' * filled}{'-' * (30 - filled)}] {100 * d // n:3d}%")
+        sys.stderr.write(f"\x1b[{len(lines)}F" + "\n".join(lines) + "\n")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        sys.stderr.flush()
+
+
+@main.command("materialize")
+@click.argument("unit_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out_image", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--base", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The base the unit was made from (default: the one its emit run recorded).")
+@click.option("--force", is_flag=True, help="Replace an existing OUT_IMAGE.")
+def materialize_command(unit_dir: Path, out_image: Path, base: Path | None, force: bool) -> None:
+    """Write a delta unit's full sparse image and its .bmap (verified, e2fsck included)."""
+    from ..units_io import base_of, materialize
+
+    report = materialize(unit_dir, out_image, base or base_of(unit_dir), force=force)
+    echo(f"wrote {out_image} and {out_image}.bmap (verified, key SHA256 {report.fingerprint})")
+
+
+@preauth.command("merge")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The merged preauth file to write.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+def merge_command(inputs: tuple[Path, ...], output: Path, force: bool) -> None:
+    """Join shards' preauth files (or OUT directories holding preauth.json) into one; refuses
+    duplicate names, identities and public keys."""
+    from ..merge import merge
+
+    files = [p / "preauth.json" if p.is_dir() else p for p in inputs]
+    units = merge(files, output, force=force)
+    echo(f"merged {len(units)} unit(s) from {len(files)} file(s) into {output}")

@@ -1,0 +1,333 @@
+"""The flashing station: base (+ unit delta, or a key injected on the fly) -> card, then verified.
+
+Only mapped blocks are written (the base's bmap, then the unit's few blocks), each range checked
+against its sha256 as bmaptool does. A card is made to look unfinished first (the partition
+table areas at both ends of the image are zeroed and flushed), everything else is written and
+flushed, and the table areas come last: a flash interrupted at any point leaves no partition
+table, so the card never passes for a finished one. The card is then verified read-only against
+the unit's public key, and a record is appended to the station log.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import stat
+import struct
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import keys
+from .errors import EnvironmentProblem, ImageToolsError, UsageError
+from .fs.base import mount_point
+from .layout import open_layout
+from .personalize import make_delta
+from .units_io import Unit, block_map, load_unit
+from .verify import DEFAULT_KEY_PATH, data_path, verify_image
+
+TABLE_AREA = 64 * 1024    # MBR / primary GPT at the start, backup GPT at the end of the image
+_CHUNK = 4 << 20
+BLKZEROOUT = 0x127F  # linux/fs.h _IO(0x12, 127)
+_LIBC = ctypes.CDLL(None, use_errno=True)
+MAX_LOG = 256 << 20
+Progress = Callable[[str, int, int], None]   # (target, bytes done, bytes total)
+
+
+@dataclass
+class FlashResult:
+    target: str
+    unit: str
+    fingerprint: str
+    ok: bool = False
+    serial: str | None = None
+    error: str | None = None
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    bytes_written: int = 0
+    times: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every target gets: the source file's mapped ranges, then the unit's blocks."""
+
+    source: str
+    size: int
+    ranges: tuple
+    patches: tuple[tuple[int, bytes], ...]
+    unit: Unit
+
+    @property
+    def total(self) -> int:
+        mapped = sum((r.last - r.first + 1) * 4096 for r in self.ranges)
+        return min(mapped, self.size) + sum(len(d) for _, d in self.patches)
+
+
+def plan_unit(base: str | os.PathLike, unit_dir: str | os.PathLike) -> Plan:
+    """A published unit over BASE; the base must be the one the unit was made from."""
+    unit = load_unit(unit_dir)
+    base_map = block_map(base)
+    if base_map.sha256 != unit.base_sha256:
+        raise UsageError(f"{base} (sha256 {base_map.sha256[:16]}...) is not the base {unit_dir} was "
+                         f"made from (sha256 {unit.base_sha256[:16]}...)")
+    if unit.delta is None:
+        image_map = block_map(unit.image)
+        return Plan(str(unit.image), image_map.size, image_map.ranges, (), unit)
+    return Plan(str(base), base_map.size, base_map.ranges, unit.delta.extents, unit)
+
+
+def plan_key(base: str | os.PathLike, key_file: str | os.PathLike) -> Plan:
+    """A unit made on the fly: KEY injected into a scratch copy of the data partition only."""
+    pem = keys.read_key_bytes(key_file, "private key")
+    private = keys.load_private(pem, str(key_file))
+    keys.check_acceptable(private, str(key_file))
+    base_map = block_map(base)
+    data = open_layout(base).require("data")
+    delta, fsck = make_delta(base, data, pem, data_path(DEFAULT_KEY_PATH), base_map.sha256)
+    if fsck.status != "pass":
+        raise UsageError(f"{base}: the data partition with the key injected fails e2fsck: {fsck.detail}")
+    unit = Unit(Path(key_file).stem, keys.fingerprint(private), private.public_key(), base_map.sha256,
+                delta=delta)
+    return Plan(str(base), base_map.size, base_map.ranges, delta.extents, unit)
+
+
+def flash(plan: Plan, targets: list[str], *, log: str | os.PathLike | None = None, again: bool = False,
+          fsck: bool = True, progress: Progress | None = None) -> list[FlashResult]:
+    """Write the plan to every target in parallel, verify each, log each; refusals before any
+    write (UsageError/EnvironmentProblem) stop everything, a failure of one card is its result."""
+    if len(set(map(os.path.abspath, targets))) != len(targets):
+        raise UsageError("a target is given twice")
+    if log is not None and not again:
+        _refuse_flashed(Path(log), plan.unit)
+    opened = [_open_target(t, plan.size) for t in targets]
+    log_lock = threading.Lock()
+
+    def one(args: tuple[str, int, str | None]) -> FlashResult:
+        result = _flash_one(plan, *args, fsck=fsck, progress=progress)
+        if log is not None:
+            with log_lock:
+                _append_log(Path(log), result, plan)
+        return result
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(opened))) as pool:
+        return list(pool.map(one, opened))
+
+
+def _open_target(target: str, size: int) -> tuple[str, int, str | None]:
+    """(target, fd open for writing, serial); refuses mounted or too small targets."""
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.ftruncate(fd, size)
+        return target, fd, None
+    if stat.S_ISBLK(st.st_mode):
+        where = mount_point(st.st_rdev)
+        if where:
+            raise EnvironmentProblem(f"{target} (or one of its partitions) is mounted on {where}: unmount it")
+        fd = _open(target, os.O_RDWR | os.O_EXCL)
+        serial = device_serial(st.st_rdev)
+    elif stat.S_ISREG(st.st_mode):
+        fd = _open(target, os.O_RDWR)
+        os.fchmod(fd, 0o600)  # a card image file will hold a key
+        serial = None
+    else:
+        raise UsageError(f"{target} is neither a block device nor a regular file")
+    have = os.lseek(fd, 0, os.SEEK_END)
+    if have == 0 and stat.S_ISREG(st.st_mode):
+        os.ftruncate(fd, size)
+    elif have < size:
+        os.close(fd)
+        raise UsageError(f"{target} holds {have} bytes, the image needs {size}: use a larger card")
+    return target, fd, serial
+
+
+def _open(path: str, flags: int) -> int:
+    try:
+        return os.open(path, flags | os.O_CLOEXEC)
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot open {path} for writing: {exc.strerror} "
+                                 "(in use or mounted?)") from None
+
+
+def device_serial(rdev: int) -> str | None:
+    """The device's serial as udev recorded it (or the kernel's sysfs attribute)."""
+    major, minor = os.major(rdev), os.minor(rdev)
+    try:
+        with open(f"/run/udev/data/b{major}:{minor}") as fh:
+            props = dict(line[2:].strip().split("=", 1) for line in fh if line.startswith("E:") and "=" in line)
+        if props.get("ID_SERIAL_SHORT") or props.get("ID_SERIAL"):
+            return props.get("ID_SERIAL_SHORT") or props.get("ID_SERIAL")
+    except OSError:
+        pass
+    try:
+        with open(f"/sys/dev/block/{major}:{minor}/device/serial") as fh:
+            return fh.read(256).strip() or None
+    except OSError:
+        return None
+
+
+def _flash_one(plan: Plan, target: str, fd: int, serial: str | None, *, fsck: bool,
+               progress: Progress | None) -> FlashResult:
+    result = FlashResult(target, plan.unit.name, plan.unit.fingerprint, serial=serial)
+    started = time.monotonic()
+    try:
+        try:
+            result.bytes_written = write_plan(plan, fd, lambda n: progress and progress(target, n, plan.total))
+        finally:
+            os.close(fd)
+        result.times["write"] = round(time.monotonic() - started, 3)
+        report = verify_image(target, expected=plan.unit.public_key, fsck=fsck)
+        result.checks = [asdict(c) for c in report.checks]
+        result.ok = report.ok
+        if not report.ok:
+            result.error = "verify failed: " + "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
+    except ImageToolsError as exc:
+        result.error = str(exc)
+    except OSError as exc:
+        result.error = f"{target}: {exc.strerror or exc}"
+    result.times["total"] = round(time.monotonic() - started, 3)
+    return result
+
+
+def write_plan(plan: Plan, fd: int, progress: Callable[[int], Any] = lambda n: None) -> int:
+    """Table areas zeroed and flushed; the mapped ranges (checked) and patches written, except
+    the table areas; flushed; the table areas written; flushed. Returns bytes written."""
+    areas = [(0, min(TABLE_AREA, plan.size)), (max(0, plan.size - TABLE_AREA), plan.size)]
+    for a, b in areas:
+        os.pwrite(fd, bytes(b - a), a)
+    os.fsync(fd)
+    zero_unmapped(fd, plan)
+    held: dict[int, bytes] = {}
+    done = 0
+    with open(plan.source, "rb", buffering=0) as src:
+        for r in plan.ranges:
+            done += _write_range(src.fileno(), fd, plan, r, areas, held)
+            progress(done)
+    for off, data in plan.patches:  # after the base's bytes, whole: an extent may span a hole
+        done += _put(fd, off, data, areas, held)
+    os.fsync(fd)
+    for off, data in sorted(held.items()):
+        os.pwrite(fd, data, off)
+    os.fsync(fd)
+    progress(done)
+    return done
+
+
+def zero_unmapped(fd: int, plan: Plan) -> None:
+    """Make the image's holes read as zeros on the target, as they do in the image. mkfs relies
+    on zeroed blocks it never wrote (the resize inode's reserved GDT blocks, inode tables marked
+    zeroed), so only-mapped-blocks onto a used card (what `bmaptool copy` does) can leave an
+    ext4 that e2fsck rejects. A file target gets holes punched (free); a block device gets
+    BLKZEROOUT (WRITE ZEROES or discard where the card supports it, written zeros otherwise)."""
+    is_file = stat.S_ISREG(os.fstat(fd).st_mode)
+    pos = 0
+    for r in list(plan.ranges) + [None]:
+        end = plan.size if r is None else r.first * 4096
+        if end > pos:
+            (_punch if is_file else _zeroout)(fd, pos, end - pos)
+        if r is not None:
+            pos = (r.last + 1) * 4096
+
+
+def _punch(fd: int, offset: int, length: int) -> None:
+    if _LIBC.fallocate(fd, 0x01 | 0x02, ctypes.c_long(offset), ctypes.c_long(length)) != 0:  # KEEP_SIZE|PUNCH_HOLE
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP, errno.ENOSYS):
+            raise OSError(err, os.strerror(err))
+        _write_zeros(fd, offset, length)
+
+
+def _zeroout(fd: int, offset: int, length: int) -> None:
+    try:
+        fcntl.ioctl(fd, BLKZEROOUT, struct.pack("QQ", offset, length))
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTTY):
+            raise
+        _write_zeros(fd, offset, length)
+
+
+def _write_zeros(fd: int, offset: int, length: int) -> None:
+    zeros = bytes(min(_CHUNK, length))
+    for pos in range(offset, offset + length, len(zeros)):
+        os.pwrite(fd, zeros[:offset + length - pos], pos)
+
+
+def _write_range(src: int, fd: int, plan: Plan, r, areas, held: dict[int, bytes]) -> int:
+    """One bmap range: read, hash (against its checksum), write. Returns bytes written."""
+    h = hashlib.sha256()
+    pos, end, written = r.first * 4096, min((r.last + 1) * 4096, plan.size), 0
+    while pos < end:
+        buf = os.pread(src, min(_CHUNK, end - pos), pos)
+        if not buf:
+            raise UsageError(f"{plan.source} is shorter than its block map says (at byte {pos})")
+        h.update(buf)
+        written += _put(fd, pos, buf, areas, held)
+        pos += len(buf)
+    if h.hexdigest() != r.sha256:
+        raise UsageError(f"{plan.source}: blocks {r.first}-{r.last} do not match their bmap checksum: "
+                         "the image changed after its bmap was made (make a new one)")
+    return written
+
+
+def _put(fd: int, pos: int, data: bytes, areas, held: dict[int, bytes]) -> int:
+    """Write data at pos, keeping back what falls in a table area (written last)."""
+    cuts = sorted({pos, pos + len(data)} | {x for a, b in areas for x in (a, b) if pos < x < pos + len(data)})
+    for a, b in zip(cuts, cuts[1:]):
+        piece = data[a - pos:b - pos]
+        if any(x <= a and b <= y for x, y in areas):
+            held[a] = piece
+        else:
+            os.pwrite(fd, piece, a)
+    return len(data)
+
+
+def _refuse_flashed(log: Path, unit: Unit) -> None:
+    for record in read_log(log):
+        if record.get("ok") and record.get("fingerprint") == unit.fingerprint:
+            raise UsageError(f"unit {unit.name} (key {unit.fingerprint[:16]}...) was already flashed to "
+                             f"{record.get('target')} at {record.get('time')} per {log}; --again to "
+                             "flash it once more")
+
+
+def read_log(log: Path) -> list[dict[str, Any]]:
+    """The station log's records (lines that are not JSON objects are skipped)."""
+    try:
+        if log.stat().st_size > MAX_LOG:
+            raise UsageError(f"{log}: over {MAX_LOG} bytes; start a new station log")
+        lines = log.read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _append_log(log: Path, result: FlashResult, plan: Plan) -> None:
+    """One JSON line per card, appended under a lock and flushed (stations may share a log)."""
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result.to_dict(),
+              "base_sha256": plan.unit.base_sha256,
+              "checks": {c["name"]: c["status"] for c in result.checks}}
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)

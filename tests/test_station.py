@@ -1,0 +1,181 @@
+"""Units as deltas over one base, materialize, the flashing station, shards and preauth merge."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import run_tool
+from imagetools import flash as station, keys
+from imagetools.devices import load_devices
+from imagetools.emit import EmitOptions, emit, shard
+from imagetools.errors import DeviceListError, ImageFormatError, UsageError
+from imagetools.image import delta as delta_format, read_image
+from imagetools.layout import open_layout
+from imagetools.merge import merge
+from imagetools.units_io import load_unit, materialize, verify_unit
+
+pytestmark = pytest.mark.integration
+
+DELTA = EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=2, format="delta")
+
+
+def _devices(path: Path, count: int, start: int = 1) -> Path:
+    rows = [f"u{i},02:00:00:00:01:{i:02x}" for i in range(start, start + count)]
+    path.write_text("name,mac\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _random_file(path: Path, size: int) -> Path:
+    with open(path, "wb") as f:
+        for _ in range(0, size, 1 << 20):
+            f.write(os.urandom(min(1 << 20, size - f.tell())))
+    return path
+
+
+def _mapped_equal(a: Path, b: Path, start: int, end: int) -> bool:
+    """The bytes of a's data extents within [start, end) are the same in b."""
+    from imagetools.sparse import data_ranges
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        for s, e in data_ranges(fa.fileno(), os.fstat(fa.fileno()).st_size):
+            s, e = max(s, start), min(e, end)
+            if s < e and os.pread(fa.fileno(), e - s, s) != os.pread(fb.fileno(), e - s, s):
+                return False
+    return True
+
+
+@pytest.mark.parametrize("layout,opts", [("sdimg", {}), ("uefiimg", {}), ("extended", {}),
+                                         ("sdimg", {"empty_rootfs_b": True})])
+def test_delta_units_verify_through_overlay_and_materialize(make_image, tmp_path, layout, opts):
+    base = make_image(layout, **opts)
+    base_sha = hashlib.sha256(base.read_bytes()).hexdigest()
+    out = tmp_path / "OUT"
+    result = emit(base, load_devices(_devices(tmp_path / "d.csv", 2)), out, DELTA)
+    assert result.ok and result.count("emitted") == 2
+    unit_dir = out / "u1"
+    record = json.loads((unit_dir / "unit.json").read_text())
+    assert record["format"] == "delta" and record["base_sha256"] == base_sha
+    assert (unit_dir / "u1.delta").stat().st_size < 128 * 1024
+    assert (unit_dir / "u1.delta").stat().st_mode & 0o777 == 0o600
+    report = verify_unit(unit_dir, base)
+    assert report.ok and report.check("e2fsck -fn clean on data").status == "pass"
+    image = tmp_path / f"u1{base.suffix}"
+    assert materialize(unit_dir, image, base).ok
+    assert image.stat().st_mode & 0o777 == 0o600
+    data = open_layout(image).require("data")
+    assert data.fsck(image)[0]
+    card = tmp_path / "card.img"
+    run_tool("bmaptool", "copy", "--bmap", f"{image}.bmap", str(image), str(card))
+    assert card.read_bytes() == image.read_bytes()
+    assert hashlib.sha256(base.read_bytes()).hexdigest() == base_sha  # the base is untouched
+
+
+def test_flash_to_used_cards_verifies_and_keeps_rootfs(make_image, tmp_path, cli):
+    base = make_image("sdimg")
+    out = tmp_path / "OUT"
+    emit(base, load_devices(_devices(tmp_path / "d.csv", 1)), out, DELTA)
+    size = base.stat().st_size
+    cards = [_random_file(tmp_path / "c1.img", size), tmp_path / "c2.img"]  # c2: created
+    log = tmp_path / "station.jsonl"
+    proc = cli("flash", base, *cards, "--unit", out / "u1", "--log", log, "--json")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    assert [r["ok"] for r in results] == [True, True]
+    rootfs = open_layout(base).require("rootfs-a").partition
+    for card in cards:
+        assert _mapped_equal(base, card, rootfs.start, rootfs.end)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {r["target"] for r in records} == {str(c) for c in cards}
+    assert all(r["fingerprint"] == load_unit(out / "u1").fingerprint for r in records)
+    again = cli("flash", base, cards[0], "--unit", out / "u1", "--log", log)
+    assert again.returncode == 2 and "already flashed" in again.stderr
+    assert cli("flash", base, cards[0], "--unit", out / "u1", "--log", log, "--again").returncode == 0
+
+
+def test_flash_key_on_the_fly_and_image_units(make_image, tmp_path):
+    base = make_image("gptimg")
+    key = tmp_path / "k.key"
+    keys.write_secret(key, keys.private_pem(keys.generate(keys.KeySpec(type="ed25519")), "pkcs8"))
+    card = _random_file(tmp_path / "card", base.stat().st_size)
+    [result] = station.flash(station.plan_key(base, key), [str(card)])
+    assert result.ok, result.error
+    out = tmp_path / "OUT"
+    emit(base, load_devices(_devices(tmp_path / "d.csv", 1)), out,
+         EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=1))
+    [result] = station.flash(station.plan_unit(base, out / "u1"), [str(card)])
+    assert result.ok, result.error
+
+
+def test_flash_refusals(make_image, tmp_path):
+    base = make_image("sdimg")
+    out = tmp_path / "OUT"
+    emit(base, load_devices(_devices(tmp_path / "d.csv", 1)), out, DELTA)
+    small = _random_file(tmp_path / "small", 1 << 20)
+    with pytest.raises(UsageError, match="use a larger card"):
+        station.flash(station.plan_unit(base, out / "u1"), [str(small)])
+    other = make_image("sdimg", data_mib=9)
+    with pytest.raises(UsageError, match="is not the base"):
+        station.plan_unit(other, out / "u1")
+    with pytest.raises(UsageError, match="twice"):
+        station.flash(station.plan_unit(base, out / "u1"), [str(small), str(small)])
+
+
+def test_interrupted_flash_never_looks_complete(make_image, tmp_path):
+    """A range that fails its checksum midway stops the flash: the card has no partition table,
+    although it held a complete image before."""
+    base = make_image("sdimg")
+    out = tmp_path / "OUT"
+    emit(base, load_devices(_devices(tmp_path / "d.csv", 1)), out, DELTA)
+    card = tmp_path / "card"
+    assert station.flash(station.plan_unit(base, out / "u1"), [str(card)])[0].ok
+    plan = station.plan_unit(base, out / "u1")
+    victim = plan.ranges[len(plan.ranges) // 2]
+    with open(base, "r+b") as f:  # the base changes after its map was cached: like a bad read
+        f.seek(victim.first * 4096)
+        f.write(b"\xff" * 16)
+    [result] = station.flash(plan, [str(card)])
+    assert not result.ok and "checksum" in result.error
+    with pytest.raises(ImageFormatError):
+        read_image(card)
+
+
+def test_hostile_deltas_are_refused(make_image, tmp_path):
+    base = make_image("sdimg")
+    out = tmp_path / "OUT"
+    emit(base, load_devices(_devices(tmp_path / "d.csv", 1)), out, DELTA)
+    path = out / "u1" / "u1.delta"
+    blob = path.read_bytes()
+    with pytest.raises(ImageFormatError, match="checksum"):
+        delta_format.parse(blob[:-40] + blob[-32:])
+    good = delta_format.parse(blob)
+    outside = delta_format.Delta(good.base_size, good.base_sha256, good.window,
+                                 ((0, bytes(4096)),))  # the partition table
+    with pytest.raises(ImageFormatError, match="outside the window"):
+        outside.render()
+    with pytest.raises(ImageFormatError, match="not an imagetools delta"):
+        delta_format.parse(b"x" * 200)
+
+
+def test_shards_partition_the_list_and_merge_refuses_duplicates(make_image, tmp_path, cli):
+    devices = load_devices(_devices(tmp_path / "d.csv", 40))
+    slices = [shard(devices, k, 4) for k in range(1, 5)]
+    names = [d.name for s in slices for d in s]
+    assert sorted(names) == sorted(d.name for d in devices) and len(names) == len(set(names))
+    assert [d.name for d in shard(list(reversed(devices)), 2, 4)] == [d.name for d in reversed(slices[1])]
+    base = make_image("sdimg")
+    csv = tmp_path / "d4.csv"
+    _devices(csv, 4)
+    for k in (1, 2):
+        proc = cli("emit", "--base", base, "--devices", csv, "--out-dir", tmp_path / f"S{k}",
+                   "--format", "delta", "--key-type", "ed25519", "--shard", f"{k}/2")
+        assert proc.returncode == 0, proc.stderr
+    merged = cli("preauth", "merge", tmp_path / "S1", tmp_path / "S2", "-o", tmp_path / "all.json")
+    assert merged.returncode == 0, merged.stderr
+    assert sorted(u["name"] for u in json.loads((tmp_path / "all.json").read_text())) == ["u1", "u2", "u3", "u4"]
+    with pytest.raises(DeviceListError, match="same name"):
+        merge([tmp_path / "S1/preauth.json", tmp_path / "S1/preauth.json"], tmp_path / "dup.json")
+    assert not (tmp_path / "dup.json").exists()
