@@ -30,7 +30,7 @@ from .errors import EnvironmentProblem, ImageToolsError, UsageError
 from .fs.base import mount_point
 from .layout import open_layout
 from .personalize import make_delta
-from .units_io import Unit, block_map, load_unit
+from .published import Unit, block_map, load_unit
 from .verify import DEFAULT_KEY_PATH, data_path, verify_image
 
 TABLE_AREA = 64 * 1024    # MBR / primary GPT at the start, backup GPT at the end of the image

@@ -17,7 +17,7 @@ from imagetools.errors import DeviceListError, ImageFormatError, UsageError
 from imagetools.image import delta as delta_format, read_image
 from imagetools.layout import open_layout
 from imagetools.merge import merge
-from imagetools.units_io import load_unit, materialize, verify_unit
+from imagetools.published import load_unit, materialize, verify_unit
 
 pytestmark = pytest.mark.integration
 

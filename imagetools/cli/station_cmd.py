@@ -80,7 +80,7 @@ class _Bars:
 @click.option("--force", is_flag=True, help="Replace an existing OUT_IMAGE.")
 def materialize_command(unit_dir: Path, out_image: Path, base: Path | None, force: bool) -> None:
     """Write a delta unit's full sparse image and its .bmap (verified, e2fsck included)."""
-    from ..units_io import base_of, materialize
+    from ..published import base_of, materialize
 
     report = materialize(unit_dir, out_image, base or base_of(unit_dir), force=force)
     echo(f"wrote {out_image} and {out_image}.bmap (verified, key SHA256 {report.fingerprint})")
