@@ -61,39 +61,39 @@ def _inject(image: Path, key_pem: bytes, key_rel: str, backend: str,
             overrides: dict[str, int] | None, result: InjectResult) -> InjectResult:
     with lock.exclusive(image):
         layout = open_layout(image, overrides)
-        data = layout.require("data")
+        data_part = layout.require("data")
         if backend == NATIVE:
-            write_key(image, data, key_pem, key_rel)
+            write_key(image, data_part, key_pem, key_rel)
         else:
-            _write_mender_artifact(image, layout, data, key_pem, key_rel)
-            _read_back(str(image), data, key_pem, key_rel)
+            _write_mender_artifact(image, layout, data_part, key_pem, key_rel)
+            _read_back(str(image), data_part, key_pem, key_rel)
     result.warnings += [f"{c.name}: {c.detail}" for c in link_checks(str(image), layout) if c.status == Status.FAIL]
     return result
 
 
-def write_key(image: str | Path, data: PartInfo, key_pem: bytes, key_rel: str) -> None:
+def write_key(image: str | Path, data_part: PartInfo, key_pem: bytes, key_rel: str) -> None:
     """The write alone (the fs layer reads back what it wrote): for callers that already know the
     data partition and check the key and the links themselves, like emit."""
-    with data.open(image, writable=True) as fs:
+    with data_part.open(image, writable=True) as fs:
         parent = posixpath.dirname(key_rel)
         if parent != "/" and not fs.exists(parent):
             fs.mkdir(parent, mode=DIR_MODE, uid=0, gid=0, parents=True)
         fs.write(key_rel, key_pem, mode=KEY_MODE, uid=0, gid=0)
 
 
-def _write_mender_artifact(image: Path, layout, data, key_pem: bytes, key_rel: str) -> None:
+def _write_mender_artifact(image: Path, layout, data_part, key_pem: bytes, key_rel: str) -> None:
     from .backends.mender_artifact import MenderArtifact, check_layout
 
     check_layout(layout)
-    with data.open(str(image)) as fs:  # each mender-artifact run copies every partition
+    with data_part.open(str(image)) as fs:  # each mender-artifact run copies every partition
         missing_dir = not fs.exists(posixpath.dirname(key_rel))
     with MenderArtifact(image) as tool:
         tool.install(DATA_MOUNT + key_rel, key_pem, KEY_MODE, parents=missing_dir)
 
 
-def _read_back(image: str, data, key_pem: bytes, key_rel: str) -> None:
+def _read_back(image: str, data_part, key_pem: bytes, key_rel: str) -> None:
     """mender-artifact exits 0 on some failures and takes modes in decimal: confirm what landed."""
-    with data.open(image) as fs:
+    with data_part.open(image) as fs:
         entry = fs.stat(key_rel)
         content = fs.read(key_rel)
     if content != key_pem or entry.mode != KEY_MODE or (entry.uid, entry.gid) != (0, 0):

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from .. import bmap
 from ..devices import Device
-from ..layout import PartInfo, open_layout
+from ..image import ImageSource, read_image
+from ..layout import PartInfo, detect_layout
 from .batch import BATCH_FILES, write_preauth_files, write_report
 from .model import EmitOptions, EmitResult, KeySource, Progress, Status, UnitFormat, UnitResult
 from .outdir import LOCK_FILE, TMP_DIR, clean_temp, locked
@@ -49,30 +50,33 @@ def emit(base: str | os.PathLike, devices: list[Device], out_dir: str | os.PathL
     started = time.monotonic()
     base, out = Path(base), Path(out_dir)
     check_inputs(base, devices, out)
-    data = open_layout(base).require("data")
-    out.mkdir(parents=True, exist_ok=True)
-    with locked(out):
-        clean_temp(out)
-        try:
-            base_id, copy_mode, units = _emit_locked(base, devices, out, options, progress, data, started)
-        finally:
+    with ImageSource(base) as src:  # opened once: the table, the roles, the base's identity
+        data_part = detect_layout(read_image(src), None, src).require("data")
+        out.mkdir(parents=True, exist_ok=True)
+        with locked(out):
             clean_temp(out)
-            shutil.rmtree(out / TMP_DIR, ignore_errors=True)
+            try:
+                base_id, copy_mode, units = _emit_locked(src, devices, out, options, progress, data_part,
+                                                         started)
+            finally:
+                clean_temp(out)
+                shutil.rmtree(out / TMP_DIR, ignore_errors=True)
     return EmitResult(str(out), base_id.to_json(), options.settings(), copy_mode, units,
                       time.monotonic() - started)
 
 
-def _emit_locked(base: Path, devices: list[Device], out: Path, options: EmitOptions,
-                 progress: Progress | None, data: PartInfo,
+def _emit_locked(src: ImageSource, devices: list[Device], out: Path, options: EmitOptions,
+                 progress: Progress | None, data_part: PartInfo,
                  started: float) -> tuple[BaseIdentity, str, list[UnitResult]]:
     """The run, holding OUT's lock: plan, re-check or emit each unit, write the batch files."""
+    base = Path(src.path)
     state = read_state(out)
-    base_id = base_identity(base, state)
+    base_id = base_identity(src, state)
     published = published_units(out, devices)
     # The base hashed once per run, and only if needed (its identity, and what units reuse).
-    base_scan = functools.cache(lambda: bmap.scan(base, window=data_window(data)))
+    base_scan = functools.cache(lambda: bmap.scan(base, window=data_window(data_part)))
     check_changes(state, base_id, options, published, out, lambda: base_scan().sha256)
-    jobs = plan(devices, published, base, out, options, data)
+    jobs = plan(devices, published, base, out, options, data_part)
     copy_mode = "delta" if options.format == UnitFormat.DELTA else choose_copy_mode(base, out)
     results: dict[str, UnitResult] = {}
     planned = {job.name for job in jobs}

@@ -126,4 +126,4 @@ class Job:
     options: EmitOptions
     base_sha256: str
     replace: bool
-    data: PartInfo              # the base's data partition (every unit has the base's table)
+    data_part: PartInfo            # the base's data partition (every unit has the base's table)

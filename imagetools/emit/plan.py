@@ -124,7 +124,7 @@ def check_changes(state: EmitState | None, base_id: BaseIdentity, options: EmitO
 
 
 def plan(devices: list[Device], published: dict[str, UnitRecord], base: Path, out: Path,
-         options: EmitOptions, data: PartInfo) -> list[Job]:
+         options: EmitOptions, data_part: PartInfo) -> list[Job]:
     """A job per unit to emit: the unpublished ones, and with force the published ones too."""
     jobs = []
     for device in devices:
@@ -141,7 +141,7 @@ def plan(devices: list[Device], published: dict[str, UnitRecord], base: Path, ou
             else:
                 key_from_image = str(out / device.name / record.image)
         jobs.append(Job(device.name, device.identity, key_path, key_from_image, source, str(base),
-                        base.suffix or ".img", str(out), options, "", record is not None, data))
+                        base.suffix or ".img", str(out), options, "", record is not None, data_part))
     return jobs
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import EnvironmentProblem
+from ..image import ImageSource
 from ..units import MiB
 from .model import KeySource, Status, UnitResult
 from .outdir import write_text
@@ -127,11 +129,11 @@ def write_state(out: Path, state: EmitState) -> None:
     write_text(out / STATE_FILE, json.dumps(state.to_json(), indent=2) + "\n")
 
 
-def base_identity(base: Path, state: EmitState | None) -> BaseIdentity:
-    """Cheap identity (size, mtime, partition tables); the content hash is reused from the state
-    when those still match, computed otherwise."""
-    st = base.stat()
-    ident = BaseIdentity(str(base.resolve()), st.st_size, st.st_mtime_ns, _table_sha256(base, st.st_size))
+def base_identity(base: ImageSource, state: EmitState | None) -> BaseIdentity:
+    """Cheap identity (size, mtime, partition tables) of the base, already open; the content hash
+    is reused from the state when those still match, computed otherwise."""
+    st = os.fstat(base.fd)
+    ident = BaseIdentity(str(Path(base.path).resolve()), base.size, st.st_mtime_ns, _table_sha256(base))
     old = state.base if state is not None else None
     if old is not None and (old.size, old.mtime_ns, old.table_sha256) == (ident.size, ident.mtime_ns,
                                                                            ident.table_sha256):
@@ -139,14 +141,11 @@ def base_identity(base: Path, state: EmitState | None) -> BaseIdentity:
     return ident
 
 
-def _table_sha256(base: Path, size: int) -> str:
+def _table_sha256(base: ImageSource) -> str:
     """First and last MiB: MBR/EBR, primary and backup GPT."""
-    h = hashlib.sha256()
-    with open(base, "rb") as f:
-        h.update(f.read(MiB))
-        f.seek(max(0, size - MiB))
-        h.update(f.read(MiB))
-    return h.hexdigest()
+    head = base.read(0, min(MiB, base.size), "the partition table")
+    tail_at = max(0, base.size - MiB)
+    return hashlib.sha256(head + base.read(tail_at, base.size - tail_at, "the backup table")).hexdigest()
 
 
 class _Fields:

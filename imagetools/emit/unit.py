@@ -107,11 +107,11 @@ def _prepare(job: Job, tmp: Path, result: UnitResult) -> Stage:
     image = tmp / f"{job.name}{job.suffix}"
     cloned = clone(job.base, image)
     if not cloned:
-        copy_extents(job.base, image, inside=data_window(job.data))
+        copy_extents(job.base, image, inside=data_window(job.data_part))
     t = _lap(result, "copy", t)
-    write_key(image, job.data, pem, DATA_KEY_PATH)
+    write_key(image, job.data_part, pem, DATA_KEY_PATH)
     t = _lap(result, "inject", t)
-    fsck = fsck_check(image, job.data)
+    fsck = fsck_check(image, job.data_part)
     _lap(result, "verify", t)
     return Stage(tmp, image, cloned, fsck, files)
 
@@ -120,7 +120,7 @@ def _prepare_delta(job: Job, tmp: Path, result: UnitResult, pem: bytes, files: l
                    t: float) -> Stage:
     """Stage 1 of a delta unit: the blocks the key changes, taken from a scratch copy of the data
     partition alone (see personalize), and that copy's e2fsck."""
-    delta, fsck = make_delta(job.base, job.data, pem, DATA_KEY_PATH, job.base_sha256)
+    delta, fsck = make_delta(job.base, job.data_part, pem, DATA_KEY_PATH, job.base_sha256)
     t = _lap(result, "inject", t)
     image = tmp / f"{job.name}{DELTA_SUFFIX}"
     keys.write_secret(image, delta.render(), durable=False)  # it holds the key's blocks: 0600
@@ -143,7 +143,7 @@ def _finish(job: Job, stage: Stage, result: UnitResult, reuse: bmap.Reuse | None
     image, files = stage.image, list(stage.files)
     is_delta = job.options.format == UnitFormat.DELTA
     if not stage.cloned and not is_delta:
-        copy_extents(job.base, image, outside=data_window(job.data))
+        copy_extents(job.base, image, outside=data_window(job.data_part))
     t = _lap(result, "copy", t)
     report = _verify(job, stage)
     report.replace(stage.fsck)
@@ -175,9 +175,9 @@ def _finish(job: Job, stage: Stage, result: UnitResult, reuse: bmap.Reuse | None
     return True
 
 
-def data_window(data: PartInfo) -> tuple[int, int]:
+def data_window(data_part: PartInfo) -> tuple[int, int]:
     """The data partition's bytes: all that injection changes."""
-    return data.partition.start, data.partition.end
+    return data_part.partition.start, data_part.partition.end
 
 
 def _unit_key(job: Job) -> tuple[bytes, keys.PrivateKey]:
@@ -198,8 +198,8 @@ def _key_from_image(image: str, job: Job) -> bytes:
         if image.endswith(DELTA_SUFFIX):
             view = Overlay(job.base, delta_format.read(image), job.base_sha256)
             stack.enter_context(overlay.attached(image, view))
-        data = open_layout(image).require("data")
-        with data.open(image) as fs:
+        data_part = open_layout(image).require("data")
+        with data_part.open(image) as fs:
             return read_key_in_image(fs, DATA_KEY_PATH)
 
 
