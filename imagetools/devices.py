@@ -20,7 +20,7 @@ from typing import NamedTuple, NoReturn
 
 from . import keys
 from .errors import DeviceListError, ImageToolsError
-from .mender import canonical_identity
+from .mender import canonical_identity, loose_identity
 
 RESERVED_COLUMNS = ("name", "key")
 # JSON objects may also hold the identity in an `identity_data` object (preauth.json's form).
@@ -44,6 +44,7 @@ class Row(NamedTuple):
     name: str      # "" when the row has none (derived later)
     key: str       # "" when the row lists no key file
     identity: dict[str, str]
+    broken: bool = False   # the row has problems of its own: checked further, never emitted
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,10 @@ class Device:
     key_fingerprint: str | None = field(default=None, compare=False)
 
 
-def load_devices(path: str | Path) -> list[Device]:
-    """Parse and validate a device list: `.json` as JSON, anything else as CSV."""
-    path = Path(path)
+def load_devices(path: str | Path, *, allow_similar: bool = False) -> list[Device]:
+    """Parse and validate a device list: `.json` as JSON, anything else as CSV. Identities that
+    differ only in case or separators are refused unless `allow_similar` (see _similar)."""
+    path = Path(path).absolute()   # messages name the list by its full path
     raw = keys.read_regular_file(path, MAX_DEVICE_LIST, "device list", DeviceListError)
     try:
         text = raw.decode("utf-8-sig")
@@ -67,11 +69,12 @@ def load_devices(path: str | Path) -> list[Device]:
         raise DeviceListError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     base_dir = path.resolve().parent
     if path.suffix.lower() == ".json":
-        return parse_json(text, str(path), base_dir)
-    return parse_csv(text, str(path), base_dir)
+        return parse_json(text, str(path), base_dir, allow_similar=allow_similar)
+    return parse_csv(text, str(path), base_dir, allow_similar=allow_similar)
 
 
-def parse_csv(text: str, source: str = "devices.csv", base_dir: Path | None = None) -> list[Device]:
+def parse_csv(text: str, source: str = "devices.csv", base_dir: Path | None = None, *,
+              allow_similar: bool = False) -> list[Device]:
     """CSV with a header row: identity columns, plus optional `name` and `key` columns."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     problems: Problems = []
@@ -97,16 +100,17 @@ def parse_csv(text: str, source: str = "devices.csv", base_dir: Path | None = No
     if header is None and not problems:
         problems.append((1, "empty file; expected a header row such as 'mac' or 'name,mac,key'"))
     entries = [_split_row(values, start, problems) for start, values in rows]
-    return _finish(entries, problems, source, base_dir)
+    return _finish(entries, problems, source, base_dir, allow_similar)
 
 
-def parse_json(text: str, source: str = "devices.json", base_dir: Path | None = None) -> list[Device]:
+def parse_json(text: str, source: str = "devices.json", base_dir: Path | None = None, *,
+               allow_similar: bool = False) -> list[Device]:
     """A JSON list of objects: either {"name"?, "key"?, "identity_data": {...}} or flat
     {"name"?, "key"?, attr: value, ...}; `name`, `key` and `identity_data` in any ASCII case.
     Numbers become strings as written (1.10 stays "1.10"); other value types are refused."""
     problems: Problems = []
     entries = [_json_entry(item, start, problems) for start, item in _json_items(text, problems)]
-    return _finish(entries, problems, source, base_dir)
+    return _finish(entries, problems, source, base_dir, allow_similar)
 
 
 def derive_name(identity: dict[str, str]) -> str:
@@ -159,13 +163,14 @@ def _meta_key(key: str, names: tuple[str, ...]) -> str | None:
     return lowered if key.isascii() and lowered in names else None
 
 
-def _split_row(values: dict[str, str], line: int, problems: Problems) -> Row | None:
+def _split_row(values: dict[str, str], line: int, problems: Problems) -> Row:
+    """A row with an empty identity value is broken, but its name and key are still checked, so
+    one run reports all of the row's problems."""
     identity = {k: v for k, v in values.items() if k not in RESERVED_COLUMNS}
     empty = [k for k, v in identity.items() if not v]
     if empty:
         problems.append((line, f"empty identity value for {', '.join(map(repr, empty))}"))
-        return None
-    return Row(line, values.get("name", ""), values.get("key", ""), identity)
+    return Row(line, values.get("name", ""), values.get("key", ""), identity, broken=bool(empty))
 
 
 class _Number(str):
@@ -237,20 +242,26 @@ def _json_items(text: str, problems: Problems):
 
 
 def _json_entry(item: object, line: int, problems: Problems) -> Row | None:
+    """The row, broken when it has problems of its own (all of them reported); None when its
+    shape is unusable (not an object, keys spelled twice)."""
     if not isinstance(item, _Object):
         problems.append((line, f"expected an object, got {_json_type(item)}"))
         return None
     try:
-        meta, attrs = _json_fields(item)
-        return Row(line, meta["name"], meta["key"], _json_identity(attrs))
+        meta, attrs, found = _json_fields(item)
     except _RowProblem as exc:
         problems.append((line, f"{exc}"))
         return None
+    identity, bad = _json_identity(attrs)
+    found += bad
+    problems.extend((line, message) for message in found)
+    return Row(line, meta["name"], meta["key"], identity, broken=bool(found))
 
 
-def _json_fields(item: _Object) -> tuple[dict[str, str], dict[str, object]]:
-    """`name` and `key` (stripped strings, "" when absent) and the identity attributes: the
-    `identity_data` object, or else every other key of the flat object."""
+def _json_fields(item: _Object) -> tuple[dict[str, str], dict[str, object], list[str]]:
+    """`name` and `key` (stripped strings, "" when absent), the identity attributes (the
+    `identity_data` object, or else every other key of the flat object) and the problems with
+    `name` and `key`. Raises _RowProblem when the object's keys make no sense."""
     _refuse_repeated(item)
     found: dict[str, str] = {}
     for key in item:
@@ -260,39 +271,45 @@ def _json_fields(item: _Object) -> tuple[dict[str, str], dict[str, object]]:
         if canon is not None:
             found[canon] = key
     meta: dict[str, str] = {}
+    bad: list[str] = []
     for col in RESERVED_COLUMNS:
         value = item[found[col]] if col in found else ""
         if isinstance(value, _Number) or not isinstance(value, str):
-            raise _RowProblem(f"{col!r} must be a string")
+            bad.append(f"{col!r} must be a string")
+            value = ""
         meta[col] = value.strip()
     rest = {key: value for key, value in item.items() if key not in found.values()}
     if "identity_data" not in found:
-        return meta, rest
+        return meta, rest, bad
     attrs = item[found["identity_data"]]
     if not isinstance(attrs, _Object) or rest:
         extra = ", ".join(map(repr, rest))
         raise _RowProblem("'identity_data' must be an object"
                           + (f" and the only other keys 'name'/'key' (also got {extra})" if extra else ""))
     _refuse_repeated(attrs)
-    return meta, attrs
+    return meta, attrs, bad
 
 
-def _json_identity(attrs: dict[str, object]) -> dict[str, str]:
-    """Identity values as strings (numbers as written); attribute names are stripped, so two keys
-    that differ only in spaces would be one attribute and are refused."""
+def _json_identity(attrs: dict[str, object]) -> tuple[dict[str, str], list[str]]:
+    """Identity values as strings (numbers as written), and the problems of every attribute;
+    attribute names are stripped, so two keys that differ only in spaces would be one attribute
+    and are refused."""
     identity: dict[str, str] = {}
+    bad: list[str] = []
     for key, value in attrs.items():
         if not isinstance(value, str):
-            raise _RowProblem(f"identity value for {key!r} must be a string or number")
+            bad.append(f"identity value for {key!r} must be a string or number")
+            continue
         name, text = key.strip(), value.strip()
         if not name or not text:
-            raise _RowProblem(f"empty identity {'value for ' + repr(key) if name else 'attribute name'}")
-        if name in identity:
-            raise _RowProblem(f"identity attribute {name!r} is given twice (the keys differ only in spaces)")
-        identity[name] = text
-    if not identity:
-        raise _RowProblem("empty identity (no attributes)")
-    return identity
+            bad.append(f"empty identity {'value for ' + repr(key) if name else 'attribute name'}")
+        elif name in identity:
+            bad.append(f"identity attribute {name!r} is given twice (the keys differ only in spaces)")
+        else:
+            identity[name] = text
+    if not attrs:
+        bad.append("empty identity (no attributes)")
+    return identity, bad
 
 
 def _refuse_repeated(obj: _Object) -> None:
@@ -306,17 +323,13 @@ def _json_type(value: object) -> str:
 
 
 def _finish(entries: list[Row | None], problems: Problems, source: str,
-            base_dir: Path | None) -> list[Device]:
+            base_dir: Path | None, allow_similar: bool = False) -> list[Device]:
     """Cross-row checks (duplicates, names, keys), then either the devices or one error. Rows are
-    told apart by their index in `good`, not by line: a compact JSON list has them all on line 1."""
+    told apart by their index in `good`, not by line: a compact JSON list has them all on line 1.
+    Broken rows take part in the name and key checks (all of a row's problems in one run), not in
+    the identity checks (their identity is incomplete)."""
     good = [row for row in entries if row is not None]
-    by_identity: dict[str, int] = {}
-    for row in good:
-        canon = canonical_identity(row.identity)
-        if canon in by_identity:
-            problems.append((row.line, f"duplicate identity {canon} (first on line {by_identity[canon]})"))
-        else:
-            by_identity[canon] = row.line
+    _check_identities([row for row in good if not row.broken], problems, allow_similar)
     names = _assign_names(good, problems)
     key_info = _check_keys(good, problems, base_dir)
     if not entries and not problems:
@@ -332,12 +345,34 @@ def _finish(entries: list[Row | None], problems: Problems, source: str,
             for i, row in enumerate(good)]
 
 
+def _check_identities(rows: list[Row], problems: Problems, allow_similar: bool) -> None:
+    """Identities must be unique, and (unless allow_similar) not the same up to case and
+    separators: `02:00:00:00:00:03` and `02-00-00-00-00-03` are one device typed twice, and
+    two units for it would leave one of them pending forever."""
+    by_identity: dict[str, int] = {}
+    by_loose: dict[str, tuple[int, str]] = {}
+    for row in rows:
+        canon = canonical_identity(row.identity)
+        if canon in by_identity:
+            problems.append((row.line, f"duplicate identity {canon} (first on line {by_identity[canon]})"))
+            continue
+        by_identity[canon] = row.line
+        loose = loose_identity(row.identity)
+        if loose in by_loose and not allow_similar:
+            first_line, first = by_loose[loose]
+            problems.append((row.line, f"identity {canon} differs from {first} (line {first_line}) only in case or "
+                                       f"separators (':', '-', '.', space); fix the typo, or pass --allow-similar "
+                                       f"if both are real devices"))
+        by_loose.setdefault(loose, (row.line, canon))
+
+
 def _assign_names(good: list[Row], problems: Problems) -> dict[int, str]:
     """Explicit names must be safe and unique; derived names that collide get an identity digest
     suffix, so a unit's name does not depend on the order of the rows. Returns index -> name."""
     names: dict[int, str] = {}
     taken: dict[str, int] = {}
-    for i, (line, name, _, _) in enumerate(good):
+    for i, row in enumerate(good):
+        line, name = row.line, row.name
         if not name:
             continue
         why = check_name(name)
@@ -348,7 +383,8 @@ def _assign_names(good: list[Row], problems: Problems) -> dict[int, str]:
         else:
             taken[name.lower()] = line
             names[i] = name
-    derived = {i: derive_name(row.identity) for i, row in enumerate(good) if not row.name}
+    # a broken row's identity is incomplete: a name derived from it would only add noise
+    derived = {i: derive_name(row.identity) for i, row in enumerate(good) if not row.name and not row.broken}
     counts: dict[str, int] = {}
     for cand in derived.values():
         counts[cand.lower()] = counts.get(cand.lower(), 0) + 1
@@ -369,7 +405,8 @@ def _check_keys(good: list[Row], problems: Problems, base_dir: Path | None) -> d
     """index -> (path, fingerprint) of each listed key; every key must be usable and unshared."""
     found: dict[int, tuple[Path, str]] = {}
     by_fp: dict[str, int] = {}
-    for i, (line, _, key, _) in enumerate(good):
+    for i, row in enumerate(good):
+        line, key = row.line, row.key
         if not key:
             continue
         path = Path(key)

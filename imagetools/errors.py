@@ -92,3 +92,8 @@ def from_oserror(exc: OSError, what: str, default: type[ImageToolsError]) -> Ima
     hint = " (free some space and run again)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
     cls = EnvironmentProblem if exc.errno in ENVIRONMENT_ERRNOS else default
     return cls(f"{what}: {exc.strerror or exc}{hint}")
+
+
+class SettingsMismatch(UsageError):
+    """An emit OUT holds units made from another base or with other settings: the command line
+    does not fit the directory (bad input, exit 2), not a problem of the host."""

@@ -29,7 +29,6 @@ from . import keys
 from .errors import EnvironmentProblem, ImageToolsError, UsageError
 from .fs.base import mount_point
 from .layout import open_layout
-from .personalize import make_delta
 from .published import Unit, block_map, load_unit
 from .verify import DEFAULT_KEY_PATH, data_path, verify_image
 
@@ -88,6 +87,8 @@ def plan_unit(base: str | os.PathLike, unit_dir: str | os.PathLike) -> Plan:
 
 def plan_key(base: str | os.PathLike, key_file: str | os.PathLike) -> Plan:
     """A unit made on the fly: KEY injected into a scratch copy of the data partition only."""
+    from .personalize import make_delta  # only --key pays for it
+
     pem = keys.read_key_bytes(key_file, "private key")
     private = keys.load_private(pem, str(key_file))
     keys.check_acceptable(private, str(key_file))
@@ -112,7 +113,7 @@ def flash(plan: Plan, targets: list[str], *, log: str | os.PathLike | None = Non
     opened = [_open_target(t, plan.size) for t in targets]
     log_lock = threading.Lock()
 
-    def one(args: tuple[str, int, str | None]) -> FlashResult:
+    def one(args: tuple[str, int, str | None, bool]) -> FlashResult:
         result = _flash_one(plan, *args, fsck=fsck, progress=progress)
         if log is not None:
             with log_lock:
@@ -123,14 +124,15 @@ def flash(plan: Plan, targets: list[str], *, log: str | os.PathLike | None = Non
         return list(pool.map(one, opened))
 
 
-def _open_target(target: str, size: int) -> tuple[str, int, str | None]:
-    """(target, fd open for writing, serial); refuses mounted or too small targets."""
+def _open_target(target: str, size: int) -> tuple[str, int, str | None, bool]:
+    """(target, fd open for writing, serial, fresh: a file created here or found empty, all
+    holes); refuses mounted or too small targets."""
     try:
         st = os.stat(target)
     except FileNotFoundError:
         fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.ftruncate(fd, size)
-        return target, fd, None
+        return target, fd, None, True
     if stat.S_ISBLK(st.st_mode):
         where = mount_point(st.st_rdev)
         if where:
@@ -144,12 +146,13 @@ def _open_target(target: str, size: int) -> tuple[str, int, str | None]:
     else:
         raise UsageError(f"{target} is neither a block device nor a regular file")
     have = os.lseek(fd, 0, os.SEEK_END)
-    if have == 0 and stat.S_ISREG(st.st_mode):
+    fresh = have == 0 and stat.S_ISREG(st.st_mode)
+    if fresh:
         os.ftruncate(fd, size)
     elif have < size:
         os.close(fd)
         raise UsageError(f"{target} holds {have} bytes, the image needs {size}: use a larger card")
-    return target, fd, serial
+    return target, fd, serial, fresh
 
 
 def _open(path: str, flags: int) -> int:
@@ -177,13 +180,14 @@ def device_serial(rdev: int) -> str | None:
         return None
 
 
-def _flash_one(plan: Plan, target: str, fd: int, serial: str | None, *, fsck: bool,
+def _flash_one(plan: Plan, target: str, fd: int, serial: str | None, fresh: bool = False, *, fsck: bool,
                progress: Progress | None) -> FlashResult:
     result = FlashResult(target, plan.unit.name, plan.unit.fingerprint, serial=serial)
     started = time.monotonic()
     try:
         try:
-            result.bytes_written = write_plan(plan, fd, lambda n: progress and progress(target, n, plan.total))
+            result.bytes_written = write_plan(plan, fd, lambda n: progress and progress(target, n, plan.total),
+                                              fresh=fresh)
         finally:
             os.close(fd)
         result.times["write"] = round(time.monotonic() - started, 3)
@@ -200,20 +204,31 @@ def _flash_one(plan: Plan, target: str, fd: int, serial: str | None, *, fsck: bo
     return result
 
 
-def write_plan(plan: Plan, fd: int, progress: Callable[[int], Any] = lambda n: None) -> int:
+def write_plan(plan: Plan, fd: int, progress: Callable[[int], Any] = lambda n: None,
+               fresh: bool = False) -> int:
     """Table areas zeroed and flushed; the mapped ranges (checked) and patches written, except
-    the table areas; flushed; the table areas written; flushed. Returns bytes written."""
+    the table areas; flushed; the table areas written; flushed. Returns bytes written. `fresh`:
+    the target is a file this flash created (or found empty), all holes: nothing on it can look
+    finished, so the first zeroing and flush are skipped."""
     areas = [(0, min(TABLE_AREA, plan.size)), (max(0, plan.size - TABLE_AREA), plan.size)]
-    for a, b in areas:
-        os.pwrite(fd, bytes(b - a), a)
-    os.fsync(fd)
-    zero_unmapped(fd, plan)
+    if not fresh:
+        for a, b in areas:
+            os.pwrite(fd, bytes(b - a), a)
+        os.fsync(fd)
+        zero_unmapped(fd, plan)
     held: dict[int, bytes] = {}
     done = 0
     with open(plan.source, "rb", buffering=0) as src:
-        for r in plan.ranges:
-            done += _write_range(src.fileno(), fd, plan, r, areas, held)
-            progress(done)
+        hasher = _Hasher(plan, src.fileno())
+        hasher.start()
+        try:
+            for r in plan.ranges:
+                done += _write_range(src.fileno(), fd, plan, r, areas, held)
+                progress(done)
+        except BaseException:
+            hasher.join()
+            raise
+        hasher.check()  # every range matched its checksum before the table areas are written
     for off, data in plan.patches:  # after the base's bytes, whole: an extent may span a hole
         done += _put(fd, off, data, areas, held)
     os.fsync(fd)
@@ -264,20 +279,69 @@ def _write_zeros(fd: int, offset: int, length: int) -> None:
 
 
 def _write_range(src: int, fd: int, plan: Plan, r, areas, held: dict[int, bytes]) -> int:
-    """One bmap range: read, hash (against its checksum), write. Returns bytes written."""
-    h = hashlib.sha256()
-    pos, end, written = r.first * 4096, min((r.last + 1) * 4096, plan.size), 0
+    """One bmap range, copied in the kernel (copy_file_range: no pass through this process);
+    pieces in a table area are read and held back. Its checksum is checked by _Hasher, which
+    reads the same range meanwhile. Returns bytes written."""
+    pos, end = r.first * 4096, min((r.last + 1) * 4096, plan.size)
+    start = pos
     while pos < end:
-        buf = os.pread(src, min(_CHUNK, end - pos), pos)
-        if not buf:
+        n = min(_CHUNK, end - pos)
+        if any(a < pos + n and pos < b for a, b in areas):
+            buf = os.pread(src, n, pos)
+            n = _put(fd, pos, buf, areas, held) if buf else 0
+        else:
+            n = _copy(src, fd, pos, n)
+        if not n:
             raise UsageError(f"{plan.source} is shorter than its block map says (at byte {pos})")
-        h.update(buf)
-        written += _put(fd, pos, buf, areas, held)
-        pos += len(buf)
-    if h.hexdigest() != r.sha256:
-        raise UsageError(f"{plan.source}: blocks {r.first}-{r.last} do not match their bmap checksum: "
-                         "the image changed after its bmap was made (make a new one)")
-    return written
+        pos += n
+    return end - start
+
+
+def _copy(src: int, fd: int, pos: int, n: int) -> int:
+    try:
+        return os.copy_file_range(src, fd, n, pos, pos)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        buf = os.pread(src, n, pos)
+        return os.pwrite(fd, buf, pos) if buf else 0
+
+
+class _Hasher(threading.Thread):
+    """The SHA-256 of every mapped range of the source, in a thread of its own while the ranges
+    are copied (hashlib and preadv release the GIL): a flash costs max(hash, copy), not their
+    sum. One reused buffer: memory stays bounded whatever the image size. check() runs before
+    the table areas are written, so a mismatch never leaves a card that looks finished."""
+
+    def __init__(self, plan: Plan, src: int):
+        super().__init__(daemon=True)
+        self.plan, self.src, self.bad, self.error = plan, src, None, None
+
+    def run(self) -> None:
+        buf = memoryview(bytearray(_CHUNK))
+        try:
+            for r in self.plan.ranges:
+                h, pos, end = hashlib.sha256(), r.first * 4096, min((r.last + 1) * 4096, self.plan.size)
+                while pos < end:
+                    n = os.preadv(self.src, [buf[:min(_CHUNK, end - pos)]], pos)
+                    if not n:
+                        break
+                    h.update(buf[:n])
+                    pos += n
+                if h.hexdigest() != r.sha256:
+                    self.bad = r
+                    return
+        except OSError as exc:
+            self.error = exc
+
+    def check(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        if self.bad is not None:
+            r = self.bad
+            raise UsageError(f"{self.plan.source}: blocks {r.first}-{r.last} do not match their bmap checksum: "
+                             "the image changed after its bmap was made (make a new one)")
 
 
 def _put(fd: int, pos: int, data: bytes, areas, held: dict[int, bytes]) -> int:

@@ -95,8 +95,8 @@ def private_pem(key: PrivateKey, fmt: str = "pkcs1") -> bytes:
 
 
 # Digests of PEMs serialized from keys this process holds in memory (generated or already
-# validated). Loading one again skips OpenSSL's RSA consistency check, which costs ~130 ms for
-# RSA-3072 (more than generating it) and would otherwise run in both inject and verify per unit.
+# checked). Loading one again skips even check_pair's signature (~2 ms for RSA-3072), which would
+# otherwise run in both inject and verify per unit.
 _KNOWN_VALID: set[bytes] = set()
 
 
@@ -280,8 +280,12 @@ def _encrypted(block: PemBlock) -> bool:
         name == "Proc-Type" and _PROC_TYPE_ENCRYPTED.fullmatch(value) for name, value in block.headers)
 
 
-def load_private(data: bytes, source: str) -> PrivateKey:
-    """Parse an unencrypted private key of a type the Mender client loads, or explain why not."""
+def load_private(data: bytes, source: str, expected: PublicKey | None = None) -> PrivateKey:
+    """Parse an unencrypted private key of a type the Mender client loads, or explain why not.
+
+    The pair is proven to work by a signature (check_pair), checked with `expected` when it is
+    the same public key (verify --pubkey), else with the key's own public half; keys this
+    process serialized itself (private_pem) skip it."""
     block = _single_block(data, source, "private key", "the Mender client reads only the first")
     if block is None:
         raise KeyMaterialError(f"{source}: not a PEM private key (expected RSA, ECDSA or Ed25519)")
@@ -292,7 +296,7 @@ def load_private(data: bytes, source: str) -> PrivateKey:
         raise KeyMaterialError(f"{source}: not a PEM private key (it holds a {_shown(block.label)!r} block; "
                                f"expected RSA, ECDSA or Ed25519)")
     pem = _encode_pem(block.label, block.der)
-    try:  # unchecked first: the size limit comes before OpenSSL's costly RSA consistency check
+    try:  # OpenSSL's costly RSA consistency check is replaced by check_pair, after the size limit
         key = serialization.load_pem_private_key(pem, password=None, unsafe_skip_rsa_key_validation=True)
     except (ValueError, UnsupportedAlgorithm):
         raise KeyMaterialError(f"{source}: not a PEM private key (expected RSA, ECDSA or Ed25519)") from None
@@ -300,14 +304,61 @@ def load_private(data: bytes, source: str) -> PrivateKey:
         raise KeyMaterialError(f"{source}: unsupported key type {type(key).__name__}; the Mender client loads RSA, ECDSA and Ed25519")
     _check_rsa_limits(key.public_key(), source)
     digest = hashlib.sha256(data).digest()
-    if isinstance(key, rsa.RSAPrivateKey) and digest not in _KNOWN_VALID:
-        try:
-            key = serialization.load_pem_private_key(pem, password=None)
-        except ValueError:
-            raise KeyMaterialError(f"{source}: RSA private key is inconsistent (its numbers do not match); "
-                                   f"the Mender client would refuse it") from None
+    if digest not in _KNOWN_VALID or expected is not None:
+        check_pair(key, expected if expected is not None and same_key(expected, key) else None, source)
     _KNOWN_VALID.add(digest)
     return key
+
+
+# What check_pair signs: fixed, so the check is the same in every process.
+_PAIR_MESSAGE = b"imagetools key pair check v1"
+
+
+def check_pair(key: PrivateKey, public: PublicKey | None = None, source: str = "key") -> None:
+    """Prove that the private key works with `public` (default: its own public half) in
+    milliseconds, instead of OpenSSL's RSA consistency check (~130 ms for RSA-3072, mostly
+    primality tests of p and q): a signature made with the private key (RSA PKCS#1 v1.5 with
+    SHA-256, as the Mender client signs; ECDSA with SHA-256; Ed25519) must verify with `public`.
+
+    For RSA the private numbers are checked arithmetically first (p*q = n, e*d = 1 mod p-1 and
+    q-1, the CRT values d mod p-1, d mod q-1 and q^-1 mod p): OpenSSL checks a CRT signature
+    with the public key and silently redoes it with d when it is wrong, so a key with bad CRT
+    values (or a bad d and good CRT values) still signs correctly there, while other loaders
+    (Go's crypto/rsa in client 3.x) refuse or mis-sign it. The signature then catches what the
+    arithmetic cannot see cheaply (a p or q that is not prime)."""
+    from cryptography.exceptions import InternalError, InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    public = key.public_key() if public is None else public
+    try:
+        if isinstance(key, rsa.RSAPrivateKey):
+            _check_rsa_numbers(key.private_numbers(), source)
+            signature = key.sign(_PAIR_MESSAGE, padding.PKCS1v15(), hashes.SHA256())
+            public.verify(signature, _PAIR_MESSAGE, padding.PKCS1v15(), hashes.SHA256())
+        elif isinstance(key, ec.EllipticCurvePrivateKey):
+            signature = key.sign(_PAIR_MESSAGE, ec.ECDSA(hashes.SHA256()))
+            public.verify(signature, _PAIR_MESSAGE, ec.ECDSA(hashes.SHA256()))
+        else:
+            public.verify(key.sign(_PAIR_MESSAGE), _PAIR_MESSAGE)
+    except (InvalidSignature, InternalError, ValueError, TypeError, AttributeError):
+        raise KeyMaterialError(f"{source}: {describe(key)} private key does not work: a signature made "
+                               f"with it does not verify with its public key (the key is corrupt or "
+                               f"inconsistent); the Mender client would refuse it") from None
+
+
+def _check_rsa_numbers(numbers: rsa.RSAPrivateNumbers, source: str) -> None:
+    p, q, d, n, e = numbers.p, numbers.q, numbers.d, numbers.public_numbers.n, numbers.public_numbers.e
+    problem = None
+    if p < 3 or q < 3 or p * q != n:
+        problem = "its p*q is not its modulus n"
+    elif not 1 < d < n or (e * d) % (p - 1) != 1 or (e * d) % (q - 1) != 1:
+        problem = "its private exponent d does not invert e"
+    elif numbers.dmp1 != d % (p - 1) or numbers.dmq1 != d % (q - 1) or (numbers.iqmp * q) % p != 1:
+        problem = "its CRT values (d mod p-1, d mod q-1, q^-1 mod p) are wrong"
+    if problem:
+        raise KeyMaterialError(f"{source}: RSA private key is inconsistent ({problem}); "
+                               f"the Mender client would refuse it")
 
 
 def check_acceptable(key: PrivateKey | PublicKey, source: str) -> None:

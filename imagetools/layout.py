@@ -38,6 +38,8 @@ ROOTFS_A_NAMES = {"primary", "rootfs", "rootfsa", "rootfs-a", "rootfs_a", "root"
 ROOTFS_B_NAMES = {"secondary", "rootfsb", "rootfs-b", "rootfs_b", "rootb", "root-b", "root_b"}
 BOOT_NAMES = {"boot", "bootfs", "esp", "efi", "uboot", "u-boot"}
 Roles = dict[int, tuple[str, str]]  # partition number -> (role, reason)
+# The reason of a role the caller chose (overrides); a CLI shows its own flag instead.
+OVERRIDE_REASON = "chosen by the caller ({role} = partition {number})"
 Infos = list[tuple[Partition, FsInfo]]
 
 
@@ -200,7 +202,7 @@ def _apply_overrides(image: DiskImage, infos: Infos, overrides: dict[str, int], 
                               f"{number} (partitions: {seen})")
         if number in roles:
             raise LayoutError(f"partition {number} cannot be both {roles[number][0]} and {role}")
-        roles[number] = (role, f"set by --{role}-partition {number}")
+        roles[number] = (role, OVERRIDE_REASON.format(role=role, number=number))
 
 
 def _taken(roles: Roles, role: str) -> bool:

@@ -6,6 +6,7 @@ it without paying for the rest.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Mapping
 
 # --- the device's filesystem (meta-mender, mender-convert) ------------------------------------
@@ -99,3 +100,12 @@ MAX_PER_PAGE = 500
 def canonical_identity(identity: Mapping[str, Any]) -> str:
     """The form in which the server compares identities: keys sorted, compact JSON."""
     return json.dumps(identity, sort_keys=True, separators=(",", ":"))
+
+
+def loose_identity(identity: Mapping[str, Any]) -> str:
+    """An identity with value types, case and the separators `:`, `-`, `.` and whitespace erased:
+    two identities with the same loose form are one device typed twice (02:00:..:03 and
+    02-00-..-03), for the server two different identities."""
+    norm = {k.strip().lower(): re.sub(r"[\s:.\-]", "", (v if isinstance(v, str) else json.dumps(v)).lower())
+            for k, v in identity.items()}
+    return json.dumps(norm, sort_keys=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import shlex
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -22,7 +21,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from .errors import DeviceListError, KeyMaterialError, ServerError, UsageError, from_oserror
 from .keys import PublicKey, fingerprint, load_public, parse_pem, public_pem, same_key, spki_der
-from .mender import ACCEPTED, PREAUTHORIZED, canonical_identity
+from .mender import ACCEPTED, PREAUTHORIZED, canonical_identity, loose_identity
 from .server import BadResponse, MenderClient, json_type, read_regular_file
 
 T = TypeVar("T")
@@ -63,7 +62,8 @@ class Unit:
 
 def load_units(path: str | Path) -> list[Unit]:
     """Parse and check a preauth file (a regular file of at most 256 MiB); every problem is
-    reported at once (DeviceListError), before anything is sent."""
+    reported at once (DeviceListError), before anything is sent. Messages name its full path."""
+    path = Path(path).absolute()
     text = _read_text(path, "preauth file", MAX_PREAUTH_BYTES)
     try:
         data = _parse_json(text)
@@ -171,8 +171,8 @@ def load_identity(arg: str | None, default: Path | None = None) -> dict[str, str
     if arg is not None and arg.lstrip().startswith("{"):
         text, source = arg, "--identity"
     else:
-        path = Path(arg) if arg is not None else default
-        hint = "" if arg is not None else "; pass --identity JSON"
+        path = (Path(arg) if arg is not None else default).absolute()
+        hint = "" if arg is not None else " (the unit's identity.json is looked for beside the image); pass --identity JSON|FILE"
         text, source = _read_text(path, "identity file", MAX_IDENTITY_BYTES, hint), str(path)
     try:
         data = _parse_json(text)
@@ -200,6 +200,15 @@ def identity_problems(identity: Any) -> Iterable[str]:
                    f"client sends every identity value as a string, so it would never match{fix}")
         elif not _is_unicode(attr) or not _is_unicode(value):
             yield f"identity attribute {attr!r} is not valid Unicode text (a lone surrogate escape)"
+
+
+def read_json_file(path: str | Path, what: str, limit: int) -> Any:
+    """A JSON file (a regular file of at most ``limit`` bytes), parsed as _parse_json does;
+    UsageError naming the file otherwise."""
+    try:
+        return _parse_json(_read_text(path, what, limit))
+    except ValueError as exc:
+        raise UsageError(f"{what} {path}: {exc}") from None
 
 
 def _parse_json(text: str) -> Any:
@@ -415,12 +424,12 @@ def status(client: MenderClient, units: list[Unit]) -> list[UnitStatus]:
     exact = {canonical_identity(d.get("identity_data") or {}): d for d in devices}
     loose: dict[str, list[dict]] = {}
     for d in devices:
-        loose.setdefault(_loose_identity(d.get("identity_data") or {}), []).append(d)
+        loose.setdefault(loose_identity(d.get("identity_data") or {}), []).append(d)
     results = []
     for unit in units:
         device = exact.get(canonical_identity(unit.identity))
         result = _device_status(unit, device)
-        for other in loose.get(_loose_identity(unit.identity), []):
+        for other in loose.get(loose_identity(unit.identity), []):
             if other is not device:
                 result.diagnosis.append(_near_miss(unit, other))
         results.append(result)
@@ -466,13 +475,6 @@ def _near_miss(unit: Unit, other: dict) -> str:
             f"preauthorization does not apply to it — make identity_data match what the device sends")
 
 
-def _loose_identity(identity: dict) -> str:
-    """Identity with types, case and separators erased, to spot near misses."""
-    norm = {_norm_attr(k): re.sub(r"[\s:.\-]", "", (v if isinstance(v, str) else json.dumps(v)).lower())
-            for k, v in identity.items()}
-    return json.dumps(norm, sort_keys=True)
-
-
 def _norm_attr(name: str) -> str:
     return name.strip().lower()
 
@@ -515,7 +517,7 @@ def removal_targets(units: Iterable[Unit], identities: Iterable[dict[str, str]])
 
 def load_target_units(path: str | Path) -> list[Unit]:
     """The units of a preauth file, or of an emit OUT directory (its preauth.json)."""
-    path = Path(path)
+    path = Path(path).absolute()
     if path.is_dir():
         if not (path / "preauth.json").exists():
             raise UsageError(f"{path} has no preauth.json: not an emit OUT directory")

@@ -94,7 +94,8 @@ def normalize_url(url: str | None) -> str:
     """'https://host/' → 'https://host'; refuse anything that is not a plain http(s) URL
     (credentials, query or fragment in it would end up in messages and requests)."""
     if not url:
-        raise UsageError(f"no Mender Server URL: pass --server URL or set {URL_ENV}")
+        raise UsageError(f"no Mender Server URL: pass --server URL, set {URL_ENV} or set url in the [server] "
+                         f"table of the config file")
     url = url.strip().rstrip("/")
     if not _plain_http_url(url):
         raise UsageError(f"not a server URL: {_one_line(url, 100)!r} (expected https://host[:port])")

@@ -8,9 +8,11 @@ the target for writing (the filesystem layer reads; e2fsck runs with -n).
 
 from __future__ import annotations
 
+import os
 import posixpath
+import typing
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,11 @@ STATIC_KEY = "static key in mender.conf"
 FSCK = "e2fsck -fn clean on data"
 CHECK_NAMES = (TABLE, DATA, PRESENT, PARSES, ACCEPTABLE, MATCHES, MODE, OWNER, LINK_A, LINK_B, STATIC_KEY,
                FSCK)
+# Stable ids beside the prose names, for pipelines (`--json` "id"): the prose may be reworded,
+# an id never changes.
+CHECK_IDS = {TABLE: "partition-table", DATA: "data-partition", PRESENT: "key-present", PARSES: "key-parses",
+             ACCEPTABLE: "key-acceptable", MATCHES: "key-matches", MODE: "key-mode", OWNER: "key-owner",
+             LINK_A: "link-rootfs-a", LINK_B: "link-rootfs-b", STATIC_KEY: "static-key", FSCK: "fsck-data"}
 
 
 class Status(StrEnum):
@@ -56,6 +63,14 @@ class Check:
     name: str
     status: Status
     detail: str
+
+    @property
+    def id(self) -> str:
+        """The stable id of the check (CHECK_IDS)."""
+        return CHECK_IDS[self.name]
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name, "status": self.status, "detail": self.detail}
 
 
 @dataclass
@@ -78,7 +93,11 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "ok": self.ok, "fingerprint": self.fingerprint,
-                "key_type": self.key_type, "checks": [asdict(c) for c in self.checks]}
+                "key_type": self.key_type, "checks": [c.to_dict() for c in self.checks]}
+
+    def summary(self) -> dict[str, int]:
+        """How many checks ended in each status."""
+        return {status.value: sum(c.status == status for c in self.checks) for status in Status}
 
     def add(self, name: str, status: Status, detail: str) -> None:
         self.checks.append(Check(name, status, detail))
@@ -101,19 +120,24 @@ def data_path(path: str) -> str:
                      f"(default {DEFAULT_KEY_PATH})")
 
 
-def verify_image(target: str | Path, *, expected: keys.PublicKey | bytes | None = None,
+Expected = keys.PublicKey | keys.PrivateKey | bytes | str | os.PathLike | None
+
+
+def verify_image(target: str | Path, *, expected: Expected = None,
                  expected_fingerprint: str | None = None, fsck: bool = True,
                  path: str = DEFAULT_KEY_PATH,
                  overrides: dict[str, int] | None = None) -> VerifyReport:
     """Run every check on an image file or block device without writing to it.
 
-    `expected` may also be the PEM bytes of a public key as given by the operator: a PKCS#1
-    'RSA PUBLIC KEY' then fails the match check (the server would refuse it) instead of aborting.
+    `expected` is the key the server holds, in whatever form the caller has it: a public key file
+    (str or PathLike), the PEM bytes of one, or a key object (public, or private: its public half).
+    PEM as given by an operator may be a PKCS#1 'RSA PUBLIC KEY': that fails the match check
+    (the server would refuse it) instead of aborting. Anything else is a TypeError.
     Unusable input (not an image, bad key path or expected key) raises; everything else is a Check.
     """
     target = str(target)
     key_rel = data_path(path)
-    want_fp, want_problem = _expected(expected, expected_fingerprint)
+    want_fp, want_problem, want_key = _expected(expected, expected_fingerprint)
     report = VerifyReport(target)
     with ImageSource(target) as src:
         image = read_image(src)
@@ -124,7 +148,7 @@ def verify_image(target: str | Path, *, expected: keys.PublicKey | bytes | None 
         data_fs = _check_data(report, layout, data)
         if data_fs is not None:
             stack.enter_context(data_fs)
-        _check_key(report, data_fs, key_rel, path, want_fp, want_problem)
+        _check_key(report, data_fs, key_rel, path, want_fp, want_problem, want_key)
     report.checks += link_checks(target, layout)
     report.checks.append(static_key_check(target, layout, key_rel))
     _check_fsck(report, target, data, fsck)
@@ -133,14 +157,14 @@ def verify_image(target: str | Path, *, expected: keys.PublicKey | bytes | None 
 
 
 def _check_key(report: VerifyReport, data_fs, key_rel: str, shown: str, want_fp: str | None,
-               want_problem: str | None) -> None:
+               want_problem: str | None, want_key: keys.PublicKey | None = None) -> None:
     key = entry = None
     if data_fs is None:
         _skip(report, (PRESENT,), "no data partition")
     else:
         entry = _check_present(report, data_fs, key_rel, shown)
     if entry is not None:
-        key = _check_parses(report, data_fs, key_rel)
+        key = _check_parses(report, data_fs, key_rel, want_key)
         _check_mode_owner(report, entry)
     else:
         _skip(report, (PARSES,), "no key")
@@ -208,9 +232,23 @@ def _static_key_on(target: str, layout: Layout, part: PartInfo, want: str,
     return Status.PASS, f"{AUTH_PRIVATE_KEY} = {value} (a bad key fails on the device)"
 
 
-def _expected(expected: keys.PublicKey | bytes | None, fingerprint: str | None) -> tuple[str | None, str | None]:
-    """(expected fingerprint, problem with the expected key). Garbage raises KeyMaterialError."""
+_KEY_CLASSES = tuple(cls for union in (keys.PublicKey, keys.PrivateKey) for cls in typing.get_args(union))
+_PRIVATE_CLASSES = typing.get_args(keys.PrivateKey)
+
+
+def _expected(expected: Expected,
+              fingerprint: str | None) -> tuple[str | None, str | None, keys.PublicKey | None]:
+    """(expected fingerprint, problem with the expected key, the expected key when usable: the
+    key in the image must sign what it verifies). Garbage raises KeyMaterialError; a value of
+    another type TypeError (a path given as something else would otherwise fail much later)."""
     problem = None
+    if isinstance(expected, (str, os.PathLike)):
+        expected = keys.read_key_bytes(Path(expected).absolute(), "expected public key")
+    elif expected is not None and not isinstance(expected, (bytes, bytearray, *_KEY_CLASSES)):
+        raise TypeError(f"expected must be a public key file path, PEM bytes or a key object, "
+                        f"not {type(expected).__name__}")
+    if isinstance(expected, _PRIVATE_CLASSES):
+        expected = expected.public_key()
     if isinstance(expected, (bytes, bytearray)):
         try:
             expected = keys.load_public(bytes(expected), "expected public key")
@@ -225,7 +263,7 @@ def _expected(expected: keys.PublicKey | bytes | None, fingerprint: str | None) 
         if want is not None and want != given:
             raise KeyMaterialError("the expected public key and the expected fingerprint disagree")
         want = given
-    return want, problem
+    return want, problem, expected if problem is None else None
 
 
 def _skip(report: VerifyReport, names: tuple[str, ...], why: str) -> None:
@@ -289,9 +327,9 @@ def read_key_in_image(fs, key_rel: str) -> bytes:
     return fs.read(key_rel)
 
 
-def _check_parses(report: VerifyReport, fs, key_rel: str):
-    try:
-        key = keys.load_private(read_key_in_image(fs, key_rel), "key in image")
+def _check_parses(report: VerifyReport, fs, key_rel: str, want_key: keys.PublicKey | None = None):
+    try:  # the pair is proven by a signature, checked with the expected key when it is the same
+        key = keys.load_private(read_key_in_image(fs, key_rel), "key in image", expected=want_key)
     except (KeyMaterialError, FilesystemError) as exc:
         report.add(PARSES, Status.FAIL, str(exc))
         return None
@@ -413,3 +451,40 @@ def fsck_check(target: str | Path, data: PartInfo) -> Check:
         return Check(FSCK, Status.PASS, "clean")
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
     return Check(FSCK, Status.FAIL, "errors found: " + "; ".join(lines[:4])[:300])
+
+
+MAX_REPORT_BYTES = 256 * 1024 * 1024   # report.json of a very large batch; anything larger is not one
+
+
+def report_beside(image: str | Path) -> Path | None:
+    """The emit report.json for an image: beside it, or in the emit OUT two levels up
+    (OUT/unit/unit.sdimg → OUT/report.json); None when there is none."""
+    image = Path(image).absolute()
+    for candidate in (image.parent / "report.json", image.parent.parent / "report.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def key_owner(fingerprint: str, report_file: str | Path) -> str | None:
+    """The unit of an emit report.json whose key has this fingerprint, or None: a mismatch
+    is half explained once the operator knows whose key the image holds (two images swapped)."""
+    from .preauth import read_json_file
+
+    data = read_json_file(Path(report_file).absolute(), "emit report", MAX_REPORT_BYTES)
+    units = data.get("units") if isinstance(data, dict) else None
+    for unit in units if isinstance(units, list) else []:
+        if isinstance(unit, dict) and unit.get("fingerprint") == fingerprint and isinstance(unit.get("name"), str):
+            return unit["name"]
+    return None
+
+
+def explain_mismatch(report: VerifyReport, report_file: str | Path) -> None:
+    """On a failed key match, name the unit whose key the image holds (from an emit report.json)."""
+    check = next((c for c in report.checks if c.name == MATCHES), None)
+    if check is None or check.status != Status.FAIL or report.fingerprint is None:
+        return
+    owner = key_owner(report.fingerprint, report_file)
+    where = Path(report_file).absolute()
+    check.detail += (f"; the key in the image is {owner}'s (per {where})" if owner
+                     else f"; no unit in {where} has the key in the image")

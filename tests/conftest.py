@@ -19,6 +19,9 @@ SMALL = {"rootfs_mib": 8, "data_mib": 8, "boot_mib": 8}
 LAYOUTS = ["sdimg", "uefiimg", "gptimg", "extended", "noboot"]
 
 os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+# No user configuration file (~/.config/imagetools/config.toml) may change what tests see.
+os.environ.pop("IMAGETOOLS_CONFIG", None)
+os.environ["XDG_CONFIG_HOME"] = str(ROOT / "tests" / "no-such-config-dir")
 
 
 def image_suffix(layout: str) -> str:

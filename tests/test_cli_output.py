@@ -157,7 +157,7 @@ def test_inspect_escapes_gpt_names_and_labels(make_image, run):
     row = result.stdout.splitlines()[4]
     assert r"'b\x1b[2J\u202eX\r'" in row and r"\x1b[31mB\u202e" in row
     assert all(printable(line) for line in result.stdout.splitlines())
-    part = json.loads(run("inspect", "--json", str(image)).stdout)["partitions"][2]
+    part = json.loads(run("inspect", "--json", str(image)).stdout)["items"][2]
     assert (part["name"], part["label"]) == ("b\x1b[2J\u202eX\r", "\x1b[31mB\u202e")  # exact
 
 
@@ -192,7 +192,7 @@ def test_ls_json_is_strict_utf8_and_names_are_recoverable(img, long):
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout.decode("utf-8"))  # strict
     assert not any(re.search("[\ud800-\udfff]", s) for s in strings(doc))
-    entries = {exact(e, "name"): e for e in doc["entries"]}
+    entries = {exact(e, "name"): e for e in doc["items"]}
     assert set(HOSTILE) <= set(entries)
     for raw, shown in HOSTILE.items():
         entry = entries[raw]

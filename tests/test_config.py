@@ -407,12 +407,12 @@ def test_config_shows_both_rootfs_and_their_differences(make_image, cli, trust):
 
     doc = json.loads(cli("config", img, "--json").stdout)
     assert TOKEN not in json.dumps(doc) and doc["differences"] == ["artifact_name"]
-    a = doc["rootfs"][0]
+    a = doc["items"][0]
     assert a["settings"]["ServerURL"] == URL  # /etc/mender/mender.conf over the fallback
     assert a["settings"]["UpdatePollIntervalSeconds"] == 60 and a["tenant_token"] == {"set": True, "length": len(TOKEN)}
     assert doc["device_type"] == "raspberrypi4" and a["errors"] == [] and a["warnings"] == []
     secret = json.loads(cli("config", img, "--json", "--show-secrets").stdout)
-    assert secret["rootfs"][1]["settings"]["TenantToken"] == TOKEN
+    assert secret["items"][1]["settings"]["TenantToken"] == TOKEN
 
 
 def test_config_reports_what_the_client_would_not_load(make_image):

@@ -84,7 +84,7 @@ def test_every_command_on_every_layout(make_image, run, keyfile, tmp_path, layou
     assert ok(cli("cat", f"{img}:/data/mender/mender-agent.pem")).stdout == KEY.decode()
     assert ok(cli("cat", f"{img}:/var/lib/mender/mender-agent.pem")).stdout == KEY.decode()  # link
     listing = json.loads(ok(cli("ls", "--json", f"{img}:/var/lib/mender/")).stdout)
-    assert [(e["name"], e["mode"], e["uid"]) for e in listing["entries"]] == [("mender-agent.pem", "0600", 0)]
+    assert [(e["name"], e["mode"], e["uid"]) for e in listing["items"]] == [("mender-agent.pem", "0600", 0)]
     assert "mender -> /data/mender" in ok(cli("ls", "-l", f"{img}:/var/lib")).stdout
 
     # rootfs paths go to A and B; -p creates parents (also on an empty rootfs B)

@@ -110,7 +110,7 @@ def test_keygen_inject_verify_round_trip(cli, make_image, tmp_path, key_type, fm
     extra = ["--bits", "2048"] if key_type == "rsa" and fmt == "pkcs8" else []
     made = cli("keygen", "--type", key_type, "--format", fmt, *extra, "--json")
     assert made.returncode == 0, made.stderr
-    fp = json.loads(made.stdout)[0]["fingerprint"]
+    fp = json.loads(made.stdout)["items"][0]["fingerprint"]
     private, public = tmp_path / "keys-client-generated/private.key", tmp_path / "keys-client-generated/public.key"
 
     out = cli("inject", "--key", private, base, "--out", tmp_path / "unit.sdimg")
@@ -122,10 +122,10 @@ def test_keygen_inject_verify_round_trip(cli, make_image, tmp_path, key_type, fm
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] and report["fingerprint"] == fp
-    static = next(c for c in report["checks"] if c["name"] == verify.STATIC_KEY)
+    static = next(c for c in report["items"] if c["name"] == verify.STATIC_KEY)
     assert static["status"] == "warn"  # the base has no Security.AuthPrivateKey (imagetools modify --static-key)
-    assert {c["status"] for c in report["checks"] if c is not static} == {"pass"}
-    assert [c["name"] for c in report["checks"]] == list(verify.CHECK_NAMES)
+    assert {c["status"] for c in report["items"] if c is not static} == {"pass"}
+    assert [c["name"] for c in report["items"]] == list(verify.CHECK_NAMES)
 
     key = read_back(tmp_path / "unit.sdimg", tmp_path / "read-back.pem")
     assert key.read_text().startswith(f"-----BEGIN {header}-----")
@@ -242,7 +242,7 @@ def test_mismatched_key(cli, injected, keyset):
 def test_pkcs1_public_key_as_expected_fails_the_match_check(cli, injected, keyset):
     result = cli("verify", injected, "--pubkey", keyset / "rsa-pkcs1.pub", "--json", "--no-fsck")
     assert result.returncode == 1
-    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    checks = {c["name"]: c for c in json.loads(result.stdout)["items"]}
     assert checks[verify.MATCHES]["status"] == "fail"
     assert "PKCS#1" in checks[verify.MATCHES]["detail"] and "matches it" in checks[verify.MATCHES]["detail"]
 

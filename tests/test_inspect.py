@@ -32,15 +32,15 @@ def test_json_matches_sfdisk(make_image, cli, layout):
     table = json.loads(run_tool("sfdisk", "--json", str(path)).stdout)["partitiontable"]
     assert doc["table"] == {"dos": "mbr", "gpt": "gpt"}[table["label"]]
     assert (doc["sector_size"], doc["size"]) == (512, os.path.getsize(path))
-    ours = {p["number"]: p for p in doc["partitions"] + doc["extended"]}
+    ours = {p["number"]: p for p in doc["items"] + doc["extended"]}
     theirs = {int(re.search(r"(\d+)$", p["node"]).group(1)): p for p in table["partitions"]}
     assert sorted(ours) == sorted(theirs)
     for n, p in theirs.items():
         assert (ours[n]["start"], ours[n]["size"]) == (p["start"] * 512, p["size"] * 512)
         assert ours[n]["type"].lower().removeprefix("0x").lstrip("0") == p["type"].lower().lstrip("0")
         assert ours[n].get("name", "") == p.get("name", "")
-    assert {p["number"]: p["role"] for p in doc["partitions"]} == EXPECTED[layout]
-    for p in doc["partitions"]:
+    assert {p["number"]: p["role"] for p in doc["items"]} == EXPECTED[layout]
+    for p in doc["items"]:
         assert set(p) >= {"number", "start", "size", "type", "name", "fs", "label", "role", "reason"}
         assert p["reason"] and p["fs"] in ("vfat", "ext4", "swap")
 
@@ -73,7 +73,7 @@ def test_overrides(make_image, cli):
     result = cli("inspect", make_image("sdimg"), "--json", "--data-partition", "3",
                  "--rootfs-b-partition", "4")
     assert result.returncode == 0, result.stderr
-    parts = {p["number"]: (p["role"], p["reason"]) for p in json.loads(result.stdout)["partitions"]}
+    parts = {p["number"]: (p["role"], p["reason"]) for p in json.loads(result.stdout)["items"]}
     assert parts[3] == ("data", "set by --data-partition 3")
     assert parts[4] == ("rootfs-b", "set by --rootfs-b-partition 4")
 
@@ -90,7 +90,9 @@ def test_bad_overrides(make_image, cli, args, message):
 
 def test_override_must_be_positive(make_image, cli):
     result = cli("inspect", make_image("sdimg"), "--data-partition", "0")
-    assert result.returncode == 2 and "Invalid value for '--data-partition'" in result.stderr
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("imagetools: error: invalid value for '--data-partition'")
+    assert result.stderr.rstrip().endswith("(see imagetools inspect --help)")
 
 
 def test_damaged_gpt_is_a_warning(make_image, cli):

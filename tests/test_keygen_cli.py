@@ -23,7 +23,7 @@ def _openssl_fingerprint(public_key) -> str:
 def test_default_is_keygen_client_rsa_3072(cli, tmp_path):
     result = cli("keygen", "--json")
     assert result.returncode == 0, result.stderr
-    [made] = json.loads(result.stdout)
+    [made] = json.loads(result.stdout)["items"]
     private = tmp_path / "keys-client-generated" / "private.key"
     public = tmp_path / "keys-client-generated" / "public.key"
     assert made == {"private": "keys-client-generated/private.key", "public": "keys-client-generated/public.key",
@@ -48,7 +48,7 @@ def test_count_makes_distinct_numbered_pairs(cli, tmp_path):
     result = cli("keygen", "--type", "ecdsa", "--curve", "p384", "--format", "pkcs8", "--count", "3",
                  "--out-dir", "out", "--prefix", "dev-", "--json")
     assert result.returncode == 0, result.stderr
-    made = json.loads(result.stdout)
+    made = json.loads(result.stdout)["items"]
     assert [m["private"] for m in made] == [f"out/dev-{n}-private.key" for n in (1, 2, 3)]
     assert len({m["fingerprint"] for m in made}) == 3
     for m in made:

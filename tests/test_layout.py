@@ -194,7 +194,7 @@ def test_overrides_win(tmp_path):
                                   (LINUX, "", EXT("data")), (LINUX, "", EXT())],
                        overrides={"data": 5, "rootfs-b": 4})
     assert roles(found) == {1: "boot", 2: "rootfs-a", 3: "extra", 4: "rootfs-b", 5: "data"}
-    assert found.data.reason == "set by --data-partition 5"
+    assert found.data.reason == "chosen by the caller (data = partition 5)"
 
 
 def test_override_gives_the_missing_data_partition(tmp_path):

@@ -44,7 +44,7 @@ def test_push_then_repush(cli, env, mender, tmp_path):
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)
     assert report["summary"] == {"preauthorized": 3, "already": 0, "conflict": 0, "failed": 0}
-    assert [r["name"] for r in report["results"]] == ["unit0", "unit1", "unit2"]
+    assert [r["name"] for r in report["items"]] == ["unit0", "unit1", "unit2"]
     again = cli("preauth", "push", "preauth.json", env=env)
     assert again.returncode == 0, again.stderr
     assert "0 preauthorized, 3 already, 0 conflict, 0 failed" in again.stdout
@@ -89,7 +89,7 @@ def test_persistent_5xx_fails_units_cleanly(cli, env, mender, tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     report = json.loads(result.stdout)
     assert report["summary"]["failed"] == 2
-    assert all("HTTP 503" in r["detail"] and "tried 3 times" in r["detail"] for r in report["results"])
+    assert all("HTTP 503" in r["detail"] and "tried 3 times" in r["detail"] for r in report["items"])
 
 
 def test_non_string_identity_is_refused_before_any_request(cli, env, mender, tmp_path):
@@ -105,7 +105,7 @@ def test_dry_run_needs_no_server(cli, tmp_path):
     result = cli("preauth", "push", "preauth.json", "--dry-run", "--json",
                  env={"MENDER_SERVER_URL": "", "MENDER_TOKEN": ""})
     assert result.returncode == 0, result.stderr
-    assert [r["outcome"] for r in json.loads(result.stdout)["results"]] == ["dry-run", "dry-run"]
+    assert [r["outcome"] for r in json.loads(result.stdout)["items"]] == ["dry-run", "dry-run"]
 
 
 def test_login_caches_token_and_push_uses_it(cli, env, mender, tmp_path):
@@ -135,7 +135,7 @@ def test_status_reports_and_diagnoses(cli, env, mender, tmp_path):
     mender.add_auth_set(device_id, rogue, "pending")
     result = cli("preauth", "status", "preauth.json", "--json", env=env)
     assert result.returncode == 1
-    units = json.loads(result.stdout)["units"]
+    units = json.loads(result.stdout)["items"]
     assert [u["status"] for u in units] == ["preauthorized", "pending"]
     assert keys.fingerprint(keys.load_public(rogue.encode(), "k")) in units[1]["diagnosis"][0]
     human = cli("preauth", "status", "preauth.json", env=env)
@@ -179,7 +179,7 @@ def test_verify_against_the_server(cli, env, mender, unit_image):
     mender.devices[device_id]["auth_sets"][0]["pubkey"] = new_pem()
     bad = cli("verify", image, "--no-fsck", "--server", mender.url, "--json", env=env)
     assert bad.returncode == 1
-    assert [c["name"] for c in json.loads(bad.stdout)["checks"] if c["status"] == "fail"] == ["key matches expected"]
+    assert [c["name"] for c in json.loads(bad.stdout)["items"] if c["status"] == "fail"] == ["key matches expected"]
     other = json.dumps({"mac": "02:00:00:00:00:08"})
     mender.seed_device(json.loads(other), pem, "accepted")
     explicit = cli("verify", image, "--no-fsck", "--server", mender.url, "--identity", other, env=env)

@@ -53,7 +53,7 @@ def deletes(mender: MenderTestServer) -> list[int]:
 
 
 def outcomes(result) -> list[str]:
-    return [r["outcome"] for r in json.loads(result.stdout)["results"]]
+    return [r["outcome"] for r in json.loads(result.stdout)["items"]]
 
 
 # --- remove ------------------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ def test_remove_an_out_directory_and_identities_given_on_their_own(cli, env, men
     assert result.returncode == 0, result.stderr
     assert outcomes(result) == ["removed", "removed", "not-found"]
     assert lone not in mender.devices and booted in mender.devices
-    assert "only preauthorized ones are ours" in json.loads(result.stdout)["results"][2]["detail"]
+    assert "only preauthorized ones are ours" in json.loads(result.stdout)["items"][2]["detail"]
     (tmp_path / "empty").mkdir()
     missing = cli("preauth", "remove", "empty", env=env)
     assert missing.returncode == 2 and "has no preauth.json" in missing.stderr
@@ -144,7 +144,7 @@ def test_dry_run_removes_nothing(cli, env, mender, tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert outcomes(result) == ["would-remove"] * 2 and report["dry_run"] is True
-    assert report["summary"]["would-remove"] == 2 and all(r["auth_sets"] for r in report["results"])
+    assert report["summary"]["would-remove"] == 2 and all(r["auth_sets"] for r in report["items"])
     assert deletes(mender) == [] and len(mender.devices) == 2
 
 
@@ -156,7 +156,7 @@ def test_a_refused_removal_fails_that_identity_only(cli, env, mender, tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     report = json.loads(result.stdout)
     assert outcomes(result) == ["failed", "removed"]
-    assert "HTTP 500" in report["results"][0]["detail"] and "request_id" in report["results"][0]["detail"]
+    assert "HTTP 500" in report["items"][0]["detail"] and "request_id" in report["items"][0]["detail"]
 
 
 class _Misbehaving(MenderTestServer):

@@ -90,7 +90,7 @@ def test_push_status_remove_round_trip_with_the_real_cli(cli, tmp_path):
         assert removed.returncode == 0 and "2 removed" in removed.stdout, removed.stderr
         gone = cli("preauth", "status", "preauth.json", "--json", env=env)
         assert gone.returncode == 1
-        assert [u["status"] for u in json.loads(gone.stdout)["units"]] == ["missing", "missing"]
+        assert [u["status"] for u in json.loads(gone.stdout)["items"]] == ["missing", "missing"]
 
 
 def test_state_survives_a_restart(cli, tmp_path):

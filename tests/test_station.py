@@ -83,7 +83,7 @@ def test_flash_to_used_cards_verifies_and_keeps_rootfs(make_image, tmp_path, cli
     log = tmp_path / "station.jsonl"
     proc = cli("flash", base, *cards, "--unit", out / "u1", "--log", log, "--json")
     assert proc.returncode == 0, proc.stderr
-    results = json.loads(proc.stdout)
+    results = json.loads(proc.stdout)["items"]
     assert [r["ok"] for r in results] == [True, True]
     rootfs = open_layout(base).require("rootfs-a").partition
     for card in cards:

@@ -13,7 +13,12 @@ Standard output and error are then pointed at /dev/null, so the interpreter's fi
 not print "Exception ignored ... BrokenPipeError".
 
 Human output goes through `echo`, `warn`, `print_table` (names and messages escaped by
-text.escape); --json through `print_json` (always valid UTF-8, see there).
+text.escape); --json through `print_envelope` (one shape for every command) and `print_json`
+(always valid UTF-8, see there).
+
+Usage errors (unknown option, missing argument, a bad value) are one line like every other error,
+`imagetools: error: ... (see imagetools COMMAND --help)`, exit 2, instead of click's three lines.
+Global `-q` silences warnings, retry lines and progress; `-v` adds detail (each request's URL).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import io
 import json
 import os
 import sys
-from typing import Any, Iterable, NoReturn, Sequence
+from typing import Any, Callable, Iterable, NoReturn, Sequence
 
 import click
 
@@ -72,9 +77,23 @@ class _Group(click.Group):
         except BrokenPipeError:
             _output_closed()
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        """Usage errors in the global options (`imagetools --bogus`) are one line too."""
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # bare `imagetools`: click shows the help
+        except click.UsageError as exc:
+            _usage_error(exc)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `imagetools preauth`: click shows the group's help
+        except click.UsageError as exc:  # a subcommand's arguments, parsed inside invoke
+            _usage_error(exc)
         except BrokenPipeError:  # before OSError: not "imagetools: error: Broken pipe"
             _output_closed()
         except ImageToolsError as exc:
@@ -94,6 +113,15 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
     ctx.exit(code)
 
 
+def _usage_error(exc: click.UsageError) -> NoReturn:
+    """click's message as one line, with the command whose --help explains the options."""
+    message = exc.format_message().rstrip(".").replace(". Did you mean", "; did you mean")
+    message = message[:1].lower() + message[1:] if message[:2] != message[:2].upper() else message
+    where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+    echo(f"imagetools: error: {message}{where}", err=True)
+    sys.exit(exc.exit_code)
+
+
 def _output_closed() -> NoReturn:
     """Exit quietly with EXIT_PIPE; what is still buffered goes to /dev/null."""
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -108,15 +136,46 @@ def _output_closed() -> NoReturn:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, envvar="IMAGETOOLS_DEBUG", help="Show tracebacks on errors.")
+@click.option("-q", "--quiet", is_flag=True, help="No warnings, retry lines or progress (errors still show).")
+@click.option("-v", "--verbose", is_flag=True, help="More detail, e.g. each server request's method and URL.")
 @click.version_option(package_name="imagetools")
 @click.pass_context
-def main(ctx: click.Context, debug: bool) -> None:
+def main(ctx: click.Context, debug: bool, quiet: bool, verbose: bool) -> None:
     """Personalize Mender disk images: inspect, edit files in place, inject and verify device keys,
     emit per-device images, preauthorize devices on the Mender Server.
 
     Exit codes: 0 ok, 1 check failed, 2 bad input, 3 environment/tool missing, 4 server error.
+    Shell completion: eval "$(_IMAGETOOLS_COMPLETE=bash_source imagetools)" (zsh_source, fish_source).
     """
-    ctx.ensure_object(dict)["debug"] = debug
+    if quiet and verbose:
+        raise click.UsageError("give -q or -v, not both", ctx)
+    ctx.ensure_object(dict).update(debug=debug, quiet=quiet, verbose=verbose)
+
+
+def _flag(name: str) -> bool:
+    """A global option (-q, -v) of the running command; False outside a command (library use)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and (ctx.find_root().obj or {}).get(name))
+
+
+def quiet() -> bool:
+    return _flag("quiet")
+
+
+def verbose() -> bool:
+    return _flag("verbose")
+
+
+def envelope(command: str, ok: bool, items: list[Any], summary: dict[str, Any], **facts: Any) -> dict[str, Any]:
+    """The one JSON shape of every reporting command, so a pipeline reads them all alike:
+    schema (versioned: a consumer can refuse a shape it does not know), ok (the command's exit
+    status is 0), summary (counts or key facts), the command's own facts, items (one per
+    partition, check, unit, key, card ...)."""
+    return {"schema": f"imagetools.{command}/1", "ok": ok, "summary": summary, **facts, "items": items}
+
+
+def print_envelope(command: str, ok: bool, items: list[Any], summary: dict[str, Any], **facts: Any) -> None:
+    print_json(envelope(command, ok, items, summary, **facts))
 
 
 def print_json(data: Any) -> None:
@@ -131,15 +190,38 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(for_json(data), indent=2, sort_keys=False))
 
 
-def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
+                styles: dict[int, Callable[[str], str]] | None = None) -> None:
     """A plain aligned table; cells are str()-ed and escaped (they hold names from images),
-    None shows as '-'."""
+    None shows as '-'. `styles` colours the cells of some columns (see `status_style`) after
+    padding, so escape codes never shift the columns."""
     cells = [[("-" if c is None else escape(str(c))) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    line = "  ".join("{:<%d}" % w for w in widths)
-    click.echo(line.format(*headers).rstrip())
+    styles = styles or {}
+
+    def line(row: Sequence[str], styled: bool) -> str:
+        padded = [cell.ljust(w) for cell, w in zip(row, widths)]
+        if styled:
+            padded = [styles[i](p) if i in styles else p for i, p in enumerate(padded)]
+        return "  ".join(padded).rstrip()
+
+    click.echo(line(headers, False))
     for row in cells:
-        click.echo(line.format(*row).rstrip())
+        click.echo(line(row, True))
+
+
+_STATUS_COLOURS = {"PASS": "green", "FAIL": "red", "WARN": "yellow", "OK": "green", "FAILED": "red"}
+
+
+def colour_wanted() -> bool:
+    """Colour only for a person: stdout is a terminal and NO_COLOR (no-color.org) is not set."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def status_style(cell: str) -> str:
+    """PASS green, FAIL red, WARN yellow (padding kept), when colour_wanted(); else unchanged."""
+    colour = _STATUS_COLOURS.get(cell.strip())
+    return click.style(cell, fg=colour, bold=(colour == "red") or None) if colour and colour_wanted() else cell
 
 
 def echo(message: str = "", *, err: bool = False) -> None:
@@ -156,8 +238,11 @@ def units_failed(failed: list[tuple[str, str]], total: int, what: str, after: st
 
 
 def warn(message: str) -> None:
-    echo(f"imagetools: warning: {message}", err=True)
+    """One warning line on stderr; none with -q."""
+    if not quiet():
+        echo(f"imagetools: warning: {message}", err=True)
 
 
 def is_tty() -> bool:
-    return sys.stderr.isatty()
+    """Whether progress may be drawn: stderr is a terminal and -q was not given."""
+    return sys.stderr.isatty() and not quiet()

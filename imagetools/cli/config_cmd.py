@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from ..mender import ARTIFACT_INFO_PATH, CONF_PATH, FALLBACK_CONF_PATH, TENANT_TOKEN
-from .base import echo, main, print_json, print_table, warn
+from .base import echo, main, print_envelope, print_table, warn
 from .options import layout_options
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
@@ -71,7 +71,10 @@ def modify_cmd(image: Path, server_uri: str | None, tenant_token: str | None, se
     for message in result.warnings:
         warn(message)
     if as_json:
-        print_json(result.to_dict())
+        doc = result.to_dict()
+        items = doc.pop("rootfs")
+        print_envelope("modify", True, items, {"rootfs": len(items), "written": sum(len(r["written"]) for r in items),
+                                               "unchanged": sum(len(r["unchanged"]) for r in items)}, **doc)
         return
     for change in result.rootfs:
         label = f"rootfs {change.role[-1].upper()} (partition {change.partition})"
@@ -98,7 +101,10 @@ def config_cmd(image: Path, overrides: dict[str, int], as_json: bool, show_secre
     for message in report.warnings:
         warn(message)
     if as_json:
-        print_json(report.to_dict(show_secrets))
+        doc = report.to_dict(show_secrets)
+        items = doc.pop("rootfs")
+        print_envelope("config", True, items, {"rootfs": len(items), "differences": len(doc["differences"]),
+                                               "warnings": len(doc["warnings"])}, **doc)
         return
     _print_report(report)
 

@@ -16,7 +16,7 @@ from ..fs import Entry, NotFoundError
 from ..fs.base import check_mode
 from ..mender import BACKENDS, NATIVE
 from ..paths import parse_image_path, require_image_path
-from .base import main, print_json, print_table, warn
+from .base import main, print_envelope, print_table, warn
 from .options import layout_options
 from .text import escape
 
@@ -73,8 +73,8 @@ def ls_cmd(long: bool, as_json: bool, partition: int | None, rootfs: str,
     listing = files.list_path(where.image, where.path, follow=follow, partition=partition,
                               rootfs=rootfs, overrides=overrides)
     if as_json:
-        print_json({"path": where.path, "where": listing.where, "type": listing.entry.type,
-                    "entries": [e.to_dict() for e in listing.entries]})
+        print_envelope("ls", True, [e.to_dict() for e in listing.entries], {"entries": len(listing.entries)},
+                       path=where.path, where=listing.where, type=listing.entry.type)
     elif long:
         print_table(["MODE", "UID", "GID", "SIZE", "NAME"], [_long_row(e) for e in listing.entries])
     else:

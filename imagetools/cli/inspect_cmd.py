@@ -6,10 +6,10 @@ from typing import Any
 
 import click
 
-from ..layout import PartInfo, open_layout
+from ..layout import OVERRIDE_REASON, PartInfo, open_layout
 from ..mender import GPT_TYPE_NAMES, MBR_TYPE_NAMES
 from ..units import human_size
-from .base import echo, main, print_json, print_table, warn
+from .base import echo, main, print_envelope, print_table, warn
 from .options import layout_options
 
 
@@ -28,7 +28,11 @@ def inspect(image: str, as_json: bool, overrides: dict[str, int]) -> None:
     for message in layout.warnings:
         warn(message)
     if as_json:
-        print_json(layout.to_dict())
+        doc = layout.to_dict()
+        items = [{**part, "reason": _reason(part["role"], part["number"], part["reason"])}
+                 for part in doc.pop("partitions")]
+        summary = {"partitions": len(items), "roles": {p.role: p.number for p in layout.parts if p.role not in (None, "extra")}}
+        print_envelope("inspect", True, items, summary, **doc)
         return
     img = layout.image
     echo(f"{img.path}: {img.table.upper()}, {img.sector_size}-byte sectors, "
@@ -48,7 +52,14 @@ def _row(p: PartInfo) -> list[Any]:
     elif part.logical:
         kind += ", logical"
     return [p.number, part.start, human_size(part.size), kind, p.fs.type, p.fs.label or None, p.role,
-            p.reason]
+            _reason(p.role, p.number, p.reason)]
+
+
+def _reason(role: str | None, number: int, reason: str) -> str:
+    """The library's neutral "chosen by the caller" as the flag that chose it."""
+    if role and reason == OVERRIDE_REASON.format(role=role, number=number):
+        return f"set by --{role}-partition {number}"
+    return reason
 
 
 def _type_name(ptype: str) -> str:

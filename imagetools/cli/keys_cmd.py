@@ -14,7 +14,7 @@ import click
 from .. import keys
 from ..errors import UsageError, VerifyFailed
 from ..mender import BACKENDS, KEY_PATH, NATIVE
-from .base import echo, is_tty, main, print_json, print_table, warn
+from .base import echo, is_tty, main, print_envelope, print_table, status_style, warn
 from .options import layout_options
 from .server_options import server_key_options
 
@@ -59,8 +59,9 @@ def keygen(key_type: str, bits: int | None, curve: str | None, fmt: str | None, 
     else:
         made = keys.generate_files(spec, pairs, force=force, jobs=jobs)
     if as_json:
-        print_json([{"private": str(k.private), "public": str(k.public), "type": k.key_type,
-                     "format": k.format, "fingerprint": k.fingerprint} for k in made])
+        print_envelope("keygen", True, [{"private": str(k.private), "public": str(k.public), "type": k.key_type,
+                                         "format": k.format, "fingerprint": k.fingerprint} for k in made],
+                       {"count": len(made)}, out_dir=str(out_dir.absolute()))
         return
     print_table(["PRIVATE (0600)", "PUBLIC", "TYPE", "SHA256 FINGERPRINT"],
                 [(k.private, k.public, f"{k.key_type} {k.format.upper()}", k.fingerprint) for k in made])
@@ -105,14 +106,15 @@ def inject(key_file: Path, image: Path, out: Path | None, force: bool, key_path:
     """
     from ..inject import inject_key
 
+    key_file = key_file.absolute()  # messages name files by their full path
     key_pem = keys.read_key_bytes(key_file, "private key")
     result = inject_key(image, key_pem, out=out, force=force, path=key_path, backend=backend,
                         overrides=overrides or None, key_source=str(key_file))
     for message in result.warnings:
         warn(message)
     if as_json:
-        print_json({"image": result.image, "path": key_path, "fingerprint": result.fingerprint,
-                    "key_type": result.key_type, "warnings": result.warnings})
+        print_envelope("inject", True, [], {"warnings": len(result.warnings)}, image=result.image, path=key_path,
+                       fingerprint=result.fingerprint, key_type=result.key_type, warnings=result.warnings)
         return
     echo(f"injected {result.key_type} key into {result.image}:{key_path} (mode 0600, owner 0:0)")
     echo(f"fingerprint SHA256 {result.fingerprint}")
@@ -126,12 +128,15 @@ def inject(key_file: Path, image: Path, out: Path | None, force: bool, key_path:
               help="The expected SHA-256 fingerprint of the public key (hex, colons allowed).")
 @click.option("--no-fsck", is_flag=True, help="Skip e2fsck -fn on the data partition.")
 @click.option("--path", "key_path", default=KEY_PATH, show_default=True, help="Where the key should be.")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE", help="An emit report.json to name the unit whose key the image holds on a "
+                                   "mismatch (default: report.json beside the image or two levels up).")
 @layout_options
 @server_key_options
 @click.option("--json", "as_json", is_flag=True, help="Report the checks and the fingerprint as JSON.")
 def verify(target: Path, pubkey: Path | None, expected_fp: str | None, no_fsck: bool, key_path: str,
-           overrides: dict[str, int], server_key: Callable[[Path], keys.PublicKey] | None,
-           as_json: bool) -> None:
+           report_file: Path | None, overrides: dict[str, int],
+           server_key: Callable[[Path], keys.PublicKey] | None, as_json: bool) -> None:
     """Check, read-only, that TARGET (an image file or a block device) will be accepted.
 
     Exit 0 if every check passed (warnings allowed), 1 if a check failed, 2 if TARGET or an
@@ -144,19 +149,25 @@ def verify(target: Path, pubkey: Path | None, expected_fp: str | None, no_fsck: 
       imagetools verify unit42.sdimg --json
       imagetools verify out/unit42/unit42.sdimg --server https://mender.example.com
     """
-    from ..verify import verify_image
+    from ..verify import explain_mismatch, report_beside, verify_image
 
     expected, fingerprint = expected_key(pubkey, expected_fp, server_key, target)
     report = verify_image(target, expected=expected, expected_fingerprint=fingerprint, fsck=not no_fsck,
                           path=key_path, overrides=overrides or None)
+    report_file = report_file or report_beside(target)
+    if report_file is not None:
+        explain_mismatch(report, report_file)
     if as_json:
-        print_json(report.to_dict())
+        data = report.to_dict()
+        print_envelope("verify", report.ok, data.pop("checks"), report.summary(), target=data["target"],
+                       fingerprint=report.fingerprint, key_type=report.key_type)
     else:
-        print_table(["CHECK", "STATUS", "DETAIL"], [(c.name, c.status.upper(), c.detail) for c in report.checks])
+        print_table(["CHECK", "STATUS", "DETAIL"], [(c.name, c.status.upper(), c.detail) for c in report.checks],
+                    styles={1: status_style})
         if report.fingerprint:
             echo()
             echo(f"key {report.key_type}, fingerprint SHA256 {report.fingerprint}")
-        echo("verify: " + ("OK" if report.ok else "FAILED"))
+        click.echo("verify: " + status_style("OK" if report.ok else "FAILED"))
     if not report.ok:
         names = ", ".join(c.name for c in report.failed)
         raise VerifyFailed(f"{target}: {len(report.failed)} check(s) failed: {names}")
@@ -174,5 +185,5 @@ def expected_key(pubkey: Path | None, fingerprint: str | None,
     if fingerprint is not None:
         return None, keys.normalize_fingerprint(fingerprint)
     if pubkey is not None:
-        return keys.read_key_bytes(pubkey, "public key"), None
+        return keys.read_key_bytes(pubkey.absolute(), "public key"), None
     return None, None

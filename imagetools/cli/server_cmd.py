@@ -11,7 +11,8 @@ from .. import preauth as preauth_lib
 from ..errors import ServerError
 from ..mender import ENV_PASSWORD, canonical_identity
 from ..server import MenderClient, save_token
-from .base import echo, is_tty, main, print_json, print_table, units_failed, warn
+from .base import echo, main, print_envelope, print_table, units_failed, warn
+from .progress import ProgressLine
 from .server_options import ServerAccess, server_options
 
 
@@ -71,29 +72,27 @@ def push(server: ServerAccess, preauth_file: str, jobs: int, force: bool, api: s
             left = _left_behind(client, units) if api == "v2" else None
     for item in left or []:
         warn(f"device {item.device_id} {canonical_identity(item.identity)} is still preauthorized but not in "
-             f"{preauth_file}; {item.reason}; remove it with: {item.remove_command}")
+             f"{os.path.abspath(preauth_file)}; {item.reason}; remove it with: {item.remove_command}")
     summary = preauth_lib.summarize(results)
+    failed = [(r.name, f"{r.outcome}: {r.detail}") for r in results if r.outcome in ("failed", "conflict")]
     if as_json:
         left_json = None if left is None else {"count": len(left), "devices": [i.to_dict() for i in left]}
-        print_json({"results": [r.to_dict() for r in results], "summary": summary, "dry_run": dry_run,
-                    "left_behind": left_json})
+        print_envelope("preauth.push", not failed, [r.to_dict() for r in results], summary, dry_run=dry_run,
+                       left_behind=left_json)
     else:
         print_table(["UNIT", "RESULT", "FINGERPRINT", "DEVICE", "DETAIL"],
                     [(r.name, r.outcome, r.fingerprint[:16], r.device_id, r.detail) for r in results])
         if not dry_run:
             echo(", ".join(f"{n} {o}" for o, n in summary.items())
                  + (f"; {len(left)} left behind on the server (see the warnings)" if left else ""))
-    failed = [(r.name, f"{r.outcome}: {r.detail}") for r in results if r.outcome in ("failed", "conflict")]
     if failed:
         units_failed(failed, len(results), "conflicted or failed")
 
 
 def _push_with_progress(client: MenderClient, units: list[preauth_lib.Unit], **kwargs: Any) -> list:
-    if not is_tty():
-        return preauth_lib.push(client, units, **kwargs)
-    with click.progressbar(length=len(units), label="preauthorizing", file=click.get_text_stream("stderr"),
-                           show_eta=True, show_pos=True) as bar:
-        return preauth_lib.push(client, units, progress=lambda _r: bar.update(1), **kwargs)
+    """The progress line draws only on a terminal (and not with -q); see progress.py."""
+    with ProgressLine("preauthorizing", len(units)) as line:
+        return preauth_lib.push(client, units, progress=line.advance, **kwargs)
 
 
 def _left_behind(client: MenderClient, units: list[preauth_lib.Unit]) -> list[preauth_lib.LeftBehind] | None:
@@ -120,7 +119,9 @@ def status(server: ServerAccess, preauth_file: str, as_json: bool) -> None:
     with server.client() as client:
         results = preauth_lib.status(client, units)
     if as_json:
-        print_json({"units": [r.to_dict() for r in results], "ok": all(r.ok for r in results)})
+        summary = {state: sum(r.status == state for r in results) for state in dict.fromkeys(r.status for r in results)}
+        print_envelope("preauth.status", all(r.ok for r in results), [r.to_dict() for r in results],
+                       {"units": len(results), **summary})
     else:
         print_table(["UNIT", "STATUS", "OUR KEY", "DEVICE", "FINGERPRINT"],
                     [(r.name, r.status, r.key_status, r.device_id, r.fingerprint[:16]) for r in results])
@@ -158,18 +159,18 @@ def remove(server: ServerAccess, sources: tuple[str, ...], identities: tuple[str
     units = [unit for source in sources for unit in preauth_lib.load_target_units(source)]
     given = [preauth_lib.load_identity(arg) for arg in identities]
     targets = preauth_lib.removal_targets(units, given)
-    with server.client(connections=jobs) as client:
+    with server.client(connections=jobs) as client, ProgressLine("removing", len(targets)) as line:
         results = preauth_lib.remove(client, targets, decommission=decommission, force=force,
-                                     dry_run=dry_run, jobs=jobs)
+                                     dry_run=dry_run, jobs=jobs, progress=line.advance)
     summary = preauth_lib.summarize_removals(results, dry_run)
+    failed = [(r.name or canonical_identity(r.identity), f"{r.outcome}: {r.detail}")
+              for r in results if r.outcome in ("refused", "failed")]
     if as_json:
-        print_json({"results": [r.to_dict() for r in results], "summary": summary, "dry_run": dry_run,
-                    "decommission": decommission})
+        print_envelope("preauth.remove", not failed, [r.to_dict() for r in results], summary, dry_run=dry_run,
+                       decommission=decommission)
     else:
         print_table(["UNIT", "IDENTITY", "RESULT", "DEVICE", "DETAIL"],
                     [(r.name, canonical_identity(r.identity), r.outcome, r.device_id, r.detail) for r in results])
         echo(", ".join(f"{n} {o}" for o, n in summary.items()))
-    failed = [(r.name or canonical_identity(r.identity), f"{r.outcome}: {r.detail}")
-              for r in results if r.outcome in ("refused", "failed")]
     if failed:
         units_failed(failed, len(results), "refused or failed")

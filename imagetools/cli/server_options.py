@@ -5,7 +5,9 @@ API client only when --server is actually given.
 
 Network messages are printed here, not in the library: each retry is one line on stderr (which
 attempt failed, why, how long until the next), so an unreachable server says so at the first
-failure instead of after minutes of silence; `-v` adds each request's method and URL.
+failure instead of after minutes of silence; `-v` adds each request's method and URL; `-q`
+drops the retry lines. The config file (profile.py) fills the URL, token file, CA and retries
+that neither a flag nor the environment gave.
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ from urllib.parse import urlsplit
 import click
 
 from ..errors import UsageError
-from ..mender import ENV_SERVER_URL
-from .base import echo, warn
+from ..mender import ENV_SERVER_URL, ENV_TOKEN as TOKEN_ENV
+from .base import echo, quiet, warn
+from .base import verbose as global_verbose
 
 if TYPE_CHECKING:
     from ..keys import PublicKey
     from ..server import MenderClient, Retry, ServerSettings
 
 URL_ENV = ENV_SERVER_URL
+# Where a value came from when neither the flag nor its environment variable gave it.
+_DEFAULTED = (click.core.ParameterSource.DEFAULT, None)
 
 
 @dataclass
@@ -48,7 +53,8 @@ class ServerAccess:
     def client(self, connections: int = 4) -> MenderClient:
         from ..server import MenderClient
 
-        return MenderClient(self.settings(), connections=connections, on_retry=show_retry,
+        return MenderClient(self.settings(), connections=connections,
+                            on_retry=None if quiet() else show_retry,
                             on_request=show_request if self.verbose else None)
 
 
@@ -94,21 +100,29 @@ def server_options(require_token: bool = True, optional: bool = False) -> Callab
                       help="First retry wait, doubled on each retry; Retry-After wins when longer "
                            "(env IMAGETOOLS_BACKOFF).")
         @click.option("--verbose", "-v", is_flag=True,
-                      help="Show each request's method and URL on stderr (retries are always shown).")
+                      help="Show each request's method and URL on stderr (as `imagetools -v`; retries are "
+                           "shown unless -q).")
         @functools.wraps(func)
         def wrapper(server_url: str | None, ca_cert: str | None, insecure: bool,
                     timeout: float, retries: int, backoff: float, verbose: bool, **kwargs: Any) -> Any:
             token_file = kwargs.pop("token_file", None)
-            if optional and not server_url and verbose:
+            verbose = verbose or global_verbose()
+            if optional and not server_url and verbose and not global_verbose():
                 raise UsageError("--verbose is only used with --server")
+            retries_given = click.get_current_context().get_parameter_source("retries") not in _DEFAULTED
 
             def settings() -> ServerSettings:
                 from ..server import ServerSettings, resolve_token
+                from .profile import load_profile
 
-                s = ServerSettings(server_url or "", ca_cert=ca_cert, insecure=insecure, timeout=timeout,
-                                   retries=retries, backoff=backoff)
+                profile = load_profile()
+                url = server_url or ("" if optional else profile.url) or ""
+                s = ServerSettings(url, ca_cert=ca_cert or profile.ca_cert, insecure=insecure, timeout=timeout,
+                                   retries=retries if retries_given or profile.retries is None else profile.retries,
+                                   backoff=backoff)
                 if require_token:
-                    s.token, s.token_source = resolve_token(s.url, token_file)
+                    from_profile = None if os.environ.get(TOKEN_ENV, "").strip() else profile.token_file
+                    s.token, s.token_source = resolve_token(s.url, token_file or from_profile)
                 _warn_about_transport(s)
                 return s
             access = ServerAccess(settings, verbose) if server_url or not optional else None

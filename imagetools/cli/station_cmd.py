@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError, VerifyFailed
-from .base import echo, is_tty, main, print_json, print_table
-from .server_cmd import preauth
+from .base import echo, is_tty, main, print_envelope, print_table
 
 
 @main.command("flash")
@@ -40,7 +39,9 @@ def flash_command(base: Path, targets: tuple[str, ...], unit_dir: Path | None, k
     if bars:
         bars.done()
     if as_json:
-        print_json([r.to_dict() for r in results])
+        print_envelope("flash", all(r.ok for r in results), [r.to_dict() for r in results],
+                       {"cards": len(results), "ok": sum(r.ok for r in results),
+                        "failed": sum(not r.ok for r in results)})
     else:
         print_table(["target", "unit", "fingerprint", "serial", "seconds", "result"],
                     [(r.target, r.unit, r.fingerprint[:16], r.serial, r.times.get("total"),
@@ -86,7 +87,7 @@ def materialize_command(unit_dir: Path, out_image: Path, base: Path | None, forc
     echo(f"wrote {out_image} and {out_image}.bmap (verified, key SHA256 {report.fingerprint})")
 
 
-@preauth.command("merge")
+@click.command("merge")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The merged preauth file to write.")
@@ -99,3 +100,25 @@ def merge_command(inputs: tuple[Path, ...], output: Path, force: bool) -> None:
     files = [p / "preauth.json" if p.is_dir() else p for p in inputs]
     units = merge(files, output, force=force)
     echo(f"merged {len(units)} unit(s) from {len(files)} file(s) into {output}")
+
+
+def _attach_merge() -> None:
+    """`preauth merge` joins the `preauth` group of server_cmd, without importing it here: flash
+    and materialize must not pay for the server client (httpx, ~50 ms of a station's flash).
+    The CLI loads server_cmd and then this module for `preauth`; whichever came first, the group
+    gets the command when it is looked up."""
+    server_cmd = sys.modules.get(f"{__package__}.server_cmd")
+    if server_cmd is not None:
+        server_cmd.preauth.add_command(merge_command)
+    lookup = main.get_command
+
+    def get_command(ctx: click.Context, name: str) -> click.Command | None:
+        command = lookup(ctx, name)
+        if name == "preauth" and isinstance(command, click.Group) and "merge" not in command.commands:
+            command.add_command(merge_command)
+        return command
+
+    main.get_command = get_command  # type: ignore[method-assign]
+
+
+_attach_merge()

@@ -1,7 +1,8 @@
 """The real Mender client (Debian's mender-client 3.x) started on files taken out of an image.
 
 `AuthServer` stands in for the server's device API: it records every POST to
-/api/devices/v1/authentication/auth_requests (the body: id_data, pubkey, tenant_token) and answers
+/api/devices/v1/authentication/auth_requests (the body: id_data, pubkey, tenant_token; `signed`
+keeps the raw body with its X-MEN-Signature header) and answers
 401, so the client gives up after one attempt. With `cert`/`key` it speaks HTTPS.
 
 `run_client` runs `mender bootstrap` in a private mount namespace (`unshare -m`, root) laid out
@@ -30,6 +31,7 @@ class AuthServer:
 
     def __init__(self, cert: Path | None = None, key: Path | None = None):
         self.requests: list[dict[str, Any]] = []
+        self.signed: list[tuple[bytes, str | None]] = []  # (raw body, its X-MEN-Signature header)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         if cert is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -40,13 +42,14 @@ class AuthServer:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        requests = self.requests
+        requests, signed = self.requests, self.signed
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if self.path == AUTH_REQUESTS:
                     requests.append(json.loads(body))
+                    signed.append((body, self.headers.get("X-MEN-Signature")))
                 self.send_response(401 if self.path == AUTH_REQUESTS else 404)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

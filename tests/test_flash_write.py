@@ -1,0 +1,58 @@
+"""flash's write path: ranges copied in the kernel while a thread checks their sha256; a fresh
+file target skips the first zeroing; a checksum mismatch stops before the partition table is
+written, so the card never looks finished."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from imagetools import flash as station, keys
+from imagetools.devices import load_devices
+from imagetools.emit import EmitOptions, emit
+from imagetools.errors import UsageError
+from imagetools.published import materialize
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def unit(make_image, tmp_path) -> tuple[Path, Path]:
+    base = make_image("sdimg", name="base.sdimg")
+    (tmp_path / "d.csv").write_text("name,mac\nu1,02:00:00:00:01:01\n")
+    result = emit(base, load_devices(tmp_path / "d.csv"), tmp_path / "OUT",
+                  EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=1, format="delta"))
+    assert result.ok
+    return base, tmp_path / "OUT" / "u1"
+
+
+@pytest.mark.parametrize("prefill", [None, b"", b"random"])
+def test_flash_writes_exactly_the_materialized_image(unit, tmp_path, prefill):
+    base, unit_dir = unit
+    card = tmp_path / "card.img"
+    if prefill == b"random":
+        card.write_bytes(os.urandom(base.stat().st_size))
+    elif prefill == b"":
+        card.write_bytes(b"")
+    [result] = station.flash(station.plan_unit(base, unit_dir), [str(card)])
+    assert result.ok, result.error
+    materialize(unit_dir, tmp_path / "m.sdimg", base)
+    assert card.read_bytes() == (tmp_path / "m.sdimg").read_bytes()
+
+
+def test_a_checksum_mismatch_leaves_no_partition_table(unit, tmp_path):
+    base, unit_dir = unit
+    plan = station.plan_unit(base, unit_dir)
+    bad = dataclasses.replace(plan.ranges[-1], sha256="0" * 64)
+    plan = dataclasses.replace(plan, ranges=plan.ranges[:-1] + (bad,))
+    card = tmp_path / "card.img"
+    card.write_bytes(os.urandom(plan.size))  # a used card: its old table must not survive either
+    [result] = station.flash(plan, [str(card)])
+    assert not result.ok and "do not match their bmap checksum" in result.error
+    with open(card, "rb") as f:
+        assert f.read(station.TABLE_AREA) == bytes(station.TABLE_AREA)
+        f.seek(plan.size - station.TABLE_AREA)
+        assert f.read() == bytes(station.TABLE_AREA)
