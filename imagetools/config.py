@@ -516,6 +516,21 @@ class ModifyPlan:
         return [f"--set {name}: not a setting the Mender client reads (it would be ignored): check "
                 "the spelling" for name, _ in self.settings if _known(name) is None]
 
+    def summary(self) -> dict[str, Any]:
+        """What the plan does, without secrets: the tenant token and the files by their SHA-256
+        only (emit records this in OUT's state and unit.json, which must never hold the token)."""
+        def digest(data: str | bytes | None) -> str | None:
+            if data is None:
+                return None
+            return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+        return {"server_uri": self.server_uri, "tenant_token_sha256": digest(self.tenant_token),
+                "server_cert_sha256": digest(self.server_cert),
+                "verification_key_sha256": digest(self.verification_key),
+                "artifact_name": self.artifact_name,
+                "set": [[name, json.dumps(plain(value), sort_keys=True)] for name, value in self.settings],
+                "unset": list(self.unset), "static_key": self.static_key}
+
     def edit(self, conf: dict[str, Any], where: str) -> dict[str, Any]:
         """`conf` (a parsed mender.conf, not changed) with this plan's changes."""
         out = copy.deepcopy(conf)
@@ -721,6 +736,21 @@ def _modify(image: Path, plan: ModifyPlan, rootfs: str | None,
     return result
 
 
+def preview(image: str | Path, plan: ModifyPlan, *, key_injected: bool = False) -> list[str]:
+    """The warnings modify(image, plan) would give, or its refusal (raised), with nothing written:
+    emit checks its base once, so a malformed mender.conf stops the run before any unit, and the
+    same warning is not repeated per unit. key_injected: a key is written before the plan is
+    applied (emit), so --static-key needs none in `image`."""
+    image = Path(image)
+    result = ModifyResult(str(image), warnings=list(plan.warnings))
+    with ExitStack() as stack:
+        layout = open_layout(image)
+        data = _open_data(layout, image, stack)
+        for part, fs in _targets(layout, image, None, stack, result, writable=False):
+            _planned(plan, part, _Device(fs, data, part.where), result, key_injected=key_injected)
+    return result.warnings
+
+
 def _open_data(layout: Layout, image: Path, stack: ExitStack) -> Filesystem | None:
     """The data partition, read-only (the fallback mender.conf and the key live there)."""
     data = layout.data
@@ -730,7 +760,7 @@ def _open_data(layout: Layout, image: Path, stack: ExitStack) -> Filesystem | No
 
 
 def _targets(layout: Layout, image: Path, rootfs: str | None, stack: ExitStack,
-             result: ModifyResult) -> list[tuple[PartInfo, Filesystem]]:
+             result: ModifyResult, writable: bool = True) -> list[tuple[PartInfo, Filesystem]]:
     """The root filesystems to change, opened for writing; an unformatted or empty B is skipped
     with a warning unless it was asked for."""
     targets = []
@@ -741,7 +771,7 @@ def _targets(layout: Layout, image: Path, rootfs: str | None, stack: ExitStack,
             result.warnings.append("no rootfs B partition found: only rootfs A was modified")
             continue
         state = "has no filesystem" if part.fs.type not in EXT_TYPES else None
-        fs = None if state else stack.enter_context(part.open(image, writable=True))
+        fs = None if state else stack.enter_context(part.open(image, writable=writable))
         if fs is not None and not [e for e in fs.list("/") if e.name not in (".", "..", "lost+found")]:
             state = "is empty"
         if state is None:
@@ -755,7 +785,8 @@ def _targets(layout: Layout, image: Path, rootfs: str | None, stack: ExitStack,
     return targets
 
 
-def _planned(plan: ModifyPlan, part: PartInfo, device: _Device, result: ModifyResult) -> list[_Write]:
+def _planned(plan: ModifyPlan, part: PartInfo, device: _Device, result: ModifyResult, *,
+             key_injected: bool = False) -> list[_Write]:
     """The files to write on one rootfs, checked: what the client will read must load."""
     fs, writes = device.rootfs, []
     if plan.changes_conf:
@@ -773,7 +804,7 @@ def _planned(plan: ModifyPlan, part: PartInfo, device: _Device, result: ModifyRe
     for path, content in ((m.SERVER_CERT_PATH, plan.server_cert), (m.VERIFY_KEY_PATH, plan.verification_key)):
         if content is not None:
             writes.append(_write(path, content, _existing(fs, path, part)))
-    if plan.static_key and device.read(m.CLIENT_KEY_PATH)[0] is None:
+    if plan.static_key and not key_injected and device.read(m.CLIENT_KEY_PATH)[0] is None:
         note = (f"no device key at {m.KEY_PATH} yet: with --static-key a unit without one does not "
                 "authenticate (inject one per unit: imagetools inject or emit)")
         result.warnings += [] if note in result.warnings else [note]

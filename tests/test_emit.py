@@ -17,7 +17,7 @@ from conftest import run_tool
 from imagetools import keys
 from imagetools.devices import load_devices, parse_csv
 from imagetools.emit import LOCK_FILE, STATE_FILE, EmitOptions, emit, runner
-from imagetools.errors import EnvironmentProblem
+from imagetools.errors import EnvironmentProblem, SettingsMismatch
 from imagetools.verify import verify_image
 
 pytestmark = pytest.mark.integration
@@ -62,7 +62,7 @@ def test_batch_across_layouts_verifies_and_flashes(make_image, cli, tmp_path, la
     preauth = json.loads((out / "preauth.json").read_text())
     assert [p["identity_data"] for p in preauth] == [{"mac": "02:00:00:00:00:01", "sn": "SN0001"},
                                                      {"mac": "02:00:00:00:00:02", "sn": "SN0002"}]
-    for unit, record in zip(report["units"], preauth):
+    for unit, record in zip(report["items"], preauth):
         unit_dir = out / unit["name"]
         image = unit_dir / f"{unit['name']}{base.suffix}"
         assert sorted(p.name for p in unit_dir.iterdir()) == sorted(
@@ -108,9 +108,9 @@ def test_changed_base_or_settings_refused_unless_forced_keys_kept(make_image, tm
     emit(base, devices, out, discard)
     assert not (out / "u1" / "private.key").exists()
     keys_before = _fingerprints(out)
-    with pytest.raises(EnvironmentProblem, match="base image differs"):
+    with pytest.raises(SettingsMismatch, match="base image differs"):
         emit(other, devices, out, discard)
-    with pytest.raises(EnvironmentProblem, match="settings differ"):
+    with pytest.raises(SettingsMismatch, match="settings differ"):
         emit(base, devices, out, EmitOptions(key_spec=keys.KeySpec(type="ecdsa"), jobs=2, discard_private_keys=True))
     forced = emit(other, devices, out, EmitOptions(key_spec=discard.key_spec, jobs=2, discard_private_keys=True,
                                                   force=True))
@@ -245,8 +245,8 @@ def test_a_unit_that_fails_verify_is_never_published(make_image, cli, tmp_path):
                  "ed25519", "--json")
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
-    assert [u["status"] for u in report["units"]] == ["failed", "failed"]
-    assert "/var/lib/mender link" in report["units"][0]["error"]
+    assert [u["status"] for u in report["items"]] == ["failed", "failed"]
+    assert "/var/lib/mender link" in report["items"][0]["error"]
     assert not (out / "u1").exists() and not (out / "u2").exists()
     assert json.loads((out / "preauth.json").read_text()) == []
     assert (out / "preauth.csv").read_text().count("\n") == 1  # the header alone

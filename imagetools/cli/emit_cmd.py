@@ -2,21 +2,67 @@
 
 from __future__ import annotations
 
+import functools
 import os
-import time
 from pathlib import Path
+from typing import Any, Callable
 
 import click
 
 from .. import keys
 from ..devices import load_devices
-from ..emit import EmitOptions, EmitResult, UnitFormat, UnitResult, emit
+from ..emit import DryRun, EmitOptions, EmitResult, UnitFile, UnitFormat, dry_run, emit
 from ..emit import shard as shard_devices
 from ..errors import UsageError
-from .base import echo, is_tty, main, print_json, print_table, units_failed
-from .text import escape
+from ..units import human_size
+from .base import echo, is_tty, main, print_envelope, print_table, quiet, units_failed, warn
+from .emit_progress import Progress
+
+_FILE = click.Path(dir_okay=False, path_type=Path)
 
 FULL_TABLE_MAX = 50
+
+
+def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """imagetools modify's options, spelled the same, applied to every unit; plus --unit-file.
+    The command receives them as `modify` (a ModifyPlan or None) and `unit_files`."""
+    names = ("server_uri", "tenant_token", "server_cert", "verification_key", "artifact_name",
+             "settings", "unset", "static_key")
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .. import config
+
+        given = {name: kwargs.pop(name) for name in names}
+        given["set"] = given.pop("settings")
+        kwargs["modify"] = (config.ModifyPlan.from_options(**given)
+                            if any(v not in (None, (), False) for v in given.values()) else None)
+        kwargs["unit_files"] = tuple(UnitFile.parse(text) for text in kwargs.pop("unit_file_specs"))
+        return command(*args, **kwargs)
+
+    options = [
+        click.option("-u", "--server-uri", metavar="URL", help="Per unit: ServerURL in mender.conf."),
+        click.option("-t", "--tenant-token", metavar="TOKEN|@FILE",
+                     help="Per unit: TenantToken in mender.conf; @FILE reads it from a file."),
+        click.option("-c", "--server-cert", type=_FILE, metavar="FILE",
+                     help="Per unit: /etc/mender/server.crt, and ServerCertificate set to it."),
+        click.option("-v", "--verification-key", type=_FILE, metavar="FILE",
+                     help="Per unit: /etc/mender/artifact-verify-key.pem, and ArtifactVerifyKey set."),
+        click.option("-n", "--artifact-name", "--name", "artifact_name", metavar="NAME",
+                     help="Per unit: artifact_name in /etc/mender/artifact_info."),
+        click.option("--set", "settings", multiple=True, metavar="KEY=JSON",
+                     help="Per unit: any other mender.conf setting (repeatable)."),
+        click.option("--unset", multiple=True, metavar="KEY", help="Per unit: remove a mender.conf setting."),
+        click.option("--static-key", is_flag=True,
+                     help="Per unit: Security.AuthPrivateKey set to the injected key's path."),
+        click.option("--unit-file", "unit_file_specs", multiple=True, metavar="IMAGE_PATH=COLUMN[:MODE[:UID:GID]]",
+                     help="Write the unit's value of a device-list column (and a newline) to IMAGE_PATH "
+                          "(/data/... or rootfs A and B); mode 0644 and owner 0:0 unless given; "
+                          "COLUMN 'name' is the unit's name (repeatable)."),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
 
 
 @main.command("emit")
@@ -43,10 +89,17 @@ FULL_TABLE_MAX = 50
               "from the base (flash or materialize it with the base).")
 @click.option("--shard", metavar="K/N", default=None,
               help="Emit only the K-th of N deterministic slices of the device list (1 <= K <= N).")
+@click.option("--allow-similar", is_flag=True,
+              help="Accept identities that differ only in case or separators (02:00:... and 02-00-...).")
+@_config_options
+@click.option("--dry-run", is_flag=True,
+              help="Check and plan only: list what would be emitted or skipped and the space needed; "
+                   "write nothing (OUT is not even created).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def emit_command(base: Path, devices: Path, out_dir: Path, key_type: str, bits: int, curve: str,
                  jobs: int | None, no_bmap: bool, discard_private_keys: bool, force: bool,
-                 unit_format: str, shard: str | None, as_json: bool) -> None:
+                 unit_format: str, shard: str | None, allow_similar: bool, as_json: bool,
+                 modify: Any, unit_files: tuple[UnitFile, ...], dry_run: bool) -> None:
     """Emit one ready-to-flash image per unit of the device list into OUT/<name>/ (image, .bmap,
     public.key, private.key, identity.json), plus OUT/preauth.json, preauth.csv and report.json.
 
@@ -54,20 +107,26 @@ def emit_command(base: Path, devices: Path, out_dir: Path, key_type: str, bits: 
     resume: run the same command again.
     """
     spec = keys.KeySpec(type=key_type, bits=bits, curve=curve)
-    listed = load_devices(devices)
+    listed = load_devices(devices, allow_similar=allow_similar)
     if shard is not None:
         listed = shard_devices(listed, *_parse_shard(shard))
         if not listed:
             echo(f"shard {shard}: no unit of the device list falls in this slice")
             return
     options = EmitOptions(key_spec=spec, jobs=jobs, bmap=not no_bmap,
-                          discard_private_keys=discard_private_keys, force=force, format=unit_format)
-    if is_tty() and not as_json:
+                          discard_private_keys=discard_private_keys, force=force, format=unit_format,
+                          modify=modify, unit_files=unit_files)
+    if dry_run:
+        return _dry_run(base, listed, out_dir, options, as_json)
+    if is_tty() and not as_json and not quiet():
         result = _with_progress(base, listed, out_dir, options)
     else:
         result = emit(base, listed, out_dir, options)
+    for message in result.warnings:
+        warn(message)
     if as_json:
-        print_json(result.to_dict())
+        report = result.to_dict()
+        print_envelope("emit", report.pop("ok"), report.pop("units"), report.pop("summary"), **report)
     else:
         _summary(result)
     failed = [(u.name, u.error or "") for u in result.units if u.status == "failed"]
@@ -84,19 +143,31 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def _with_progress(base: Path, listed, out_dir: Path, options: EmitOptions) -> EmitResult:
-    started = time.monotonic()
-    made = 0
-    stream = click.get_text_stream("stderr")
-    with click.progressbar(length=len(listed), label="emitting", show_eta=True, show_pos=True,
-                           file=stream, item_show_func=lambda s: s) as bar:
-        def progress(result: UnitResult, done: int, total: int) -> None:
-            nonlocal made
-            if result.status != "skipped":
-                made += 1
-            rate = made / max(time.monotonic() - started, 1e-6)
-            bar.update(done - bar.pos, f"{rate * 60:.1f} units/min, last {escape(result.name)} {result.status}")
+    """emit with a live status line on stderr (see emit_progress: rates from finished units)."""
+    with Progress(len(listed), click.get_text_stream("stderr")) as line:
+        return emit(base, listed, out_dir, options,
+                    progress=lambda r, done, _total: line.update(done, r.name, r.status, r.status != "skipped"))
 
-        return emit(base, listed, out_dir, options, progress=progress)
+
+def _dry_run(base: Path, listed, out_dir: Path, options: EmitOptions, as_json: bool) -> None:
+    """Exit 0 when a real run would emit without refusal, the same refusals otherwise, and 1
+    when a published unit would fail its re-check (as the real run would report it)."""
+    plan: DryRun = dry_run(base, listed, out_dir, options)
+    for message in plan.warnings:
+        warn(message)
+    if as_json:
+        report = plan.to_dict()
+        print_envelope("emit", report.pop("ok"), report.pop("units"), report.pop("summary"), **report)
+    else:
+        shown = plan.units if len(plan.units) <= FULL_TABLE_MAX else [u for u in plan.units if u.action != "skip"]
+        print_table(["unit", "would", "detail"], [(u.name, u.action, u.detail) for u in shown[:FULL_TABLE_MAX]])
+        echo()
+        echo(f"dry run: would emit {plan.count('emit')}, re-emit {plan.count('re-emit')}, skip "
+             f"{plan.count('skip')}, fail {plan.count('fail')}; needs about {human_size(plan.need_bytes)} "
+             f"({plan.copy_mode} copies), {human_size(plan.free_bytes)} free in {out_dir}; nothing was written")
+    failed = [(u.name, u.detail or "") for u in plan.units if u.action == "fail"]
+    if failed:
+        units_failed(failed, len(plan.units), "would fail")
 
 
 def _summary(result: EmitResult) -> None:
@@ -111,7 +182,7 @@ def _summary(result: EmitResult) -> None:
         echo()
     made = result.count("emitted")
     rate = f", {made / result.elapsed * 60:.1f} units/min" if made and result.elapsed > 0 else ""
-    echo(f"{made} emitted, {result.count('skipped')} already done, {result.count('failed')} failed "
+    echo(f"{made} emitted, {result.count('skipped')} skipped (already done), {result.count('failed')} failed "
          f"in {result.elapsed:.1f}s{rate} ({result.copy_mode} copies)")
     out = result.out_dir
     echo(f"preauthorize: imagetools preauth push {os.path.join(out, 'preauth.json')}   "

@@ -5,6 +5,7 @@ published unit that is not re-emitted is re-checked cheaply instead."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -14,15 +15,15 @@ from typing import Callable, Iterator
 
 from .. import keys
 from ..devices import Device
-from ..errors import EnvironmentProblem, UsageError
+from ..errors import EnvironmentProblem, SettingsMismatch, UsageError
 from ..layout import PartInfo
 from ..mender import canonical_identity
-from ..sparse import allocated_bytes, clone
+from ..sparse import FICLONE, allocated_bytes, clone
 from ..units import MiB, human_size
 from ..image import delta as delta_format, overlay
 from ..image.overlay import Overlay
 from ..verify import VerifyReport, verify_image
-from .model import EmitOptions, Job, KeySource, Status, UnitResult
+from .model import MAX_UNIT_FILE_VALUE, EmitOptions, Job, KeySource, Status, UnitResult
 from .outdir import TMP_DIR, private_dir
 from .state import UNIT_FILE, BaseIdentity, EmitState, UnitRecord
 
@@ -112,19 +113,37 @@ def check_changes(state: EmitState | None, base_id: BaseIdentity, options: EmitO
     if base_id.sha256 is None:  # cheap identity differs: compare the content before refusing
         base_id.sha256 = content_sha256()
     if old_sha256 != base_id.sha256:
-        raise EnvironmentProblem(
+        raise SettingsMismatch(
             f"the base image differs from the one {len(published)} unit(s) in {out} were made from "
             f"({old_path}, sha256 {str(old_sha256)[:16]}...); use --force to "
             f"re-emit them from this base (their keys are kept) or a new output directory")
     if old_settings != options.settings():
-        raise EnvironmentProblem(
+        raise SettingsMismatch(
             f"the settings differ from the run that made {len(published)} unit(s) in {out} "
             f"(was {json.dumps(old_settings)}); use --force to re-emit the published units with the "
             f"new settings (they keep their keys; new keys follow the new settings) or a new output directory")
 
 
+def check_unit_files(devices: list[Device], options: EmitOptions) -> None:
+    """Every unit has a value for every --unit-file column, one printable line (refused for all
+    rows at once, exit 2, before anything is written)."""
+    problems = []
+    for unit_file in options.unit_files:
+        for device in devices:
+            value = unit_file.value(device.name, device.identity)
+            if value is None:
+                problems.append(f"line {device.line}: no column {unit_file.column!r} (--unit-file "
+                                f"{unit_file.path}; columns: {', '.join(sorted(device.identity))})")
+            elif not value.isprintable() or len(value.encode()) > MAX_UNIT_FILE_VALUE:
+                problems.append(f"line {device.line}: the {unit_file.column!r} value is not one printable "
+                                f"line of at most {MAX_UNIT_FILE_VALUE} bytes (--unit-file {unit_file.path})")
+    if problems:
+        raise UsageError(f"{len(problems)} device-list row(s) cannot fill --unit-file: " + "; ".join(problems[:20]))
+
+
 def plan(devices: list[Device], published: dict[str, UnitRecord], base: Path, out: Path,
-         options: EmitOptions, data_part: PartInfo) -> list[Job]:
+         options: EmitOptions, data_part: PartInfo, window: tuple[int, int],
+         first_copy: tuple[tuple[int, int], ...]) -> list[Job]:
     """A job per unit to emit: the unpublished ones, and with force the published ones too."""
     jobs = []
     for device in devices:
@@ -140,8 +159,10 @@ def plan(devices: list[Device], published: dict[str, UnitRecord], base: Path, ou
                 key_path = str(private)
             else:
                 key_from_image = str(out / device.name / record.image)
+        files = tuple((f, f.value(device.name, device.identity) or "") for f in options.unit_files)
         jobs.append(Job(device.name, device.identity, key_path, key_from_image, source, str(base),
-                        base.suffix or ".img", str(out), options, "", record is not None, data_part))
+                        base.suffix or ".img", str(out), options, "", record is not None, data_part,
+                        window, first_copy, files))
     return jobs
 
 
@@ -154,13 +175,48 @@ def choose_copy_mode(base: Path, out: Path) -> str:
         probe.unlink(missing_ok=True)
 
 
-def check_space(base: Path, out: Path, units: int, copy_mode: str) -> None:
-    """Refuse before starting if the units cannot fit: each costs the base's allocated size without
-    reflink (a few MiB of changed blocks with it), plus its bmap and keys; a delta well under 1 MiB."""
+def can_reflink(base: Path, out: Path) -> bool:
+    """Whether OUT's filesystem (OUT's nearest existing directory) can clone the base, tried on an
+    unnamed O_TMPFILE file that vanishes when closed: a dry run leaves nothing behind."""
+    where = existing_dir(out)
+    try:
+        fd = os.open(where, os.O_TMPFILE | os.O_WRONLY, 0o600)
+    except OSError:
+        return False  # no O_TMPFILE here: assume plain copies, the larger estimate
+    try:
+        with open(base, "rb") as fin:
+            fcntl.ioctl(fd, FICLONE, fin.fileno())
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def existing_dir(path: Path) -> Path:
+    """path, or its nearest ancestor that exists (where OUT will be created)."""
+    path = path.absolute()
+    while not path.is_dir() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def space_needed(base: Path, units: int, copy_mode: str) -> tuple[int, int]:
+    """(bytes for all units, per unit): each costs the base's allocated size without reflink (a
+    few MiB of changed blocks with it), plus its bmap and keys; a delta well under 1 MiB."""
     per_unit = {"reflink": 8 * MiB, "delta": MiB}.get(copy_mode) or allocated_bytes(base) + 2 * MiB
-    need = per_unit * units
-    st = os.statvfs(out)
-    free = st.f_bavail * st.f_frsize
+    return per_unit * units, per_unit
+
+
+def free_space(out: Path) -> int:
+    st = os.statvfs(existing_dir(out))
+    return st.f_bavail * st.f_frsize
+
+
+def check_space(base: Path, out: Path, units: int, copy_mode: str) -> None:
+    """Refuse before starting if the units cannot fit (see space_needed)."""
+    need, per_unit = space_needed(base, units, copy_mode)
+    free = free_space(out)
     if need > free:
         raise EnvironmentProblem(
             f"not enough space in {out}: {units} unit(s) need about {human_size(need)} "

@@ -18,18 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import bmap, keys
+from .. import bmap, config, files, keys
 from ..errors import ImageToolsError
 from ..image import delta as delta_format, overlay
 from ..image.overlay import Overlay
 from ..personalize import make_delta
 from ..inject import write_key
-from ..layout import PartInfo, open_layout
+from ..layout import Layout, open_layout
 from ..sparse import allocated_bytes, clone, copy_extents
 from ..units import MiB
 from ..verify import (DEFAULT_KEY_PATH, Check, VerifyReport, data_path, fsck_check, read_key_in_image,
                       verify_image)
-from .model import Job, Status, UnitFormat, UnitResult
+from .model import EmitOptions, Job, Status, UnitFormat, UnitResult
 from .outdir import TMP_DIR, private_dir
 from .state import UNIT_FILE, UnitRecord
 
@@ -107,13 +107,28 @@ def _prepare(job: Job, tmp: Path, result: UnitResult) -> Stage:
     image = tmp / f"{job.name}{job.suffix}"
     cloned = clone(job.base, image)
     if not cloned:
-        copy_extents(job.base, image, inside=data_window(job.data_part))
+        for span in job.first_copy:
+            copy_extents(job.base, image, inside=span)
     t = _lap(result, "copy", t)
     write_key(image, job.data_part, pem, DATA_KEY_PATH)
     t = _lap(result, "inject", t)
+    if job.options.configures:
+        _configure(job, image)
+        t = _lap(result, "configure", t)
     fsck = fsck_check(image, job.data_part)
     _lap(result, "verify", t)
     return Stage(tmp, image, cloned, fsck, files)
+
+
+def _configure(job: Job, image: Path) -> None:
+    """The per-unit configuration, after the key (so --static-key finds it) and before any check:
+    the modify plan on rootfs A and B, then each unit file with this unit's value. The run checked
+    the plan against the base already, so its warnings are not repeated here."""
+    if job.options.modify is not None:
+        config.modify(image, job.options.modify)
+    for unit_file, value in job.unit_files:
+        files.install(image, unit_file.path, value.encode() + b"\n", mode=unit_file.mode,
+                      uid=unit_file.uid, gid=unit_file.gid, parents=True)
 
 
 def _prepare_delta(job: Job, tmp: Path, result: UnitResult, pem: bytes, files: list[str],
@@ -143,7 +158,7 @@ def _finish(job: Job, stage: Stage, result: UnitResult, reuse: bmap.Reuse | None
     image, files = stage.image, list(stage.files)
     is_delta = job.options.format == UnitFormat.DELTA
     if not stage.cloned and not is_delta:
-        copy_extents(job.base, image, outside=data_window(job.data_part))
+        copy_extents(job.base, image, outside=job.window)
     t = _lap(result, "copy", t)
     report = _verify(job, stage)
     report.replace(stage.fsck)
@@ -175,9 +190,33 @@ def _finish(job: Job, stage: Stage, result: UnitResult, reuse: bmap.Reuse | None
     return True
 
 
-def data_window(data_part: PartInfo) -> tuple[int, int]:
-    """The data partition's bytes: all that injection changes."""
-    return data_part.partition.start, data_part.partition.end
+def personal_window(layout: Layout, options: EmitOptions) -> tuple[int, int]:
+    """The bytes in which a unit may differ from its base: the data partition (the key), and with
+    per-unit configuration also the rootfs partitions (modify, rootfs unit files) and the boot
+    partition (a unit file may go there). Stage 1 copies these bytes, stage 2 the rest, and the
+    base's bmap and SHA-256 state before them are reused."""
+    parts = [layout.require("data")]
+    if options.configures:
+        parts += layout.rootfs
+    if options.unit_files and layout.boot is not None:
+        parts.append(layout.boot)
+    return min(p.partition.start for p in parts), max(p.partition.end for p in parts)
+
+
+def first_copy(layout: Layout, options: EmitOptions, size: int) -> tuple[tuple[int, int], ...]:
+    """What stage 1 copies: the personal window, and with per-unit configuration also every byte
+    outside the partitions (MBR, EBR chain, GPT and its backup), since modify and the file
+    commands read the partition table. Stage 2 copies what is outside the window (again for
+    the tables: the same bytes)."""
+    window = personal_window(layout, options)
+    if not options.configures:
+        return (window,)
+    gaps, pos = [], 0
+    for start, end in sorted((p.partition.start, p.partition.end) for p in layout.parts):
+        if start > pos:
+            gaps.append((pos, start))
+        pos = max(pos, end)
+    return (window, *gaps, *([(pos, size)] if pos < size else []))
 
 
 def _unit_key(job: Job) -> tuple[bytes, keys.PrivateKey]:
