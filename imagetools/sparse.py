@@ -63,15 +63,21 @@ def open_private(dst: str | os.PathLike, flags: int = os.O_WRONLY) -> int:
 
 def clone(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
     """Reflink src to dst (created 0600 or truncated) if the filesystem can share the blocks."""
+    fd = open_private(dst, os.O_WRONLY | os.O_TRUNC)
+    try:
+        return clone_into(src, fd)
+    finally:
+        os.close(fd)
+
+
+def clone_into(src: str | os.PathLike, fd: int) -> bool:
+    """Reflink src into the open file `fd`; False where the filesystem cannot share blocks."""
     with open(src, "rb") as fin:
-        fd = open_private(dst, os.O_WRONLY | os.O_TRUNC)
         try:
             fcntl.ioctl(fd, FICLONE, fin.fileno())
             return True
         except OSError:
             return False
-        finally:
-            os.close(fd)
 
 
 def copy_extents(src: str | os.PathLike, dst: str | os.PathLike, *,

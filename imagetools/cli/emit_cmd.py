@@ -15,8 +15,8 @@ from ..emit import DryRun, EmitOptions, EmitResult, UnitFile, UnitFormat, dry_ru
 from ..emit import shard as shard_devices
 from ..errors import UsageError
 from ..units import human_size
-from .base import echo, is_tty, main, print_envelope, print_table, quiet, units_failed, warn
-from .emit_progress import Progress
+from .base import echo, main, print_envelope, print_table, units_failed, warn
+from .progress import ProgressLine
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
@@ -118,10 +118,10 @@ def emit_command(base: Path, devices: Path, out_dir: Path, key_type: str, bits: 
                           modify=modify, unit_files=unit_files)
     if dry_run:
         return _dry_run(base, listed, out_dir, options, as_json)
-    if is_tty() and not as_json and not quiet():
-        result = _with_progress(base, listed, out_dir, options)
-    else:
+    if as_json:
         result = emit(base, listed, out_dir, options)
+    else:
+        result = _with_progress(base, listed, out_dir, options)
     for message in result.warnings:
         warn(message)
     if as_json:
@@ -143,10 +143,10 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def _with_progress(base: Path, listed, out_dir: Path, options: EmitOptions) -> EmitResult:
-    """emit with a live status line on stderr (see emit_progress: rates from finished units)."""
-    with Progress(len(listed), click.get_text_stream("stderr")) as line:
+    """emit with a live status line on stderr, on a terminal only (see progress.ProgressLine)."""
+    with ProgressLine("emitting", len(listed)) as line:
         return emit(base, listed, out_dir, options,
-                    progress=lambda r, done, _total: line.update(done, r.name, r.status, r.status != "skipped"))
+                    progress=lambda r, _done, _total: line.advance(worked=r.status != "skipped"))
 
 
 def _dry_run(base: Path, listed, out_dir: Path, options: EmitOptions, as_json: bool) -> None:

@@ -1,9 +1,8 @@
-"""A progress line for the preauth batch commands (push, remove) that tells the truth: shown from
+"""A progress line for the batch commands (emit, preauth push and remove) that tells the truth: shown from
 the first second, a spinner until the first unit finishes, then rate and ETA from a moving window
 of the most recent finished units (a rate averaged since the start climbs for the whole run while
 connections warm up, and its ETA is minutes off at the end). Drawn on stderr only when it is a
 terminal and -q is not given (see base.is_tty); otherwise nothing is written at all.
-(emit's progress is emit_progress.py.)
 """
 
 from __future__ import annotations
@@ -78,11 +77,14 @@ class ProgressLine:
             self.stream.write("\r\x1b[K")      # leave the line empty for the table or the error
             self.stream.flush()
 
-    def advance(self, _result: object = None) -> None:
-        """One unit finished (any outcome); usable directly as a library progress callback."""
+    def advance(self, _result: object = None, *, worked: bool = True) -> None:
+        """One unit finished (any outcome); usable directly as a library progress callback.
+        worked=False for one that was only re-checked (emit's skipped units finish at once and
+        would inflate the rate)."""
         with self._lock:
             self.done += 1
-            self.rate.add()
+            if worked:
+                self.rate.add()
         if self.enabled:
             self._draw()
 

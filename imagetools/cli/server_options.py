@@ -67,6 +67,34 @@ def show_request(method: str, url: str) -> None:
     echo(f"imagetools: {method} {url}", err=True)
 
 
+# The connection options after --server and --token-file, as decorators (applied in order).
+_CONNECTION_OPTIONS = [
+    click.option("--ca-cert", type=click.Path(dir_okay=False), metavar="FILE",
+                 help="Trust this CA certificate (PEM) for the server's TLS certificate."),
+    click.option("--insecure", is_flag=True, help="Do not verify the server's TLS certificate (test setups only)."),
+    click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+                 metavar="SECONDS",
+                 help="Time allowed for each HTTP request, connect to the end of the answer "
+                      "(each retry gets its own)."),
+    click.option("--retries", type=click.IntRange(min=0), default=4, show_default=True,
+                 envvar="IMAGETOOLS_RETRIES",
+                 help="Retries on connection errors, 5xx and 429 (env IMAGETOOLS_RETRIES)."),
+    click.option("--backoff", type=click.FloatRange(min=0), default=0.5, show_default=True,
+                 envvar="IMAGETOOLS_BACKOFF", metavar="SECONDS",
+                 help="First retry wait, doubled on each retry; Retry-After wins when longer "
+                      "(env IMAGETOOLS_BACKOFF)."),
+    click.option("--verbose", "-v", is_flag=True,
+                 help="Show each request's method and URL on stderr (as `imagetools -v`; retries are "
+                      "shown unless -q)."),
+]
+
+
+def _with_connection_options(func: Callable) -> Callable:
+    for option in reversed(_CONNECTION_OPTIONS):
+        func = option(func)
+    return func
+
+
 def server_options(require_token: bool = True, optional: bool = False) -> Callable:
     """The connection options every server command shares.
 
@@ -85,23 +113,7 @@ def server_options(require_token: bool = True, optional: bool = False) -> Callab
                       help="Mender Server URL, e.g. https://hosted.mender.io"
                            + (" (nothing is fetched without it)." if optional else f" (env {URL_ENV})."))
         @token_option
-        @click.option("--ca-cert", type=click.Path(dir_okay=False), metavar="FILE",
-                      help="Trust this CA certificate (PEM) for the server's TLS certificate.")
-        @click.option("--insecure", is_flag=True, help="Do not verify the server's TLS certificate (test setups only).")
-        @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-                      metavar="SECONDS",
-                      help="Time allowed for each HTTP request, connect to the end of the answer "
-                           "(each retry gets its own).")
-        @click.option("--retries", type=click.IntRange(min=0), default=4, show_default=True,
-                      envvar="IMAGETOOLS_RETRIES",
-                      help="Retries on connection errors, 5xx and 429 (env IMAGETOOLS_RETRIES).")
-        @click.option("--backoff", type=click.FloatRange(min=0), default=0.5, show_default=True,
-                      envvar="IMAGETOOLS_BACKOFF", metavar="SECONDS",
-                      help="First retry wait, doubled on each retry; Retry-After wins when longer "
-                           "(env IMAGETOOLS_BACKOFF).")
-        @click.option("--verbose", "-v", is_flag=True,
-                      help="Show each request's method and URL on stderr (as `imagetools -v`; retries are "
-                           "shown unless -q).")
+        @_with_connection_options
         @functools.wraps(func)
         def wrapper(server_url: str | None, ca_cert: str | None, insecure: bool,
                     timeout: float, retries: int, backoff: float, verbose: bool, **kwargs: Any) -> Any:

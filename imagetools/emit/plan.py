@@ -5,7 +5,6 @@ published unit that is not re-emitted is re-checked cheaply instead."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -18,7 +17,7 @@ from ..devices import Device
 from ..errors import EnvironmentProblem, SettingsMismatch, UsageError
 from ..layout import PartInfo
 from ..mender import canonical_identity
-from ..sparse import FICLONE, allocated_bytes, clone
+from ..sparse import allocated_bytes, clone, clone_into
 from ..units import MiB, human_size
 from ..image import delta as delta_format, overlay
 from ..image.overlay import Overlay
@@ -184,11 +183,7 @@ def can_reflink(base: Path, out: Path) -> bool:
     except OSError:
         return False  # no O_TMPFILE here: assume plain copies, the larger estimate
     try:
-        with open(base, "rb") as fin:
-            fcntl.ioctl(fd, FICLONE, fin.fileno())
-        return True
-    except OSError:
-        return False
+        return clone_into(base, fd)
     finally:
         os.close(fd)
 
