@@ -14,7 +14,7 @@ import click
 
 from ..mender import ARTIFACT_INFO_PATH, CONF_PATH, FALLBACK_CONF_PATH, TENANT_TOKEN
 from .base import echo, main, print_envelope, print_table, warn
-from .options import layout_options
+from .options import layout_options, modify_options
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 _SOURCES = (FALLBACK_CONF_PATH, CONF_PATH, ARTIFACT_INFO_PATH)  # the files config lists per rootfs
@@ -22,22 +22,7 @@ _SOURCES = (FALLBACK_CONF_PATH, CONF_PATH, ARTIFACT_INFO_PATH)  # the files conf
 
 @main.command("modify")
 @click.argument("image", type=_FILE)
-@click.option("-u", "--server-uri", metavar="URL", help="ServerURL in mender.conf (http(s)://host[:port]).")
-@click.option("-t", "--tenant-token", metavar="TOKEN|@FILE",
-              help="TenantToken in mender.conf; @FILE reads it from a file (keeps it off the command line).")
-@click.option("-c", "--server-cert", type=_FILE, metavar="FILE",
-              help="PEM certificate(s) to /etc/mender/server.crt, and ServerCertificate set to it.")
-@click.option("-v", "--verification-key", type=_FILE, metavar="FILE",
-              help="Public key to /etc/mender/artifact-verify-key.pem, and ArtifactVerifyKey set to it.")
-@click.option("-n", "--artifact-name", "--name", "artifact_name", metavar="NAME",
-              help="artifact_name in /etc/mender/artifact_info.")
-@click.option("--set", "settings", multiple=True, metavar="KEY=JSON",
-              help="Any other mender.conf setting, e.g. UpdatePollIntervalSeconds=1800 or "
-                   "'Security.SSLEngine=\"pkcs11\"' (repeatable).")
-@click.option("--unset", multiple=True, metavar="KEY", help="Remove a mender.conf setting (repeatable).")
-@click.option("--static-key", is_flag=True,
-              help="Security.AuthPrivateKey = /var/lib/mender/mender-agent.pem: a missing or bad key "
-                   "then fails on the device instead of being silently replaced.")
+@modify_options()
 @click.option("--rootfs", type=click.Choice(["a", "b"]), default=None,
               help="Change only this rootfs (default: A and B).")
 @click.option("--out", type=_FILE, default=None,
@@ -45,10 +30,8 @@ _SOURCES = (FALLBACK_CONF_PATH, CONF_PATH, ARTIFACT_INFO_PATH)  # the files conf
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @layout_options
 @click.option("--json", "as_json", is_flag=True, help="Report as JSON.")
-def modify_cmd(image: Path, server_uri: str | None, tenant_token: str | None, server_cert: Path | None,
-               verification_key: Path | None, artifact_name: str | None, settings: tuple[str, ...],
-               unset: tuple[str, ...], static_key: bool, rootfs: str | None, out: Path | None,
-               force: bool, overrides: dict[str, int], as_json: bool) -> None:
+def modify_cmd(image: Path, modify: Any, rootfs: str | None, out: Path | None, force: bool,
+               overrides: dict[str, int], as_json: bool) -> None:
     """Change the Mender configuration of IMAGE on rootfs A and B, in place (or into --out).
 
     Everything is checked before anything is written: the option values, the certificate (a PEM
@@ -63,10 +46,7 @@ def modify_cmd(image: Path, server_uri: str | None, tenant_token: str | None, se
     """
     from .. import config
 
-    plan = config.ModifyPlan.from_options(
-        server_uri=server_uri, tenant_token=tenant_token, server_cert=server_cert,
-        verification_key=verification_key, artifact_name=artifact_name, set=settings, unset=unset,
-        static_key=static_key)
+    plan = modify or config.ModifyPlan.from_options()  # nothing asked: ModifyPlan says so
     result = config.modify(image, plan, out=out, force=force, rootfs=rootfs, overrides=overrides or None)
     for message in result.warnings:
         warn(message)

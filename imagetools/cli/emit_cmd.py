@@ -16,53 +16,25 @@ from ..emit import shard as shard_devices
 from ..errors import UsageError
 from ..units import human_size
 from .base import echo, main, print_envelope, print_table, units_failed, warn
+from .options import modify_options
 from .progress import ProgressLine
 
-_FILE = click.Path(dir_okay=False, path_type=Path)
 
 FULL_TABLE_MAX = 50
 
 
-def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """imagetools modify's options, spelled the same, applied to every unit; plus --unit-file.
-    The command receives them as `modify` (a ModifyPlan or None) and `unit_files`."""
-    names = ("server_uri", "tenant_token", "server_cert", "verification_key", "artifact_name",
-             "settings", "unset", "static_key")
-
+def _unit_file_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--unit-file, given to the command as `unit_files` (parsed)."""
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .. import config
-
-        given = {name: kwargs.pop(name) for name in names}
-        given["set"] = given.pop("settings")
-        kwargs["modify"] = (config.ModifyPlan.from_options(**given)
-                            if any(v not in (None, (), False) for v in given.values()) else None)
         kwargs["unit_files"] = tuple(UnitFile.parse(text) for text in kwargs.pop("unit_file_specs"))
         return command(*args, **kwargs)
 
-    options = [
-        click.option("-u", "--server-uri", metavar="URL", help="Per unit: ServerURL in mender.conf."),
-        click.option("-t", "--tenant-token", metavar="TOKEN|@FILE",
-                     help="Per unit: TenantToken in mender.conf; @FILE reads it from a file."),
-        click.option("-c", "--server-cert", type=_FILE, metavar="FILE",
-                     help="Per unit: /etc/mender/server.crt, and ServerCertificate set to it."),
-        click.option("-v", "--verification-key", type=_FILE, metavar="FILE",
-                     help="Per unit: /etc/mender/artifact-verify-key.pem, and ArtifactVerifyKey set."),
-        click.option("-n", "--artifact-name", "--name", "artifact_name", metavar="NAME",
-                     help="Per unit: artifact_name in /etc/mender/artifact_info."),
-        click.option("--set", "settings", multiple=True, metavar="KEY=JSON",
-                     help="Per unit: any other mender.conf setting (repeatable)."),
-        click.option("--unset", multiple=True, metavar="KEY", help="Per unit: remove a mender.conf setting."),
-        click.option("--static-key", is_flag=True,
-                     help="Per unit: Security.AuthPrivateKey set to the injected key's path."),
-        click.option("--unit-file", "unit_file_specs", multiple=True, metavar="IMAGE_PATH=COLUMN[:MODE[:UID:GID]]",
-                     help="Write the unit's value of a device-list column (and a newline) to IMAGE_PATH "
-                          "(/data/... or rootfs A and B); mode 0644 and owner 0:0 unless given; "
-                          "COLUMN 'name' is the unit's name (repeatable)."),
-    ]
-    for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper
+    return click.option(
+        "--unit-file", "unit_file_specs", multiple=True, metavar="IMAGE_PATH=COLUMN[:MODE[:UID:GID]]",
+        help="Write the unit's value of a device-list column (and a newline) to IMAGE_PATH "
+             "(/data/... or rootfs A and B); mode 0644 and owner 0:0 unless given; "
+             "COLUMN 'name' is the unit's name (repeatable).")(wrapper)
 
 
 @main.command("emit")
@@ -91,7 +63,8 @@ def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
               help="Emit only the K-th of N deterministic slices of the device list (1 <= K <= N).")
 @click.option("--allow-similar", is_flag=True,
               help="Accept identities that differ only in case or separators (02:00:... and 02-00-...).")
-@_config_options
+@modify_options(per_unit=True)
+@_unit_file_option
 @click.option("--dry-run", is_flag=True,
               help="Check and plan only: list what would be emitted or skipped and the space needed; "
                    "write nothing (OUT is not even created).")

@@ -1,8 +1,9 @@
-"""Click options shared by commands that work on an image's partitions."""
+"""Click options shared by several commands: partition overrides, the Mender configuration."""
 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -29,3 +30,50 @@ def layout_options(command: Callable[..., Any]) -> Callable[..., Any]:
                                metavar="N", help=f"Use partition N as the {title} partition "
                                "instead of detecting it.")(wrapper)
     return wrapper
+
+
+_MODIFY_NAMES = ("server_uri", "tenant_token", "server_cert", "verification_key", "artifact_name",
+                 "settings", "unset", "static_key")
+_PATH = click.Path(dir_okay=False, path_type=Path)
+
+
+def modify_options(per_unit: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """mender-artifact modify's options, spelled as it spells them, for `modify` and `emit`.
+
+    The command receives one `modify` keyword: a validated config.ModifyPlan, or None when no
+    option was given (per_unit: emit applies it to every unit)."""
+    each = "Per unit: " if per_unit else ""
+    options = [
+        click.option("-u", "--server-uri", metavar="URL", help=f"{each}ServerURL in mender.conf (http(s)://host[:port])."),
+        click.option("-t", "--tenant-token", metavar="TOKEN|@FILE",
+                     help=f"{each}TenantToken in mender.conf; @FILE reads it from a file (keeps it off the command line)."),
+        click.option("-c", "--server-cert", type=_PATH, metavar="FILE",
+                     help=f"{each}PEM certificate(s) to /etc/mender/server.crt, and ServerCertificate set to it."),
+        click.option("-v", "--verification-key", type=_PATH, metavar="FILE",
+                     help=f"{each}Public key to /etc/mender/artifact-verify-key.pem, and ArtifactVerifyKey set to it."),
+        click.option("-n", "--artifact-name", "--name", "artifact_name", metavar="NAME",
+                     help=f"{each}artifact_name in /etc/mender/artifact_info."),
+        click.option("--set", "settings", multiple=True, metavar="KEY=JSON",
+                     help=f"{each}any other mender.conf setting, e.g. UpdatePollIntervalSeconds=1800 or "
+                          "'Security.SSLEngine=\"pkcs11\"' (repeatable)."),
+        click.option("--unset", multiple=True, metavar="KEY", help=f"{each}remove a mender.conf setting (repeatable)."),
+        click.option("--static-key", is_flag=True,
+                     help=f"{each}Security.AuthPrivateKey = /var/lib/mender/mender-agent.pem: a missing or bad "
+                          "key then fails on the device instead of being silently replaced."),
+    ]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from .. import config
+
+            given = {name: kwargs.pop(name) for name in _MODIFY_NAMES}
+            given["set"] = given.pop("settings")
+            chosen = any(value not in (None, (), False) for value in given.values())
+            kwargs["modify"] = config.ModifyPlan.from_options(**given) if chosen else None
+            return command(*args, **kwargs)
+
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+    return decorate
