@@ -126,7 +126,8 @@ Expected = keys.PublicKey | keys.PrivateKey | bytes | str | os.PathLike | None
 def verify_image(target: str | Path, *, expected: Expected = None,
                  expected_fingerprint: str | None = None, fsck: bool = True,
                  path: str = DEFAULT_KEY_PATH,
-                 overrides: dict[str, int] | None = None) -> VerifyReport:
+                 overrides: dict[str, int] | None = None,
+                 rootfs: list[Check] | None = None) -> VerifyReport:
     """Run every check on an image file or block device without writing to it.
 
     `expected` is the key the server holds, in whatever form the caller has it: a public key file
@@ -134,6 +135,8 @@ def verify_image(target: str | Path, *, expected: Expected = None,
     PEM as given by an operator may be a PKCS#1 'RSA PUBLIC KEY': that fails the match check
     (the server would refuse it) instead of aborting. Anything else is a TypeError.
     Unusable input (not an image, bad key path or expected key) raises; everything else is a Check.
+    `rootfs`: the rootfs checks (rootfs_checks) of an image whose root filesystems are known to
+    be those of the target, e.g. the base of a delta unit, which only changes the data partition.
     """
     target = str(target)
     key_rel = data_path(path)
@@ -149,8 +152,7 @@ def verify_image(target: str | Path, *, expected: Expected = None,
         if data_fs is not None:
             stack.enter_context(data_fs)
         _check_key(report, data_fs, key_rel, path, want_fp, want_problem, want_key)
-    report.checks += link_checks(target, layout)
-    report.checks.append(static_key_check(target, layout, key_rel))
+    report.checks += rootfs if rootfs is not None else rootfs_checks(target, layout, key_rel)
     _check_fsck(report, target, data, fsck)
     report.checks.sort(key=lambda c: CHECK_NAMES.index(c.name))
     return report
@@ -176,6 +178,12 @@ def _check_key(report: VerifyReport, data_fs, key_rel: str, shown: str, want_fp:
         _skip(report, (ACCEPTABLE, MATCHES), "no usable key")
     if entry is None:
         _skip(report, (MODE, OWNER), "no key")
+
+
+def rootfs_checks(target: str, layout: Layout, key_rel: str) -> list[Check]:
+    """The checks of the root filesystems' configuration: the /var/lib/mender links and the
+    static-key setting (which also reads /data/mender/mender.conf; injecting a key leaves it)."""
+    return link_checks(target, layout) + [static_key_check(target, layout, key_rel)]
 
 
 def link_checks(target: str, layout: Layout) -> list[Check]:

@@ -7,6 +7,7 @@ becomes the result's error and the unit's files are removed."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import errno
 import hashlib
 import json
@@ -27,8 +28,8 @@ from ..inject import write_key
 from ..layout import Layout, open_layout
 from ..sparse import allocated_bytes, clone, copy_extents
 from ..units import MiB
-from ..verify import (DEFAULT_KEY_PATH, Check, VerifyReport, data_path, fsck_check, read_key_in_image,
-                      verify_image)
+from ..verify import (Check, DEFAULT_KEY_PATH, VerifyReport, data_path, fsck_check,
+                      read_key_in_image, rootfs_checks, verify_image)
 from .model import EmitOptions, Job, Status, UnitFormat, UnitResult
 from .outdir import TMP_DIR, private_dir
 from .state import UNIT_FILE, UnitRecord
@@ -150,7 +151,15 @@ def _verify(job: Job, stage: Stage) -> VerifyReport:
         return verify_image(stage.image, expected=expected, fsck=False)
     view = Overlay(job.base, delta_format.read(stage.image), job.base_sha256)
     with overlay.attached(stage.image, view):
-        return verify_image(stage.image, expected=expected, fsck=False)
+        return verify_image(stage.image, expected=expected, fsck=False,
+                            rootfs=_base_rootfs_checks(job.base, job.base_sha256))
+
+
+@functools.lru_cache(maxsize=4)
+def _base_rootfs_checks(base: str, base_sha256: str) -> list[Check]:
+    """The base's rootfs checks, once per worker: a delta unit only changes the data partition,
+    so its root filesystems are the base's (keyed by the base's SHA-256, checked by the overlay)."""
+    return rootfs_checks(base, open_layout(base), DATA_KEY_PATH)
 
 
 def _finish(job: Job, stage: Stage, result: UnitResult, reuse: bmap.Reuse | None) -> bool:
