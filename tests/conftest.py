@@ -81,3 +81,20 @@ def cli(tmp_path):
                               input=input, env=full_env, cwd=tmp_path)
 
     return invoke
+
+
+@pytest.fixture
+def mender():
+    """The spec-validating test server (tests/support/mender_server.py) on 127.0.0.1."""
+    from support.mender_server import MenderTestServer
+
+    with MenderTestServer() as srv:
+        yield srv
+    assert srv.violations == [], "requests or responses violated the OpenAPI specs"
+
+
+@pytest.fixture
+def env(mender, tmp_path):
+    """The environment for CLI runs against `mender` (its token, quick retries, a private cache)."""
+    return {"MENDER_SERVER_URL": mender.url, "MENDER_TOKEN": "test-pat", "IMAGETOOLS_BACKOFF": "0.01",
+            "XDG_CACHE_HOME": str(tmp_path / "cache"), "MENDER_PASSWORD": ""}

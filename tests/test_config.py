@@ -5,9 +5,7 @@ real Mender client (Debian's mender-client) reads the modified configuration and
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 import json
 import os
 import shutil
@@ -15,10 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from conftest import run_tool
 from imagetools import config, files, keys, verify
@@ -26,6 +21,7 @@ from imagetools.errors import KeyMaterialError, UsageError
 from imagetools.layout import open_layout
 from imagetools.verify import verify_image
 from support.mender_client import AuthServer, run_client, unshare_works
+from support.tls import self_signed
 
 pytestmark = pytest.mark.integration
 
@@ -74,17 +70,7 @@ def fsck_clean(img: Path, *roles: str) -> None:
 def trust(tmp_path_factory) -> dict[str, Path]:
     """A self-signed server certificate for 127.0.0.1 (+ its key), a verification key pair."""
     d = tmp_path_factory.mktemp("trust")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    (d / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / "server.key").write_bytes(keys.private_pem(key, "pkcs8"))
+    self_signed(d)
     signing = ec.generate_private_key(ec.SECP256R1())
     (d / "signing.key").write_bytes(keys.private_pem(signing, "pkcs8"))
     (d / "verify.pub").write_bytes(keys.public_pem(signing))

@@ -10,20 +10,7 @@ import stat
 import pytest
 
 from imagetools import keys
-from support.mender_server import ADMISSION, DEVICES, MenderTestServer
-
-
-@pytest.fixture
-def mender():
-    with MenderTestServer() as srv:
-        yield srv
-    assert srv.violations == [], "requests or responses violated the OpenAPI specs"
-
-
-@pytest.fixture
-def env(mender, tmp_path):
-    return {"MENDER_SERVER_URL": mender.url, "MENDER_TOKEN": "test-pat", "IMAGETOOLS_BACKOFF": "0.01",
-            "XDG_CACHE_HOME": str(tmp_path / "cache"), "MENDER_PASSWORD": ""}
+from support.mender_server import ADMISSION, DEVICES
 
 
 def new_pem() -> str:

@@ -6,24 +6,10 @@ from __future__ import annotations
 import json
 import shlex
 
-import pytest
 
 from imagetools import keys, preauth
 from imagetools.server import MenderClient, ServerSettings
 from support.mender_server import DEVICES, MenderTestServer, Reply
-
-
-@pytest.fixture
-def mender():
-    with MenderTestServer() as srv:
-        yield srv
-    assert srv.violations == [], "requests or responses violated the OpenAPI specs"
-
-
-@pytest.fixture
-def env(mender, tmp_path):
-    return {"MENDER_SERVER_URL": mender.url, "MENDER_TOKEN": "test-pat", "IMAGETOOLS_BACKOFF": "0.01",
-            "XDG_CACHE_HOME": str(tmp_path / "cache")}
 
 
 def new_pem() -> str:

@@ -10,23 +10,15 @@ import time
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
 from imagetools import keys, preauth
 from imagetools.errors import AuthError, DeviceListError, ServerError, UsageError
 from imagetools.server import (MenderClient, ServerSettings, canonical_identity, expected_key_for_identity,
                                parse_retry_after, resolve_token, save_token, token_cache_path)
 from support.mender_server import DEVICES, MenderTestServer, make_jwt
-
-
-@pytest.fixture
-def mender():
-    with MenderTestServer() as srv:
-        yield srv
-    assert srv.violations == [], "requests or responses violated the OpenAPI specs"
+from support.tls import self_signed
 
 
 def client_for(srv: MenderTestServer, token: str = "test-pat", **kw) -> MenderClient:
@@ -323,19 +315,8 @@ def test_retry_after_forms():
 
 @pytest.fixture
 def tls_files(tmp_path):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test mender")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(keys.private_pem(key, "pkcs8"))
-    return str(cert_file), str(key_file)
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    return tuple(map(str, self_signed(tmp_path)))
 
 
 def test_tls_is_verified_by_default(tls_files):

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import re
 import signal
@@ -18,15 +16,12 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from imagetools import keys
 from imagetools.errors import ServerError
 from imagetools.server import MenderClient, ServerSettings
 from support.mender_server import MenderTestServer
+from support.tls import self_signed
 
 SCRIPT = Path(__file__).resolve().parent / "support" / "mender_server.py"
 
@@ -136,19 +131,7 @@ def test_token_and_refusals_to_start(cli, tmp_path):
 @pytest.fixture
 def tls_files(tmp_path) -> tuple[str, str]:
     """A self-signed certificate for 127.0.0.1 and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test mender")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(keys.private_pem(key, "pkcs8"))
-    return str(cert_file), str(key_file)
+    return tuple(map(str, self_signed(tmp_path)))
 
 
 SLOW_RETRIES = ("--retries", "4", "--backoff", "0.5")     # 7.5 s of waiting, were anything retried

@@ -7,21 +7,18 @@ be signed with it."""
 from __future__ import annotations
 
 import base64
-import datetime
-import ipaddress
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 
 from imagetools import keys
 from imagetools.layout import open_layout
 from support.mender_client import IDENTITY, AuthServer, run_client, unshare_works
+from support.tls import self_signed
 
 pytestmark = pytest.mark.integration
 
@@ -34,18 +31,7 @@ def namespaces():
 
 
 def _server_cert(d: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    (d / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / "server.key").write_bytes(keys.private_pem(key, "pkcs8"))
-    return d / "server.crt", d / "server.key"
+    return self_signed(d)
 
 
 def _read(img: Path, role: str, path: str) -> bytes:
