@@ -208,7 +208,7 @@ def _json_items(text: str, problems: Problems):
                                parse_constant=_constant)
     pos = _skip_ws(text, 0)
     if pos >= len(text) or text[pos] != "[":
-        problems.append((_line_of(text, pos), f"expected a JSON list of device objects"))
+        problems.append((_line_of(text, pos), "expected a JSON list of device objects"))
         return
     pos = _skip_ws(text, pos + 1)
     if pos < len(text) and text[pos] == "]":
@@ -223,7 +223,7 @@ def _json_items(text: str, problems: Problems):
             problems.append((_line_of(text, pos), f"bad JSON: {exc}"))
             return
         except RecursionError:
-            problems.append((_line_of(text, pos), f"bad JSON: nested too deeply"))
+            problems.append((_line_of(text, pos), "bad JSON: nested too deeply"))
             return
         yield _line_of(text, pos), item
         pos = _skip_ws(text, end)
@@ -232,13 +232,13 @@ def _json_items(text: str, problems: Problems):
             continue
         if pos < len(text) and text[pos] == "]":
             if _skip_ws(text, pos + 1) < len(text):
-                problems.append((_line_of(text, pos + 1), f"unexpected text after the list"))
+                problems.append((_line_of(text, pos + 1), "unexpected text after the list"))
             return
         if pos >= len(text):
             break
-        problems.append((_line_of(text, pos), f"expected ',' or ']' in the device list"))
+        problems.append((_line_of(text, pos), "expected ',' or ']' in the device list"))
         return
-    problems.append((_line_of(text, pos), f"the device list is not closed with ']'"))
+    problems.append((_line_of(text, pos), "the device list is not closed with ']'"))
 
 
 def _json_entry(item: object, line: int, problems: Problems) -> Row | None:

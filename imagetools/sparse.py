@@ -9,7 +9,6 @@ import ctypes
 import errno
 import fcntl
 import os
-from pathlib import Path
 from typing import Iterator
 
 FICLONE = 0x40049409  # linux/fs.h _IOW(0x94, 9, int)

@@ -13,7 +13,6 @@ import pytest
 from imagetools import flash as station, keys
 from imagetools.devices import load_devices
 from imagetools.emit import EmitOptions, emit
-from imagetools.errors import UsageError
 from imagetools.published import materialize
 
 pytestmark = pytest.mark.integration
