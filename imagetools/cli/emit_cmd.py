@@ -98,14 +98,18 @@ def emit_command(base: Path, devices: Path, out_dir: Path, key_type: str, bits: 
     for message in result.warnings:
         warn(message)
     if as_json:
-        report = result.to_dict()
-        print_envelope("emit", report.pop("ok"), report.pop("units"), report.pop("summary"), **report)
+        _print_json(result.to_dict())
     else:
         _summary(result)
     failed = [(u.name, u.error or "") for u in result.units if u.status == "failed"]
     if failed:
         units_failed(failed, len(result.units), "failed",
                      f"; they were not published (see {out_dir}/report.json)")
+
+
+def _print_json(report: dict) -> None:
+    """A run's or a dry run's report in the common envelope: its units are the items."""
+    print_envelope("emit", report.pop("ok"), report.pop("units"), report.pop("summary"), **report)
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -129,8 +133,7 @@ def _dry_run(base: Path, listed, out_dir: Path, options: EmitOptions, as_json: b
     for message in plan.warnings:
         warn(message)
     if as_json:
-        report = plan.to_dict()
-        print_envelope("emit", report.pop("ok"), report.pop("units"), report.pop("summary"), **report)
+        _print_json(plan.to_dict())
     else:
         shown = plan.units if len(plan.units) <= FULL_TABLE_MAX else [u for u in plan.units if u.action != "skip"]
         print_table(["unit", "would", "detail"], [(u.name, u.action, u.detail) for u in shown[:FULL_TABLE_MAX]])
