@@ -203,25 +203,28 @@ def test_inject_out_is_private_from_its_first_byte(make_image, tmp_path, monkeyp
 
 
 def test_every_file_emit_writes_is_private(make_image, tmp_path, monkeypatch):
-    from imagetools import emit as emit_module
+    from imagetools import emit as emit_module, personalize
     from imagetools.devices import parse_csv
-    from imagetools.emit import unit as emit_unit
+    from imagetools.image import delta as delta_format
 
     os.umask(0o022)
     seen = []
-    real = emit_unit.write_key
 
-    def spy(image, *args):
-        image = Path(image)
-        seen.append([os.stat(p).st_mode & 0o777 for p in (image, image.parent, image.parent.parent)])
-        return real(image, *args)
+    def spy_on(module, name, files):  # the modes of the files a key goes into, as it does
+        real = getattr(module, name)
 
-    monkeypatch.setattr(emit_unit, "write_key", spy)
+        def spy(*args):
+            seen.append((name, [os.stat(p).st_mode & 0o777 for p in files(*args)]))
+            return real(*args)
+        monkeypatch.setattr(module, name, spy)
+
+    spy_on(personalize, "write_key", lambda scratch, *_: (scratch, Path(scratch).parent))
+    spy_on(delta_format, "apply", lambda _, image: (image, image.parent, image.parent.parent))
     devices = parse_csv("name,mac\nu1,02:00:00:00:00:01\nu2,02:00:00:00:00:02\n")
     out = tmp_path / "out"
     opts = emit_module.EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=1)
     assert emit_module.emit(make_image("sdimg"), devices, out, opts).ok
-    assert seen == [[0o600, 0o700, 0o700]] * 2
+    assert seen == [("write_key", [0o600, 0o700]), ("apply", [0o600, 0o700, 0o700])] * 2
     for unit in ("u1", "u2"):
         assert (out / unit).stat().st_mode & 0o777 == 0o700
         for name in (f"{unit}.sdimg", "private.key"):

@@ -74,6 +74,43 @@ def test_delta_units_verify_through_overlay_and_materialize(make_image, tmp_path
     assert hashlib.sha256(base.read_bytes()).hexdigest() == base_sha  # the base is untouched
 
 
+def test_a_reused_scratch_starts_every_unit_from_the_base(make_image, tmp_path):
+    """Units after the first are taken from the same scratch: each must see the base alone,
+    never the previous unit's key, and match a delta taken from a fresh scratch."""
+    from imagetools.personalize import Scratch
+    from imagetools.emit.unit import DATA_KEY_PATH
+
+    base = make_image("sdimg")
+    data = open_layout(base).require("data")
+    window = (data.partition.start, data.partition.end)
+    pems = [keys.private_pem(keys.generate(keys.KeySpec(type="ed25519"))) for _ in range(3)]
+    scratch = Scratch(base, data, tmp_path)
+    deltas = []
+    for pem in pems:
+        delta, fsck = scratch.delta(pem, DATA_KEY_PATH, "0" * 64)
+        assert fsck.status == "pass"
+        assert _mapped_equal(base, scratch.path, *window) and _mapped_equal(scratch.path, base, *window)
+        deltas.append(delta)
+    (tmp_path / "fresh").mkdir()
+    fresh, _ = Scratch(base, data, tmp_path / "fresh").delta(pems[2], DATA_KEY_PATH, "0" * 64)
+    assert [(o, len(d)) for o, d in deltas[2].extents] == [(o, len(d)) for o, d in fresh.extents]
+    blob = deltas[2].render()
+    assert pems[2] in blob and pems[0] not in blob and pems[1] not in blob
+
+
+def test_one_worker_emits_delta_units_one_after_another(make_image, tmp_path):
+    base = make_image("sdimg")
+    out = tmp_path / "OUT"
+    result = emit(base, load_devices(_devices(tmp_path / "d.csv", 3)), out,
+                  EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=1, format="delta"))
+    assert result.ok and result.count("emitted") == 3
+    for name in ("u1", "u2", "u3"):
+        assert verify_unit(out / name, base).ok
+        image = tmp_path / f"{name}{base.suffix}"
+        assert materialize(out / name, image, base).ok
+        assert open_layout(image).require("data").fsck(image)[0]
+
+
 def test_flash_to_used_cards_verifies_and_keeps_rootfs(make_image, tmp_path, cli):
     base = make_image("sdimg")
     out = tmp_path / "OUT"

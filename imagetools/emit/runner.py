@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 
 from .. import bmap
 from ..errors import EnvironmentProblem
+from ..personalize import scratch_space
 from ..sparse import allocated_bytes, sync_filesystem
 from .model import Job, Progress, Status, UnitResult
 from .outdir import publish
@@ -32,19 +33,20 @@ _worker_reuse: bmap.Reuse | None = None
 def run(jobs: list[Job], workers: int | None, results: dict[str, UnitResult], total: int,
         progress: Progress | None, reuse: bmap.Reuse | None) -> None:
     """Units go in chunks through two stages. Stage 1 (key, data partition, debugfs, e2fsck) runs
-    for a whole chunk first: debugfs and e2fsck fsync the image, and an fsync commits the journal,
+    for a whole chunk first: debugfs and e2fsck fsync what they write (the scratch on tmpfs; the
+    image itself with per-unit configuration), and on OUT's disk an fsync commits the journal,
     which waits for every other image being written back; so stage 1 runs while nothing is.
     Stage 2 (the rest of the copy, checks, hashing) never waits for the disk, and its images are
     written back in batches (see _Publisher) while the next ones are built."""
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     publisher = _Publisher(Path(jobs[0].out_dir), results, total, progress,
                            batch=_sync_batch(jobs[0].base, workers))
-    with _pool(workers, reuse) as pool:
+    with scratch_space() as scratch, _pool(workers, reuse) as pool:
         finish = functools.partial(finish_unit, reuse=reuse) if pool is None else _finish_in_worker
         for start in range(0, len(jobs), _CHUNK_UNITS):
             staged = []
-            chunk = [(job,) for job in jobs[start:start + _CHUNK_UNITS]]
-            for (job,), (result, stage) in _each(pool, prepare_unit, chunk, workers * 2, publisher.stopped):
+            chunk = [(job, scratch) for job in jobs[start:start + _CHUNK_UNITS]]
+            for (job, _), (result, stage) in _each(pool, prepare_unit, chunk, workers * 2, publisher.stopped):
                 if stage is None:
                     publisher.add(result, job)
                 else:

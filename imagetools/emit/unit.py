@@ -2,7 +2,13 @@
 data partition with the key injected, and checks it with e2fsck; stage 2 copies the rest of the
 base, runs the other checks, hashes the image (bmap and SHA-256 in one pass) and writes the
 unit's records. Both work in the unit's own temporary directory and never raise: a failure
-becomes the result's error and the unit's files are removed."""
+becomes the result's error and the unit's files are removed.
+
+The key's blocks are found on the process's reused scratch copy of the data partition (see
+personalize) and written into the image; e2fsck checks the scratch, whose data partition is the
+image's byte for byte. Only per-unit configuration, which reaches beyond the data partition, is
+written into the image itself with debugfs. A delta unit has nothing to copy or write back, so it
+goes through both stages in one call."""
 
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from .. import bmap, config, files, keys
 from ..errors import ImageToolsError
 from ..image import delta as delta_format, overlay
 from ..image.overlay import Overlay
-from ..personalize import make_delta
+from ..personalize import Scratch, reused_scratch
 from ..inject import write_key
 from ..layout import Layout, open_layout
 from ..sparse import allocated_bytes, clone, copy_extents
@@ -49,12 +55,15 @@ class Stage:
     files: list[str]
 
 
-def prepare_unit(job: Job) -> tuple[UnitResult, Stage | None]:
+def prepare_unit(job: Job, scratch_dir: str) -> tuple[UnitResult, Stage | None]:
     """Stage 1 in a temporary directory: key files, image with the data partition (the whole
-    image if reflinked) and the key, e2fsck of the data partition. Never raises."""
+    image if reflinked) and the key, e2fsck of the data partition. A delta unit is finished
+    here too (no stage left: None). Never raises."""
     result = UnitResult(job.name, job.identity, Status.FAILED, key_source=job.key_source)
     tmp = Path(job.out_dir) / TMP_DIR / f"{job.name}.{uuid.uuid4().hex[:12]}"
-    stage = _guarded(job, result, tmp, lambda: _prepare(job, tmp, result))
+    stage = _guarded(job, result, tmp, lambda: _prepare(job, tmp, result, scratch_dir))
+    if stage is not None and job.options.format == UnitFormat.DELTA:
+        return finish_unit(job, result, stage, None), None
     return result, stage
 
 
@@ -90,7 +99,7 @@ def os_error(exc: OSError) -> tuple[str, bool]:
     return message, exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _prepare(job: Job, tmp: Path, result: UnitResult) -> Stage:
+def _prepare(job: Job, tmp: Path, result: UnitResult, scratch_dir: str) -> Stage:
     t = time.monotonic()
     private_dir(tmp.parent)
     tmp.mkdir(mode=0o700)
@@ -103,22 +112,36 @@ def _prepare(job: Job, tmp: Path, result: UnitResult) -> Stage:
         files.append("private.key")
     (tmp / "public.key").write_bytes(keys.public_pem(private))
     t = _lap(result, "key", t)
+    scratch = reused_scratch(scratch_dir, job.base, job.data_part)
     if job.options.format == UnitFormat.DELTA:
-        return _prepare_delta(job, tmp, result, pem, files, t)
+        return _prepare_delta(job, tmp, result, pem, files, t, scratch)
     image = tmp / f"{job.name}{job.suffix}"
     cloned = clone(job.base, image)
     if not cloned:
         for span in job.first_copy:
             copy_extents(job.base, image, inside=span)
     t = _lap(result, "copy", t)
+    if job.options.configures:
+        return Stage(tmp, image, cloned, _inject_and_configure(job, image, pem, result, t), files)
+    # The key's blocks come from the scratch, whose e2fsck stands for the image's: their data
+    # partitions are the same bytes. debugfs and e2fsck on the image itself would fsync it,
+    # and each fsync waits for every image being written back.
+    delta, fsck = scratch.delta(pem, DATA_KEY_PATH, job.base_sha256)
+    delta_format.apply(delta, image)
+    _lap(result, "inject", t)
+    return Stage(tmp, image, cloned, fsck, files)
+
+
+def _inject_and_configure(job: Job, image: Path, pem: bytes, result: UnitResult, t: float) -> Check:
+    """The key and the per-unit configuration written into the image itself (modify and the
+    unit files reach beyond the data partition), then its data partition's e2fsck."""
     write_key(image, job.data_part, pem, DATA_KEY_PATH)
     t = _lap(result, "inject", t)
-    if job.options.configures:
-        _configure(job, image)
-        t = _lap(result, "configure", t)
+    _configure(job, image)
+    t = _lap(result, "configure", t)
     fsck = fsck_check(image, job.data_part)
     _lap(result, "verify", t)
-    return Stage(tmp, image, cloned, fsck, files)
+    return fsck
 
 
 def _configure(job: Job, image: Path) -> None:
@@ -133,10 +156,10 @@ def _configure(job: Job, image: Path) -> None:
 
 
 def _prepare_delta(job: Job, tmp: Path, result: UnitResult, pem: bytes, files: list[str],
-                   t: float) -> Stage:
+                   t: float, scratch: Scratch) -> Stage:
     """Stage 1 of a delta unit: the blocks the key changes, taken from a scratch copy of the data
     partition alone (see personalize), and that copy's e2fsck."""
-    delta, fsck = make_delta(job.base, job.data_part, pem, DATA_KEY_PATH, job.base_sha256)
+    delta, fsck = scratch.delta(pem, DATA_KEY_PATH, job.base_sha256)
     t = _lap(result, "inject", t)
     image = tmp / f"{job.name}{DELTA_SUFFIX}"
     keys.write_secret(image, delta.render(), durable=False)  # it holds the key's blocks: 0600

@@ -9,8 +9,8 @@ path argument checked and quoted, and the device is always an absolute path (a n
 ones; an entry they refuse is reported with the partition it is in, never silently skipped.
 
 debugfs exits 0 even when every command failed; its errors only appear on stderr. We run a batch
-from a command file (-f), treat every stderr line except the version banner as an error, and parse
-stdout section by section (each command is echoed as 'debugfs: CMD' before its output).
+fed on standard input (-f -), treat every stderr line except the version banner as an error, and
+parse stdout section by section (each command is echoed as 'debugfs: CMD' before its output).
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import FilesystemError, ToolMissingError
 from ..tools import find_tool
 from .base import Entry, type_from_mode, unsafe_reason
+
+if TYPE_CHECKING:
+    import subprocess
 
 DEBUGFS_TIMEOUT = 600
 E2FSCK_TIMEOUT = 1800
@@ -152,13 +152,11 @@ class Result:
 
 
 def run(dev: Device, commands: list[Command], *, write: bool = False) -> Result:
-    """Run commands in one debugfs process; read-only unless write (then -w)."""
+    """Run commands in one debugfs process, fed on its standard input; read-only unless write
+    (then -w)."""
     args = [find_tool("debugfs", "e2fsprogs")] + (["-w"] if write else [])
-    with tempfile.TemporaryDirectory(prefix="imagetools-debugfs-") as tmp:
-        cmdfile = Path(tmp) / "commands"
-        cmdfile.write_text("".join(c.line + "\n" for c in commands), encoding="utf-8",
-                           errors="surrogateescape")
-        proc = _exec(args + ["-f", str(cmdfile), dev.spec], "debugfs", DEBUGFS_TIMEOUT)
+    script = "".join(c.line + "\n" for c in commands).encode("utf-8", "surrogateescape")
+    proc = _exec(args + ["-f", "-", dev.spec], "debugfs", DEBUGFS_TIMEOUT, stdin=script)
     return Result(proc.stdout, _errors(proc.stderr))
 
 
@@ -176,9 +174,13 @@ def e2fsck(dev: Device) -> tuple[bool, str]:
     return proc.returncode == 0, (proc.stdout + proc.stderr).decode("utf-8", "replace").strip()
 
 
-def _exec(args: list[str], tool: str, timeout: int, check: bool = True) -> subprocess.CompletedProcess:
+def _exec(args: list[str], tool: str, timeout: int, check: bool = True,
+          stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    import subprocess  # here, not at the top: reads go through the ext4 package and run no tool
+
+    feed = {"stdin": subprocess.DEVNULL} if stdin is None else {"input": stdin}
     try:
-        proc = subprocess.run(args, capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
+        proc = subprocess.run(args, capture_output=True, timeout=timeout, **feed)
     except OSError as exc:
         raise ToolMissingError(f"cannot run {tool}: {exc.strerror or exc}") from exc
     except subprocess.TimeoutExpired as exc:

@@ -16,9 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -86,6 +84,8 @@ class Ext4Filesystem:
             self._file = None
         self._vol = None
         if self._private:
+            import shutil  # a private directory is made only for writes and debugfs reads
+
             shutil.rmtree(self._private, ignore_errors=True)
             self._private = None
         if self._lock is not None:
@@ -101,6 +101,8 @@ class Ext4Filesystem:
     def _private_dir(self) -> str:
         """A 0700 directory for staged data and the image alias, removed by close()."""
         if self._private is None:
+            import tempfile  # not at the top: reads through the ext4 package need none (verify)
+
             self._private = tempfile.mkdtemp(prefix="imagetools-")
         return self._private
 
@@ -122,6 +124,7 @@ class Ext4Filesystem:
     def _open_volume(self) -> None:
         if self._file is not None:
             self._file.close()
+        self._children: dict[tuple[int, bytes], object] = {}  # of this reader only: debugfs reopens it
         try:
             self._file = (self._overlay.reader() if self._overlay is not None
                           else open(self.image_path, "rb"))  # noqa: SIM115 - kept open for the Volume
@@ -178,12 +181,17 @@ class Ext4Filesystem:
         return inode
 
     def _pkg_child(self, directory, name: str, here: str):
-        _check_readable(directory)
+        """The entry `name` of directory, remembered: a write, then its read-back and the checks
+        look up the same few directories again (each scan costs more than a debugfs command)."""
         wanted = name.encode("utf-8", "surrogateescape")
-        for dirent, _ in directory.opendir():
-            if dirent.name_bytes == wanted:
-                return self._vol.inodes[int(dirent.inode)]
-        raise NotFoundError(f"{join(here, name)} does not exist in {self.label}")
+        key = (int(directory.i_no), wanted)
+        if key not in self._children:
+            _check_readable(directory)
+            self._children[key] = next((self._vol.inodes[int(dirent.inode)] for dirent, _ in directory.opendir()
+                                        if dirent.name_bytes == wanted), None)
+        if self._children[key] is None:
+            raise NotFoundError(f"{join(here, name)} does not exist in {self.label}")
+        return self._children[key]
 
     def _pkg_entry(self, path: str, inode) -> Entry:
         mode = int(inode.i_mode)

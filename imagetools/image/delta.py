@@ -41,6 +41,7 @@ MAX_DATA = 16 << 20           # a key changes a few dozen blocks; 16 MiB is far 
 MAX_FILE = 80 + 16 * MAX_EXTENTS + MAX_DATA + 32
 _HEADER = struct.Struct("<8sII Q 32s QQ II")
 _EXTENT = struct.Struct("<QII")
+_PIECE = 64 * 1024             # diff compares pieces this big before single blocks
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,16 @@ def _check(delta: Delta, what: str) -> None:
         raise ImageFormatError(f"{what}: {delta.data_bytes} bytes of blocks, more than {MAX_DATA}")
 
 
+def apply(delta: Delta, image: str | os.PathLike) -> None:
+    """Write the delta's blocks into image, a copy of the delta's base."""
+    fd = os.open(image, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        for off, data in delta.extents:
+            os.pwrite(fd, data, off)
+    finally:
+        os.close(fd)
+
+
 def diff(base_fd: int, scratch_fd: int, window: tuple[int, int],
          ranges: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
     """Extents where the scratch differs from the base, looking only at `ranges` (the scratch's
@@ -150,15 +161,19 @@ def diff(base_fd: int, scratch_fd: int, window: tuple[int, int],
 
 
 def _changed_blocks(out: list[tuple[int, bytes]], pos: int, new: bytes, old: bytes) -> None:
-    for i in range(0, len(new), BLOCK):
-        block = new[i:i + BLOCK]
-        if block == old[i:i + BLOCK]:
+    """Blocks only inside the 64 KiB pieces that differ: a unit changes a few blocks per MiB."""
+    for piece in range(0, len(new), _PIECE):
+        if new[piece:piece + _PIECE] == old[piece:piece + _PIECE]:
             continue
-        off = pos + i
-        if out and out[-1][0] + len(out[-1][1]) == off:
-            out[-1] = (out[-1][0], out[-1][1] + block)
-        else:
-            out.append((off, block))
+        for i in range(piece, min(piece + _PIECE, len(new)), BLOCK):
+            block = new[i:i + BLOCK]
+            if block == old[i:i + BLOCK]:
+                continue
+            off = pos + i
+            if out and out[-1][0] + len(out[-1][1]) == off:
+                out[-1] = (out[-1][0], out[-1][1] + block)
+            else:
+                out.append((off, block))
 
 
 def _read(fd: int, pos: int, n: int) -> bytes:
