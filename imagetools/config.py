@@ -24,7 +24,6 @@ import posixpath
 import re
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 from urllib.parse import urlsplit
@@ -116,6 +115,8 @@ def _deeper_than(value: Any, limit: int) -> bool:
 def exact(number: JsonNumber) -> bool:
     """Whether a reader that goes through doubles (mender-artifact, most JSON readers) reads back
     this number: 0.1 and 1800 survive, 12345678901234567891 and 1e400 do not."""
+    from decimal import Decimal  # not at the top: verify reads mender.conf and needs no Decimal
+
     if not _JSON_NUMBER.fullmatch(number.text):
         return False
     as_float = float(number.text)

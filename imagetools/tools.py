@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 from .errors import ToolMissingError
 
 
 def find_tool(name: str, package: str, hint: str = "") -> str:
     """Path of `name`, also looked for in /usr/sbin and /sbin; ToolMissingError naming the package."""
+    import shutil  # only when a tool is about to run: shutil costs a verify's start ~1.5 ms
+
     found = shutil.which(name) or next(
         (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)), None)
     if not found:

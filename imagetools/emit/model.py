@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import keys
-from ..config import ModifyPlan
 from ..errors import FilesystemError, UsageError
 from ..fs.base import check_mode, check_owner, normalize
 from ..layout import PartInfo
+
+if TYPE_CHECKING:  # an annotation only: unit.json's readers (emit.state) need no config module
+    from ..config import ModifyPlan
 
 MAX_UNIT_FILE_VALUE = 4096   # one identity value, one line
 

@@ -9,7 +9,6 @@ from a partition.
 from __future__ import annotations
 
 import os
-import tempfile
 
 from ..errors import FilesystemError
 from ..image import overlay
@@ -42,6 +41,8 @@ def open_filesystem(image_path: str | os.PathLike, offset: int, size: int, fs_ty
 def fsck(image_path: str | os.PathLike, offset: int, fs_type: str, label: str) -> tuple[bool, str]:
     """Check a filesystem without changing anything: (clean, checker output)."""
     if fs_type in EXT_TYPES:
+        import tempfile  # only for e2fsck: verify --no-fsck does without it
+
         with tempfile.TemporaryDirectory(prefix="imagetools-fsck-") as tmp:
             image_path, offset = _fsck_input(image_path, offset, tmp)
             return e2fsprogs.e2fsck(e2fsprogs.device(image_path, offset, label, lambda: tmp))

@@ -13,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from ..errors import ImageFormatError, UsageError
-from .delta import Delta
+
+if TYPE_CHECKING:  # an annotation only: whoever makes an Overlay has its Delta, readers need neither
+    from .delta import Delta
 
 _VIEWS: dict[str, "Overlay"] = {}
 
