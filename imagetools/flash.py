@@ -14,7 +14,6 @@ import ctypes
 import errno
 import fcntl
 import hashlib
-import importlib
 import json
 import os
 import stat
@@ -28,7 +27,9 @@ from typing import Any, Callable
 from . import keys
 from .errors import EnvironmentProblem, ImageToolsError, UsageError
 from .fs.base import mount_point
+from .layout import open_layout
 from .published import Unit, block_map, load_unit
+from .verify import DEFAULT_KEY_PATH, data_path, verify_image
 
 TABLE_AREA = 64 * 1024    # MBR / primary GPT at the start, backup GPT at the end of the image
 _CHUNK = 4 << 20
@@ -85,9 +86,7 @@ def plan_unit(base: str | os.PathLike, unit_dir: str | os.PathLike) -> Plan:
 
 def plan_key(base: str | os.PathLike, key_file: str | os.PathLike) -> Plan:
     """A unit made on the fly: KEY injected into a scratch copy of the data partition only."""
-    from .layout import open_layout
     from .personalize import make_delta  # only --key pays for it
-    from .verify import DEFAULT_KEY_PATH, data_path
 
     pem = keys.read_key_bytes(key_file, "private key")
     private = keys.load_private(pem, str(key_file))
@@ -111,9 +110,6 @@ def flash(plan: Plan, targets: list[str], *, log: str | os.PathLike | None = Non
     if log is not None and not again:
         _refuse_flashed(Path(log), plan.unit)
     opened = [_open_target(t, plan.size) for t in targets]
-    # The verifier (the ext4 reader, the checks) is imported while the cards are written, not
-    # before: the writes wait for the disk, and the import is a fifth of a flash's time.
-    threading.Thread(target=importlib.import_module, args=(f"{__package__}.verify",), daemon=True).start()
     log_lock = threading.Lock()
     results: dict[int, FlashResult] = {}
     errors: dict[int, BaseException] = {}
@@ -205,8 +201,6 @@ def _flash_one(plan: Plan, target: str, fd: int, serial: str | None, fresh: bool
         finally:
             os.close(fd)
         result.times["write"] = round(time.monotonic() - started, 3)
-        from .verify import verify_image  # imported meanwhile (see flash)
-
         report = verify_image(target, expected=plan.unit.public_key, fsck=fsck)
         result.checks = [asdict(c) for c in report.checks]
         result.ok = report.ok

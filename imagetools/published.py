@@ -15,7 +15,6 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import bmap, keys
 from .atomic import replace_when_done, write_atomic
@@ -25,9 +24,7 @@ from .image import delta as delta_format, overlay
 from .image.delta import Delta
 from .image.overlay import Overlay
 from .sparse import copy_extents
-
-if TYPE_CHECKING:  # imported where used: a station's flash imports the verifier while it writes
-    from .verify import VerifyReport
+from .verify import VerifyReport, verify_image
 
 MAX_RECORD = 1 << 20
 MAX_BMAP = 64 << 20
@@ -174,8 +171,6 @@ def materialize(unit_dir: str | os.PathLike, out_image: str | os.PathLike, base:
                 force: bool = False) -> VerifyReport:
     """Write the unit's full image (sparse, 0600 from its first byte) and its .bmap, verified
     (every check, e2fsck included) before it gets its name. VerifyFailed if a check fails."""
-    from .verify import verify_image
-
     unit = load_unit(unit_dir)
     if unit.delta is None:
         raise UsageError(f"{unit_dir} holds a full image already ({unit.image})")
@@ -200,8 +195,6 @@ def materialize(unit_dir: str | os.PathLike, out_image: str | os.PathLike, base:
 
 def verify_unit(unit_dir: str | os.PathLike, base: str | os.PathLike, fsck: bool = True) -> VerifyReport:
     """verify of a published unit; a delta is read through its overlay, never materialized."""
-    from .verify import verify_image
-
     unit = load_unit(unit_dir)
     if unit.delta is None:
         return verify_image(unit.image, expected=unit.public_key, fsck=fsck)
