@@ -19,7 +19,7 @@ from .. import bmap
 from ..errors import EnvironmentProblem
 from ..personalize import scratch_space
 from ..sparse import allocated_bytes, sync_filesystem
-from .model import Job, Progress, Status, UnitResult
+from .model import Job, Progress, Status, UnitFormat, UnitResult
 from .outdir import publish
 from .unit import Stage, finish_unit, os_error, prepare_unit
 
@@ -37,15 +37,18 @@ def run(jobs: list[Job], workers: int | None, results: dict[str, UnitResult], to
     image itself with per-unit configuration), and on OUT's disk an fsync commits the journal,
     which waits for every other image being written back; so stage 1 runs while nothing is.
     Stage 2 (the rest of the copy, checks, hashing) never waits for the disk, and its images are
-    written back in batches (see _Publisher) while the next ones are built."""
+    written back in batches (see _Publisher) while the next ones are built. Delta units have no
+    stage 2 (unit.prepare_unit finishes them), so they go through as one chunk: a chunk's end
+    leaves a core idle until its last unit is done."""
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    chunk_units = len(jobs) if jobs[0].options.format == UnitFormat.DELTA else _CHUNK_UNITS
     publisher = _Publisher(Path(jobs[0].out_dir), results, total, progress,
                            batch=_sync_batch(jobs[0].base, workers))
     with scratch_space() as scratch, _pool(workers, reuse) as pool:
         finish = functools.partial(finish_unit, reuse=reuse) if pool is None else _finish_in_worker
-        for start in range(0, len(jobs), _CHUNK_UNITS):
+        for start in range(0, len(jobs), chunk_units):
             staged = []
-            chunk = [(job, scratch) for job in jobs[start:start + _CHUNK_UNITS]]
+            chunk = [(job, scratch) for job in jobs[start:start + chunk_units]]
             for (job, _), (result, stage) in _each(pool, prepare_unit, chunk, workers * 2, publisher.stopped):
                 if stage is None:
                     publisher.add(result, job)
