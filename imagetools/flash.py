@@ -36,6 +36,8 @@ _CHUNK = 4 << 20
 BLKZEROOUT = 0x127F  # linux/fs.h _IO(0x12, 127)
 _LIBC = ctypes.CDLL(None, use_errno=True)
 MAX_LOG = 256 << 20
+MAX_REQUEST = 64 << 10  # one --serve request line
+MAX_TARGETS = 16
 Progress = Callable[[str, int, int], None]   # (target, bytes done, bytes total)
 
 
@@ -99,6 +101,51 @@ def plan_key(base: str | os.PathLike, key_file: str | os.PathLike) -> Plan:
     unit = Unit(Path(key_file).stem, keys.fingerprint(private), private.public_key(), base_map.sha256,
                 delta=delta)
     return Plan(str(base), base_map.size, base_map.ranges, delta.extents, unit)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One card (or the cards of a multi-slot writer) for a station process that stays up
+    (`flash --serve`): start-up is paid once per shift, not once per card."""
+
+    targets: tuple[str, ...]
+    unit: str | None = None
+    key: str | None = None
+    again: bool = False
+
+
+def parse_request(line: bytes) -> Request:
+    """A request line: a JSON object {"targets": [TARGET, ...], "unit": UNIT_DIR} or with "key":
+    KEY instead of "unit", and optionally "again": true. It comes from another program: anything
+    else, a key given twice, over MAX_REQUEST bytes or MAX_TARGETS targets is a UsageError."""
+    if len(line) > MAX_REQUEST:
+        raise UsageError(f"request over {MAX_REQUEST} bytes")
+    try:
+        data = json.loads(line, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"request is not a JSON object ({exc})") from None
+    if not isinstance(data, dict) or set(data) - {"targets", "unit", "key", "again"}:
+        raise UsageError('request must be a JSON object with "targets" and "unit" or "key" '
+                         '(and optionally "again")')
+    targets, unit, key, again = (data.get(k) for k in ("targets", "unit", "key", "again"))
+    if not (isinstance(targets, list) and 0 < len(targets) <= MAX_TARGETS and all(map(_is_path, targets))):
+        raise UsageError(f'"targets" must be a list of 1 to {MAX_TARGETS} paths')
+    if (unit is None) == (key is None) or not _is_path(unit if key is None else key):
+        raise UsageError('give exactly one of "unit" (a unit directory) and "key" (a key file)')
+    if again is not None and not isinstance(again, bool):
+        raise UsageError('"again" must be true or false')
+    return Request(tuple(targets), unit, key, bool(again))
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys_seen = [k for k, _ in pairs]
+    if len(set(keys_seen)) != len(keys_seen):
+        raise ValueError("a key is given twice")
+    return dict(pairs)
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 4096 and "\0" not in value
 
 
 def flash(plan: Plan, targets: list[str], *, log: str | os.PathLike | None = None, again: bool = False,

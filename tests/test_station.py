@@ -133,6 +133,36 @@ def test_flash_to_used_cards_verifies_and_keeps_rootfs(make_image, tmp_path, cli
     assert cli("flash", base, cards[0], "--unit", out / "u1", "--log", log, "--again").returncode == 0
 
 
+def test_flash_serve_answers_every_request_and_survives_bad_ones(make_image, tmp_path, cli):
+    base = make_image("sdimg")
+    out = tmp_path / "OUT"
+    emit(base, load_devices(_devices(tmp_path / "d.csv", 2)), out, DELTA)
+    key = tmp_path / "k.key"
+    keys.write_secret(key, keys.private_pem(keys.generate(keys.KeySpec(type="ed25519"))))
+    log = tmp_path / "station.jsonl"
+    cards = [_random_file(tmp_path / "c1.img", base.stat().st_size), tmp_path / "c2.img", tmp_path / "c3.img"]
+    requests = [{"targets": [str(cards[0])], "unit": str(out / "u1")},
+                "not json", '{"targets": ["x"], "unit": "a", "unit": "b"}', "[1]",
+                '{"targets": ["' + "x" * (station.MAX_REQUEST + 10) + '"], "unit": "u"}',
+                {"targets": [str(cards[1]), str(cards[2])], "key": str(key)},
+                {"targets": [str(cards[0])], "unit": str(out / "u1")},          # flashed already
+                {"targets": [str(cards[0])], "unit": str(out / "u1"), "again": True},
+                {"targets": [str(cards[1])], "unit": str(out / "nowhere")}]
+    text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in requests)
+    proc = cli("flash", base, "--serve", "--log", log, input=text)
+    replies = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["request"] for r in replies] == list(range(1, len(requests) + 1))
+    assert [r["ok"] for r in replies] == [True, False, False, False, False, True, False, True, False]
+    assert "twice" in replies[2]["error"] and "over" in replies[4]["error"]
+    assert "already flashed" in replies[6]["error"] and replies[8]["error"]
+    assert [i["ok"] for i in replies[5]["items"]] == [True, True]
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "6 of 9 request(s) failed" in proc.stderr
+    for card in cards:
+        assert open_layout(card).require("data").fsck(card)[0]
+    assert len(log.read_text().splitlines()) == 4  # the cards flashed, one record each
+    assert cli("flash", base, "--serve", cards[0]).returncode == 2  # requests carry the targets
+
+
 def test_flash_key_on_the_fly_and_image_units(make_image, tmp_path):
     base = make_image("gptimg")
     key = tmp_path / "k.key"

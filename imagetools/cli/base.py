@@ -178,6 +178,12 @@ def print_envelope(command: str, ok: bool, items: list[Any], summary: dict[str, 
     print_json(envelope(command, ok, items, summary, **facts))
 
 
+def print_json_line(data: Any) -> None:
+    """print_json on one line, flushed at once: a reply to a program that waits for it."""
+    click.echo(json.dumps(for_json(data), sort_keys=False))
+    sys.stdout.flush()
+
+
 def print_json(data: Any) -> None:
     """Print `data` as JSON that is always valid UTF-8 (in fact ASCII: non-ASCII characters and
     controls are \\u-escaped, so it is also safe on a terminal).

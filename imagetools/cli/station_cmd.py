@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from ..errors import UsageError, VerifyFailed
-from .base import echo, is_tty, main, print_envelope, print_table
+from ..errors import ImageToolsError, UsageError, VerifyFailed
+from .base import echo, envelope, is_tty, main, print_envelope, print_json_line, print_table
 
 
 @main.command("flash")
 @click.argument("base", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("targets", nargs=-1, required=True)
+@click.argument("targets", nargs=-1)
 @click.option("--unit", "unit_dir", type=click.Path(file_okay=False, path_type=Path),
               help="A unit directory emit published (--format delta or image).")
 @click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -23,13 +23,22 @@ from .base import echo, is_tty, main, print_envelope, print_table
 @click.option("--again", is_flag=True, help="Flash a unit the log shows as flashed already.")
 @click.option("--no-fsck", is_flag=True, help="Skip e2fsck in the final verify.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--serve", is_flag=True,
+              help="Stay up: read one request per line on stdin, answer each with a JSON line.")
 def flash_command(base: Path, targets: tuple[str, ...], unit_dir: Path | None, key_file: Path | None,
-                  log: Path | None, again: bool, no_fsck: bool, as_json: bool) -> None:
+                  log: Path | None, again: bool, no_fsck: bool, as_json: bool, serve: bool) -> None:
     """Write BASE's mapped blocks and the unit's blocks to each TARGET (block device or file,
     created if missing), checking every range's sha256; then verify each TARGET read-only.
-    Several TARGETs are written in parallel. Exit 1 if any card fails."""
+    Several TARGETs are written in parallel. Exit 1 if any card fails. With --serve, the
+    targets and the unit come in requests on stdin instead (see the README)."""
     from .. import flash as station
 
+    if serve:
+        if targets or unit_dir or key_file or as_json:
+            raise UsageError("--serve takes the targets and the unit from its requests: give BASE only")
+        return _serve(base, log, again, not no_fsck)
+    if not targets:
+        raise UsageError("give at least one TARGET")
     if (unit_dir is None) == (key_file is None):
         raise UsageError("give exactly one of --unit UNIT_DIR and --key KEY")
     plan = station.plan_unit(base, unit_dir) if unit_dir else station.plan_key(base, key_file)
@@ -39,9 +48,7 @@ def flash_command(base: Path, targets: tuple[str, ...], unit_dir: Path | None, k
     if bars:
         bars.done()
     if as_json:
-        print_envelope("flash", all(r.ok for r in results), [r.to_dict() for r in results],
-                       {"cards": len(results), "ok": sum(r.ok for r in results),
-                        "failed": sum(not r.ok for r in results)})
+        print_envelope("flash", all(r.ok for r in results), [r.to_dict() for r in results], _summary(results))
     else:
         print_table(["target", "unit", "fingerprint", "serial", "seconds", "result"],
                     [(r.target, r.unit, r.fingerprint[:16], r.serial, r.times.get("total"),
@@ -50,6 +57,50 @@ def flash_command(base: Path, targets: tuple[str, ...], unit_dir: Path | None, k
     if failed:
         raise VerifyFailed(f"{len(failed)} of {len(results)} card(s) failed, e.g. {failed[0].target}: "
                            f"{failed[0].error}")
+
+
+def _summary(results: list) -> dict[str, int]:
+    return {"cards": len(results), "ok": sum(r.ok for r in results), "failed": sum(not r.ok for r in results)}
+
+
+def _serve(base: Path, log: Path | None, again: bool, fsck: bool) -> None:
+    """The station process that stays up: each request line gets one JSON line back (the
+    envelope of `flash --json`, with "request": its line number, and "error" for a refused
+    request); a bad request is refused and the next one is served. Exit 1 at the end of input
+    if any request failed."""
+    from .. import flash as station
+
+    failed, count = [], 0
+    for count, line in enumerate(_lines(sys.stdin.buffer, station.MAX_REQUEST), 1):
+        try:
+            request = station.parse_request(line)
+            plan = (station.plan_unit(base, request.unit) if request.unit
+                    else station.plan_key(base, request.key))
+            results = station.flash(plan, list(request.targets), log=log, again=again or request.again,
+                                    fsck=fsck)
+        except ImageToolsError as exc:
+            print_json_line(envelope("flash", False, [], _summary([]), request=count, error=str(exc)))
+            failed.append((count, str(exc)))
+            continue
+        ok = all(r.ok for r in results)
+        print_json_line(envelope("flash", ok, [r.to_dict() for r in results], _summary(results), request=count))
+        if not ok:
+            failed.append((count, next(r.error for r in results if not r.ok)))
+    if failed:
+        number, why = failed[0]
+        raise VerifyFailed(f"{len(failed)} of {count} request(s) failed, e.g. request {number}: {why}")
+
+
+def _lines(stream, limit: int):
+    """The lines of stream without their newline; a line over limit comes out cut at limit + 1
+    bytes (so it is refused), the rest of it skipped."""
+    while line := stream.readline(limit + 1):
+        if len(line) > limit and not line.endswith(b"\n"):
+            while (rest := stream.readline(limit + 1)) and not rest.endswith(b"\n"):
+                pass
+        line = line.rstrip(b"\r\n")
+        if line.strip():
+            yield line
 
 
 class _Bars:
