@@ -156,7 +156,7 @@ def flash(plan: Plan, targets: list[str], *, log: str | os.PathLike | None = Non
         raise UsageError("a target is given twice")
     if log is not None and not again:
         _refuse_flashed(Path(log), plan.unit)
-    opened = [_open_target(t, plan.size) for t in targets]
+    opened = _open_targets(targets, plan.size)
     log_lock = threading.Lock()
     results: dict[int, FlashResult] = {}
     errors: dict[int, BaseException] = {}
@@ -179,6 +179,20 @@ def flash(plan: Plan, targets: list[str], *, log: str | os.PathLike | None = Non
     if errors:
         raise errors[min(errors)]
     return [results[i] for i in range(len(opened))]
+
+
+def _open_targets(targets: list[str], size: int) -> list[tuple[str, int, str | None, bool]]:
+    """Every target opened, or none: a refused one closes those opened before it (a station that
+    stays up must not keep a card's device open, O_EXCL, after a refused request)."""
+    opened: list[tuple[str, int, str | None, bool]] = []
+    try:
+        for target in targets:
+            opened.append(_open_target(target, size))
+    except BaseException:
+        for _, fd, _, _ in opened:
+            os.close(fd)
+        raise
+    return opened
 
 
 def _open_target(target: str, size: int) -> tuple[str, int, str | None, bool]:

@@ -147,20 +147,36 @@ def test_flash_serve_answers_every_request_and_survives_bad_ones(make_image, tmp
                 {"targets": [str(cards[1]), str(cards[2])], "key": str(key)},
                 {"targets": [str(cards[0])], "unit": str(out / "u1")},          # flashed already
                 {"targets": [str(cards[0])], "unit": str(out / "u1"), "again": True},
-                {"targets": [str(cards[1])], "unit": str(out / "nowhere")}]
+                {"targets": [str(cards[1])], "unit": str(out / "nowhere")},
+                {"targets": [str(tmp_path / "no" / "dir" / "c.img")], "unit": str(out / "u2")}]
     text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in requests)
     proc = cli("flash", base, "--serve", "--log", log, input=text)
     replies = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["request"] for r in replies] == list(range(1, len(requests) + 1))
-    assert [r["ok"] for r in replies] == [True, False, False, False, False, True, False, True, False]
+    assert [r["ok"] for r in replies] == [True, False, False, False, False, True, False, True, False, False]
     assert "twice" in replies[2]["error"] and "over" in replies[4]["error"]
     assert "already flashed" in replies[6]["error"] and replies[8]["error"]
+    assert "No such file or directory" in replies[9]["error"]  # an OSError answers too
     assert [i["ok"] for i in replies[5]["items"]] == [True, True]
-    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "6 of 9 request(s) failed" in proc.stderr
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "7 of 10 request(s) failed" in proc.stderr
     for card in cards:
         assert open_layout(card).require("data").fsck(card)[0]
     assert len(log.read_text().splitlines()) == 4  # the cards flashed, one record each
     assert cli("flash", base, "--serve", cards[0]).returncode == 2  # requests carry the targets
+
+
+def test_a_refused_target_leaves_no_target_open(make_image, tmp_path):
+    """A station that stays up must not keep a card open after refusing a request."""
+    base = make_image("sdimg")
+    key = tmp_path / "k.key"
+    keys.write_secret(key, keys.private_pem(keys.generate(keys.KeySpec(type="ed25519"))))
+    plan = station.plan_key(base, key)
+    small = tmp_path / "small.img"
+    small.write_bytes(b"x")
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(UsageError, match="larger card"):
+        station.flash(plan, [str(tmp_path / "new.img"), str(small)])
+    assert sorted(os.listdir("/proc/self/fd")) == before
 
 
 def test_flash_key_on_the_fly_and_image_units(make_image, tmp_path):

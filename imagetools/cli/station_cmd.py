@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import ImageToolsError, UsageError, VerifyFailed
+from ..errors import ImageToolsError, UsageError, VerifyFailed, from_oserror
 from .base import echo, envelope, is_tty, main, print_envelope, print_json_line, print_table
 
 
@@ -65,9 +65,9 @@ def _summary(results: list) -> dict[str, int]:
 
 def _serve(base: Path, log: Path | None, again: bool, fsck: bool) -> None:
     """The station process that stays up: each request line gets one JSON line back (the
-    envelope of `flash --json`, with "request": its line number, and "error" for a refused
-    request); a bad request is refused and the next one is served. Exit 1 at the end of input
-    if any request failed."""
+    envelope of `flash --json`, with "request": its number, and "error" for a refused request);
+    a bad request is refused and the next one is served. Exit 1 at the end of input if any
+    request failed."""
     from .. import flash as station
 
     failed, count = [], 0
@@ -78,9 +78,10 @@ def _serve(base: Path, log: Path | None, again: bool, fsck: bool) -> None:
                     else station.plan_key(base, request.key))
             results = station.flash(plan, list(request.targets), log=log, again=again or request.again,
                                     fsck=fsck)
-        except ImageToolsError as exc:
-            print_json_line(envelope("flash", False, [], _summary([]), request=count, error=str(exc)))
-            failed.append((count, str(exc)))
+        except (ImageToolsError, OSError) as exc:
+            error = str(exc if isinstance(exc, ImageToolsError) else from_oserror(exc, "request", UsageError))
+            print_json_line(envelope("flash", False, [], _summary([]), request=count, error=error))
+            failed.append((count, error))
             continue
         ok = all(r.ok for r in results)
         print_json_line(envelope("flash", ok, [r.to_dict() for r in results], _summary(results), request=count))
