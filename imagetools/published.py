@@ -178,12 +178,7 @@ def materialize(unit_dir: str | os.PathLike, out_image: str | os.PathLike, base:
     out_image = Path(out_image)
     with replace_when_done(out_image, mode=0o600, exclusive=not force) as tmp:
         copy_extents(view.base, tmp)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            for off, data in unit.delta.extents:
-                os.pwrite(fd, data, off)
-        finally:
-            os.close(fd)
+        delta_format.apply(unit.delta, tmp)
         report = verify_image(tmp, expected=unit.public_key)
         if not report.ok:
             raise VerifyFailed(f"{out_image}: materialized image fails "
