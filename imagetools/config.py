@@ -35,6 +35,7 @@ from .fs import EXT_TYPES, Entry, Filesystem, NotFoundError, lock
 from .fs.base import check_writable
 from .layout import Layout, PartInfo, open_layout
 from .sparse import copy_sparse
+from .strict import read_regular
 from .verify import resolve_on_rootfs
 
 MAX_FILE = 1 << 20          # any file read from an image: mender.conf is a few hundred bytes
@@ -423,9 +424,7 @@ def check_verification_key(pem: bytes, source: str) -> str:
 
 def read_file(path: str | Path, limit: int, what: str) -> bytes:
     """A host file given as an option: a regular file of at most `limit` bytes (exit 2 else)."""
-    from . import keys
-
-    return keys.read_regular_file(path, limit, what, UsageError)
+    return read_regular(path, limit, what, UsageError)
 
 
 # --- the plan --------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import NamedTuple, NoReturn
 from . import keys
 from .errors import DeviceListError, ImageToolsError
 from .mender import canonical_identity, loose_identity
+from .strict import read_regular
 
 RESERVED_COLUMNS = ("name", "key")
 # JSON objects may also hold the identity in an `identity_data` object (preauth.json's form).
@@ -62,7 +63,7 @@ def load_devices(path: str | Path, *, allow_similar: bool = False) -> list[Devic
     """Parse and validate a device list: `.json` as JSON, anything else as CSV. Identities that
     differ only in case or separators are refused unless `allow_similar` (see _similar)."""
     path = Path(path).absolute()   # messages name the list by its full path
-    raw = keys.read_regular_file(path, MAX_DEVICE_LIST, "device list", DeviceListError)
+    raw = read_regular(path, MAX_DEVICE_LIST, "device list", DeviceListError)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

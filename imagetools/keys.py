@@ -15,7 +15,6 @@ import binascii
 import hashlib
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence, Union
@@ -25,7 +24,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from .atomic import write_atomic
-from .errors import EnvironmentProblem, ImageToolsError, KeyMaterialError, from_oserror
+from .errors import EnvironmentProblem, KeyMaterialError
+from .strict import read_regular, size_text
 
 PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey]
 PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey]
@@ -255,7 +255,7 @@ def _single_block(data: bytes, source: str, what: str, why: str) -> PemBlock | N
     OpenSSL skips text and blocks it does not want), so a file with more in it is refused."""
     if len(data) > MAX_KEY_FILE:
         raise KeyMaterialError(f"{source}: {len(data)} bytes, more than a key file holds "
-                               f"(at most {_size_text(MAX_KEY_FILE)})")
+                               f"(at most {size_text(MAX_KEY_FILE)})")
     pem = parse_pem(data, source)
     if len(pem.blocks) > 1:
         labels = ", ".join(_shown(b.label) for b in pem.blocks[:5]) + (", ..." if len(pem.blocks) > 5 else "")
@@ -503,56 +503,7 @@ def _generate_pair(spec: KeySpec, private: Path, public: Path, force: bool) -> K
 
 def read_key_bytes(path: str | os.PathLike, what: str) -> bytes:
     """The raw bytes of a key file, with a KeyMaterialError naming it when it cannot be read."""
-    return read_regular_file(path, MAX_KEY_FILE, what)
-
-
-def read_regular_file(path: str | os.PathLike, limit: int, what: str,
-                      error: type[ImageToolsError] = KeyMaterialError) -> bytes:
-    """At most `limit` bytes of a regular file, else `error` naming it. Anything but a regular file
-    is refused before it is opened (a FIFO blocks, /dev/zero never ends, opening a device can have
-    effects), and checked again once open, in case the path was swapped in between."""
-    try:
-        _require_regular(os.stat(path), path, what, error)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise error(f"{what} {path} not found") from None
-    except OSError as exc:
-        raise from_oserror(exc, f"cannot read {what} {path}", error) from None
-    try:
-        st = os.fstat(fd)
-        _require_regular(st, path, what, error)
-        data = b"" if st.st_size > limit else _read_at_most(fd, limit + 1)
-    except OSError as exc:
-        raise from_oserror(exc, f"cannot read {what} {path}", error) from None
-    finally:
-        os.close(fd)
-    if st.st_size > limit or len(data) > limit:
-        raise error(f"{what} {path} is larger than {_size_text(limit)}, the limit for a {what}")
-    return data
-
-
-def _require_regular(st: os.stat_result, path: str | os.PathLike, what: str, error: type[ImageToolsError]) -> None:
-    if stat.S_ISREG(st.st_mode):
-        return
-    kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-             stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}
-    raise error(f"{what} {path} is {kinds.get(stat.S_IFMT(st.st_mode), 'special')}, not a regular file")
-
-
-def _read_at_most(fd: int, n: int) -> bytes:
-    """Up to n bytes, in chunks: os.read(fd, n) allocates n bytes however small the file is."""
-    chunks: list[bytes] = []
-    while n > 0:
-        chunk = os.read(fd, min(n, 1 << 20))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def _size_text(n: int) -> str:
-    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+    return read_regular(path, MAX_KEY_FILE, what, KeyMaterialError)
 
 
 def _public(key: PrivateKey | PublicKey) -> PublicKey:

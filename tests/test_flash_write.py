@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from imagetools import flash as station, keys
+from imagetools import keys
+from imagetools.station import flash as station
 from imagetools.devices import load_devices
 from imagetools.emit import EmitOptions, emit
 from imagetools.published import materialize

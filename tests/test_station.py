@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_tool
-from imagetools import flash as station, keys
+from imagetools import keys
+from imagetools.station import flash as station
 from imagetools.devices import load_devices
 from imagetools.emit import EmitOptions, emit, shard
 from imagetools.errors import DeviceListError, ImageFormatError, UsageError

@@ -31,7 +31,7 @@ def flash_command(base: Path, targets: tuple[str, ...], unit_dir: Path | None, k
     created if missing), checking every range's sha256; then verify each TARGET read-only.
     Several TARGETs are written in parallel. Exit 1 if any card fails. With --serve, the
     targets and the unit come in requests on stdin instead (see the README)."""
-    from .. import flash as station
+    from ..station import flash as station
 
     if serve:
         if targets or unit_dir or key_file or as_json:
@@ -68,7 +68,7 @@ def _serve(base: Path, log: Path | None, again: bool, fsck: bool) -> None:
     envelope of `flash --json`, with "request": its number, and "error" for a refused request);
     a bad request is refused and the next one is served. Exit 1 at the end of input if any
     request failed."""
-    from .. import flash as station
+    from ..station import flash as station
 
     failed, count = [], 0
     for count, line in enumerate(_lines(sys.stdin.buffer, station.MAX_REQUEST), 1):

@@ -24,12 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import keys
-from .errors import EnvironmentProblem, ImageToolsError, UsageError
-from .fs.base import mount_point
-from .layout import open_layout
-from .published import Unit, block_map, load_unit
-from .verify import DEFAULT_KEY_PATH, data_path, verify_image
+from .. import keys
+from ..errors import EnvironmentProblem, ImageToolsError, UsageError
+from ..fs.base import mount_point
+from ..layout import open_layout
+from ..published import Unit, block_map, load_unit
+from ..verify import DEFAULT_KEY_PATH, data_path, verify_image
 
 TABLE_AREA = 64 * 1024    # MBR / primary GPT at the start, backup GPT at the end of the image
 _CHUNK = 4 << 20
@@ -88,7 +88,7 @@ def plan_unit(base: str | os.PathLike, unit_dir: str | os.PathLike) -> Plan:
 
 def plan_key(base: str | os.PathLike, key_file: str | os.PathLike) -> Plan:
     """A unit made on the fly: KEY injected into a scratch copy of the data partition only."""
-    from .personalize import make_delta  # only --key pays for it
+    from ..personalize import make_delta  # only --key pays for it
 
     pem = keys.read_key_bytes(key_file, "private key")
     private = keys.load_private(pem, str(key_file))
