@@ -566,32 +566,51 @@ def summarize_removals(results: list[RemoveResult], dry_run: bool = False) -> di
 
 
 def _plan_removal(target: Target, device: dict | None, decommission: bool, force: bool) -> RemoveResult:
-    """'would-remove' (with the auth sets to remove), 'not-found' or 'refused' for one target.
+    """'would-remove' (with the auth sets to remove), 'not-found', 'refused' or 'failed' for one target.
 
-    An accepted auth set whose key is not ours is a device in use that we cannot vouch for (the
-    identity may be reused, or the unit re-keyed by someone else): it is left alone unless forced."""
+    Nothing is done to a device that holds no auth set of ours (see _is_ours): it is 'not-found',
+    with --decommission as without; decommissioning is only for a device holding one of ours.
+    An accepted auth set whose key is not ours, on a device that holds one of ours, is a device in
+    use that we cannot vouch for (the identity may be reused, or the unit re-keyed by someone
+    else): it is left alone unless forced. A listing we cannot read (auth_sets not a list of
+    objects, a device without an id) fails that target only."""
     result = RemoveResult(target.identity, target.name, Removal.NOT_FOUND, decommission=decommission)
     if device is None:
         result.detail = "no device with this identity on the server"
         return result
-    result.device_id = device["id"]
-    sets = device.get("auth_sets") or []
-    ours = [s for s in sets if _is_ours(s, target)]
-    strangers = [s for s in sets if s.get("status") == ACCEPTED and not _is_ours(s, target)]
-    if strangers and not force:
+    device_id, sets = device.get("id"), device.get("auth_sets")
+    if sets is None:
+        sets = []
+    if not isinstance(device_id, str) or not device_id:
+        result.outcome = Removal.FAILED
+        result.detail = "the server lists the device with this identity without an id"
+        return result
+    result.device_id = device_id
+    if not isinstance(sets, list) or not all(isinstance(s, dict) for s in sets):
+        what = json_type(sets) if not isinstance(sets, list) else "a list holding something other than objects"
+        result.outcome = Removal.FAILED
+        result.detail = f"device {device_id}: the server lists its auth_sets as {what}; cannot tell which are ours"
+        return result
+    mine = [_is_ours(s, target) for s in sets]
+    ours = [s for s, is_ours in zip(sets, mine) if is_ours]
+    strangers = [s for s, is_ours in zip(sets, mine) if s.get("status") == ACCEPTED and not is_ours]
+    if not ours:
+        only = "" if target.keys else "; for an identity given on its own only preauthorized ones are ours"
+        in_use = "; it is accepted with a key we do not know: in use, left alone" if strangers else ""
+        result.detail = (f"device {device_id} holds no auth set of ours ({_sets_text(sets) or 'none'}{only})"
+                         f"{in_use}")
+    elif strangers and not force:
         result.outcome = Removal.REFUSED
-        result.detail = (f"device {device['id']} is accepted with a key we do not know "
-                         f"({_short_fp(strangers[0].get('pubkey'))}): it is in use; --force "
+        result.detail = (f"device {device_id} is accepted with a key we do not know "
+                         f"({_short_fp(_pem_text(strangers[0]))}): it is in use; --force "
                          + ("decommissions it anyway" if decommission else "removes our auth sets anyway"))
     elif decommission:
         result.outcome = Removal.WOULD_REMOVE
-        result.detail = f"device {device['id']} with {_sets_text(sets) or 'no auth sets'}"
-    elif not ours:
-        only = "" if target.keys else "; for an identity given on its own only preauthorized ones are ours"
-        result.detail = f"device {device['id']} holds no auth set of ours ({_sets_text(sets) or 'none'}{only})"
-    elif not all(s.get("id") for s in ours):
+        result.detail = f"device {device_id} with {_sets_text(sets)}"
+    elif not all(_set_id(s) for s in ours):
         result.outcome = Removal.FAILED
-        result.detail = f"device {device['id']}: the server lists an auth set of ours without an id"
+        result.detail = (f"device {device_id}: the server lists an auth set of ours without an id, so it cannot "
+                         f"be removed ({_sets_text(ours)})")
     else:
         result.outcome = Removal.WOULD_REMOVE
         result.auth_sets = [s["id"] for s in ours]
@@ -600,33 +619,69 @@ def _plan_removal(target: Target, device: dict | None, decommission: bool, force
 
 
 def _carry_out(client: MenderClient, plan: RemoveResult) -> RemoveResult:
-    """The DELETEs of a 'would-remove' plan. A 404 means someone removed it meanwhile."""
+    """The DELETEs of a 'would-remove' plan. A 404 means someone removed it meanwhile: it counts
+    as removed, and a plan whose every DELETE answered 404 is 'not-found'."""
     if plan.outcome != Removal.WOULD_REMOVE:
         return plan
-    try:
-        if plan.decommission:
-            gone = [client.decommission(plan.device_id)]
-        else:
-            gone = [client.remove_auth_set(plan.device_id, auth_id) for auth_id in plan.auth_sets]
-    except ServerError as exc:
-        if _aborts(exc):
-            raise
-        return replace(plan, outcome=Removal.FAILED, detail=str(exc))
-    if not any(gone):
+    if plan.decommission:
+        steps = [(f"device {plan.device_id}", lambda: client.decommission(plan.device_id))]
+    else:
+        steps = [(f"auth set {auth_id}", lambda auth_id=auth_id: client.remove_auth_set(plan.device_id, auth_id))
+                 for auth_id in plan.auth_sets]
+    removed: list[str] = []
+    gone: list[str] = []
+    for label, step in steps:
+        try:
+            (removed if step() else gone).append(label)
+        except ServerError as exc:
+            if _aborts(exc):
+                raise
+            before = f" ({', '.join(removed)} removed before)" if removed else ""
+            return replace(plan, outcome=Removal.FAILED, detail=f"{exc}{before}")
+    if not removed:
         return replace(plan, outcome=Removal.NOT_FOUND, detail=f"{plan.detail}: already gone (HTTP 404)")
+    if gone:
+        return replace(plan, outcome=Removal.REMOVED, detail=f"{plan.detail}; {', '.join(gone)} already gone (HTTP 404)")
     return replace(plan, outcome=Removal.REMOVED)
 
 
 def _is_ours(auth_set: dict, target: Target) -> bool:
+    """With keys: the set holds one of them (compared as SPKI DER), whatever its status. Without:
+    the set is still preauthorized. Either way its pubkey must be a key we can read: a set whose
+    pubkey is missing, not text or not a parsable key is never ours."""
+    der = _key_der(auth_set.get("pubkey"))
+    if der is None:
+        return False
     if target.keys:
-        return any(_same_key(auth_set.get("pubkey"), key) for key in target.keys)
+        return der in {spki_der(key) for key in target.keys}
     return auth_set.get("status") == PREAUTHORIZED
+
+
+def _key_der(pem: Any) -> bytes | None:
+    """The SPKI DER of a server-listed PEM public key; None if it is not one we can load."""
+    text = pem if isinstance(pem, str) else None
+    if not text or not text.isascii():
+        return None
+    try:
+        return spki_der(load_public(text.encode(), "server key"))
+    except KeyMaterialError:
+        return None
+
+
+def _pem_text(auth_set: dict) -> str | None:
+    pem = auth_set.get("pubkey")
+    return pem if isinstance(pem, str) and pem.isascii() else None
 
 
 def _sets_text(sets: list[dict]) -> str:
     """'auth set ID (preauthorized, key 3f9a…)' for each set, for messages."""
-    return ", ".join(f"auth set {s.get('id') or '?'} ({s.get('status')}, key {_short_fp(s.get('pubkey'))})"
+    return ", ".join(f"auth set {_set_id(s) or '?'} ({s.get('status')}, key {_short_fp(_pem_text(s))})"
                      for s in sets)
+
+
+def _set_id(auth_set: dict) -> str | None:
+    auth_id = auth_set.get("id")
+    return auth_id if isinstance(auth_id, str) and auth_id else None
 
 
 # --- preauthorizations left behind -------------------------------------------------------------

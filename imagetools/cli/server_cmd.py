@@ -138,7 +138,8 @@ def status(server: ServerAccess, preauth_file: str, as_json: bool) -> None:
 @click.option("--identity", "identities", multiple=True, metavar="JSON|FILE",
               help="An identity to remove, as JSON (e.g. '{\"mac\":\"02:00:00:00:00:01\"}') or a JSON file "
                    "such as a unit's identity.json (repeatable).")
-@click.option("--decommission", is_flag=True, help="Decommission the whole device instead of removing our auth sets.")
+@click.option("--decommission", is_flag=True, help="Decommission the whole device instead of removing our auth sets "
+              "(only a device that holds an auth set of ours).")
 @click.option("--force", is_flag=True, help="Also act on devices accepted with a key we do not know.")
 @click.option("--dry-run", is_flag=True, help="List the server's devices and show what would be removed; "
                                               "remove nothing.")
