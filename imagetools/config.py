@@ -318,6 +318,14 @@ def check_artifact_name(name: str) -> str:
     return name
 
 
+def parse_mode(text: str) -> int:
+    """--mode: an octal permission mode (e.g. 0600), the permission bits only."""
+    if not 1 <= len(text) <= 4 or any(c not in "01234567" for c in text) or int(text, 8) > 0o777:
+        raise UsageError(f"--mode {text[:20]!r}: not an octal permission mode of mender.conf "
+                         "(0000-0777, e.g. 0600: readable by root only)")
+    return int(text, 8)
+
+
 def check_setting_name(dotted: str, option: str) -> str:
     """'Name' or 'Object.Name': names as Go fields are spelled, at most 4 levels."""
     names = dotted.split(".")
@@ -440,6 +448,7 @@ class ModifyPlan:
     settings: tuple[tuple[str, Any], ...] = ()   # (dotted name, parsed JSON value)
     unset: tuple[str, ...] = ()
     static_key: bool = False
+    conf_mode: int | None = None                 # mender.conf's mode; None: kept (new files CONF_MODE)
     warnings: tuple[str, ...] = field(default=(), init=False, compare=False)  # e.g. an expired certificate
 
     def __post_init__(self) -> None:
@@ -449,6 +458,8 @@ class ModifyPlan:
             object.__setattr__(self, "tenant_token", check_tenant_token(self.tenant_token))
         if self.artifact_name is not None:
             check_artifact_name(self.artifact_name)
+        if self.conf_mode is not None and not (isinstance(self.conf_mode, int) and 0 <= self.conf_mode <= 0o777):
+            raise UsageError(f"--mode {self.conf_mode!r}: not a permission mode (0o000-0o777)")
         found = []
         if self.server_cert is not None:
             found += check_server_cert(self.server_cert, "-c/--server-cert")
@@ -461,14 +472,16 @@ class ModifyPlan:
         object.__setattr__(self, "warnings", tuple(found))
         if self.empty:
             raise UsageError("nothing to change: give at least one of -u, -t, -c, -v, -n, --set, "
-                             "--unset, --static-key")
+                             "--unset, --static-key, --mode")
 
     @classmethod
     def from_options(cls, *, server_uri: str | None = None, tenant_token: str | None = None,
                      server_cert: str | Path | None = None, verification_key: str | Path | None = None,
                      artifact_name: str | None = None, set: Iterable[str] = (),  # noqa: A002
-                     unset: Iterable[str] = (), static_key: bool = False) -> ModifyPlan:
-        """From command-line values: `tenant_token` TOKEN or @FILE, files for -c and -v, KEY=JSON."""
+                     unset: Iterable[str] = (), static_key: bool = False,
+                     conf_mode: str | None = None) -> ModifyPlan:
+        """From command-line values: `tenant_token` TOKEN or @FILE, files for -c and -v, KEY=JSON,
+        `conf_mode` octal."""
         if tenant_token is not None and tenant_token.startswith("@"):
             data = read_file(tenant_token[1:], MAX_TOKEN_FILE, "tenant token file")
             tenant_token = check_tenant_token(data.decode("ascii", "replace"), f"tenant token file {tenant_token[1:]}")
@@ -477,7 +490,8 @@ class ModifyPlan:
                    verification_key=None if verification_key is None else read_file(
                        verification_key, MAX_CERT_FILE, "verification key"),
                    artifact_name=artifact_name, settings=tuple(parse_setting(s) for s in set),
-                   unset=tuple(unset), static_key=static_key)
+                   unset=tuple(unset), static_key=static_key,
+                   conf_mode=None if conf_mode is None else parse_mode(conf_mode))
 
     @property
     def empty(self) -> bool:
@@ -485,7 +499,7 @@ class ModifyPlan:
 
     @property
     def changes_conf(self) -> bool:
-        return bool(self.owned() or self.settings or self.unset)
+        return bool(self.owned() or self.settings or self.unset) or self.conf_mode is not None
 
     def owned(self) -> list[tuple[str, str]]:
         """The settings the named options set, with their values."""
@@ -524,12 +538,15 @@ class ModifyPlan:
                 return None
             return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
-        return {"server_uri": self.server_uri, "tenant_token_sha256": digest(self.tenant_token),
-                "server_cert_sha256": digest(self.server_cert),
-                "verification_key_sha256": digest(self.verification_key),
-                "artifact_name": self.artifact_name,
-                "set": [[name, json.dumps(plain(value), sort_keys=True)] for name, value in self.settings],
-                "unset": list(self.unset), "static_key": self.static_key}
+        summary = {"server_uri": self.server_uri, "tenant_token_sha256": digest(self.tenant_token),
+                   "server_cert_sha256": digest(self.server_cert),
+                   "verification_key_sha256": digest(self.verification_key),
+                   "artifact_name": self.artifact_name,
+                   "set": [[name, json.dumps(plain(value), sort_keys=True)] for name, value in self.settings],
+                   "unset": list(self.unset), "static_key": self.static_key}
+        if self.conf_mode is not None:  # recorded only when given: older runs had none
+            summary["conf_mode"] = f"{self.conf_mode:04o}"
+        return summary
 
     def edit(self, conf: dict[str, Any], where: str) -> dict[str, Any]:
         """`conf` (a parsed mender.conf, not changed) with this plan's changes."""
@@ -797,7 +814,11 @@ def _planned(plan: ModifyPlan, part: PartInfo, device: _Device, result: ModifyRe
         problems = _conf_problems(merge(_fallback(device), new))
         if problems:
             raise FilesystemError(f"{where}: after this change {problems[0]}; nothing was changed")
-        writes.append(_write(m.CONF_PATH, dump_conf(new), entry, CONF_MODE))
+        write = _write(m.CONF_PATH, dump_conf(new), entry, CONF_MODE)
+        if plan.conf_mode is not None:
+            write = replace(write, mode=plan.conf_mode)
+        _warn_token_readable(new, write.mode, result)
+        writes.append(write)
     if plan.artifact_name is not None:
         line = f"{m.ARTIFACT_NAME_FIELD}={plan.artifact_name}\n".encode()
         writes.append(_write(m.ARTIFACT_INFO_PATH, line, _existing(fs, m.ARTIFACT_INFO_PATH, part)))
@@ -809,6 +830,16 @@ def _planned(plan: ModifyPlan, part: PartInfo, device: _Device, result: ModifyRe
                 "authenticate (inject one per unit: imagetools inject or emit)")
         result.warnings += [] if note in result.warnings else [note]
     return writes
+
+
+def _warn_token_readable(conf: dict[str, Any], mode: int, result: ModifyResult) -> None:
+    """A tenant token in a mender.conf that group or others may read: said once (never the token)."""
+    readers = " and ".join(who for who, bit in (("its group", 0o040), ("everyone", 0o004)) if mode & bit)
+    if not readers or not lookup(conf, m.TENANT_TOKEN):
+        return
+    note = (f"{m.CONF_PATH} holds the tenant token and is mode {mode:04o}, readable by {readers} on the "
+            "device: give --mode 0600 to keep it to its owner")
+    result.warnings += [] if note in result.warnings else [note]
 
 
 def _existing(fs: Filesystem, path: str, part: PartInfo) -> Entry | None:

@@ -12,28 +12,29 @@ import hashlib
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bmap, keys
+from . import bmap, keys, strict
 from .atomic import replace_when_done, write_atomic
-from .emit.state import STATE_FILE, UNIT_FILE, UnitRecord
 from .errors import ImageFormatError, UsageError, VerifyFailed
 from .image import delta as delta_format, overlay
 from .image.delta import Delta
 from .image.overlay import Overlay
+from .layout import open_layout
 from .sparse import copy_extents
+from .unitformat import IDENTITY_FILE, MAX_BMAP, PUBLIC_FILE, STATE_FILE, UnitRecord, read_signed
 from .verify import VerifyReport, verify_image
 
-MAX_RECORD = 1 << 20
-MAX_BMAP = 64 << 20
+MAX_STATE = 1 << 20
 CACHE_VERSION = 1
 
 
 @dataclass(frozen=True)
 class Unit:
-    """A unit to write: its name, key, and either a delta over the base or its own image."""
+    """A unit to write: its name, key, and either a delta over the base or its own image (with
+    the ranges of its signed bmap). `pinned`: its signature was checked against a batch key the
+    operator gave (--trust), not the one in its OUT."""
 
     name: str
     fingerprint: str
@@ -42,6 +43,10 @@ class Unit:
     delta: Delta | None = None
     image: Path | None = None
     record: UnitRecord | None = None
+    image_ranges: tuple[bmap.BlockRange, ...] | None = None
+    identity: dict[str, str] | None = None
+    batch: str | None = None
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,56 +58,81 @@ class BlockMap:
     ranges: tuple[bmap.BlockRange, ...]
 
 
-def load_unit(unit_dir: str | os.PathLike) -> Unit:
-    """The unit emit published in unit_dir (format image or delta)."""
+def load_unit(unit_dir: str | os.PathLike, trust: str | os.PathLike | None = None) -> Unit:
+    """The unit emit published in unit_dir (format image or delta), its signature checked first
+    (against `trust`, a batch public key, when given)."""
     unit_dir = Path(unit_dir)
-    record = _read_record(unit_dir / UNIT_FILE)
-    public = keys.read_public_file(unit_dir / "public.key")
+    signed = read_signed(unit_dir, Path(trust) if trust else None)
+    record = signed.record
+    public = keys.load_public(signed.blobs[PUBLIC_FILE], str(unit_dir / PUBLIC_FILE))
     if keys.fingerprint(public) != record.fingerprint:
-        raise UsageError(f"{unit_dir}: public.key does not match the fingerprint in {UNIT_FILE}")
+        raise UsageError(f"{unit_dir}: public.key does not match the fingerprint in unit.json")
+    identity = strict.loads(signed.blobs[IDENTITY_FILE], str(unit_dir / IDENTITY_FILE))
+    common = dict(name=record.name, fingerprint=record.fingerprint, public_key=public,
+                  base_sha256=record.base_sha256, record=record, identity=identity,
+                  batch=signed.batch, pinned=signed.pinned)
     path = unit_dir / record.image
     if record.format == "delta":
-        delta = delta_format.read(path)
+        delta = delta_format.parse(signed.blobs[record.image], str(path))
         if delta.base_sha256 != record.base_sha256:
-            raise UsageError(f"{path}: made over base {delta.base_sha256[:16]}..., {UNIT_FILE} says "
+            raise UsageError(f"{path}: made over base {delta.base_sha256[:16]}..., unit.json says "
                              f"{record.base_sha256[:16]}...")
-        return Unit(record.name, record.fingerprint, public, record.base_sha256, delta=delta, record=record)
-    if not path.is_file():
-        raise UsageError(f"{unit_dir}: its image {record.image} is missing")
-    return Unit(record.name, record.fingerprint, public, record.base_sha256, image=path, record=record)
-
-
-def _read_record(path: Path) -> UnitRecord:
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_RECORD:
-            raise UsageError(f"{path}: not a unit record (not a regular file, or over {MAX_RECORD} bytes)")
-        return UnitRecord.read(path)
-    except FileNotFoundError:
-        raise UsageError(f"{path.parent} is not a unit directory emit wrote (no {UNIT_FILE})") from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: unreadable unit record ({exc})") from None
+        return Unit(**common, delta=delta)
+    os.close(strict.open_regular(path, "unit image", follow=False))  # a regular file, not a link
+    bmap_blob = signed.blobs.get(f"{record.image}.bmap")
+    ranges = None if bmap_blob is None else parse_bmap(bmap_blob, record.image_size, f"{path}.bmap")
+    return Unit(**common, image=path, image_ranges=ranges)
 
 
 def base_of(unit_dir: str | os.PathLike) -> Path:
     """The base recorded by the emit run that published unit_dir (its OUT's state file)."""
     state = Path(unit_dir).resolve().parent / STATE_FILE
     try:
-        return Path(json.loads(state.read_text())["base"]["path"])
-    except (OSError, ValueError, KeyError, TypeError):
+        data = strict.loads(strict.read_regular(state, MAX_STATE, "emit state", follow=False), str(state))
+        path = data["base"]["path"]
+        if not (isinstance(path, str) and 0 < len(path) <= 4096 and "\0" not in path):
+            raise TypeError
+    except (UsageError, KeyError, TypeError):
         raise UsageError(f"no base recorded for {unit_dir} ({state} unreadable); give --base") from None
+    return Path(path)
+
+
+def require_base(base: str | os.PathLike) -> os.stat_result:
+    """A base is a regular file (a FIFO would hang the station, a device is no base image)."""
+    try:
+        st = os.stat(base)
+    except FileNotFoundError:
+        raise UsageError(f"base image {base} not found") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read base image {base}: {exc.strerror}") from None
+    strict.require_regular(st, base, "base image")
+    return st
 
 
 def block_map(image: str | os.PathLike, use_bmap: bool = True) -> BlockMap:
     """IMAGE's block map: ranges from IMAGE.bmap when present, the sha256 from a one-pass scan
     cached per file identity (so a station hashes its base once, not once per card)."""
     image = Path(image)
+    require_base(image)
     cached = _scan_cached(image)
     bmap_file = Path(f"{image}.bmap")
-    if use_bmap and bmap_file.is_file():
-        ranges = parse_bmap(bmap_file, cached.size)
-        return BlockMap(cached.size, cached.sha256, ranges)
+    if use_bmap and os.path.lexists(bmap_file):
+        blob = strict.read_regular(bmap_file, MAX_BMAP, "bmap", ImageFormatError)
+        return BlockMap(cached.size, cached.sha256, parse_bmap(blob, cached.size, str(bmap_file)))
     return cached
+
+
+def bound_to_base(delta: Delta, base: str | os.PathLike, base_map: BlockMap, what: str) -> None:
+    """A delta writes only into the base's data partition, as the base's own partition table
+    gives it, and only over the very base it was made from: whatever the delta claims."""
+    if (delta.base_size, delta.base_sha256) != (base_map.size, base_map.sha256):
+        raise UsageError(f"{what} was made over a base of {delta.base_size} bytes (sha256 "
+                         f"{delta.base_sha256[:16]}...), not over {base} ({base_map.size} bytes, "
+                         f"{base_map.sha256[:16]}...)")
+    part = open_layout(base).require("data").partition
+    if delta.window != (part.start, part.end):
+        raise UsageError(f"{what}: its window {delta.window[0]}-{delta.window[1]} is not the data partition "
+                         f"of {base} ({part.start}-{part.end}): refused, it could write anywhere on the card")
 
 
 def _cache_path(image: Path) -> Path:
@@ -115,11 +145,11 @@ def _cache_path(image: Path) -> Path:
 def _scan_cached(image: Path) -> BlockMap:
     cache = _cache_path(image)
     try:
-        data = json.loads(cache.read_text())
+        data = strict.loads(strict.read_regular(cache, MAX_BMAP, "bmap cache", follow=False), str(cache))
         if data.get("version") == CACHE_VERSION:
             return BlockMap(data["size"], data["sha256"],
                             tuple(bmap.BlockRange(a, b, c) for a, b, c in data["ranges"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (UsageError, AttributeError, KeyError, TypeError, ValueError):
         pass
     scan = bmap.scan(image)
     result = BlockMap(scan.size, scan.sha256, tuple(scan.ranges))
@@ -136,11 +166,8 @@ def _scan_cached(image: Path) -> BlockMap:
 _RANGE = re.compile(rb'<Range\s+chksum="([0-9a-f]{64})"\s*>\s*(\d+)(?:\s*-\s*(\d+))?\s*</Range>')
 
 
-def parse_bmap(path: Path, image_size: int) -> tuple[bmap.BlockRange, ...]:
+def parse_bmap(text: bytes, image_size: int, path: str) -> tuple[bmap.BlockRange, ...]:
     """A bmap 2.0 (sha256) file's ranges, checked against the image they claim to describe."""
-    if path.stat().st_size > MAX_BMAP:
-        raise ImageFormatError(f"{path}: over {MAX_BMAP} bytes; not a bmap")
-    text = path.read_bytes()
     size = re.search(rb"<ImageSize>\s*(\d+)\s*</ImageSize>", text)
     block = re.search(rb"<BlockSize>\s*(\d+)\s*</BlockSize>", text)
     kind = re.search(rb"<ChecksumType>\s*(\w+)\s*</ChecksumType>", text)
@@ -162,20 +189,23 @@ def parse_bmap(path: Path, image_size: int) -> tuple[bmap.BlockRange, ...]:
 
 
 def overlay_for(base: str | os.PathLike, unit: Unit) -> Overlay:
-    """The unit's image as base + delta; the base must be the one the delta was made over."""
-    sha = block_map(base, use_bmap=False).sha256
-    return Overlay(base, unit.delta, sha)
+    """The unit's image as base + delta, once the delta is bound to this base (bound_to_base)."""
+    assert unit.delta is not None
+    base_map = block_map(base, use_bmap=False)
+    bound_to_base(unit.delta, base, base_map, f"unit {unit.name}")
+    return Overlay(base, unit.delta, base_map.sha256)
 
 
 def materialize(unit_dir: str | os.PathLike, out_image: str | os.PathLike, base: str | os.PathLike,
-                force: bool = False) -> VerifyReport:
+                force: bool = False, trust: str | os.PathLike | None = None) -> VerifyReport:
     """Write the unit's full image (sparse, 0600 from its first byte) and its .bmap, verified
     (every check, e2fsck included) before it gets its name. VerifyFailed if a check fails."""
-    unit = load_unit(unit_dir)
+    unit = load_unit(unit_dir, trust)
     if unit.delta is None:
         raise UsageError(f"{unit_dir} holds a full image already ({unit.image})")
     view = overlay_for(base, unit)
     out_image = Path(out_image)
+    _refuse_input_as_output(out_image, [Path(base), *(Path(unit_dir) / n for n in os.listdir(unit_dir))])
     with replace_when_done(out_image, mode=0o600, exclusive=not force) as tmp:
         copy_extents(view.base, tmp)
         delta_format.apply(unit.delta, tmp)
@@ -188,9 +218,27 @@ def materialize(unit_dir: str | os.PathLike, out_image: str | os.PathLike, base:
     return report
 
 
-def verify_unit(unit_dir: str | os.PathLike, base: str | os.PathLike, fsck: bool = True) -> VerifyReport:
+def _refuse_input_as_output(out: Path, inputs: list[Path]) -> None:
+    """OUT_IMAGE must not be (a name of) the base or a unit file: replacing the base with a
+    unit's image would put that unit's private key on every later card."""
+    for name in (out, Path(f"{out}.bmap")):
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        for path in inputs:
+            try:
+                other = os.stat(path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (other.st_dev, other.st_ino):
+                raise UsageError(f"{out} is {path}, an input of materialize: give another output file")
+
+
+def verify_unit(unit_dir: str | os.PathLike, base: str | os.PathLike, fsck: bool = True,
+                trust: str | os.PathLike | None = None) -> VerifyReport:
     """verify of a published unit; a delta is read through its overlay, never materialized."""
-    unit = load_unit(unit_dir)
+    unit = load_unit(unit_dir, trust)
     if unit.delta is None:
         return verify_image(unit.image, expected=unit.public_key, fsck=fsck)
     name = Path(unit_dir) / unit.record.image

@@ -20,9 +20,10 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from . import keys
-from .errors import FilesystemError, KeyMaterialError, UsageError
+from .errors import FilesystemError, ImageFormatError, KeyMaterialError, UsageError, VerifyFailed
 from .fs import EXT_TYPES
-from .image import ImageSource, read_image
+from .image import DiskImage, ImageSource, read_image
+from .image.probe import TABLE_AREA, interrupted_flash
 from .layout import Layout, PartInfo, detect_layout
 from .mender import AUTH_PRIVATE_KEY, DATA_DATASTORE, DATA_MOUNT, DATASTORE, KEY_PATH
 
@@ -143,7 +144,7 @@ def verify_image(target: str | Path, *, expected: Expected = None,
     want_fp, want_problem, want_key = _expected(expected, expected_fingerprint)
     report = VerifyReport(target)
     with ImageSource(target) as src:
-        image = read_image(src)
+        image = _read_table(src)
         layout = detect_layout(image, overrides, src)
     _check_table(report, image, layout)
     data = layout.find("data")
@@ -156,6 +157,19 @@ def verify_image(target: str | Path, *, expected: Expected = None,
     _check_fsck(report, target, data, fsck)
     report.checks.sort(key=lambda c: CHECK_NAMES.index(c.name))
     return report
+
+
+def _read_table(src: ImageSource) -> DiskImage:
+    """The partition table; a card without one that reads as an interrupted flash (its table
+    area zeroed, the rest written) fails verification with the way to redo it."""
+    try:
+        return read_image(src)
+    except ImageFormatError:
+        if not interrupted_flash(src):
+            raise
+    raise VerifyFailed(f"{src.path}: no partition table, and its first {TABLE_AREA // 1024} KiB are zeros: "
+                       f"this looks like an interrupted flash; flash it again "
+                       f"(imagetools flash BASE {src.path} --unit UNIT --again)")
 
 
 def _check_key(report: VerifyReport, data_fs, key_rel: str, shown: str, want_fp: str | None,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,57 @@ os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
 # No user configuration file (~/.config/imagetools/config.toml) may change what tests see.
 os.environ.pop("IMAGETOOLS_CONFIG", None)
 os.environ["XDG_CONFIG_HOME"] = str(ROOT / "tests" / "no-such-config-dir")
+
+
+LEAK_DIRS = tuple(dict.fromkeys(["/dev/shm", tempfile.gettempdir()]))
+_BEFORE = pytest.StashKey[set]()
+
+
+def _imagetools_entries() -> set[str]:
+    """The imagetools* entries of /dev/shm and the system tmp dir (scratch, fsck, peer dirs)."""
+    found = set()
+    for where in LEAK_DIRS:
+        try:
+            found |= {os.path.join(where, n) for n in os.listdir(where) if n.startswith("imagetools")}
+        except OSError:
+            continue
+    return found
+
+
+def _leaked(before: set[str]) -> set[str]:
+    """Entries made during the session that are still there: a scratch directory of another
+    live process (a concurrent run on this machine) is not ours; anything else gets a moment to
+    vanish (another run's e2fsck directory), then counts."""
+    from imagetools.personalize import SCRATCH_PREFIX, owner_gone, owner_tag
+
+    mine = f"{SCRATCH_PREFIX}{owner_tag(os.getpid())}-"
+
+    def ours(path: str) -> bool:
+        name = os.path.basename(path)
+        return not name.startswith(SCRATCH_PREFIX) or name.startswith(mine) or owner_gone(name)
+
+    new = {p for p in _imagetools_entries() - before if ours(p)}
+    if new:
+        time.sleep(2)
+        new &= _imagetools_entries()
+    return new
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_BEFORE] = _imagetools_entries()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite leaves nothing in /dev/shm or the tmp dir: a scratch copy there may hold a key."""
+    leaked = _leaked(session.config.stash.get(_BEFORE, set()))
+    if not leaked:
+        return
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line(f"FAILED: the tests left {len(leaked)} imagetools entries behind: "
+                            + ", ".join(sorted(leaked)), red=True)
 
 
 def image_suffix(layout: str) -> str:

@@ -17,6 +17,7 @@ from conftest import run_tool
 from imagetools import keys
 from imagetools.devices import load_devices, parse_csv
 from imagetools.emit import LOCK_FILE, STATE_FILE, EmitOptions, emit, runner
+from imagetools.unitformat import BATCH_KEY, BATCH_PUB
 from imagetools.errors import EnvironmentProblem, SettingsMismatch
 from imagetools.verify import verify_image
 
@@ -43,7 +44,7 @@ def _fingerprints(out: Path) -> dict[str, str]:
 
 def _assert_clean(out: Path, names: set[str]) -> None:
     """Only published units, the batch files and emit's state remain: no temporaries."""
-    assert {p.name for p in out.iterdir()} == names | BATCH_FILES | {STATE_FILE, LOCK_FILE}
+    assert {p.name for p in out.iterdir()} == names | BATCH_FILES | {STATE_FILE, LOCK_FILE, BATCH_KEY, BATCH_PUB}
 
 
 @pytest.mark.parametrize("layout", ["sdimg", "uefiimg", "extended"])
@@ -66,7 +67,7 @@ def test_batch_across_layouts_verifies_and_flashes(make_image, cli, tmp_path, la
         unit_dir = out / unit["name"]
         image = unit_dir / f"{unit['name']}{base.suffix}"
         assert sorted(p.name for p in unit_dir.iterdir()) == sorted(
-            [image.name, f"{image.name}.bmap", "public.key", "private.key", "identity.json", "unit.json"])
+            [image.name, f"{image.name}.bmap", "public.key", "private.key", "identity.json", "unit.json", "unit.sig"])
         verified = cli("verify", "--pubkey", unit_dir / "public.key", image)  # includes e2fsck -fn
         assert verified.returncode == 0, verified.stdout + verified.stderr
         assert (unit_dir / "private.key").stat().st_mode & 0o777 == 0o600
@@ -136,7 +137,7 @@ def test_device_list_key_is_used_and_conflicts_refused(make_image, tmp_path):
         emit(base, parse_csv("name,mac\nfixed,bb\n"), out, ED25519)
     with pytest.raises(EnvironmentProblem, match="already emitted as .*fixed with its own key"):
         emit(base, parse_csv("name,mac\nrenamed,aa\n"), out, ED25519)
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["fixed", *sorted(BATCH_FILES)]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(["fixed", BATCH_PUB, *BATCH_FILES])
 
 
 def test_invalid_device_list_rejected_before_any_image(make_image, cli, tmp_path):
@@ -229,7 +230,7 @@ def test_disk_full_midway_is_clean_and_resumable(make_image, tmp_path, small_fs,
     options = EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=1)
     with pytest.raises(EnvironmentProblem, match="disk full"):
         emit(base, devices, out, options, progress=fill_after_first)
-    assert {p.name for p in out.iterdir()} == {"u1", STATE_FILE, LOCK_FILE}
+    assert {p.name for p in out.iterdir()} == {"u1", STATE_FILE, LOCK_FILE, BATCH_KEY, BATCH_PUB}
     filler.unlink()
     result = emit(base, devices, out, options)
     assert [u.status for u in result.units] == ["skipped", "emitted", "emitted"]

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from imagetools import keys
+from imagetools.image.probe import TABLE_AREA
 from imagetools.station import flash as station
+from imagetools.station.plan import plan_unit
 from imagetools.devices import load_devices
 from imagetools.emit import EmitOptions, emit
 from imagetools.published import materialize
@@ -37,22 +39,22 @@ def test_flash_writes_exactly_the_materialized_image(unit, tmp_path, prefill):
         card.write_bytes(os.urandom(base.stat().st_size))
     elif prefill == b"":
         card.write_bytes(b"")
-    [result] = station.flash(station.plan_unit(base, unit_dir), [str(card)])
-    assert result.ok, result.error
+    [result] = station.flash([(str(card), plan_unit(base, unit_dir))], again=True)
+    assert result["ok"], result["error"]
     materialize(unit_dir, tmp_path / "m.sdimg", base)
     assert card.read_bytes() == (tmp_path / "m.sdimg").read_bytes()
 
 
 def test_a_checksum_mismatch_leaves_no_partition_table(unit, tmp_path):
     base, unit_dir = unit
-    plan = station.plan_unit(base, unit_dir)
+    plan = plan_unit(base, unit_dir)
     bad = dataclasses.replace(plan.ranges[-1], sha256="0" * 64)
     plan = dataclasses.replace(plan, ranges=plan.ranges[:-1] + (bad,))
     card = tmp_path / "card.img"
     card.write_bytes(os.urandom(plan.size))  # a used card: its old table must not survive either
-    [result] = station.flash(plan, [str(card)])
-    assert not result.ok and "do not match their bmap checksum" in result.error
+    [result] = station.flash([(str(card), plan)])
+    assert not result["ok"] and "do not match their bmap checksum" in result["error"]
     with open(card, "rb") as f:
-        assert f.read(station.TABLE_AREA) == bytes(station.TABLE_AREA)
-        f.seek(plan.size - station.TABLE_AREA)
-        assert f.read() == bytes(station.TABLE_AREA)
+        assert f.read(TABLE_AREA) == bytes(TABLE_AREA)
+        f.seek(plan.size - TABLE_AREA)
+        assert f.read() == bytes(TABLE_AREA)

@@ -51,4 +51,5 @@ def test_flash_imports_no_emitter_or_pool(make_image, tmp_path):
     assert emit(base, load_devices(devices), tmp_path / "OUT", options).ok
     loaded = _loaded("flash", base, tmp_path / "card.img", "--unit", tmp_path / "OUT" / "u1", "--no-fsck")
     assert not loaded & NEVER
-    assert "imagetools.emit.state" in loaded  # what the unit's unit.json is read with
+    assert not any(m.startswith("imagetools.emit") for m in loaded)  # the station reads units only
+    assert "imagetools.unitformat" in loaded  # through the unit format, below emit and station

@@ -11,14 +11,13 @@ import pytest
 
 from conftest import run_tool
 from imagetools import keys
-from imagetools.station import flash as station
 from imagetools.devices import load_devices
 from imagetools.emit import EmitOptions, emit, shard
-from imagetools.errors import DeviceListError, ImageFormatError, UsageError
-from imagetools.image import delta as delta_format, read_image
+from imagetools.errors import DeviceListError, ImageFormatError
+from imagetools.image import delta as delta_format
 from imagetools.layout import open_layout
 from imagetools.merge import merge
-from imagetools.published import load_unit, materialize, verify_unit
+from imagetools.published import materialize, verify_unit
 
 pytestmark = pytest.mark.integration
 
@@ -110,121 +109,6 @@ def test_one_worker_emits_delta_units_one_after_another(make_image, tmp_path):
         image = tmp_path / f"{name}{base.suffix}"
         assert materialize(out / name, image, base).ok
         assert open_layout(image).require("data").fsck(image)[0]
-
-
-def test_flash_to_used_cards_verifies_and_keeps_rootfs(make_image, tmp_path, cli):
-    base = make_image("sdimg")
-    out = tmp_path / "OUT"
-    emit(base, load_devices(_devices(tmp_path / "d.csv", 1)), out, DELTA)
-    size = base.stat().st_size
-    cards = [_random_file(tmp_path / "c1.img", size), tmp_path / "c2.img"]  # c2: created
-    log = tmp_path / "station.jsonl"
-    proc = cli("flash", base, *cards, "--unit", out / "u1", "--log", log, "--json")
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads(proc.stdout)["items"]
-    assert [r["ok"] for r in results] == [True, True]
-    rootfs = open_layout(base).require("rootfs-a").partition
-    for card in cards:
-        assert _mapped_equal(base, card, rootfs.start, rootfs.end)
-    records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert {r["target"] for r in records} == {str(c) for c in cards}
-    assert all(r["fingerprint"] == load_unit(out / "u1").fingerprint for r in records)
-    again = cli("flash", base, cards[0], "--unit", out / "u1", "--log", log)
-    assert again.returncode == 2 and "already flashed" in again.stderr
-    assert cli("flash", base, cards[0], "--unit", out / "u1", "--log", log, "--again").returncode == 0
-
-
-def test_flash_serve_answers_every_request_and_survives_bad_ones(make_image, tmp_path, cli):
-    base = make_image("sdimg")
-    out = tmp_path / "OUT"
-    emit(base, load_devices(_devices(tmp_path / "d.csv", 2)), out, DELTA)
-    key = tmp_path / "k.key"
-    keys.write_secret(key, keys.private_pem(keys.generate(keys.KeySpec(type="ed25519"))))
-    log = tmp_path / "station.jsonl"
-    cards = [_random_file(tmp_path / "c1.img", base.stat().st_size), tmp_path / "c2.img", tmp_path / "c3.img"]
-    requests = [{"targets": [str(cards[0])], "unit": str(out / "u1")},
-                "not json", '{"targets": ["x"], "unit": "a", "unit": "b"}', "[1]",
-                '{"targets": ["' + "x" * (station.MAX_REQUEST + 10) + '"], "unit": "u"}',
-                {"targets": [str(cards[1]), str(cards[2])], "key": str(key)},
-                {"targets": [str(cards[0])], "unit": str(out / "u1")},          # flashed already
-                {"targets": [str(cards[0])], "unit": str(out / "u1"), "again": True},
-                {"targets": [str(cards[1])], "unit": str(out / "nowhere")},
-                {"targets": [str(tmp_path / "no" / "dir" / "c.img")], "unit": str(out / "u2")}]
-    text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in requests)
-    proc = cli("flash", base, "--serve", "--log", log, input=text)
-    replies = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [r["request"] for r in replies] == list(range(1, len(requests) + 1))
-    assert [r["ok"] for r in replies] == [True, False, False, False, False, True, False, True, False, False]
-    assert "twice" in replies[2]["error"] and "over" in replies[4]["error"]
-    assert "already flashed" in replies[6]["error"] and replies[8]["error"]
-    assert "No such file or directory" in replies[9]["error"]  # an OSError answers too
-    assert [i["ok"] for i in replies[5]["items"]] == [True, True]
-    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "7 of 10 request(s) failed" in proc.stderr
-    for card in cards:
-        assert open_layout(card).require("data").fsck(card)[0]
-    assert len(log.read_text().splitlines()) == 4  # the cards flashed, one record each
-    assert cli("flash", base, "--serve", cards[0]).returncode == 2  # requests carry the targets
-
-
-def test_a_refused_target_leaves_no_target_open(make_image, tmp_path):
-    """A station that stays up must not keep a card open after refusing a request."""
-    base = make_image("sdimg")
-    key = tmp_path / "k.key"
-    keys.write_secret(key, keys.private_pem(keys.generate(keys.KeySpec(type="ed25519"))))
-    plan = station.plan_key(base, key)
-    small = tmp_path / "small.img"
-    small.write_bytes(b"x")
-    before = sorted(os.listdir("/proc/self/fd"))
-    with pytest.raises(UsageError, match="larger card"):
-        station.flash(plan, [str(tmp_path / "new.img"), str(small)])
-    assert sorted(os.listdir("/proc/self/fd")) == before
-
-
-def test_flash_key_on_the_fly_and_image_units(make_image, tmp_path):
-    base = make_image("gptimg")
-    key = tmp_path / "k.key"
-    keys.write_secret(key, keys.private_pem(keys.generate(keys.KeySpec(type="ed25519")), "pkcs8"))
-    card = _random_file(tmp_path / "card", base.stat().st_size)
-    [result] = station.flash(station.plan_key(base, key), [str(card)])
-    assert result.ok, result.error
-    out = tmp_path / "OUT"
-    emit(base, load_devices(_devices(tmp_path / "d.csv", 1)), out,
-         EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=1))
-    [result] = station.flash(station.plan_unit(base, out / "u1"), [str(card)])
-    assert result.ok, result.error
-
-
-def test_flash_refusals(make_image, tmp_path):
-    base = make_image("sdimg")
-    out = tmp_path / "OUT"
-    emit(base, load_devices(_devices(tmp_path / "d.csv", 1)), out, DELTA)
-    small = _random_file(tmp_path / "small", 1 << 20)
-    with pytest.raises(UsageError, match="use a larger card"):
-        station.flash(station.plan_unit(base, out / "u1"), [str(small)])
-    other = make_image("sdimg", data_mib=9)
-    with pytest.raises(UsageError, match="is not the base"):
-        station.plan_unit(other, out / "u1")
-    with pytest.raises(UsageError, match="twice"):
-        station.flash(station.plan_unit(base, out / "u1"), [str(small), str(small)])
-
-
-def test_interrupted_flash_never_looks_complete(make_image, tmp_path):
-    """A range that fails its checksum midway stops the flash: the card has no partition table,
-    although it held a complete image before."""
-    base = make_image("sdimg")
-    out = tmp_path / "OUT"
-    emit(base, load_devices(_devices(tmp_path / "d.csv", 1)), out, DELTA)
-    card = tmp_path / "card"
-    assert station.flash(station.plan_unit(base, out / "u1"), [str(card)])[0].ok
-    plan = station.plan_unit(base, out / "u1")
-    victim = plan.ranges[len(plan.ranges) // 2]
-    with open(base, "r+b") as f:  # the base changes after its map was cached: like a bad read
-        f.seek(victim.first * 4096)
-        f.write(b"\xff" * 16)
-    [result] = station.flash(plan, [str(card)])
-    assert not result.ok and "checksum" in result.error
-    with pytest.raises(ImageFormatError):
-        read_image(card)
 
 
 def test_hostile_deltas_are_refused(make_image, tmp_path):

@@ -131,12 +131,20 @@ def inject(key_file: Path, image: Path, out: Path | None, force: bool, key_path:
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE", help="An emit report.json to name the unit whose key the image holds on a "
                                    "mismatch (default: report.json beside the image or two levels up).")
+@click.option("--base", "base", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Read the card back against this base: every mapped range of it (and, with "
+                   "--unit, the unit's blocks) must hold what a flash writes.")
+@click.option("--unit", "unit_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --base: the unit the card should hold (its public key is then the expected one).")
+@click.option("--trust", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --unit: the pinned batch public key its signature must verify against.")
 @layout_options
 @server_key_options
 @click.option("--json", "as_json", is_flag=True, help="Report the checks and the fingerprint as JSON.")
 def verify(target: Path, pubkey: Path | None, expected_fp: str | None, no_fsck: bool, key_path: str,
-           report_file: Path | None, overrides: dict[str, int],
-           server_key: Callable[[Path], keys.PublicKey] | None, as_json: bool) -> None:
+           report_file: Path | None, base: Path | None, unit_dir: Path | None, trust: Path | None,
+           overrides: dict[str, int], server_key: Callable[[Path], keys.PublicKey] | None,
+           as_json: bool) -> None:
     """Check, read-only, that TARGET (an image file or a block device) will be accepted.
 
     Exit 0 if every check passed (warnings allowed), 1 if a check failed, 2 if TARGET or an
@@ -148,9 +156,13 @@ def verify(target: Path, pubkey: Path | None, expected_fp: str | None, no_fsck: 
       imagetools verify /dev/sdb --fingerprint 3f9a…  --no-fsck
       imagetools verify unit42.sdimg --json
       imagetools verify out/unit42/unit42.sdimg --server https://mender.example.com
+      imagetools verify /dev/sdb --base base.sdimg --unit OUT/unit42   # QA: read the card back
     """
     from ..verify import explain_mismatch, report_beside, verify_image
 
+    checked = _read_card_back(target, base, unit_dir, trust)
+    if unit_dir is not None and pubkey is None and expected_fp is None:
+        pubkey = unit_dir / "public.key"
     expected, fingerprint = expected_key(pubkey, expected_fp, server_key, target)
     report = verify_image(target, expected=expected, expected_fingerprint=fingerprint, fsck=not no_fsck,
                           path=key_path, overrides=overrides or None)
@@ -160,7 +172,7 @@ def verify(target: Path, pubkey: Path | None, expected_fp: str | None, no_fsck: 
     if as_json:
         data = report.to_dict()
         print_envelope("verify", report.ok, data.pop("checks"), report.summary(), target=data["target"],
-                       fingerprint=report.fingerprint, key_type=report.key_type)
+                       fingerprint=report.fingerprint, key_type=report.key_type, read_back=checked)
     else:
         print_table(["CHECK", "STATUS", "DETAIL"], [(c.name, c.status.upper(), c.detail) for c in report.checks],
                     styles={1: status_style})
@@ -171,6 +183,20 @@ def verify(target: Path, pubkey: Path | None, expected_fp: str | None, no_fsck: 
     if not report.ok:
         names = ", ".join(c.name for c in report.failed)
         raise VerifyFailed(f"{target}: {len(report.failed)} check(s) failed: {names}")
+
+
+def _read_card_back(target: Path, base: Path | None, unit_dir: Path | None, trust: Path | None) -> int | None:
+    """verify --base: the card read back (bypassing the page cache) against what a flash writes;
+    VerifyFailed (exit 1) names the first range that differs. None without --base."""
+    if base is None:
+        if unit_dir is not None or trust is not None:
+            raise UsageError("--unit and --trust go with --base BASE (the card is read back against it)")
+        return None
+    from ..station.readback import check_card
+
+    checked = check_card(target, base, unit_dir, trust)
+    echo(f"read back {checked / 2**20:.1f} MiB of {target}: every byte as written", err=True)
+    return checked
 
 
 def expected_key(pubkey: Path | None, fingerprint: str | None,

@@ -33,7 +33,7 @@ def layout_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 _MODIFY_NAMES = ("server_uri", "tenant_token", "server_cert", "verification_key", "artifact_name",
-                 "settings", "unset", "static_key")
+                 "settings", "unset", "static_key", "conf_mode")
 _PATH = click.Path(dir_okay=False, path_type=Path)
 
 
@@ -60,6 +60,9 @@ def modify_options(per_unit: bool = False) -> Callable[[Callable[..., Any]], Cal
         click.option("--static-key", is_flag=True,
                      help=f"{each}Security.AuthPrivateKey = /var/lib/mender/mender-agent.pem: a missing or bad "
                           "key then fails on the device instead of being silently replaced."),
+        click.option("--mode", "conf_mode", metavar="MODE",
+                     help=f"{each}mode of /etc/mender/mender.conf, octal (0600: the tenant token readable by "
+                          "root only); default: kept, 0600 for a new file."),
     ]
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:

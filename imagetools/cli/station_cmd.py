@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import click
@@ -15,81 +18,184 @@ from .base import echo, envelope, is_tty, main, print_envelope, print_json_line,
 @click.argument("base", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("targets", nargs=-1)
 @click.option("--unit", "unit_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="A unit directory emit published (--format delta or image).")
+              help="The unit directory emit published for the one TARGET.")
 @click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="A private key to inject on the fly instead of a unit.")
+              help="A private key to inject on the fly for the one TARGET, instead of a unit.")
+@click.option("--card", "cards", nargs=2, multiple=True, metavar="TARGET UNIT_DIR",
+              help="A target and its own unit; repeat for several slots (written in parallel).")
+@click.option("--trust", type=click.Path(dir_okay=False, path_type=Path),
+              help="Pin the batch's public key (a copy of OUT/batch.pub kept by the station): "
+                   "units signed by any other key are refused.")
+@click.option("--ledger", type=click.Path(dir_okay=False, path_type=Path),
+              help="The ledger of every attempt (default: ledger.sqlite in the unit's OUT; "
+                   "name one when OUT is read-only).")
 @click.option("--log", "log", type=click.Path(dir_okay=False, path_type=Path),
-              help="Station log (JSON lines): one record per card; refuses a unit already flashed.")
-@click.option("--again", is_flag=True, help="Flash a unit the log shows as flashed already.")
+              help="Also append each attempt's record to this JSON-lines file.")
+@click.option("--again", is_flag=True, help="Flash a unit the ledger shows as passed once more.")
 @click.option("--no-fsck", is_flag=True, help="Skip e2fsck in the final verify.")
+@click.option("--no-readback", is_flag=True, help="Skip reading the card back after writing.")
+@click.option("--allow-fixed-disk", is_flag=True, help="Allow a non-removable disk as a target.")
+@click.option("--station", "station_name", metavar="NAME", help="This station's name in the ledger "
+              "(default: the host name).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--serve", is_flag=True,
               help="Stay up: read one request per line on stdin, answer each with a JSON line.")
 def flash_command(base: Path, targets: tuple[str, ...], unit_dir: Path | None, key_file: Path | None,
-                  log: Path | None, again: bool, no_fsck: bool, as_json: bool, serve: bool) -> None:
-    """Write BASE's mapped blocks and the unit's blocks to each TARGET (block device or file,
-    created if missing), checking every range's sha256; then verify each TARGET read-only.
-    Several TARGETs are written in parallel. Exit 1 if any card fails. With --serve, the
-    targets and the unit come in requests on stdin instead (see the README)."""
+                  cards: tuple[tuple[str, str], ...], trust: Path | None, ledger: Path | None,
+                  log: Path | None, again: bool, no_fsck: bool, no_readback: bool, allow_fixed_disk: bool,
+                  station_name: str | None, as_json: bool, serve: bool) -> None:
+    """Write BASE and a unit onto each card, then read it back and verify it.
+
+    Each TARGET (a card's block device, or an image file, created if missing) gets its own unit:
+    `flash BASE TARGET --unit OUT/u1` for one card, `--card TARGET OUT/u1 --card TARGET2 OUT/u2`
+    for several slots at once (written in parallel). A unit's signature is checked against
+    OUT/batch.pub (or the key pinned with --trust) before anything is written; a target that is
+    the base, an input, mounted, swap, or a fixed disk is refused. Only BASE's mapped blocks, the
+    unit's blocks and the zeros the filesystems need are written, each range checked against its
+    sha256; the card is then read back bypassing the page cache and verified read-only.
+
+    Every attempt is recorded in the ledger (OUT/ledger.sqlite): a unit that passed is not flashed
+    again without --again; a unit whose key went onto a card that failed or was interrupted is
+    retired and never flashed again. Exit 0 if every card passed, 1 if a card failed or was
+    interrupted, 2 for a refused request, 3 for a host problem.
+
+    With --serve, requests come on stdin, one JSON object per line:
+    {"cards": [{"target": "/dev/sdb", "unit": "OUT/u1"}], "again": false}; each gets one JSON
+    reply line (the --json envelope with "request": N, and "error" when refused), preceded by
+    {"progress": {...}} lines while its cards are written.
+
+    \b
+    Examples:
+      imagetools flash base.sdimg /dev/sdb --unit OUT/unit0001
+      imagetools flash base.sdimg --card /dev/sdb OUT/unit0001 --card /dev/sdc OUT/unit0002
+      imagetools flash base.sdimg --serve --trust station/batch.pub
+    """
     from ..station import flash as station
 
+    options = dict(ledger=ledger, fsck=not no_fsck, readback=not no_readback,
+                   allow_fixed_disk=allow_fixed_disk, station=station_name)
     if serve:
-        if targets or unit_dir or key_file or as_json:
-            raise UsageError("--serve takes the targets and the unit from its requests: give BASE only")
-        return _serve(base, log, again, not no_fsck)
+        if targets or unit_dir or key_file or cards or as_json:
+            raise UsageError("--serve takes the targets and the units from its requests: give BASE only")
+        return _serve(base, trust, log, again, options)
+    pairs = _pairs(targets, unit_dir, key_file, cards)
+    stop = _stop_on_signals()
+    plans = [(t, _plan(base, unit, key, trust)) for t, unit, key in pairs]
+    bars = _Bars([t for t, _ in pairs]) if is_tty() and not as_json else None
+    records = station.flash(plans, again=again, progress=bars.update if bars else None, stop=stop, **options)
+    if log is not None:
+        station.export(records, log)
+    _report(records, as_json)
+    failed = [r for r in records if not r["ok"]]
+    if failed:
+        raise VerifyFailed(f"{len(failed)} of {len(records)} card(s) failed, e.g. {failed[0]['target']}: "
+                           f"{failed[0]['error']}")
+
+
+def _pairs(targets: tuple[str, ...], unit_dir: Path | None, key_file: Path | None,
+           cards: tuple[tuple[str, str], ...]) -> list[tuple[str, str | None, str | None]]:
+    """(target, unit, key) per card: one unit goes onto one card."""
+    if cards:
+        if targets or unit_dir or key_file:
+            raise UsageError("give either --card TARGET UNIT_DIR (repeatable) or TARGET with --unit/--key")
+        return [(t, u, None) for t, u in cards]
     if not targets:
-        raise UsageError("give at least one TARGET")
+        raise UsageError("give a TARGET with --unit UNIT_DIR (or --key KEY), or --card TARGET UNIT_DIR")
     if (unit_dir is None) == (key_file is None):
         raise UsageError("give exactly one of --unit UNIT_DIR and --key KEY")
-    plan = station.plan_unit(base, unit_dir) if unit_dir else station.plan_key(base, key_file)
-    bars = _Bars(list(targets)) if is_tty() and not as_json else None
-    results = station.flash(plan, list(targets), log=log, again=again, fsck=not no_fsck,
-                            progress=bars.update if bars else None)
-    if bars:
-        bars.done()
+    if len(targets) > 1:
+        raise UsageError(f"{len(targets)} targets for one unit: one unit goes onto one card; pair each "
+                         "target with its own unit: --card TARGET UNIT_DIR --card TARGET2 UNIT_DIR2")
+    return [(targets[0], str(unit_dir) if unit_dir else None, str(key_file) if key_file else None)]
+
+
+def _plan(base: Path, unit: str | None, key: str | None, trust: Path | None):
+    from ..station.plan import plan_key, plan_unit
+
+    return plan_unit(base, unit, trust) if unit else plan_key(base, key)
+
+
+def _report(records: list[dict], as_json: bool) -> None:
+    from ..station.flash import summary
+
     if as_json:
-        print_envelope("flash", all(r.ok for r in results), [r.to_dict() for r in results], _summary(results))
-    else:
-        print_table(["target", "unit", "fingerprint", "serial", "seconds", "result"],
-                    [(r.target, r.unit, r.fingerprint[:16], r.serial, r.times.get("total"),
-                      "ok" if r.ok else r.error) for r in results])
-    failed = [r for r in results if not r.ok]
-    if failed:
-        raise VerifyFailed(f"{len(failed)} of {len(results)} card(s) failed, e.g. {failed[0].target}: "
-                           f"{failed[0].error}")
+        print_envelope("flash", all(r["ok"] for r in records), records, summary(records))
+        return
+    print_table(["target", "unit", "fingerprint", "serial", "seconds", "result"],
+                [(r["target"], r["unit"], r["fingerprint"][:16], r["serial"], (r["times"] or {}).get("total"),
+                  "ok" if r["ok"] else r["error"]) for r in records])
 
 
-def _summary(results: list) -> dict[str, int]:
-    return {"cards": len(results), "ok": sum(r.ok for r in results), "failed": sum(not r.ok for r in results)}
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM and Ctrl-C stop the cards at their next chunk: each is then recorded as
+    interrupted (never a card that looks finished, never an attempt left open)."""
+    stop = threading.Event()
+
+    def handler(signum, frame) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
 
 
-def _serve(base: Path, log: Path | None, again: bool, fsck: bool) -> None:
+def _serve(base: Path, trust: Path | None, log: Path | None, again: bool, options: dict) -> None:
     """The station process that stays up: each request line gets one JSON line back (the
-    envelope of `flash --json`, with "request": its number, and "error" for a refused request);
-    a bad request is refused and the next one is served. Exit 1 at the end of input if any
-    request failed."""
+    envelope of `flash --json`, with "request": its number, and "error" for a refused request),
+    whatever goes wrong inside it; progress lines ({"progress": ...}) come while cards are
+    written. SIGTERM ends the station after the cards in flight. Exit 1 at the end of input if
+    any request failed."""
     from ..station import flash as station
+    from ..station.protocol import MAX_REQUEST, parse_request
 
+    stop = _stop_on_signals()
     failed, count = [], 0
-    for count, line in enumerate(_lines(sys.stdin.buffer, station.MAX_REQUEST), 1):
+    for count, line in enumerate(_lines(sys.stdin.buffer, MAX_REQUEST), 1):
         try:
-            request = station.parse_request(line)
-            plan = (station.plan_unit(base, request.unit) if request.unit
-                    else station.plan_key(base, request.key))
-            results = station.flash(plan, list(request.targets), log=log, again=again or request.again,
-                                    fsck=fsck)
-        except (ImageToolsError, OSError) as exc:
-            error = str(exc if isinstance(exc, ImageToolsError) else from_oserror(exc, "request", UsageError))
-            print_json_line(envelope("flash", False, [], _summary([]), request=count, error=error))
+            request = parse_request(line)
+            plans = [(c.target, _plan(base, c.unit, c.key, trust)) for c in request.cards]
+            records = station.flash(plans, again=again or request.again, progress=_progress_lines(count),
+                                    stop=stop, **options)
+            if log is not None:
+                station.export(records, log)
+        except Exception as exc:  # every request gets its one reply, whatever went wrong
+            error = _request_error(exc)
+            print_json_line(envelope("flash", False, [], station.summary([]), request=count, error=error))
             failed.append((count, error))
             continue
-        ok = all(r.ok for r in results)
-        print_json_line(envelope("flash", ok, [r.to_dict() for r in results], _summary(results), request=count))
+        ok = all(r["ok"] for r in records)
+        print_json_line(envelope("flash", ok, records, station.summary(records), request=count))
         if not ok:
-            failed.append((count, next(r.error for r in results if not r.ok)))
+            failed.append((count, next(r["error"] for r in records if not r["ok"])))
+        if stop.is_set():
+            break
     if failed:
         number, why = failed[0]
         raise VerifyFailed(f"{len(failed)} of {count} request(s) failed, e.g. request {number}: {why}")
+
+
+def _request_error(exc: Exception) -> str:
+    if isinstance(exc, ImageToolsError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return str(from_oserror(exc, "request", UsageError))
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+def _progress_lines(request: int):
+    """A progress line per card at most every half second: phase, bytes, MB/s."""
+    started, last = time.monotonic(), {}
+
+    def tell(target: str, phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last.get((target, phase), 0.0) < 0.5 and done < total:
+            return
+        last[(target, phase)] = now
+        rate = done / max(now - started, 1e-6) / 1e6
+        print_json_line({"progress": {"request": request, "target": target, "phase": phase,
+                                      "bytes": done, "total": total, "mb_per_s": round(rate, 1)}})
+
+    return tell
 
 
 def _lines(stream, limit: int):
@@ -105,24 +211,27 @@ def _lines(stream, limit: int):
 
 
 class _Bars:
-    """One progress line per target on the terminal, redrawn in place."""
+    """One progress line per target on the terminal, redrawn in place: phase, MB/s, ETA."""
 
     def __init__(self, targets: list[str]):
-        self.targets, self.state = targets, {t: (0, 1) for t in targets}
+        self.targets, self.started = targets, time.monotonic()
+        self.state = {t: ("waiting", 0, 1) for t in targets}
+        self.lock = threading.Lock()
         sys.stderr.write("\n" * len(targets))
 
-    def update(self, target: str, done: int, total: int) -> None:
-        self.state[target] = (done, max(total, 1))
-        lines = []
-        for t in self.targets:
-            d, n = self.state[t]
-            filled = int(30 * d / n)
-            lines.append(f"{t[-30:]:<30} [{'#' * filled}{'-' * (30 - filled)}] {100 * d // n:3d}%")
-        sys.stderr.write(f"\x1b[{len(lines)}F" + "\n".join(lines) + "\n")
-        sys.stderr.flush()
+    def update(self, target: str, phase: str, done: int, total: int) -> None:
+        with self.lock:
+            self.state[target] = (phase, done, max(total, 1))
+            lines = [self._line(t, *self.state[t]) for t in self.targets]
+            sys.stderr.write(f"\x1b[{len(lines)}F" + "\n".join(lines) + "\n")
+            sys.stderr.flush()
 
-    def done(self) -> None:
-        sys.stderr.flush()
+    def _line(self, target: str, phase: str, done: int, total: int) -> str:
+        rate = done / max(time.monotonic() - self.started, 1e-6)
+        eta = f"{(total - done) / rate:4.0f}s" if rate and done < total else "   -"
+        filled = int(30 * done / total)
+        return (f"{target[-24:]:<24} {phase:<12} [{'#' * filled}{'-' * (30 - filled)}] "
+                f"{100 * done // total:3d}% {rate / 1e6:6.1f} MB/s ETA {eta}")
 
 
 @main.command("materialize")
@@ -131,11 +240,15 @@ class _Bars:
 @click.option("--base", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The base the unit was made from (default: the one its emit run recorded).")
 @click.option("--force", is_flag=True, help="Replace an existing OUT_IMAGE.")
-def materialize_command(unit_dir: Path, out_image: Path, base: Path | None, force: bool) -> None:
-    """Write a delta unit's full sparse image and its .bmap (verified, e2fsck included)."""
+@click.option("--trust", type=click.Path(dir_okay=False, path_type=Path),
+              help="Pin the batch's public key instead of the unit's OUT/batch.pub.")
+def materialize_command(unit_dir: Path, out_image: Path, base: Path | None, force: bool,
+                        trust: Path | None) -> None:
+    """Write a delta unit's full sparse image and its .bmap (verified, e2fsck included). The
+    unit's signature is checked first; OUT_IMAGE may not be the base or one of the unit's files."""
     from ..published import base_of, materialize
 
-    report = materialize(unit_dir, out_image, base or base_of(unit_dir), force=force)
+    report = materialize(unit_dir, out_image, base or base_of(unit_dir), force=force, trust=trust)
     echo(f"wrote {out_image} and {out_image}.bmap (verified, key SHA256 {report.fingerprint})")
 
 

@@ -30,12 +30,12 @@ from typing import Any
 
 # Each public name and the module it lives in.
 _EXPORTS = {
-    "emit": "emitter", "dry_run": "emitter", "shard": "plan",
-    "EmitOptions": "model", "EmitResult": "model", "UnitResult": "model", "Status": "model",
-    "UnitFormat": "model", "KeySource": "model", "UnitFile": "model", "DryRun": "model",
-    "PlannedUnit": "model", "Progress": "model",
-    "STATE_FILE": "state", "UNIT_FILE": "state", "LOCK_FILE": "outdir", "TMP_DIR": "outdir",
-    "BATCH_FILES": "batch",
+    "emit": ".emitter", "dry_run": ".emitter", "shard": ".plan",
+    "EmitOptions": ".model", "EmitResult": ".model", "UnitResult": ".model", "Status": ".model",
+    "UnitFormat": ".model", "KeySource": ".model", "UnitFile": ".model", "DryRun": ".model",
+    "PlannedUnit": ".model", "Progress": ".model",
+    "STATE_FILE": ".state", "UNIT_FILE": "..unitformat", "LOCK_FILE": ".outdir", "TMP_DIR": ".outdir",
+    "BATCH_FILES": ".batch",
 }
 __all__ = list(_EXPORTS)
 
@@ -44,6 +44,6 @@ def __getattr__(name: str) -> Any:
     """A public name, imported from its module the first time it is asked for (PEP 562)."""
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
     globals()[name] = value
     return value

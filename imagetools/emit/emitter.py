@@ -21,7 +21,8 @@ from .outdir import TMP_DIR, clean_temp, locked
 from .plan import (can_reflink, check_changes, check_inputs, check_space, check_unit_files,
                    choose_copy_mode, free_space, plan, published_units, recheck, space_needed)
 from .runner import run
-from .state import BaseIdentity, EmitState, UnitRecord, base_identity, read_state, write_state
+from ..unitformat import SIG_FILE, UnitRecord, batch_key, sign_unit
+from .state import BaseIdentity, EmitState, base_identity, read_state, write_state
 from .unit import first_copy, personal_window
 
 
@@ -81,6 +82,8 @@ def _emit_locked(src: ImageSource, devices: list[Device], out: Path, options: Em
             record = published[device.name]
             sha = base_scan().sha256 if record.format == UnitFormat.DELTA else None
             results[device.name] = result = recheck(out, device, record, base, sha)
+            if result.status == Status.SKIPPED and not (out / device.name / SIG_FILE).exists():
+                sign_unit(out / device.name, batch_key(out))  # published by an imagetools that did not sign
             if progress:
                 progress(result, len(results), len(devices))
     if jobs:

@@ -12,6 +12,7 @@ from .. import keys
 from ..errors import FilesystemError, UsageError
 from ..fs.base import check_mode, check_owner, normalize
 from ..layout import PartInfo
+from ..unitformat import KeySource  # noqa: F401 (part of emit's vocabulary)
 
 if TYPE_CHECKING:  # an annotation only: unit.json's readers (emit.state) need no config module
     from ..config import ModifyPlan
@@ -33,14 +34,6 @@ class UnitFormat(enum.StrEnum):
 
     IMAGE = "image"
     DELTA = "delta"
-
-
-class KeySource(enum.StrEnum):
-    """Where a unit's key came from."""
-
-    GENERATED = "generated"
-    DEVICE_LIST = "device list"
-    KEPT = "kept"           # a published unit re-emitted (force) with the key it already has
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
@@ -24,7 +25,8 @@ from ..image.overlay import Overlay
 from ..verify import VerifyReport, verify_image
 from .model import MAX_UNIT_FILE_VALUE, EmitOptions, Job, KeySource, Status, UnitResult
 from .outdir import TMP_DIR, private_dir
-from .state import UNIT_FILE, BaseIdentity, EmitState, UnitRecord
+from ..unitformat import UNIT_FILE, UnitRecord
+from .state import BaseIdentity, EmitState, setting_changes, settings_options
 
 
 def check_inputs(base: Path, devices: list[Device], out: Path) -> None:
@@ -117,10 +119,20 @@ def check_changes(state: EmitState | None, base_id: BaseIdentity, options: EmitO
             f"({old_path}, sha256 {str(old_sha256)[:16]}...); use --force to "
             f"re-emit them from this base (their keys are kept) or a new output directory")
     if old_settings != options.settings():
-        raise SettingsMismatch(
-            f"the settings differ from the run that made {len(published)} unit(s) in {out} "
-            f"(was {json.dumps(old_settings)}); use --force to re-emit the published units with the "
-            f"new settings (they keep their keys; new keys follow the new settings) or a new output directory")
+        raise SettingsMismatch(_settings_refusal(out, old_settings, options.settings(), len(published)))
+
+
+def _settings_refusal(out: Path, old: dict, new: dict, published: int) -> str:
+    """What differs, both ways, and the command that goes on with the batch as it was made."""
+    changes = setting_changes(old, new)
+    was = " and ".join(f"{name} {value}" for name, value, _ in changes)
+    asked = " and ".join(f"{name} {value}" for name, _, value in changes)
+    command = shlex.join(["imagetools", "emit", "--base", "BASE", "--devices", "DEVICES", "--out-dir", str(out),
+                          *settings_options(old)])
+    return (f"the settings differ from the run that made {published} unit(s) in {out}: it was emitted with "
+            f"{was}, this run asks for {asked}; to go on with that batch, give its settings ({command}), "
+            f"or add --force to re-emit the published units with this run's settings (they keep their "
+            f"keys; new keys follow the new settings), or use a new output directory")
 
 
 def check_unit_files(devices: list[Device], options: EmitOptions) -> None:
@@ -234,7 +246,7 @@ def recheck(out: Path, device: Device, record: UnitRecord, base: Path | None = N
     """A published unit: its files are there and unchanged since publication (stat only); if the
     image was touched since, verify it again (without fsck) before counting it done."""
     unit_dir = out / device.name
-    result = record.result(unit_dir, Status.SKIPPED)
+    result = published_result(record, unit_dir, Status.SKIPPED)
     missing = [f for f in record.files if not (unit_dir / f).exists()]
     if missing:
         result.status, result.error = Status.FAILED, (f"published unit lost {', '.join(missing)}; "
@@ -253,6 +265,14 @@ def recheck(out: Path, device: Device, record: UnitRecord, base: Path | None = N
                         + "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
                         + "; use --force to re-emit it with its key")
     return result
+
+
+def published_result(record: UnitRecord, unit_dir: Path, status: Status) -> UnitResult:
+    """A published unit as this run reports it."""
+    return UnitResult(name=record.name, identity=record.identity, status=status,
+                      fingerprint=record.fingerprint, key_type=record.key_type,
+                      key_source=record.key_source, image=str(unit_dir / record.image),
+                      image_sha256=record.image_sha256, verify=record.verify, timings=record.timings)
 
 
 def _verify_published(image: Path, pub: keys.PublicKey, record: UnitRecord, base: Path | None,

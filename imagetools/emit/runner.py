@@ -19,6 +19,7 @@ from .. import bmap
 from ..errors import EnvironmentProblem
 from ..personalize import scratch_space
 from ..sparse import allocated_bytes, sync_filesystem
+from ..unitformat import batch_key, sign_unit
 from .model import Job, Progress, Status, UnitFormat, UnitResult
 from .outdir import publish
 from .unit import Stage, finish_unit, os_error, prepare_unit
@@ -155,6 +156,7 @@ class _Publisher:
         self.out, self.results, self.total, self.progress, self.batch = out, results, total, progress, batch
         self.ready: list[tuple[UnitResult, Job]] = []
         self.disk_full: list[UnitResult] = []
+        self.key = batch_key(out)  # in this process only: the workers never hold it
 
     def stopped(self) -> bool:
         return bool(self.disk_full)
@@ -172,6 +174,8 @@ class _Publisher:
             return
         ready, self.ready = self.ready, []
         try:
+            for result, _ in ready:
+                sign_unit(Path(result.tmp), self.key)
             sync_filesystem(self.out)
         except OSError as exc:
             for result, _ in ready:

@@ -16,66 +16,10 @@ from typing import Any
 from ..errors import EnvironmentProblem
 from ..image import ImageSource
 from ..units import MiB
-from .model import KeySource, Status, UnitResult
+from ..unitformat import STATE_FILE, Fields
 from .outdir import write_text
 
-STATE_FILE = ".imagetools-emit.json"
-UNIT_FILE = "unit.json"
 STATE_VERSION = 1
-
-
-@dataclass(frozen=True, kw_only=True)
-class UnitRecord:
-    """OUT/<name>/unit.json: what emit recorded about a published unit. The image's size, mtime
-    and ctime let a later run skip the unit after a stat; its key is never regenerated."""
-
-    name: str
-    identity: dict[str, str]
-    fingerprint: str
-    key_type: str
-    key_source: KeySource
-    image: str                      # file name inside the unit directory
-    image_size: int
-    image_mtime_ns: int
-    image_ctime_ns: int | None      # None: a record from before it was kept
-    image_sha256: str
-    base_sha256: str
-    settings: dict[str, Any]
-    files: list[str]
-    verify: dict[str, Any]
-    timings: dict[str, float]
-    format: str = "image"           # "delta": `image` names the delta file; image_sha256 is its sha256
-
-    @classmethod
-    def read(cls, path: Path) -> UnitRecord:
-        """OSError if unreadable, ValueError if it is not a record emit writes."""
-        return cls.from_json(json.loads(path.read_text()))
-
-    def write(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
-
-    @classmethod
-    def from_json(cls, data: Any) -> UnitRecord:
-        f = _Fields(data, UNIT_FILE)
-        image = f.get("image", str)
-        if image in ("", ".", "..") or "/" in image:
-            raise ValueError(f"{UNIT_FILE}: 'image' is not a file name")
-        return cls(name=f.get("name", str), identity=f.get("identity", dict, each=str),
-                   fingerprint=f.get("fingerprint", str), key_type=f.get("key_type", str),
-                   key_source=KeySource(f.get("key_source", str)), image=image,
-                   image_size=f.get("image_size", int), image_mtime_ns=f.get("image_mtime_ns", int),
-                   image_ctime_ns=f.get("image_ctime_ns", int, optional=True),
-                   image_sha256=f.get("image_sha256", str), base_sha256=f.get("base_sha256", str),
-                   settings=f.get("settings", dict), files=f.get("files", list, each=str),
-                   verify=f.get("verify", dict), timings=f.get("timings", dict, each=(int, float)),
-                   format=_unit_format(f.get("format", str, optional=True)))
-
-    def result(self, unit_dir: Path, status: Status) -> UnitResult:
-        """The published unit as this run reports it."""
-        return UnitResult(name=self.name, identity=self.identity, status=status,
-                          fingerprint=self.fingerprint, key_type=self.key_type,
-                          key_source=self.key_source, image=str(unit_dir / self.image),
-                          image_sha256=self.image_sha256, verify=self.verify, timings=self.timings)
 
 
 @dataclass
@@ -104,8 +48,8 @@ class EmitState:
 
     @classmethod
     def from_json(cls, data: Any) -> EmitState:
-        f = _Fields(data, "state")
-        base = _Fields(f.get("base", dict), "base")
+        f = Fields(data, "state")
+        base = Fields(f.get("base", dict), "base")
         return cls(BaseIdentity(base.get("path", str), base.get("size", int), base.get("mtime_ns", int),
                                 base.get("table_sha256", str), base.get("sha256", str, optional=True)),
                    f.get("settings", dict), f.get("complete", bool))
@@ -148,34 +92,84 @@ def _table_sha256(base: ImageSource) -> str:
     return hashlib.sha256(head + base.read(tail_at, base.size - tail_at, "the backup table")).hexdigest()
 
 
-class _Fields:
-    """A JSON object's fields, each of the type emit writes, or ValueError naming the first that
-    is not."""
-
-    def __init__(self, data: Any, what: str):
-        if not isinstance(data, dict):
-            raise ValueError(f"{what} is not a JSON object")
-        self.data, self.what = data, what
-
-    def get(self, key: str, kind: type | tuple[type, ...], *, each: type | tuple[type, ...] | None = None,
-            optional: bool = False) -> Any:
-        """data[key], of `kind`; `each`: the type of every value of an object or item of a list."""
-        value = self.data.get(key)
-        if value is None and optional:
-            return None
-        if not _is(value, kind) or (each is not None and not all(
-                _is(v, each) for v in (value.values() if isinstance(value, dict) else value))):
-            raise ValueError(f"{self.what}: {key!r} is missing or of another type")
-        return value
+# --- recorded settings as an operator knows them ---------------------------------------------------
+_Described = dict[str, tuple[str, list[str]]]  # setting -> (its value as text, the emit options giving it)
 
 
-def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
-    """isinstance, except that a JSON true or false is no number."""
-    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+def setting_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(setting, recorded value, this run's value) for each setting two runs differ in (named as
+    an operator knows them; the tenant token, certificate and verification key by SHA-256 only)."""
+    a, b = ({name: text for name, (text, _) in _described(s).items()} for s in (old, new))
+    changes = [(name, a.get(name, "none"), b.get(name, "none"))
+               for name in dict.fromkeys([*a, *b]) if a.get(name) != b.get(name)]
+    return changes or [("settings", json.dumps(old, sort_keys=True), json.dumps(new, sort_keys=True))]
 
 
-def _unit_format(value: str | None) -> str:
-    """unit.json's format: absent in records from before deltas (they are images)."""
-    if value not in (None, "image", "delta"):
-        raise ValueError(f"{UNIT_FILE}: 'format' is {value!r}, not 'image' or 'delta'")
-    return value or "image"
+def settings_options(settings: dict[str, Any]) -> list[str]:
+    """The emit options that give these recorded settings (placeholders for files and the token,
+    which are recorded by SHA-256 only), e.g. ['--format', 'delta', '--key-type', 'ed25519']."""
+    return [option for _, options in _described(settings).values() for option in options]
+
+
+def _described(settings: dict[str, Any]) -> _Described:
+    """Each recorded setting (EmitOptions.settings()) by name; a state file of another version
+    may hold anything, so odd shapes are shown as they are, never refused here."""
+    key = settings.get("key") if isinstance(settings.get("key"), dict) else {}
+    unit_format = str(settings.get("format", "image"))
+    out: _Described = {
+        "key type": _key_type(key),
+        "format": (unit_format, [] if unit_format == "image" else ["--format", unit_format]),
+        "bmap": ("on", []) if settings.get("bmap", True) else ("off", ["--no-bmap"]),
+        "private keys": ("discarded", ["--discard-private-keys"]) if settings.get("discard_private_keys")
+        else ("kept", [])}
+    files = settings.get("unit_files") if isinstance(settings.get("unit_files"), list) else []
+    specs = [f"{f.get('path')}={f.get('column')}:{f.get('mode')}:{f.get('owner')}"
+             for f in files if isinstance(f, dict)]
+    if specs:
+        out["unit files"] = (", ".join(specs), [o for spec in specs for o in ("--unit-file", spec)])
+    modify = settings.get("modify") if isinstance(settings.get("modify"), dict) else {}
+    out.update(_modify_described(modify))
+    for name in settings.keys() - {"key", "format", "bmap", "discard_private_keys", "unit_files", "modify"}:
+        out[name] = (json.dumps(settings[name], sort_keys=True), [])
+    return out
+
+
+def _key_type(key: dict[str, Any]) -> tuple[str, list[str]]:
+    """'rsa3072', 'ecdsa p256' or 'ed25519' (PKCS#8 added when asked for), with its options."""
+    kind = str(key.get("type", "rsa"))
+    size = {"rsa": ("bits", ""), "ecdsa": ("curve", " ")}.get(kind)
+    text, options = kind, ["--key-type", kind]
+    if size is not None and key.get(size[0]) is not None:
+        text += f"{size[1]}{key[size[0]]}"
+        options += [f"--{size[0]}", str(key[size[0]])]
+    if key.get("format") == "pkcs8" and kind != "ed25519":
+        text += " PKCS#8"
+    return text, options
+
+
+_MODIFY = {  # summary field -> (setting, option, placeholder for what is recorded by SHA-256 only)
+    "server_uri": ("server URI", "-u", None), "tenant_token_sha256": ("tenant token", "-t", "@TOKEN_FILE"),
+    "server_cert_sha256": ("server certificate", "-c", "SERVER_CERT"),
+    "verification_key_sha256": ("verification key", "-v", "VERIFY_KEY"),
+    "artifact_name": ("Artifact name", "-n", None), "static_key": ("static key", "--static-key", None),
+    "conf_mode": ("mender.conf mode", "--mode", None)}
+
+
+def _modify_described(modify: dict[str, Any]) -> _Described:
+    """The per-unit configuration (config.ModifyPlan.summary()), each option given on its own."""
+    out: _Described = {}
+    for field, value in modify.items():
+        if value in (None, False, [], ""):
+            continue
+        if field in ("set", "unset") and isinstance(value, list):
+            shown = ["=".join(map(str, v)) if isinstance(v, list) else str(v) for v in value]
+            out[f"--{field}"] = (", ".join(shown), [o for s in shown for o in (f"--{field}", s)])
+            continue
+        name, option, placeholder = _MODIFY.get(field, (field, None, None))
+        if placeholder is not None:
+            out[name] = (f"sha256 {str(value)[:12]}...", [option, placeholder])
+        elif value is True:
+            out[name] = ("on", [option] if option else [])
+        else:
+            out[name] = (str(value), [option, str(value)] if option else [])
+    return out

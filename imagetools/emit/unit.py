@@ -38,7 +38,7 @@ from ..verify import (Check, DEFAULT_KEY_PATH, VerifyReport, data_path, fsck_che
                       read_key_in_image, rootfs_checks, verify_image)
 from .model import EmitOptions, Job, Status, UnitFormat, UnitResult
 from .outdir import TMP_DIR, private_dir
-from .state import UNIT_FILE, UnitRecord
+from ..unitformat import UNIT_FILE, UnitRecord
 
 DATA_KEY_PATH = data_path(DEFAULT_KEY_PATH)
 DELTA_SUFFIX = ".delta"

@@ -17,6 +17,12 @@ from ..errors import ImageFormatError, from_oserror
 from .source import ImageSource
 
 PROBE_BYTES = 65536  # covers the ext superblock, FAT boot sector and swap headers up to 64 KiB pages
+# The partition table areas a flash zeroes first and writes last (MBR / primary GPT at the start,
+# backup GPT at the end), so that an interrupted flash never leaves a card that looks complete.
+TABLE_AREA = 64 * 1024
+# How far past the table area a flash must have written something: every Mender layout starts its
+# first partition within 64 MiB. A bound, so that an all-zero card is not read whole.
+_FLASHED_WITHIN = 64 << 20
 
 
 class FsType(StrEnum):
@@ -71,9 +77,23 @@ def probe_bytes(data: bytes) -> FsInfo:
         info = check(data)
         if info is not None:
             return info
-    if data and data.count(0) == len(data):
+    if data and _zeros(data):
         return FsInfo("empty")
     return FsInfo("unknown")
+
+
+def interrupted_flash(src: ImageSource) -> bool:
+    """Whether src reads as a card whose flash stopped midway: its table area all zeros, and
+    something written after it (an all-zero or too short file is merely not an image)."""
+    if src.size <= TABLE_AREA or not _zeros(src.read(0, TABLE_AREA, "the partition table area")):
+        return False
+    end = min(src.size, TABLE_AREA + _FLASHED_WITHIN)
+    return not all(_zeros(src.read(pos, min(1 << 20, end - pos), f"the card at byte {pos}"))
+                   for pos in range(TABLE_AREA, end, 1 << 20))
+
+
+def _zeros(data: bytes) -> bool:
+    return data.count(0) == len(data)
 
 
 # --- ext2/3/4 ---------------------------------------------------------------------------------
