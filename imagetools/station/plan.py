@@ -16,6 +16,7 @@ from ..verify import DEFAULT_KEY_PATH, data_path
 from .zeroing import must_zero
 
 BLOCK = 4096
+LEDGER_FILE = "ledger.sqlite"   # beside the units: OUT/ledger.sqlite
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,6 @@ def plan_key(base: str | os.PathLike, key_file: str | os.PathLike) -> Plan:
     ledger = str(Path(key_file).resolve().parent / LEDGER_FILE)
     return Plan(str(base), base_map.size, base_map.ranges, delta.extents, unit,
                 _zeros(str(base), base_map.ranges, base_map.size), (str(base), str(key_file)), ledger)
-
-
-LEDGER_FILE = "ledger.sqlite"
 
 
 def key_unit_name(key_file: Path) -> str:
