@@ -12,16 +12,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, NoReturn
+from typing import NamedTuple
 
-from . import keys
+from . import keys, strict
 from .errors import DeviceListError, ImageToolsError
 from .mender import canonical_identity, loose_identity
-from .strict import read_regular
+from .strict import Duplicates, JsonNumber, JsonObject, Numbers, Policy, read_regular
 
 RESERVED_COLUMNS = ("name", "key")
 # JSON objects may also hold the identity in an `identity_data` object (preauth.json's form).
@@ -31,6 +31,9 @@ MAX_DEVICE_LIST = 64 * 1024 * 1024
 # Files emit writes next to the unit directories; a unit may not be named like them.
 RESERVED_NAMES = frozenset({"preauth.json", "preauth.csv", "report.json"})
 MAX_NAME = 64
+# A key given twice is kept and reported with its line; numbers (identity values) stay as written:
+# 1.10 stays "1.10" and 1e400 does not become "inf".
+DEVICE_JSON = Policy(duplicates=Duplicates.KEEP, numbers=Numbers.EXACT)
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -174,39 +177,17 @@ def _split_row(values: dict[str, str], line: int, problems: Problems) -> Row:
     return Row(line, values.get("name", ""), values.get("key", ""), identity, broken=bool(empty))
 
 
-class _Number(str):
-    """A JSON number as written: 1.10 stays "1.10" and 1e400 does not become "inf"."""
-
-
-class _Object(dict):
-    """A JSON object that remembers the keys written more than once (json keeps the last silently)."""
-
-    def __init__(self, pairs: list[tuple[str, object]]) -> None:
-        super().__init__(pairs)
-        seen: set[str] = set()
-        self.repeated: list[str] = []
-        for key, _ in pairs:
-            if key in seen:
-                self.repeated.append(key)
-            seen.add(key)
-
-
-class _NotJSON(ValueError):
-    """NaN and Infinity, which Python's json accepts although JSON has no such values."""
-
-
 class _RowProblem(Exception):
     """Why one JSON device object is unusable (reported with its line)."""
 
 
-def _constant(name: str) -> NoReturn:
-    raise _NotJSON(f"{name} is not a JSON value")
-
-
 def _json_items(text: str, problems: Problems):
     """Top-level list elements with the line each starts on (json has no positions otherwise)."""
-    decoder = json.JSONDecoder(object_pairs_hook=_Object, parse_float=_Number, parse_int=_Number,
-                               parse_constant=_constant)
+    try:
+        strict.check_depth(text, DEVICE_JSON)
+    except strict.JsonError as exc:
+        problems.append((0, f"bad JSON: {exc}"))
+        return
     pos = _skip_ws(text, 0)
     if pos >= len(text) or text[pos] != "[":
         problems.append((_line_of(text, pos), "expected a JSON list of device objects"))
@@ -216,15 +197,9 @@ def _json_items(text: str, problems: Problems):
         return
     while pos < len(text):
         try:
-            item, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            problems.append((exc.lineno, f"bad JSON: {exc.msg}"))
-            return
-        except _NotJSON as exc:
-            problems.append((_line_of(text, pos), f"bad JSON: {exc}"))
-            return
-        except RecursionError:
-            problems.append((_line_of(text, pos), "bad JSON: nested too deeply"))
+            item, end = strict.decode_at(text, pos, DEVICE_JSON)
+        except strict.JsonError as exc:
+            problems.append((exc.line or _line_of(text, pos), f"bad JSON: {exc.reason}"))
             return
         yield _line_of(text, pos), item
         pos = _skip_ws(text, end)
@@ -245,8 +220,8 @@ def _json_items(text: str, problems: Problems):
 def _json_entry(item: object, line: int, problems: Problems) -> Row | None:
     """The row, broken when it has problems of its own (all of them reported); None when its
     shape is unusable (not an object, keys spelled twice)."""
-    if not isinstance(item, _Object):
-        problems.append((line, f"expected an object, got {_json_type(item)}"))
+    if not isinstance(item, JsonObject):
+        problems.append((line, f"expected an object, got {strict.json_type(item, article=True)}"))
         return None
     try:
         meta, attrs, found = _json_fields(item)
@@ -259,7 +234,7 @@ def _json_entry(item: object, line: int, problems: Problems) -> Row | None:
     return Row(line, meta["name"], meta["key"], identity, broken=bool(found))
 
 
-def _json_fields(item: _Object) -> tuple[dict[str, str], dict[str, object], list[str]]:
+def _json_fields(item: JsonObject) -> tuple[dict[str, str], dict[str, object], list[str]]:
     """`name` and `key` (stripped strings, "" when absent), the identity attributes (the
     `identity_data` object, or else every other key of the flat object) and the problems with
     `name` and `key`. Raises _RowProblem when the object's keys make no sense."""
@@ -275,7 +250,7 @@ def _json_fields(item: _Object) -> tuple[dict[str, str], dict[str, object], list
     bad: list[str] = []
     for col in RESERVED_COLUMNS:
         value = item[found[col]] if col in found else ""
-        if isinstance(value, _Number) or not isinstance(value, str):
+        if not isinstance(value, str):
             bad.append(f"{col!r} must be a string")
             value = ""
         meta[col] = value.strip()
@@ -283,7 +258,7 @@ def _json_fields(item: _Object) -> tuple[dict[str, str], dict[str, object], list
     if "identity_data" not in found:
         return meta, rest, bad
     attrs = item[found["identity_data"]]
-    if not isinstance(attrs, _Object) or rest:
+    if not isinstance(attrs, JsonObject) or rest:
         extra = ", ".join(map(repr, rest))
         raise _RowProblem("'identity_data' must be an object"
                           + (f" and the only other keys 'name'/'key' (also got {extra})" if extra else ""))
@@ -298,6 +273,8 @@ def _json_identity(attrs: dict[str, object]) -> tuple[dict[str, str], list[str]]
     identity: dict[str, str] = {}
     bad: list[str] = []
     for key, value in attrs.items():
+        if isinstance(value, JsonNumber):
+            value = value.text
         if not isinstance(value, str):
             bad.append(f"identity value for {key!r} must be a string or number")
             continue
@@ -313,17 +290,12 @@ def _json_identity(attrs: dict[str, object]) -> tuple[dict[str, str], list[str]]
     return identity, bad
 
 
-def _refuse_repeated(obj: _Object) -> None:
+def _refuse_repeated(obj: JsonObject) -> None:
     if obj.repeated:
         raise _RowProblem(f"key {obj.repeated[0]!r} appears twice in the object; JSON would keep only the last")
 
 
-def _json_type(value: object) -> str:
-    names = {_Number: "a number", str: "a string", bool: "true/false", type(None): "null", list: "a list"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _finish(entries: list[Row | None], problems: Problems, source: str,
+def _finish(entries: Sequence[Row | None], problems: Problems, source: str,
             base_dir: Path | None, allow_similar: bool = False) -> list[Device]:
     """Cross-row checks (duplicates, names, keys), then either the devices or one error. Rows are
     told apart by their index in `good`, not by line: a compact JSON list has them all on line 1.

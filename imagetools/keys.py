@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Callable, Sequence, Union, cast
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -29,9 +29,11 @@ from .strict import read_regular, size_text
 
 PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey]
 PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey]
+PRIVATE_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)  # PrivateKey, for isinstance
 
 KEY_TYPES = ("rsa", "ecdsa", "ed25519")
-CURVES = {"p256": ec.SECP256R1, "p384": ec.SECP384R1, "p521": ec.SECP521R1}
+CURVES: dict[str, type[ec.SECP256R1] | type[ec.SECP384R1] | type[ec.SECP521R1]] = {
+    "p256": ec.SECP256R1, "p384": ec.SECP384R1, "p521": ec.SECP521R1}
 # The curves the Mender client can load (Go's crypto/x509 in client 3.x; the same NIST curves in 4.x+).
 CLIENT_CURVES = frozenset(c.name for c in CURVES.values())
 MIN_RSA_BITS = 2048
@@ -335,12 +337,13 @@ def check_pair(key: PrivateKey, public: PublicKey | None = None, source: str = "
         if isinstance(key, rsa.RSAPrivateKey):
             _check_rsa_numbers(key.private_numbers(), source)
             signature = key.sign(_PAIR_MESSAGE, padding.PKCS1v15(), hashes.SHA256())
-            public.verify(signature, _PAIR_MESSAGE, padding.PKCS1v15(), hashes.SHA256())
+            # casts: a public key of another type fails the call (TypeError, caught below)
+            cast(rsa.RSAPublicKey, public).verify(signature, _PAIR_MESSAGE, padding.PKCS1v15(), hashes.SHA256())
         elif isinstance(key, ec.EllipticCurvePrivateKey):
             signature = key.sign(_PAIR_MESSAGE, ec.ECDSA(hashes.SHA256()))
-            public.verify(signature, _PAIR_MESSAGE, ec.ECDSA(hashes.SHA256()))
+            cast(ec.EllipticCurvePublicKey, public).verify(signature, _PAIR_MESSAGE, ec.ECDSA(hashes.SHA256()))
         else:
-            public.verify(key.sign(_PAIR_MESSAGE), _PAIR_MESSAGE)
+            cast(ed25519.Ed25519PublicKey, public).verify(key.sign(_PAIR_MESSAGE), _PAIR_MESSAGE)
     except (InvalidSignature, InternalError, ValueError, TypeError, AttributeError):
         raise KeyMaterialError(f"{source}: {describe(key)} private key does not work: a signature made "
                                f"with it does not verify with its public key (the key is corrupt or "
@@ -507,4 +510,4 @@ def read_key_bytes(path: str | os.PathLike, what: str) -> bytes:
 
 
 def _public(key: PrivateKey | PublicKey) -> PublicKey:
-    return key.public_key() if hasattr(key, "private_bytes") else key
+    return key.public_key() if isinstance(key, PRIVATE_TYPES) else key

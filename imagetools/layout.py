@@ -15,11 +15,11 @@ from enum import StrEnum
 from typing import Any
 
 from .errors import LayoutError
-from .fs import EXT_TYPES as EXT, Filesystem, fsck, open_filesystem
-from .image.probe import FsInfo, probe_source
-from .mender import (ESP_GUID, FAT_GUIDS, LINUX_GUIDS, MBR_FAT_TYPES, MBR_LINUX_TYPES, MBR_SWAP_TYPE,
-                     SWAP_GUID)
+from .fs import Capabilities, Filesystem, capabilities, fsck, open_filesystem
 from .image import DiskImage, ImageSource, Partition, read_image
+from .image.probe import FsInfo, probe_source
+from .mender import ESP_GUID, FAT_GUIDS, LINUX_GUIDS, MBR_FAT_TYPES, MBR_LINUX_TYPES, MBR_SWAP_TYPE, SWAP_GUID
+
 
 class Role(StrEnum):
     BOOT = "boot"
@@ -37,7 +37,7 @@ ROOTFS_A_NAMES = {"primary", "rootfs", "rootfsa", "rootfs-a", "rootfs_a", "root"
                   "root_a"}
 ROOTFS_B_NAMES = {"secondary", "rootfsb", "rootfs-b", "rootfs_b", "rootb", "root-b", "root_b"}
 BOOT_NAMES = {"boot", "bootfs", "esp", "efi", "uboot", "u-boot"}
-Roles = dict[int, tuple[str, str]]  # partition number -> (role, reason)
+Roles = dict[int, tuple[Role, str]]  # partition number -> (role, reason)
 # The reason of a role the caller chose (overrides); a CLI shows its own flag instead.
 OVERRIDE_REASON = "chosen by the caller ({role} = partition {number})"
 Infos = list[tuple[Partition, FsInfo]]
@@ -62,6 +62,11 @@ class PartInfo:
         """'partition 4 (data, ext4)': how messages about its contents name a partition."""
         role = f"{self.role}, " if self.role else ""
         return f"partition {self.number} ({role}{self.fs.type})"
+
+    @property
+    def caps(self) -> Capabilities:
+        """What this partition's filesystem supports (owner and mode, fsck, data, in-place writes)."""
+        return capabilities(self.fs.type)
 
     def open(self, image_path: str | os.PathLike, writable: bool = False) -> Filesystem:
         """This partition's filesystem in `image_path` (the image itself or a copy of it)."""
@@ -138,19 +143,19 @@ class Layout:
 
     @property
     def data(self) -> PartInfo | None:
-        return self.find("data")
+        return self.find(Role.DATA)
 
     @property
     def boot(self) -> PartInfo | None:
-        return self.find("boot")
+        return self.find(Role.BOOT)
 
     @property
     def rootfs_a(self) -> PartInfo | None:
-        return self.find("rootfs-a")
+        return self.find(Role.ROOTFS_A)
 
     @property
     def rootfs_b(self) -> PartInfo | None:
-        return self.find("rootfs-b")
+        return self.find(Role.ROOTFS_B)
 
     @property
     def rootfs(self) -> list[PartInfo]:
@@ -202,7 +207,7 @@ def _apply_overrides(image: DiskImage, infos: Infos, overrides: dict[str, int], 
                               f"{number} (partitions: {seen})")
         if number in roles:
             raise LayoutError(f"partition {number} cannot be both {roles[number][0]} and {role}")
-        roles[number] = (role, OVERRIDE_REASON.format(role=role, number=number))
+        roles[number] = (Role(role), OVERRIDE_REASON.format(role=role, number=number))
 
 
 def _taken(roles: Roles, role: str) -> bool:
@@ -216,7 +221,7 @@ def _is_fat(p: Partition, fs: FsInfo) -> bool:
 
 def _is_linux(p: Partition, fs: FsInfo) -> bool:
     """Could hold a rootfs or data: an ext/squashfs filesystem, or a blank Linux-type partition."""
-    if fs.type in EXT or fs.type == "squashfs":
+    if capabilities(fs.type).owner_mode or fs.type == "squashfs":
         return True
     return fs.type in ("empty", "unknown") and (p.type in MBR_LINUX_TYPES or p.type in LINUX_GUIDS)
 
@@ -242,33 +247,33 @@ def _assign_boot_and_swap(infos: Infos, roles: Roles) -> None:
             continue
         if fs.type == "swap" or (fs.type in ("empty", "unknown") and p.type in (MBR_SWAP_TYPE, SWAP_GUID)):
             why = "swap signature" if fs.type == "swap" else f"swap partition type {p.type}"
-            roles[p.number] = ("swap", why)
-    if _taken(roles, "boot"):
+            roles[p.number] = (Role.SWAP, why)
+    if _taken(roles, Role.BOOT):
         return
     free = [(p, fs) for p, fs in infos if p.number not in roles]
     esp = next(((p, fs) for p, fs in free if p.type == ESP_GUID), None)
     if esp:
-        roles[esp[0].number] = ("boot", "EFI system partition type GUID")
+        roles[esp[0].number] = (Role.BOOT, "EFI system partition type GUID")
         return
     for p, fs in free:
         named = next((src for n, src in _names(p, fs) if n in BOOT_NAMES), None)
         if named and _is_fat(p, fs):
-            roles[p.number] = ("boot", f"{named} on a FAT partition")
+            roles[p.number] = (Role.BOOT, f"{named} on a FAT partition")
             return
     first = min(infos, key=lambda i: i[0].start)
     if first[0].number not in roles and _is_fat(*first):
         what = "vfat filesystem" if first[1].type == "vfat" else f"FAT partition type {first[0].type}"
-        roles[first[0].number] = ("boot", f"{what} in the first partition")
+        roles[first[0].number] = (Role.BOOT, f"{what} in the first partition")
 
 
 def _assign_by_name(infos: Infos, roles: Roles) -> None:
-    wanted = (("data", {"data"}, EXT), ("rootfs-a", ROOTFS_A_NAMES, None),
-              ("rootfs-b", ROOTFS_B_NAMES, None))
-    for role, names, fs_types in wanted:
+    wanted = ((Role.DATA, {"data"}, True), (Role.ROOTFS_A, ROOTFS_A_NAMES, False),
+              (Role.ROOTFS_B, ROOTFS_B_NAMES, False))
+    for role, names, data_only in wanted:
         if _taken(roles, role):
             continue
         for p, fs in infos:
-            if p.number in roles or not _is_linux(p, fs) or (fs_types and fs.type not in fs_types):
+            if p.number in roles or not _is_linux(p, fs) or (data_only and not capabilities(fs.type).data_partition):
                 continue
             named = next((src for n, src in _names(p, fs) if n in names), None)
             if named:
@@ -279,14 +284,14 @@ def _assign_by_name(infos: Infos, roles: Roles) -> None:
 def _assign_by_position(infos: Infos, roles: Roles) -> None:
     """Mender's order: rootfs A, rootfs B, then data; rootfs candidates must precede data."""
     ordered = sorted(infos, key=lambda i: i[0].start)
-    data = next((p for p, _ in ordered if roles.get(p.number, ("",))[0] == "data"), None)
+    data = next((p for p, _ in ordered if roles.get(p.number, ("",))[0] == Role.DATA), None)
     start_of = {p.number: p.start for p, _ in infos}
     placed = {r: start_of[n] for n, (r, _) in roles.items()}
-    for role, ordinal in (("rootfs-a", "first"), ("rootfs-b", "second")):
+    for role, ordinal in ((Role.ROOTFS_A, "first"), (Role.ROOTFS_B, "second")):
         if role in placed:
             continue
-        after = placed.get("rootfs-a", -1) if role == "rootfs-b" else -1
-        before = placed.get("rootfs-b") if role == "rootfs-a" else None
+        after = placed.get(Role.ROOTFS_A, -1) if role == Role.ROOTFS_B else -1
+        before = placed.get(Role.ROOTFS_B) if role == Role.ROOTFS_A else None
         for p, fs in ordered:
             if (p.number in roles or not _is_linux(p, fs) or _boot_named(p, fs) or p.start <= after
                     or (before is not None and p.start >= before)
@@ -297,17 +302,17 @@ def _assign_by_position(infos: Infos, roles: Roles) -> None:
                                if data else f"{ordinal} Linux partition{blank}")
             placed[role] = p.start
             break
-    if data is None and "rootfs-b" in placed:
+    if data is None and Role.ROOTFS_B in placed:
         for p, fs in ordered:
-            if p.number not in roles and fs.type in EXT and p.start > placed["rootfs-b"]:
-                roles[p.number] = ("data", f"first {fs.type} partition after rootfs B")
+            if p.number not in roles and capabilities(fs.type).data_partition and p.start > placed[Role.ROOTFS_B]:
+                roles[p.number] = (Role.DATA, f"first {fs.type} partition after rootfs B")
                 break
 
 
-def _extra(p: Partition, fs: FsInfo, roles: Roles, infos: Infos) -> tuple[str, str]:
-    data_start = next((q.start for q, _ in infos if roles.get(q.number, ("",))[0] == "data"), None)
+def _extra(p: Partition, fs: FsInfo, roles: Roles, infos: Infos) -> tuple[Role, str]:
+    data_start = next((q.start for q, _ in infos if roles.get(q.number, ("",))[0] == Role.DATA), None)
     if data_start is not None and p.start > data_start:
-        return "extra", f"{fs.type} partition after data"
+        return Role.EXTRA, f"{fs.type} partition after data"
     if _is_fat(p, fs):
-        return "extra", f"{fs.type} partition that is not the first one"
-    return "extra", f"{fs.type} partition with no Mender role"
+        return Role.EXTRA, f"{fs.type} partition that is not the first one"
+    return Role.EXTRA, f"{fs.type} partition with no Mender role"

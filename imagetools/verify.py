@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import posixpath
 import typing
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -20,12 +19,16 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from . import keys
+from .deviceview import device_path, is_empty, on_data, resolve_on_rootfs
 from .errors import FilesystemError, ImageFormatError, KeyMaterialError, UsageError, VerifyFailed
-from .fs import EXT_TYPES
 from .image import DiskImage, ImageSource, read_image
 from .image.probe import TABLE_AREA, interrupted_flash
-from .layout import Layout, PartInfo, detect_layout
-from .mender import AUTH_PRIVATE_KEY, DATA_DATASTORE, DATA_MOUNT, DATASTORE, KEY_PATH
+from .layout import Layout, PartInfo, Role, detect_layout
+from .mender import AUTH_PRIVATE_KEY, DATA_DATASTORE, DATASTORE, KEY_PATH
+from .menderconf.read import rootfs_config
+from .menderconf.settings import lookup
+from .session import ImageSession
+from .strict import loads, read_regular
 
 DEFAULT_KEY_PATH = KEY_PATH
 CLIENT_KEY_DIR = DATASTORE  # where the client looks; a link to the data partition's mender/
@@ -111,12 +114,11 @@ class VerifyReport:
 def data_path(path: str) -> str:
     """The key's path inside the data partition: '/data/mender/x.pem' (mender-artifact's form) or
     the client's '/var/lib/mender/x.pem' both give '/mender/x.pem'."""
-    norm = posixpath.normpath(path)
-    if not norm.startswith("/"):
+    if not posixpath.normpath(path).startswith("/"):
         raise UsageError(f"key path {path!r} must be absolute, e.g. {DEFAULT_KEY_PATH}")
-    for prefix, replacement in ((DATA_MOUNT, ""), (CLIENT_KEY_DIR, "/mender")):
-        if norm.startswith(prefix + "/"):
-            return replacement + norm[len(prefix):]
+    inner = on_data(path, datastore=True)
+    if inner is not None:
+        return inner
     raise UsageError(f"key path {path!r} is not on the data partition; use a path under /data/ "
                      f"(default {DEFAULT_KEY_PATH})")
 
@@ -147,13 +149,11 @@ def verify_image(target: str | Path, *, expected: Expected = None,
         image = _read_table(src)
         layout = detect_layout(image, overrides, src)
     _check_table(report, image, layout)
-    data = layout.find("data")
-    with ExitStack() as stack:
-        data_fs = _check_data(report, layout, data)
-        if data_fs is not None:
-            stack.enter_context(data_fs)
+    data = layout.data
+    with ImageSession(target, layout) as session:   # each filesystem opened once for every check
+        data_fs = _check_data(report, session, data)
         _check_key(report, data_fs, key_rel, path, want_fp, want_problem, want_key)
-    report.checks += rootfs if rootfs is not None else rootfs_checks(target, layout, key_rel)
+        report.checks += rootfs if rootfs is not None else _rootfs_checks(session, key_rel)
     _check_fsck(report, target, data, fsck)
     report.checks.sort(key=lambda c: CHECK_NAMES.index(c.name))
     return report
@@ -197,29 +197,38 @@ def _check_key(report: VerifyReport, data_fs, key_rel: str, shown: str, want_fp:
 def rootfs_checks(target: str, layout: Layout, key_rel: str) -> list[Check]:
     """The checks of the root filesystems' configuration: the /var/lib/mender links and the
     static-key setting (which also reads /data/mender/mender.conf; injecting a key leaves it)."""
-    return link_checks(target, layout) + [static_key_check(target, layout, key_rel)]
+    with ImageSession(target, layout) as session:
+        return _rootfs_checks(session, key_rel)
+
+
+def _rootfs_checks(session: ImageSession, key_rel: str) -> list[Check]:
+    return _link_checks(session) + [static_key_check(session, key_rel)]
 
 
 def link_checks(target: str, layout: Layout) -> list[Check]:
     """On rootfs A and B, /var/lib/mender must resolve to the data partition's mender/ (an empty
     rootfs B only warns: meta-mender leaves it empty until the first update)."""
+    with ImageSession(target, layout) as session:
+        return _link_checks(session)
+
+
+def _link_checks(session: ImageSession) -> list[Check]:
     out = []
-    for role, name in (("rootfs-a", LINK_A), ("rootfs-b", LINK_B)):
-        part = layout.find(role)
-        status, detail = _link_status(target, part, role)
+    for role, name in ((Role.ROOTFS_A, LINK_A), (Role.ROOTFS_B, LINK_B)):
+        status, detail = _link_status(session, session.layout.find(role), role)
         out.append(Check(name, status, detail))
     return out
 
 
-def static_key_check(target: str, layout: Layout, key_rel: str) -> Check:
+def static_key_check(session: ImageSession, key_rel: str) -> Check:
     """Security.AuthPrivateKey as each rootfs's client reads it (/var/lib/mender/mender.conf, then
     /etc/mender/mender.conf over it). Unset, a missing or unreadable key is silently replaced and
     the unit shows up pending (warn); set elsewhere, the client uses another key (fail)."""
-    want = DATA_MOUNT + key_rel
+    want = device_path(key_rel)
     shown = want.replace(DATA_DATASTORE + "/", CLIENT_KEY_DIR + "/", 1)
     statuses, details = [], []
-    for part in layout.rootfs:
-        status, detail = _static_key_on(target, layout, part, want, shown)
+    for part in session.layout.rootfs:
+        status, detail = _static_key_on(session, part, want, shown)
         if status is not None:
             statuses.append(status)
             details.append(f"rootfs {part.role[-1].upper()}: {detail}")
@@ -231,20 +240,17 @@ def static_key_check(target: str, layout: Layout, key_rel: str) -> Check:
     return Check(STATIC_KEY, worst, "; ".join(details) + hint)
 
 
-def _static_key_on(target: str, layout: Layout, part: PartInfo, want: str,
-                   shown: str) -> tuple[Status | None, str]:
+def _static_key_on(session: ImageSession, part: PartInfo, want: str, shown: str) -> tuple[Status | None, str]:
     """(status, detail) for one rootfs; status None for a rootfs with nothing to check (empty B)."""
-    from . import config  # config resolves paths with this module: imported when needed
-
     try:
-        rootfs = config.read_rootfs(target, layout, part, settings_only=True)
+        rootfs = rootfs_config(session, part, settings_only=True)
     except FilesystemError as exc:
         return Status.FAIL, str(exc)
     if rootfs.state != "ok":
         return None, rootfs.state
     if rootfs.errors:
         return Status.FAIL, rootfs.errors[0]
-    value = config.lookup(rootfs.settings, AUTH_PRIVATE_KEY)
+    value = lookup(rootfs.settings, AUTH_PRIVATE_KEY)
     if value is None or value == "":
         return Status.WARN, f"{AUTH_PRIVATE_KEY} not set"
     if not isinstance(value, str) or not value.startswith("/"):
@@ -255,7 +261,6 @@ def _static_key_on(target: str, layout: Layout, part: PartInfo, want: str,
 
 
 _KEY_CLASSES = tuple(cls for union in (keys.PublicKey, keys.PrivateKey) for cls in typing.get_args(union))
-_PRIVATE_CLASSES = typing.get_args(keys.PrivateKey)
 
 
 def _expected(expected: Expected,
@@ -269,16 +274,18 @@ def _expected(expected: Expected,
     elif expected is not None and not isinstance(expected, (bytes, bytearray, *_KEY_CLASSES)):
         raise TypeError(f"expected must be a public key file path, PEM bytes or a key object, "
                         f"not {type(expected).__name__}")
-    if isinstance(expected, _PRIVATE_CLASSES):
+    if isinstance(expected, keys.PRIVATE_TYPES):
         expected = expected.public_key()
     if isinstance(expected, (bytes, bytearray)):
+        pem = bytes(expected)
         try:
-            expected = keys.load_public(bytes(expected), "expected public key")
+            expected = keys.load_public(pem, "expected public key")
         except KeyMaterialError as exc:
-            if b"BEGIN RSA PUBLIC KEY" not in expected:
+            if b"BEGIN RSA PUBLIC KEY" not in pem:
                 raise
             problem = str(exc)
-            expected = serialization.load_pem_public_key(bytes(expected))
+            # PKCS#1 (an RSA key): loaded for its fingerprint only
+            expected = typing.cast(keys.PublicKey, serialization.load_pem_public_key(pem))
     want = keys.fingerprint(expected) if expected is not None else None
     if fingerprint is not None:
         given = keys.normalize_fingerprint(fingerprint)
@@ -305,14 +312,14 @@ def _check_table(report: VerifyReport, image, layout: Layout) -> None:
         report.add(TABLE, Status.PASS, summary)
 
 
-def _check_data(report: VerifyReport, layout: Layout, data: PartInfo | None):
+def _check_data(report: VerifyReport, session: ImageSession, data: PartInfo | None):
     if data is None:
         report.add(DATA, Status.FAIL, f"no data partition (choose one with --data-partition N); "
-                                 f"partitions seen: {layout.summary() or 'none'}")
+                                 f"partitions seen: {session.layout.summary() or 'none'}")
         return None
     where = f"partition {data.describe()}"
     try:
-        fs = data.open(layout.image.path)
+        fs = session.filesystem(data)
     except FilesystemError as exc:
         report.add(DATA, Status.FAIL, f"{where}: cannot read it: {exc}")
         return None
@@ -393,20 +400,20 @@ def _check_mode_owner(report: VerifyReport, entry) -> None:
         report.add(OWNER, Status.FAIL, f"{entry.uid}:{entry.gid}, expected 0:0 (root)")
 
 
-def _link_status(target: str, part: PartInfo | None, role: str) -> tuple[Status, str]:
+def _link_status(session: ImageSession, part: PartInfo | None, role: Role) -> tuple[Status, str]:
     label = "rootfs " + role[-1].upper()
     if part is None:
-        return (Status.WARN if role == "rootfs-b" else Status.FAIL), f"no {label} partition found"
-    if part.fs.type not in EXT_TYPES:
-        if role == "rootfs-b" and part.fs.type == "empty":
+        return (Status.WARN if role == Role.ROOTFS_B else Status.FAIL), f"no {label} partition found"
+    if not part.caps.owner_mode:
+        if role == Role.ROOTFS_B and part.fs.type == "empty":
             return Status.WARN, f"{label} has no filesystem yet (filled by the first update)"
         return Status.WARN, f"{label} (partition {part.partition.number}) is {part.fs.type}: link not checked"
     want = DATA_DATASTORE
     try:
-        with part.open(target) as fs:
-            if role == "rootfs-b" and not [e for e in fs.list("/") if e.name not in ("lost+found", ".", "..")]:
-                return Status.WARN, f"{label} is empty (filled by the first update); not checked"
-            resolved, chain = resolve_on_rootfs(fs, CLIENT_KEY_DIR)
+        fs = session.filesystem(part)
+        if role == Role.ROOTFS_B and is_empty(fs):
+            return Status.WARN, f"{label} is empty (filled by the first update); not checked"
+        resolved, chain = resolve_on_rootfs(fs, CLIENT_KEY_DIR)
     except FilesystemError as exc:
         return Status.FAIL, f"{exc}: the client would not find the key ({CLIENT_KEY_DIR} must link to {want})"
     if resolved == want:
@@ -415,42 +422,6 @@ def _link_status(target: str, part: PartInfo | None, role: str) -> tuple[Status,
         return Status.FAIL, (f"{CLIENT_KEY_DIR} is a directory on {label}, not a link to {want}: "
                         f"the client would not find the key")
     return Status.FAIL, ", ".join(chain) + f" resolves to {resolved}, not {want}: the client would not find the key"
-
-
-def resolve_on_rootfs(fs, path: str, max_links: int = 40) -> tuple[str, list[str]]:
-    """Resolve `path` as the running system would with the data partition mounted at /data:
-    follow symlinks (absolute and relative) component by component on the rootfs; below /data the
-    rest lives on the data partition and is normalized lexically. Returns (resolved path, links
-    followed as 'link -> target'); FilesystemError if a component is missing or links loop."""
-    pending = [p for p in path.split("/") if p]
-    done: list[str] = []
-    chain: list[str] = []
-    while pending:
-        name = pending.pop(0)
-        if name == ".":
-            continue
-        if name == "..":
-            done = done[:-1]
-            continue
-        if not done and "/" + name == DATA_MOUNT:
-            return posixpath.normpath("/" + "/".join([name] + pending)), chain
-        here = "/" + "/".join(done + [name])
-        if not fs.exists(here):
-            raise FilesystemError(f"{here} does not exist" + (f" (after {', '.join(chain)})" if chain else ""))
-        entry = fs.stat(here)
-        if entry.type == "symlink":
-            if len(chain) >= max_links:
-                raise FilesystemError(f"{path}: too many levels of symbolic links")
-            link = entry.target if entry.target is not None else fs.readlink(here)
-            chain.append(f"{here} -> {link}")
-            if link.startswith("/"):
-                done = []
-            pending = [p for p in link.split("/") if p] + pending
-            continue
-        if pending and entry.type != "dir":
-            raise FilesystemError(f"{here} is not a directory")
-        done.append(name)
-    return "/" + "/".join(done), chain
 
 
 def _check_fsck(report: VerifyReport, target: str, data: PartInfo | None, run: bool) -> None:
@@ -491,9 +462,8 @@ def report_beside(image: str | Path) -> Path | None:
 def key_owner(fingerprint: str, report_file: str | Path) -> str | None:
     """The unit of an emit report.json whose key has this fingerprint, or None: a mismatch
     is half explained once the operator knows whose key the image holds (two images swapped)."""
-    from .preauth import read_json_file
-
-    data = read_json_file(Path(report_file).absolute(), "emit report", MAX_REPORT_BYTES)
+    path = Path(report_file).absolute()
+    data = loads(read_regular(path, MAX_REPORT_BYTES, "emit report"), f"emit report {path}")
     units = data.get("units") if isinstance(data, dict) else None
     for unit in units if isinstance(units, list) else []:
         if isinstance(unit, dict) and unit.get("fingerprint") == fingerprint and isinstance(unit.get("name"), str):

@@ -13,15 +13,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from conftest import run_tool
-from imagetools import config, files, keys, verify
-from imagetools.errors import KeyMaterialError, UsageError
-from imagetools.layout import open_layout
-from imagetools.verify import verify_image
+from cryptography.hazmat.primitives.asymmetric import ec
 from support.mender_client import AuthServer, run_client, unshare_works
 from support.tls import self_signed
+
+from imagetools import files, keys, verify
+from imagetools.errors import KeyMaterialError, UsageError
+from imagetools.layout import open_layout
+from imagetools.menderconf.modify import modify
+from imagetools.menderconf.plan import ModifyPlan
+from imagetools.menderconf.read import read as read_config
+from imagetools.menderconf.settings import dump_conf
+from imagetools.verify import verify_image
 
 pytestmark = pytest.mark.integration
 
@@ -115,9 +119,9 @@ def test_modify_lands_on_both_rootfs(make_image, cli, trust, layout):
 @pytest.mark.parametrize("layout", ["gptimg", "noboot"])
 def test_modify_and_read_on_other_layouts(make_image, layout):
     img = make_image(layout)
-    result = config.modify(img, config.ModifyPlan(server_uri=URL, artifact_name="release-7"))
+    result = modify(img, ModifyPlan(server_uri=URL, artifact_name="release-7"))
     assert [c.role for c in result.rootfs] == ["rootfs-a", "rootfs-b"] and result.warnings == []
-    report = config.read(img)
+    report = read_config(img)
     assert [r.settings["ServerURL"] for r in report.rootfs] == [URL, URL]
     assert [r.artifact_name for r in report.rootfs] == ["release-7"] * 2 and report.differences == []
     fsck_clean(img, "rootfs-a", "rootfs-b")
@@ -181,15 +185,15 @@ def test_keeps_every_setting_exactly_mode_and_owner(make_image):
     img = make_image("sdimg")
     text = b'{"ServerURL": "https://a.example.com", "Big": 12345678901234567891, "F": 1.10,\n "Security": {"SSLEngine": "x"}}'
     files.install(img, CONF, text, mode=0o640, uid=0, gid=42)
-    plan = config.ModifyPlan(server_uri=URL, static_key=True)
-    result = config.modify(img, plan)
+    plan = ModifyPlan(server_uri=URL, static_key=True)
+    result = modify(img, plan)
     assert [c.written for c in result.rootfs] == [[CONF], [CONF]]
     raw = debugfs_cat(img, "rootfs-a", CONF)
     assert b'"Big": 12345678901234567891' in raw and b'"F": 1.10' in raw  # numbers as written
     assert json.loads(raw)["Security"] == {"SSLEngine": "x", "AuthPrivateKey": "/var/lib/mender/mender-agent.pem"}
     stat = debugfs_stat(img, "rootfs-b", CONF)
     assert "Mode:  0640" in stat and "Group:    42" in stat
-    again = config.modify(img, plan)  # nothing left to do: nothing written
+    again = modify(img, plan)  # nothing left to do: nothing written
     assert [c.written for c in again.rootfs] == [[], []]
     fsck_clean(img, "rootfs-a", "rootfs-b")
 
@@ -197,9 +201,9 @@ def test_keeps_every_setting_exactly_mode_and_owner(make_image):
 def test_set_and_unset(make_image):
     img = make_image("sdimg")
     files.install(img, CONF, json.dumps(RICH_CONF).encode())
-    plan = config.ModifyPlan.from_options(set=["UpdatePollIntervalSeconds=1800", 'Security.SSLEngine="pkcs11"'],
+    plan = ModifyPlan.from_options(set=["UpdatePollIntervalSeconds=1800", 'Security.SSLEngine="pkcs11"'],
                                           unset=["RootfsPartB", "DBus"])
-    config.modify(img, plan)
+    modify(img, plan)
     conf = conf_of(img, "rootfs-b")
     assert conf["UpdatePollIntervalSeconds"] == 1800 and conf["Security"] == {"SSLEngine": "pkcs11"}
     assert "RootfsPartB" not in conf and "DBus" not in conf and conf["RootfsPartA"] == "/dev/mmcblk0p2"
@@ -300,24 +304,24 @@ def test_bad_options_are_refused_with_nothing_changed(make_image, cli, trust, tm
 
 
 def test_library_plan_takes_python_values():
-    plan = config.ModifyPlan(settings=(("UpdatePollIntervalSeconds", 1800), ("Security", {"SSLEngine": "x"}),
+    plan = ModifyPlan(settings=(("UpdatePollIntervalSeconds", 1800), ("Security", {"SSLEngine": "x"}),
                                        ("RetryPollIntervalSeconds", 30)), unset=("RootfsPartB",))
-    assert config.dump_conf(plan.edit({"RootfsPartB": "/dev/sda3"}, "test")) == (
+    assert dump_conf(plan.edit({"RootfsPartB": "/dev/sda3"}, "test")) == (
         b'{\n    "UpdatePollIntervalSeconds": 1800,\n    "Security": {\n        "SSLEngine": "x"\n    },\n'
         b'    "RetryPollIntervalSeconds": 30\n}\n')
     for bad in (float("nan"), 2**60 + 1, object(), {"a": 1, "A": 2}):
         with pytest.raises(UsageError):
-            config.ModifyPlan(settings=(("Extra", bad),))
+            ModifyPlan(settings=(("Extra", bad),))
     with pytest.raises(UsageError, match="Go int"):
-        config.ModifyPlan(settings=(("RetryPollCount", 2**40),))
+        ModifyPlan(settings=(("RetryPollCount", 2**40),))
 
 
 def test_library_errors_are_typed():
     with pytest.raises(UsageError):
-        config.ModifyPlan(server_uri="mender.example.com")
+        ModifyPlan(server_uri="mender.example.com")
     with pytest.raises(KeyMaterialError):
-        config.ModifyPlan(server_cert=b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
-    assert TOKEN not in repr(config.ModifyPlan(tenant_token=TOKEN))
+        ModifyPlan(server_cert=b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    assert TOKEN not in repr(ModifyPlan(tenant_token=TOKEN))
 
 
 # --- --out ----------------------------------------------------------------------------------------
@@ -356,7 +360,7 @@ def test_verify_static_key(make_image, tmp_path):
     assert report.ok and report.check(verify.STATIC_KEY).status == "warn"
     assert [c.name for c in report.checks] == list(verify.CHECK_NAMES)
 
-    config.modify(img, config.ModifyPlan(static_key=True))
+    modify(img, ModifyPlan(static_key=True))
     check = verify_image(img, fsck=False).check(verify.STATIC_KEY)
     assert check.status == "pass", check
 
@@ -364,12 +368,12 @@ def test_verify_static_key(make_image, tmp_path):
     files.install(img, "/data/mender/mender.conf", b'{"Security": {"AuthPrivateKey": "/etc/other.pem"}}')
     assert verify_image(img, fsck=False).check(verify.STATIC_KEY).status == "pass"
     # /etc points elsewhere on B only: fail, naming B
-    config.modify(img, config.ModifyPlan.from_options(set=['Security.AuthPrivateKey="/etc/other.pem"']),
+    modify(img, ModifyPlan.from_options(set=['Security.AuthPrivateKey="/etc/other.pem"']),
                   rootfs="b")
     check = verify_image(img, fsck=False).check(verify.STATIC_KEY)
     assert check.status == "fail" and "rootfs B" in check.detail and "/etc/other.pem" in check.detail
     # only the fallback sets it (through /var/lib/mender -> /data/mender): the client reads it
-    config.modify(img, config.ModifyPlan(unset=("Security",)))
+    modify(img, ModifyPlan(unset=("Security",)))
     files.install(img, "/data/mender/mender.conf", b'{"Security": {"AuthPrivateKey": "/data/mender/mender-agent.pem"}}')
     assert verify_image(img, fsck=False).check(verify.STATIC_KEY).status == "pass"
     files.install(img, CONF, b"{", partition=2)
@@ -406,7 +410,7 @@ def test_config_reports_what_the_client_would_not_load(make_image):
     img = make_image("sdimg", empty_rootfs_b=True)
     files.install(img, CONF, b'{"ServerURL": 1}', partition=2)
     files.install(img, "/etc/mender/server.crt", b"cert", partition=2)
-    report = config.read(img)
+    report = read_config(img)
     a, b = report.rootfs
     assert b.state == "empty" and report.differences == []
     assert any("ServerURL is integer" in e for e in a.errors)

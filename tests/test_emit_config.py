@@ -14,12 +14,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_tool
-from imagetools import config
+
 from imagetools.emit import EmitOptions, UnitFile
 from imagetools.errors import UsageError
 from imagetools.layout import open_layout
+from imagetools.menderconf.read import read as read_config
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +73,7 @@ def test_modify_and_unit_files_land_in_every_unit(setup, cli, layout):
     assert _sha256(base) == before
     for n in (1, 2):
         img = out / f"u{n}" / f"u{n}.sdimg"
-        report = config.read(img)
+        report = read_config(img)
         for rootfs in report.rootfs:
             assert rootfs.settings["ServerURL"] == URL and rootfs.settings["TenantToken"] == TOKEN
             assert rootfs.artifact_name == "release-7"
@@ -122,7 +122,7 @@ def test_resume_with_other_modify_options_is_refused(setup, cli):
     assert TOKEN not in token_changed.stderr and "other.token" not in token_changed.stderr
     forced = _emit(cli, base, devices, out, "-n", "release-8", "--force")
     assert forced.returncode == 0, forced.stderr
-    assert config.read(out / "u1" / "u1.sdimg").rootfs[1].artifact_name == "release-8"
+    assert read_config(out / "u1" / "u1.sdimg").rootfs[1].artifact_name == "release-8"
 
 
 def test_bad_configuration_is_refused_before_anything_is_written(setup, cli, tmp_path):

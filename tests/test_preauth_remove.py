@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import shlex
+from types import SimpleNamespace
 
+from support.mender_server import DEVICES, MenderTestServer, Reply
 
 from imagetools import keys, preauth
+from imagetools.mender import DEVICE_V2
+from imagetools.preauth import leftbehind, remove
 from imagetools.server import MenderClient, ServerSettings
-from support.mender_server import DEVICES, MenderTestServer, Reply
 
 
 def new_pem() -> str:
@@ -258,21 +261,18 @@ def test_a_listing_breaking_the_api_stops_before_any_removal(cli, env, mender, t
 
 
 class _Recorder:
-    """A client whose listing nothing has checked: the planner must not trip over it."""
+    """A transport whose listing nothing has checked (the client checks every device): the
+    planner must not trip over it. Each DELETE is recorded and answered 204."""
 
     def __init__(self, devices: list[dict]):
         self.devices, self.calls = devices, []
 
-    def iter_devices(self):
+    def paged(self, path, params, what, problem):
         return iter(self.devices)
 
-    def remove_auth_set(self, device_id, auth_id):
-        self.calls.append(("remove", device_id, auth_id))
-        return True
-
-    def decommission(self, device_id):
-        self.calls.append(("decommission", device_id))
-        return True
+    def request(self, method, path, *, what, **kwargs):
+        self.calls.append((method, path))
+        return SimpleNamespace(status_code=204)
 
 
 def test_remove_plans_hostile_listings_without_a_traceback():
@@ -298,15 +298,15 @@ def test_remove_plans_hostile_listings_without_a_traceback():
     for decommission in (False, True):
         for with_key in (True, False):
             client = _Recorder(devices)
-            targets = [preauth.Target({"name": name}, (key,) if with_key else (), name) for name in listings]
-            results = preauth.remove(client, targets, decommission=decommission, force=True)
+            targets = [remove.Target({"name": name}, (key,) if with_key else (), name) for name in listings]
+            results = remove.remove(client, targets, decommission=decommission, force=True)
             got = {r.name: r.outcome for r in results}
             want = dict(expected)
             if decommission:
                 want["number-id"] = "removed"              # decommissioning needs the device's id only
             assert got == want, (decommission, with_key)
             assert all(r.detail and "\n" not in r.detail for r in results)
-            assert client.calls == ([("decommission", "d9")] if decommission else [])
+            assert client.calls == ([("DELETE", DEVICE_V2.format(device_id="d9"))] if decommission else [])
 
 
 def test_dry_run_removes_nothing(cli, env, mender, tmp_path):
@@ -356,7 +356,7 @@ def test_a_404_on_delete_means_gone_meanwhile():
         srv.answer = Reply(404, {"error": "authentication set not found"})
         srv.seed_device({"mac": "aa"}, keys.public_pem(key).decode())
         with MenderClient(ServerSettings(srv.url, token="test-pat")) as client:
-            [result] = preauth.remove(client, [preauth.Target({"mac": "aa"}, (key,), "u1")])
+            [result] = remove.remove(client, [remove.Target({"mac": "aa"}, (key,), "u1")])
         assert result.outcome == "not-found" and "already gone" in result.detail
         assert srv.violations == []
 
@@ -364,7 +364,7 @@ def test_a_404_on_delete_means_gone_meanwhile():
 def test_identities_from_several_files_keep_every_key():
     first, second = (keys.generate(keys.KeySpec("ed25519")).public_key() for _ in range(2))
     units = [preauth.Unit("a", {"mac": "aa"}, first), preauth.Unit("a2", {"mac": "aa"}, second)]
-    [target] = preauth.removal_targets(units, [{"mac": "aa"}])
+    [target] = remove.removal_targets(units, [{"mac": "aa"}])
     assert target.name == "a" and len(target.keys) == 2
 
 
@@ -403,19 +403,19 @@ def test_left_behind_is_ours_only_by_key_or_a_shared_unique_value():
     pem = keys.public_pem(key).decode()
     units = [preauth.Unit("u1", {"mac": "02:00:00:00:00:33"}, key)]
     # the MAC alone: earlier units one character apart are not flagged, the same key is
-    assert preauth.left_behind([_device({"mac": "02:00:00:00:00:03"}, new_pem())], units) == []
-    [found] = preauth.left_behind([_device({"mac": "02:00:00:00:00:03"}, pem)], units)
+    assert leftbehind.left_behind([_device({"mac": "02:00:00:00:00:03"}, new_pem())], units) == []
+    [found] = leftbehind.left_behind([_device({"mac": "02:00:00:00:00:03"}, pem)], units)
     assert found.unit == "u1" and "key" in found.reason
     # a value every unit shares (a SKU) is no evidence; a value only one unit and one device have is
     batch = [preauth.Unit(f"u{i}", {"mac": f"m{i}", "sku": "gw", "sn": f"SN{i}"},
                           keys.generate(keys.KeySpec("ed25519")).public_key()) for i in range(3)]
     others = [_device({"mac": f"old{i}", "sku": "gw", "sn": f"OLD{i}"}, new_pem()) for i in range(3)]
-    assert preauth.left_behind(others, batch) == []
+    assert leftbehind.left_behind(others, batch) == []
     typo = _device({"mac": "m1-typo", "sku": "gw", "sn": "SN1"}, new_pem())
-    [found] = preauth.left_behind(others + [typo], batch)
+    [found] = leftbehind.left_behind(others + [typo], batch)
     assert found.unit == "u1" and "only in mac" in found.reason
     # accepted (in use), two values apart, or values that are not strings: not ours to point at
-    assert preauth.left_behind([_device({"mac": "m1-typo", "sku": "gw", "sn": "SN1"}, new_pem(), "accepted")],
+    assert leftbehind.left_behind([_device({"mac": "m1-typo", "sku": "gw", "sn": "SN1"}, new_pem(), "accepted")],
                                batch) == []
-    assert preauth.left_behind([_device({"mac": "m1-typo", "sku": "x", "sn": "SN1"}, new_pem())], batch) == []
-    assert preauth.left_behind([_device({"mac": 1, "sku": "gw", "sn": "SN1"}, new_pem())], batch) == []
+    assert leftbehind.left_behind([_device({"mac": "m1-typo", "sku": "x", "sn": "SN1"}, new_pem())], batch) == []
+    assert leftbehind.left_behind([_device({"mac": 1, "sku": "gw", "sn": "SN1"}, new_pem())], batch) == []

@@ -12,13 +12,18 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from support.mender_server import DEVICES, MenderTestServer, make_jwt
+from support.tls import self_signed
 
 from imagetools import keys, preauth
 from imagetools.errors import AuthError, DeviceListError, ServerError, UsageError
-from imagetools.server import (MenderClient, ServerSettings, canonical_identity, expected_key_for_identity,
-                               parse_retry_after, resolve_token, save_token, token_cache_path)
-from support.mender_server import DEVICES, MenderTestServer, make_jwt
-from support.tls import self_signed
+from imagetools.mender import canonical_identity
+from imagetools.preauth import push
+from imagetools.preauth import status as unit_status
+from imagetools.server import MenderClient, ServerSettings, deviceauth, resolve_token, save_token, useradm
+from imagetools.server.credentials import token_cache_path
+from imagetools.server.deviceauth import expected_key_for_identity
+from imagetools.server.transport import parse_retry_after
 
 
 def client_for(srv: MenderTestServer, token: str = "test-pat", **kw) -> MenderClient:
@@ -45,7 +50,7 @@ def test_push_batch_preauthorizes_every_unit(mender):
     batch = units(6)
     seen = []
     with client_for(mender) as client:
-        results = preauth.push(client, batch, jobs=3, progress=seen.append)
+        results = push.push(client, batch, jobs=3, progress=seen.append)
     assert outcomes(results) == ["preauthorized"] * 6
     assert sorted(r.name for r in seen) == [u.name for u in batch]
     assert mender.requests_to("POST", DEVICES) == [201] * 6
@@ -59,22 +64,22 @@ def test_push_batch_preauthorizes_every_unit(mender):
 def test_repush_is_idempotent(mender):
     batch = units(4)
     with client_for(mender) as client:
-        preauth.push(client, batch)
-        again = preauth.push(client, batch, jobs=2)
+        push.push(client, batch)
+        again = push.push(client, batch, jobs=2)
     assert outcomes(again) == ["already"] * 4
     assert len(mender.devices) == 4
-    assert preauth.summarize(again) == {"preauthorized": 0, "already": 4, "conflict": 0, "failed": 0}
+    assert push.summarize(again) == {"preauthorized": 0, "already": 4, "conflict": 0, "failed": 0}
 
 
 def test_conflicting_key_is_reported_and_force_replaces_it(mender):
     unit = units(1)[0]
     device_id = mender.seed_device(unit.identity, keys.public_pem(new_key()).decode(), "accepted")
     with client_for(mender) as client:
-        [result] = preauth.push(client, [unit])
+        [result] = push.push(client, [unit])
         assert result.outcome == "conflict"
         assert result.device_id == device_id and result.device_status == "accepted"
         assert "different key" in result.detail and "--force" in result.detail
-        [forced] = preauth.push(client, [unit], force=True)
+        [forced] = push.push(client, [unit], force=True)
         assert forced.outcome == "preauthorized"
         assert expected_key_for_identity(client, unit.identity) == unit.pubkey
     assert mender.devices[device_id]["status"] == "preauthorized"
@@ -84,7 +89,7 @@ def test_server_refusal_fails_one_unit_with_error_and_request_id(mender):
     good = units(2)
     p384 = preauth.Unit("p384", {"mac": "02:ff"}, ec.generate_private_key(ec.SECP384R1()).public_key())
     with client_for(mender) as client:
-        results = preauth.push(client, [good[0], p384, good[1]])
+        results = push.push(client, [good[0], p384, good[1]])
     assert outcomes(results) == ["preauthorized", "failed", "preauthorized"]
     assert "HTTP 400" in results[1].detail and "P-256" in results[1].detail
     assert "request_id" in results[1].detail
@@ -94,7 +99,7 @@ def test_429_retry_after_is_honoured(mender):
     mender.fail_next(429, count=1, retry_after=1)
     with client_for(mender) as client:
         start = time.monotonic()
-        results = preauth.push(client, units(1))
+        results = push.push(client, units(1))
         elapsed = time.monotonic() - start
     assert outcomes(results) == ["preauthorized"]
     assert mender.requests_to("POST", DEVICES) == [429, 201]
@@ -104,18 +109,18 @@ def test_429_retry_after_is_honoured(mender):
 def test_5xx_is_retried_then_succeeds(mender):
     mender.fail_next(503, count=2)
     with client_for(mender) as client:
-        assert outcomes(preauth.push(client, units(1))) == ["preauthorized"]
+        assert outcomes(push.push(client, units(1))) == ["preauthorized"]
     assert mender.requests_to("POST", DEVICES) == [503, 503, 201]
 
 
 def test_5xx_retries_exhausted_fail_cleanly(mender):
     mender.fail_next(500, count=10)
     with client_for(mender, retries=2) as client:
-        [result] = preauth.push(client, units(1))
+        [result] = push.push(client, units(1))
         assert result.outcome == "failed"
         assert "HTTP 500" in result.detail and "tried 3 times" in result.detail
         with pytest.raises(ServerError) as info:
-            client.get_device("x")
+            deviceauth.get_device(client, "x")
     assert info.value.status == 500 and info.value.request_id
     assert mender.requests_to("POST", DEVICES) == [500, 500, 500]
 
@@ -123,13 +128,13 @@ def test_5xx_retries_exhausted_fail_cleanly(mender):
 def test_retry_after_longer_than_allowed_is_an_error(mender):
     mender.fail_next(429, retry_after=3600)
     with client_for(mender) as client, pytest.raises(ServerError, match="retry after 3600 s"):
-        client.get_device("x")
+        deviceauth.get_device(client, "x")
 
 
 def test_bad_token_is_a_clear_auth_error_without_the_token(mender):
     secret = "wrong-token-abc123"
     with client_for(mender, token=secret) as client, pytest.raises(AuthError) as info:
-        preauth.push(client, units(3))
+        push.push(client, units(3))
     message = str(info.value)
     assert "HTTP 401" in message and "credentials from test were refused" in message
     assert secret not in message and secret not in repr(client) and secret not in repr(client.settings)
@@ -142,7 +147,7 @@ def test_unreachable_server_is_a_clear_error():
         port = sock.getsockname()[1]
     settings = ServerSettings(f"http://127.0.0.1:{port}", token="t", retries=2, backoff=0.01)
     with MenderClient(settings) as client, pytest.raises(ServerError) as info:
-        preauth.push(client, units(2))
+        push.push(client, units(2))
     assert "cannot reach the Mender Server" in str(info.value) and "tried 3 times" in str(info.value)
     assert info.value.status is None and not isinstance(info.value, AuthError)
 
@@ -150,10 +155,10 @@ def test_unreachable_server_is_a_clear_error():
 def test_timeout_is_retried_then_reported(mender):
     mender.stall_next(0.6, count=2)
     with client_for(mender, timeout=0.2, retries=1) as client, pytest.raises(ServerError) as info:
-        client.get_device("x")
+        deviceauth.get_device(client, "x")
     assert "timed out" in str(info.value) and "tried 2 times" in str(info.value)
     with client_for(mender, timeout=0.2, retries=1) as client:
-        assert client.get_device("x") is None  # the stalls are used up
+        assert deviceauth.get_device(client, "x") is None  # the stalls are used up
 
 
 def test_legacy_v1_push(mender):
@@ -163,17 +168,17 @@ def test_legacy_v1_push(mender):
                              "key": keys.public_pem(new_key()).decode(), "request_time": "2026-11-22T03:00:00Z"})
     clash = preauth.Unit("clash", {"mac": "aa"}, new_key())
     with client_for(mender) as client:
-        assert outcomes(preauth.push(client, batch, api="v1")) == ["preauthorized"] * 3
-        assert outcomes(preauth.push(client, batch + [clash], api="v1")) == ["already"] * 3 + ["conflict"]
+        assert outcomes(push.push(client, batch, api="v1")) == ["preauthorized"] * 3
+        assert outcomes(push.push(client, batch + [clash], api="v1")) == ["already"] * 3 + ["conflict"]
     sent = [json.loads(s["device_identity"]) for s in mender.admission[1:]]
     assert sorted(map(canonical_identity, sent)) == sorted(canonical_identity(u.identity) for u in batch)
     assert not mender.devices  # nothing went to the v2 API
     with pytest.raises(UsageError):
-        preauth.push(None, batch, api="v1", force=True)
+        push.push(None, batch, api="v1", force=True)
 
 
 def test_dry_run_sends_nothing(mender):
-    results = preauth.push(None, units(2), dry_run=True, force=True)
+    results = push.push(None, units(2), dry_run=True, force=True)
     assert outcomes(results) == ["dry-run"] * 2 and "force" in results[0].detail
     assert mender.log == []
 
@@ -185,9 +190,9 @@ def test_paging_over_more_than_500_devices(mender):
     for i in range(1203):
         mender.seed_device({"sn": f"SN{i:05d}"}, pem)
     with client_for(mender) as client:
-        devices = list(client.iter_devices())
+        devices = list(deviceauth.iter_devices(client))
         last = preauth.Unit("last", {"sn": "SN01202"}, keys.load_public(pem.encode(), "k"))
-        [status] = preauth.status(client, [last])
+        [status] = unit_status.status(client, [last])
     assert len(devices) == 1203 and len({d["id"] for d in devices}) == 1203
     assert mender.requests_to("GET", DEVICES) == [200] * 6  # 3 pages per walk, two walks
     assert status.status == "preauthorized" and status.ok
@@ -196,11 +201,11 @@ def test_paging_over_more_than_500_devices(mender):
 def test_status_diagnoses_pending_device_with_a_regenerated_key(mender):
     ok_unit, bad_unit, missing = units(3)
     with client_for(mender) as client:
-        preauth.push(client, [ok_unit, bad_unit])
-        device_id = client.find_device(bad_unit.identity)["id"]
+        push.push(client, [ok_unit, bad_unit])
+        device_id = deviceauth.find_device(client, bad_unit.identity)["id"]
         rogue = new_key()
         mender.add_auth_set(device_id, keys.public_pem(rogue).decode(), "pending")
-        ok, bad, gone = preauth.status(client, [ok_unit, bad_unit, missing])
+        ok, bad, gone = unit_status.status(client, [ok_unit, bad_unit, missing])
     assert ok.status == "preauthorized" and ok.ok
     assert bad.status == "pending" and bad.key_status == "preauthorized" and not bad.ok
     [text] = bad.diagnosis
@@ -213,7 +218,7 @@ def test_status_explains_identity_differing_in_type_or_format(mender):
     unit = preauth.Unit("u", {"mac": "02:12:61:13:6c:42", "serial": "1234"}, new_key())
     mender.seed_device({"mac": "02-12-61-13-6C-42", "serial": 1234}, keys.public_pem(new_key()).decode(), "pending")
     with client_for(mender) as client:
-        [result] = preauth.status(client, [unit])
+        [result] = unit_status.status(client, [unit])
     assert result.status == "missing"
     [text] = result.diagnosis
     assert "differs only in value types or formatting" in text
@@ -225,7 +230,7 @@ def test_expected_key_for_identity(mender):
     with client_for(mender) as client:
         with pytest.raises(ServerError, match="no device with identity"):
             expected_key_for_identity(client, unit.identity)
-        preauth.push(client, [unit])
+        push.push(client, [unit])
         assert keys.same_key(expected_key_for_identity(client, unit.identity), unit.pubkey)
         mender.devices[next(iter(mender.devices))]["auth_sets"][0]["status"] = "rejected"
         with pytest.raises(ServerError, match="no accepted or preauthorized key"):
@@ -275,9 +280,9 @@ def test_login_caches_the_jwt_0600(mender, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("MENDER_TOKEN", raising=False)
     with client_for(mender, token=None) as client:
-        token = client.login("admin@example.com", "correct horse")
+        token = useradm.login(client, "admin@example.com", "correct horse")
         with pytest.raises(AuthError, match="wrong username or password") as info:
-            client.login("admin@example.com", "nope")
+            useradm.login(client, "admin@example.com", "nope")
     assert "nope" not in str(info.value)
     path = save_token(mender.url, token)
     assert path == token_cache_path(mender.url + "/") and path.parent == tmp_path / "cache" / "imagetools"
@@ -285,7 +290,7 @@ def test_login_caches_the_jwt_0600(mender, tmp_path, monkeypatch):
     assert resolve_token(mender.url) == (token, f"cached login ({path})")
     assert mender.login_headers[0].startswith("Basic ")
     with client_for(mender, token=token) as client:
-        assert outcomes(preauth.push(client, units(1))) == ["preauthorized"]
+        assert outcomes(push.push(client, units(1))) == ["preauthorized"]
 
 
 def test_token_sources_and_expired_cache(tmp_path, monkeypatch):
@@ -322,11 +327,11 @@ def tls_files(tmp_path):
 def test_tls_is_verified_by_default(tls_files):
     with MenderTestServer(tls=tls_files) as srv:
         with client_for(srv) as client, pytest.raises(ServerError, match="not trusted.*--ca-cert FILE"):
-            client.get_device("x")
+            deviceauth.get_device(client, "x")
         with client_for(srv, ca_cert=tls_files[0]) as client:
-            assert client.get_device("x") is None
+            assert deviceauth.get_device(client, "x") is None
         with client_for(srv, insecure=True) as client:
-            assert client.get_device("x") is None
+            assert deviceauth.get_device(client, "x") is None
     assert srv.violations == []
 
 

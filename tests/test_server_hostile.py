@@ -16,10 +16,23 @@ from typing import Any, Callable
 
 import pytest
 
-from imagetools import keys, preauth, server
+from imagetools import keys, preauth
 from imagetools.errors import AuthError, DeviceListError, ServerError, UsageError
-from imagetools.server import (DEVICES_V2, BadResponse, MenderClient, ServerSettings, next_link,
-                               parse_retry_after, resolve_token, save_token, token_cache_path)
+from imagetools.mender import DEVICES_V2
+from imagetools.preauth import push, units
+from imagetools.server import (
+    BadResponse,
+    MenderClient,
+    ServerSettings,
+    credentials,
+    deviceauth,
+    resolve_token,
+    save_token,
+    transport,
+    useradm,
+)
+from imagetools.server.credentials import token_cache_path
+from imagetools.server.transport import next_link, parse_retry_after
 
 SECRET = "s3cret-token-4f9a2c"
 
@@ -138,7 +151,7 @@ def test_trickled_body_ends_at_the_total_deadline(hostile):
     with client_for(hostile, timeout=1.0) as client:
         start = time.monotonic()
         with pytest.raises(ServerError, match="timed out") as info:
-            list(client.iter_devices())
+            list(deviceauth.iter_devices(client))
         elapsed = time.monotonic() - start
     assert elapsed < 2.0 and "tried 1 time" in str(info.value)
     assert not isinstance(info.value, AuthError)
@@ -151,20 +164,20 @@ def test_trickled_headers_and_endless_1xx_end_at_the_deadline(hostile):
     with client_for(hostile, timeout=1.0, retries=1) as client:
         start = time.monotonic()
         with pytest.raises(ServerError, match="timed out.*tried 2 times"):
-            client.get_device("d1")
+            deviceauth.get_device(client, "d1")
         elapsed = time.monotonic() - start
     assert elapsed < 3.5 and len(hostile.log) == 2   # two attempts, each with its own deadline
 
 
 def test_oversized_answers_are_refused(hostile, monkeypatch):
-    monkeypatch.setattr(server, "MAX_BODY", 1000)
+    monkeypatch.setattr(transport, "MAX_BODY", 1000)
     answers = iter([lambda h: h.raw(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n[" + b" " * 2000 + b"]"),
                     lambda h: h.trickle(b"HTTP/1.1 200 OK\r\nContent-Length: 999999999\r\n\r\n", b" ", 1)])
     hostile.answer = lambda h: next(answers)(h)
     with client_for(hostile) as client:
-        assert "larger than" in str(raises_bad(lambda: list(client.iter_devices())))
+        assert "larger than" in str(raises_bad(lambda: list(deviceauth.iter_devices(client))))
         start = time.monotonic()
-        assert "announces more than" in str(raises_bad(lambda: list(client.iter_devices())))
+        assert "announces more than" in str(raises_bad(lambda: list(deviceauth.iter_devices(client))))
         assert time.monotonic() - start < 0.5
 
 
@@ -181,7 +194,7 @@ def test_endless_pages_stop_at_the_page_limit(hostile):
     hostile.answer = pages(lambda n: f"{DEVICES_V2}?page={n + 1}&per_page=500")
     with client_for(hostile, max_pages=40) as client:
         start = time.monotonic()
-        error = raises_bad(lambda: list(client.iter_devices()))
+        error = raises_bad(lambda: list(deviceauth.iter_devices(client)))
     assert "more than 40 pages" in str(error) and len(hostile.log) == 40
     assert time.monotonic() - start < 5
 
@@ -190,7 +203,7 @@ def test_endless_pages_stop_at_the_page_limit(hostile):
 def test_a_repeating_page_link_is_refused(hostile, target):
     hostile.answer = pages(lambda n: f"{DEVICES_V2}{target}")
     with client_for(hostile) as client:
-        error = raises_bad(lambda: list(client.iter_devices()))
+        error = raises_bad(lambda: list(deviceauth.iter_devices(client)))
     assert "already read" in str(error) and len(hostile.log) <= 2
 
 
@@ -199,11 +212,11 @@ def test_a_next_link_to_another_host_gets_no_token(hostile):
         for target in (elsewhere.url, "https://127.0.0.1:" + hostile.url.rsplit(":", 1)[1], "//evil.example"):
             hostile.answer = pages(lambda n: f"{target}{DEVICES_V2}?page={n + 1}")
             with client_for(hostile) as client:
-                assert "not sending the token there" in str(raises_bad(lambda: list(client.iter_devices())))
+                assert "not sending the token there" in str(raises_bad(lambda: list(deviceauth.iter_devices(client))))
     assert elsewhere.log == []
     hostile.answer = pages(lambda n: f"{hostile.url}{DEVICES_V2}?page={n + 1}" if n < 3 else "")
     with client_for(hostile) as client:
-        assert [d["id"] for d in client.iter_devices()] == ["d1", "d2", "d3"]   # same origin: followed
+        assert [d["id"] for d in deviceauth.iter_devices(client)] == ["d1", "d2", "d3"]   # same origin: followed
 
 
 def test_next_link_parsing():
@@ -232,7 +245,7 @@ def test_next_link_parsing():
 def test_malformed_device_lists_are_server_errors(hostile, body, found):
     hostile.answer = lambda h: h.reply(200, body, {"X-MEN-RequestID": "rid-77"})
     with client_for(hostile) as client:
-        error = raises_bad(lambda: list(client.iter_devices()))
+        error = raises_bad(lambda: list(deviceauth.iter_devices(client)))
     assert found in str(error) and "request_id rid-77" in str(error) and error.request_id == "rid-77"
     assert "\x1b" not in str(error)
 
@@ -242,7 +255,7 @@ def test_malformed_device_lists_are_server_errors(hostile, body, found):
 def test_malformed_409_aborts_the_push_instead_of_failing_a_unit(hostile, body):
     hostile.answer = lambda h: h.reply(409, body)
     with client_for(hostile) as client:
-        raises_bad(lambda: preauth.push(client, [unit()]))
+        raises_bad(lambda: push.push(client, [unit()]))
 
 
 @pytest.mark.parametrize("admission_set", [{"device_identity": 5, "key": "x"}, {"device_identity": "{}", "key": 7},
@@ -251,13 +264,13 @@ def test_malformed_legacy_admission_sets_are_server_errors(hostile, admission_se
     answers = iter([lambda h: h.reply(409, {"error": "exists"}), lambda h: h.reply(200, [admission_set])])
     hostile.answer = lambda h: next(answers)(h)
     with client_for(hostile) as client:
-        raises_bad(lambda: preauth.push(client, [unit()], api="v1"))
+        raises_bad(lambda: push.push(client, [unit()], api="v1"))
 
 
 def test_undecodable_gzip_body_is_a_server_error(hostile):
     hostile.answer = lambda h: h.reply(200, b"not gzip at all", {"Content-Encoding": "gzip"})
     with client_for(hostile) as client:
-        assert "does not decode" in str(raises_bad(lambda: list(client.iter_devices())))
+        assert "does not decode" in str(raises_bad(lambda: list(deviceauth.iter_devices(client))))
 
 
 def test_409_with_an_error_body_falls_back_to_the_device_list(hostile):
@@ -267,7 +280,7 @@ def test_409_with_an_error_body_falls_back_to_the_device_list(hostile):
                                                                "status": "preauthorized"}])])])
     hostile.answer = lambda h: next(answers)(h)
     with client_for(hostile) as client:
-        [result] = preauth.push(client, [u])
+        [result] = push.push(client, [u])
     assert result.outcome == "already" and result.device_id == "d1"
 
 
@@ -279,7 +292,7 @@ def test_409_with_an_error_body_falls_back_to_the_device_list(hostile):
 def test_201_without_a_usable_location_is_a_server_error(hostile, headers, found):
     hostile.answer = lambda h: h.reply(201, b"", headers)
     with client_for(hostile) as client:
-        assert found in str(raises_bad(lambda: preauth.push(client, [unit()])))
+        assert found in str(raises_bad(lambda: push.push(client, [unit()])))
 
 
 def test_unicode_digit_retry_after_is_ignored(hostile):
@@ -287,7 +300,7 @@ def test_unicode_digit_retry_after_is_ignored(hostile):
     with client_for(hostile, retries=1) as client:
         start = time.monotonic()
         with pytest.raises(ServerError, match="tried 2 times.*HTTP 429") as info:
-            client.get_device("d1")
+            deviceauth.get_device(client, "d1")
     assert info.value.status == 429 and time.monotonic() - start < 1
     assert parse_retry_after("²") is None and parse_retry_after("١٢") is None
     assert parse_retry_after("Mon, 99 Foo 2020 99:99:99 GMT") is None and parse_retry_after("3") == 3.0
@@ -297,7 +310,7 @@ def test_error_text_is_one_line_without_escapes_or_our_token(hostile):
     hostile.answer = lambda h: h.reply(
         400, {"error": f"bad\n\x1b[31mrequest\u202e with Bearer {h.headers['Authorization'][7:]}"})
     with client_for(hostile) as client:
-        [result] = preauth.push(client, [unit()])
+        [result] = push.push(client, [unit()])
     assert result.outcome == "failed" and "HTTP 400" in result.detail
     assert SECRET not in result.detail and "\n" not in result.detail and "\x1b" not in result.detail
     assert "\u202e" not in result.detail and "<hidden>" in result.detail
@@ -306,12 +319,12 @@ def test_error_text_is_one_line_without_escapes_or_our_token(hostile):
 def test_non_jwt_login_answer_is_a_server_error(hostile):
     hostile.answer = lambda h: h.reply(200, b"aaa.bbb.c c\nd")
     with client_for(hostile) as client:
-        assert "did not answer with a JWT" in str(raises_bad(lambda: client.login("me", "pw")))
+        assert "did not answer with a JWT" in str(raises_bad(lambda: useradm.login(client, "me", "pw")))
 
 
 def test_the_token_reaches_the_server_unchanged(hostile):
     with client_for(hostile) as client:
-        assert list(client.iter_devices()) == []
+        assert list(deviceauth.iter_devices(client)) == []
     assert hostile.log[0][2]["Authorization"] == f"Bearer {SECRET}"
 
 
@@ -361,7 +374,7 @@ def test_token_file_must_be_a_small_regular_file(tmp_path):
     reader.join(5)
     assert not reader.is_alive(), "reading a FIFO token file blocked"
     assert "a FIFO, not a regular file" in outcome[0]
-    (tmp_path / "big").write_bytes(b"x" * (server.MAX_TOKEN_BYTES + 1))
+    (tmp_path / "big").write_bytes(b"x" * (credentials.MAX_TOKEN_BYTES + 1))
     assert "larger than 64 KiB" in auth_refusal(lambda: resolve_token("https://m", tmp_path / "big"), UsageError)
     assert "a directory" in auth_refusal(lambda: resolve_token("https://m", tmp_path), UsageError)
 
@@ -459,7 +472,7 @@ def test_preauth_file_must_be_a_regular_file_of_sane_size(tmp_path, monkeypatch)
     assert "not a regular file" in str(outcome[0])
     big = tmp_path / "big.json"
     big.write_text(json.dumps(entries(3)))
-    monkeypatch.setattr(preauth, "MAX_PREAUTH_BYTES", 300)
+    monkeypatch.setattr(units, "MAX_PREAUTH_BYTES", 300)
     with pytest.raises(UsageError, match="larger than 300 bytes"):
         preauth.load_units(big)
     (tmp_path / "latin1.json").write_bytes(b'[{"name": "\xe9"}]')

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from support.mender_server import MenderTestServer
+from support.tls import self_signed
 
 from imagetools import keys
 from imagetools.errors import ServerError
-from imagetools.server import MenderClient, ServerSettings
-from support.mender_server import MenderTestServer
-from support.tls import self_signed
+from imagetools.server import MenderClient, ServerSettings, deviceauth
 
 SCRIPT = Path(__file__).resolve().parent / "support" / "mender_server.py"
 
@@ -149,7 +149,7 @@ def test_an_untrusted_certificate_fails_at_once_with_the_hint(cli, tls_files, tm
         settings = ServerSettings(srv.url, token="test-pat", retries=4, backoff=0.5)
         start = time.monotonic()
         with MenderClient(settings) as client, pytest.raises(ServerError, match="--ca-cert FILE"):
-            client.get_device("x")
+            deviceauth.get_device(client, "x")
         assert time.monotonic() - start < 0.5
         trusted = cli("preauth", "push", "preauth.json", "--ca-cert", tls_files[0], env=env)
         assert trusted.returncode == 0, trusted.stderr
@@ -198,7 +198,7 @@ def test_a_retried_answer_is_quoted_and_the_library_stays_quiet(cli, tmp_path, c
         srv.fail_next(503, count=2)
         settings = ServerSettings(srv.url, token="test-pat", backoff=0.01)
         with MenderClient(settings, on_retry=heard.append) as client:
-            assert client.get_device("x") is None
+            assert deviceauth.get_device(client, "x") is None
     assert [(r.attempt, r.attempts) for r in heard] == [(1, 5), (2, 5)]
     assert heard[0].wait < heard[1].wait and heard[0].reason.startswith("HTTP 503")
     assert capfd.readouterr() == ("", "")

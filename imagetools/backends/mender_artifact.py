@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import FilesystemError, LayoutError, ToolMissingError, UsageError
-from ..fs.base import normalize
+from ..fs import normalize
 from ..mender import BOOT_MOUNTS, DATA_MOUNT
 from ..tools import find_tool
 

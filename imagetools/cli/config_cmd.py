@@ -14,6 +14,7 @@ import click
 
 from ..mender import ARTIFACT_INFO_PATH, CONF_PATH, FALLBACK_CONF_PATH, TENANT_TOKEN
 from .base import echo, main, print_envelope, print_table, warn
+from .bases import base_input, for_writing
 from .options import layout_options, modify_options
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
@@ -43,11 +44,15 @@ def modify_cmd(image: Path, modify: Any, rootfs: str | None, out: Path | None, f
       imagetools modify golden.sdimg -u https://mender.example.com -t @tenant.token -n release-7
       imagetools modify golden.sdimg --out prod.sdimg -c server.crt -v artifact-verify.pub
       imagetools modify golden.sdimg --set UpdatePollIntervalSeconds=1800 --static-key
-    """
-    from .. import config
 
-    plan = modify or config.ModifyPlan.from_options()  # nothing asked: ModifyPlan says so
-    result = config.modify(image, plan, out=out, force=force, rootfs=rootfs, overrides=overrides or None)
+    Full reference: docs/commands/modify.md
+    """
+    from ..menderconf.modify import modify as modify_image
+    from ..menderconf.plan import ModifyPlan
+
+    plan = modify or ModifyPlan.from_options()  # nothing asked: ModifyPlan says so
+    image, out, publish = for_writing(image, out, force, "modify")
+    result = publish(modify_image(image, plan, out=out, force=force, rootfs=rootfs, overrides=overrides or None))
     for message in result.warnings:
         warn(message)
     if as_json:
@@ -63,6 +68,7 @@ def modify_cmd(image: Path, modify: Any, rootfs: str | None, out: Path | None, f
 
 
 @main.command("config")
+@base_input("image")
 @click.argument("image", type=_FILE)
 @layout_options
 @click.option("--json", "as_json", is_flag=True, help="Report as JSON.")
@@ -74,10 +80,12 @@ def config_cmd(image: Path, overrides: dict[str, int], as_json: bool, show_secre
     artifact_info, device_type from the data partition, and the server certificate and
     verification key files. Settings in which rootfs A and B differ are marked; the tenant token
     is shown as its length only (in --json with --show-secrets).
-    """
-    from .. import config
 
-    report = config.read(image, overrides or None)
+    Full reference: docs/commands/config.md
+    """
+    from ..menderconf.read import read
+
+    report = read(image, overrides or None)
     for message in report.warnings:
         warn(message)
     if as_json:
@@ -106,8 +114,8 @@ def _print_report(report: Any) -> None:
         echo("rootfs A and B differ in: " + ", ".join(report.differences))
 
 
-def _rows(report: Any) -> list[tuple[str, list[str]]]:
-    from ..config import flatten
+def _rows(report: Any) -> list[tuple[str, list[str | None]]]:  # None: not set
+    from ..menderconf.settings import flatten
 
     flat = [flatten(r.settings) if r.state == "ok" else {} for r in report.rootfs]
     names = list(dict.fromkeys(n for f in flat for n in f))
@@ -126,7 +134,8 @@ def _shown(name: str, value: Any, state: str) -> str | None:
         return None
     if name.casefold() == TENANT_TOKEN.casefold() and isinstance(value, str):
         return f"set ({len(value)} chars)"
-    from ..config import JsonNumber, plain
+    from ..menderconf.settings import plain
+    from ..strict import JsonNumber
 
     if isinstance(value, str):
         return value

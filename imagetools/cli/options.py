@@ -68,12 +68,12 @@ def modify_options(per_unit: bool = False) -> Callable[[Callable[..., Any]], Cal
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(command)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from .. import config
+            from ..menderconf.plan import ModifyPlan
 
             given = {name: kwargs.pop(name) for name in _MODIFY_NAMES}
             given["set"] = given.pop("settings")
             chosen = any(value not in (None, (), False) for value in given.values())
-            kwargs["modify"] = config.ModifyPlan.from_options(**given) if chosen else None
+            kwargs["modify"] = ModifyPlan.from_options(**given) if chosen else None
             return command(*args, **kwargs)
 
         for option in reversed(options):

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..server import read_regular_file
+from ..strict import read_regular
 
 ENV_CONFIG = "IMAGETOOLS_CONFIG"
 MAX_CONFIG_BYTES = 64 * 1024     # a few lines; anything larger is not a config file
@@ -41,7 +42,7 @@ class Profile:
     source: str | None = None       # the file it came from, for messages
 
 
-def config_path(env: dict[str, str] | None = None) -> tuple[Path, bool]:
+def config_path(env: Mapping[str, str] | None = None) -> tuple[Path, bool]:
     """(path, named explicitly): IMAGETOOLS_CONFIG, else the XDG default."""
     env = os.environ if env is None else env
     if env.get(ENV_CONFIG):
@@ -55,14 +56,12 @@ def load_profile(env: dict[str, str] | None = None) -> Profile:
     path, explicit = config_path(env)
     if not explicit and not path.exists():
         return Profile()
+    if not path.exists():  # only a file named by IMAGETOOLS_CONFIG gets here missing
+        raise UsageError(f"config file {path} (from {ENV_CONFIG}) not found")
+    raw = read_regular(path, MAX_CONFIG_BYTES, "config file")
     try:
-        text = read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8")
-        data = tomllib.loads(text)
-    except FileNotFoundError:
-        raise UsageError(f"config file {path} (from {ENV_CONFIG}) not found") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError is a ValueError; size/type too
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError is a ValueError
         raise UsageError(f"config file {path}: {exc}") from None
     return _profile(data, path)
 

@@ -163,7 +163,7 @@ def server_key_options(func: Callable) -> Callable:
 
         def server_key(image: str | os.PathLike) -> PublicKey:
             from ..preauth import load_identity
-            from ..server import expected_key_for_identity
+            from ..server.deviceauth import expected_key_for_identity
 
             identity = load_identity(identity_arg, Path(image).parent / "identity.json")
             with server.client() as client:

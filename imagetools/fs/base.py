@@ -129,14 +129,14 @@ def join(parent: str, name: str) -> str:
     return posixpath.join(parent, name)
 
 
-def type_from_mode(mode: int) -> str:
+def type_from_mode(mode: int) -> EntryType:
     if stat_mod.S_ISREG(mode):
-        return "file"
+        return EntryType.FILE
     if stat_mod.S_ISDIR(mode):
-        return "dir"
+        return EntryType.DIR
     if stat_mod.S_ISLNK(mode):
-        return "symlink"
-    return "other"
+        return EntryType.SYMLINK
+    return EntryType.OTHER
 
 
 def check_mode(mode: int) -> int:

@@ -19,7 +19,7 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import FilesystemError, ToolMissingError
 from ..tools import find_tool
@@ -175,10 +175,10 @@ def e2fsck(dev: Device) -> tuple[bool, str]:
 
 
 def _exec(args: list[str], tool: str, timeout: int, check: bool = True,
-          stdin: bytes | None = None) -> subprocess.CompletedProcess:
+          stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     import subprocess  # here, not at the top: reads go through the ext4 package and run no tool
 
-    feed = {"stdin": subprocess.DEVNULL} if stdin is None else {"input": stdin}
+    feed: dict[str, Any] = {"stdin": subprocess.DEVNULL} if stdin is None else {"input": stdin}
     try:
         proc = subprocess.run(args, capture_output=True, timeout=timeout, **feed)
     except OSError as exc:

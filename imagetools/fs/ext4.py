@@ -13,7 +13,9 @@ the step that can run out of space), then swapped in with rm + ln + unlink, whic
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import io
 import os
 import posixpath
 import struct
@@ -69,7 +71,7 @@ class Ext4Filesystem:
             self._lock = lock.acquire(self.image_path)
         self._device = (None if self._overlay is not None
                         else e2fsprogs.device(self.image_path, offset, self.label, self._private_dir))
-        self._file = None
+        self._file: io.BufferedReader | None = None
         self._vol: ext4.Volume | None = None
         try:
             self._open_volume()
@@ -111,6 +113,7 @@ class Ext4Filesystem:
         """debugfs's device; for an overlay, the partition materialized (0600, in our 0700
         directory) the first time debugfs has to read what the ext4 package cannot."""
         if self._device is None:
+            assert self._overlay is not None  # only an overlay has no device of its own
             part = os.path.join(self._private_dir(), "partition")
             fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
@@ -167,9 +170,15 @@ class Ext4Filesystem:
         return dbg(path)
 
     # ext4 package
+    @property
+    def _pkg_vol(self) -> ext4.Volume:
+        """The package's volume: _read_op calls the _pkg_ readers only when it opened one."""
+        assert self._vol is not None
+        return self._vol
+
     def _pkg_lookup(self, path: str):
         parts = components(path)
-        inode = self._vol.root
+        inode = self._pkg_vol.root
         here = "/"
         for i, name in enumerate(parts):
             if isinstance(inode, ext4.SymbolicLink):
@@ -187,7 +196,7 @@ class Ext4Filesystem:
         key = (int(directory.i_no), wanted)
         if key not in self._children:
             _check_readable(directory)
-            self._children[key] = next((self._vol.inodes[int(dirent.inode)] for dirent, _ in directory.opendir()
+            self._children[key] = next((self._pkg_vol.inodes[int(dirent.inode)] for dirent, _ in directory.opendir()
                                         if dirent.name_bytes == wanted), None)
         if self._children[key] is None:
             raise NotFoundError(f"{join(here, name)} does not exist in {self.label}")
@@ -210,7 +219,7 @@ class Ext4Filesystem:
     def _pkg_stat(self, path: str) -> Entry:
         return self._pkg_entry(path, self._pkg_lookup(path))
 
-    def _pkg_list(self, path: str) -> list[Entry]:
+    def _pkg_list(self, path: str) -> builtins.list[Entry]:
         inode = self._pkg_lookup(path)
         if not isinstance(inode, ext4.Directory):
             raise FilesystemError(f"{path} is not a directory in {self.label}")
@@ -220,7 +229,7 @@ class Ext4Filesystem:
             name = bytes(dirent.name_bytes).decode("utf-8", "surrogateescape")
             if name in (".", ".."):
                 continue
-            entries.append(self._pkg_entry(join(path, name), self._vol.inodes[int(dirent.inode)]))
+            entries.append(self._pkg_entry(join(path, name), self._pkg_vol.inodes[int(dirent.inode)]))
         return sorted(entries, key=lambda e: e.name)
 
     def _pkg_read(self, path: str) -> bytes:
@@ -268,7 +277,7 @@ class Ext4Filesystem:
     def _dbg_stat(self, path: str) -> Entry:
         return self._dbg_walk(path)
 
-    def _dbg_list(self, path: str) -> list[Entry]:
+    def _dbg_list(self, path: str) -> builtins.list[Entry]:
         entry = self._dbg_walk(path)
         if entry.type != "dir":
             raise FilesystemError(f"{path} is not a directory in {self.label}")
@@ -365,9 +374,9 @@ class Ext4Filesystem:
         if self.exists(path):
             raise FilesystemError(f"debugfs did not remove {path} in {self.label}")
 
-    def _rm_tree(self, path: str) -> list[Command]:
+    def _rm_tree(self, path: str) -> builtins.list[Command]:
         """Every command of the removal, built (and so checked) before any of them runs."""
-        commands = []
+        commands: builtins.list[Command] = []
         for child in self.list(path):
             if child.type == "dir":
                 commands += self._rm_tree(child.path)
@@ -390,7 +399,7 @@ class Ext4Filesystem:
         except NotFoundError:
             return None
 
-    def _missing_dirs(self, directory: str, parents: bool) -> list[str]:
+    def _missing_dirs(self, directory: str, parents: bool) -> builtins.list[str]:
         """Directories to create (outermost first) so that `directory` exists."""
         missing: list[str] = []
         here = "/"
@@ -440,34 +449,34 @@ class Ext4Filesystem:
     def _cmd(self, verb: str, *args: str | int | Inode) -> Command:
         return e2fsprogs.command(verb, *args, where=self.label)
 
-    def _attrs(self, path: str, full_mode: int, uid: int, gid: int) -> list[Command]:
+    def _attrs(self, path: str, full_mode: int, uid: int, gid: int) -> builtins.list[Command]:
         return [self._cmd("sif", path, "mode", full_mode), self._cmd("sif", path, "uid", uid),
                 self._cmd("sif", path, "gid", gid)]
 
-    def _mkdirs(self, paths: list[str]) -> list[Command]:
+    def _mkdirs(self, paths: builtins.list[str]) -> builtins.list[Command]:
         """Parents created by -p: 0755 root:root, like `install -D` / `mkdir -p`."""
-        commands = []
+        commands: builtins.list[Command] = []
         for p in paths:
             commands += [self._cmd("mkdir", p)] + self._attrs(p, 0o040755, 0, 0)
         return commands
 
-    def _put(self, source: str, path: str, mode: int, uid: int, gid: int) -> list[Command]:
+    def _put(self, source: str, path: str, mode: int, uid: int, gid: int) -> builtins.list[Command]:
         # `write` copies the staging file's mode (0600); set the real one explicitly.
         return [self._cmd("write", source, path)] + self._attrs(path, 0o100000 | mode, uid, gid)
 
-    def _run(self, commands: list[Command]) -> e2fsprogs.Result:
+    def _run(self, commands: builtins.list[Command]) -> e2fsprogs.Result:
         try:
             return e2fsprogs.run(self.device, commands, write=True)
         finally:
             self._open_volume()  # debugfs changed the image under our cached reader
 
-    def _run_or_raise(self, commands: list[Command], what: str) -> None:
+    def _run_or_raise(self, commands: builtins.list[Command], what: str) -> None:
         result = self._run(commands)
         if result.errors:
             raise self._failure(what, result)
 
-    def _run_or_undo(self, commands: list[Command], what: str, files: list[str],
-                     dirs: list[str]) -> None:
+    def _run_or_undo(self, commands: builtins.list[Command], what: str, files: builtins.list[str],
+                     dirs: builtins.list[str]) -> None:
         """Run; on any error remove what this batch may have created, then raise."""
         result = self._run(commands)
         if not result.errors:

@@ -13,6 +13,7 @@ write/mkdir accept but cannot store mode, uid and gid.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime
 import errno
@@ -27,7 +28,7 @@ from pyfatfs.PyFatFS import PyFatFS
 
 from ..errors import FilesystemError
 from . import lock
-from .base import (Entry, NoSpaceError, NotFoundError, check_geometry, check_mode, check_owner,
+from .base import (Entry, EntryType, NoSpaceError, NotFoundError, check_geometry, check_mode, check_owner,
                    check_writable, components, join, normalize)
 
 _LOWER_BASE, _LOWER_EXT = 0x08, 0x10
@@ -95,13 +96,19 @@ class FatFilesystem:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def _opened(self) -> _PyFatFS:
+        """The pyfatfs object, there from __init__ until close()."""
+        assert self._fs is not None
+        return self._fs
+
     # -- lookup -----------------------------------------------------------------------------
     def _find(self, path: str):
         """(canonical path, entry) with case-insensitive matching; the root has entry None."""
         entry = None
         canonical = "/"
         for name in components(path):
-            directory = entry if entry is not None else self._fs.fs.root_dir
+            directory = entry if entry is not None else self._opened.fs.root_dir
             if entry is not None and not entry.is_directory():
                 raise FilesystemError(f"{canonical} is not a directory in {self.label}")
             match = _match(directory, name)
@@ -113,9 +120,9 @@ class FatFilesystem:
 
     def _entry(self, path: str, entry) -> Entry:
         if entry is None:
-            return Entry(path="/", name="/", type="dir", mode=0o755, uid=0, gid=0, size=0)
+            return Entry(path="/", name="/", type=EntryType.DIR, mode=0o755, uid=0, gid=0, size=0)
         is_dir = entry.is_directory()
-        return Entry(path=path, name=_display_name(entry), type="dir" if is_dir else "file",
+        return Entry(path=path, name=_display_name(entry), type=EntryType.DIR if is_dir else EntryType.FILE,
                      mode=0o755 if is_dir else 0o644, uid=0, gid=0,
                      size=0 if is_dir else int(entry.filesize))
 
@@ -136,7 +143,7 @@ class FatFilesystem:
     def list(self, path: str) -> list[Entry]:
         path = normalize(path)
         _, entry = self._find(path)
-        directory = entry if entry is not None else self._fs.fs.root_dir
+        directory = entry if entry is not None else self._opened.fs.root_dir
         if entry is not None and not entry.is_directory():
             raise FilesystemError(f"{path} is not a directory in {self.label}")
         dirs, files, _ = directory.get_entries()
@@ -149,7 +156,7 @@ class FatFilesystem:
         if entry is None or entry.is_directory():
             raise FilesystemError(f"{path} is a directory in {self.label}")
         try:
-            with self._fs.openbin(canonical, "r") as fh:
+            with self._opened.openbin(canonical, "r") as fh:
                 data = fh.read()
         except Exception as exc:
             raise FilesystemError(f"cannot read {path} in {self.label}: {exc}") from exc
@@ -182,8 +189,8 @@ class FatFilesystem:
         with self._changing():
             self._make_dirs(missing)
             if existing is not None:
-                self._fs.remove(existing[0])
-            with self._fs.openbin(target, "wb") as fh:
+                self._opened.remove(existing[0])
+            with self._opened.openbin(target, "wb") as fh:
                 fh.write(data)
         if self.read(path) != data:
             raise FilesystemError(f"{path} in {self.label} did not read back as written")
@@ -215,14 +222,14 @@ class FatFilesystem:
             raise FilesystemError(f"{path} is a non-empty directory in {self.label} (use -r)")
         with self._changing():
             if is_dir:
-                self._fs.removetree(canonical)
+                self._opened.removetree(canonical)
             else:
-                self._fs.remove(canonical)
+                self._opened.remove(canonical)
 
     # helpers
     @property
     def _cluster(self) -> int:
-        return int(self._fs.fs.bytes_per_cluster)
+        return int(self._opened.fs.bytes_per_cluster)
 
     @contextlib.contextmanager
     def _changing(self) -> Iterator[None]:
@@ -232,7 +239,7 @@ class FatFilesystem:
         self._fs = self._open(read_only=False)
         try:
             yield
-            self._fs.fs.flush_fat()
+            self._opened.fs.flush_fat()
         except FilesystemError:
             raise
         except Exception as exc:
@@ -245,9 +252,10 @@ class FatFilesystem:
         if not self.writable:
             raise FilesystemError(f"{self.label} was opened read-only")
 
-    def _prepare_parent(self, directory: str, parents: bool) -> tuple[str, list[str]]:
+    def _prepare_parent(self, directory: str, parents: bool) -> tuple[str, builtins.list[str]]:
         """Canonical existing part of directory + the missing directories to create."""
-        canonical, missing = "/", []
+        canonical = "/"
+        missing: list[str] = []
         for name in components(directory):
             if missing:
                 missing.append(join(missing[-1], name))
@@ -264,12 +272,12 @@ class FatFilesystem:
                 canonical = found[0]
         return (missing[-1] if missing else canonical), missing
 
-    def _make_dirs(self, paths: list[str]) -> None:
+    def _make_dirs(self, paths: builtins.list[str]) -> None:
         for p in paths:
-            self._fs.makedir(p)
+            self._opened.makedir(p)
 
     def _check_space(self, clusters: int) -> None:
-        pyfat = self._fs.fs
+        pyfat = self._opened.fs
         count = (pyfat._get_total_sectors() - pyfat.first_data_sector) // pyfat.bpb_header["BPB_SecPerClus"]
         free = sum(1 for value in pyfat.fat[2:count + 2] if value == 0)
         if clusters > free:
@@ -310,6 +318,6 @@ def _match(directory, name: str):
 
 def _match_path(fat: FatFilesystem, canonical_dir: str, name: str):
     """(canonical path, entry) of name inside an existing directory, or None."""
-    directory = fat._fs.fs.root_dir if canonical_dir == "/" else fat._fs.fs.root_dir.get_entry(canonical_dir)
+    directory = fat._opened.fs.root_dir if canonical_dir == "/" else fat._opened.fs.root_dir.get_entry(canonical_dir)
     match = _match(directory, name)
     return None if match is None else (join(canonical_dir, repr(match)), match)

@@ -11,7 +11,7 @@ import os
 
 from ..errors import ImageFormatError
 from . import gpt, mbr
-from .model import DiskImage, Partition
+from .model import DiskImage, Partition, TableType
 from .probe import probe_bytes
 from .source import ImageSource
 
@@ -53,7 +53,7 @@ def _parse(src: ImageSource) -> DiskImage:
     if not parts:
         raise ImageFormatError(f"{src.path}: the MBR partition table has no partitions"
                                f"{_bare_filesystem_hint(src)}")
-    return DiskImage(src.path, "mbr", mbr.SECTOR, src.size, parts, [], containers)
+    return DiskImage(src.path, TableType.MBR, mbr.SECTOR, src.size, parts, [], containers)
 
 
 def _gpt_image(src: ImageSource, sector_size: int | None, warnings: list[str]) -> DiskImage:
@@ -61,7 +61,7 @@ def _gpt_image(src: ImageSource, sector_size: int | None, warnings: list[str]) -
     if not parts:
         raise ImageFormatError(f"{src.path}: the GPT has no partitions")
     parts.sort(key=lambda p: p.number)
-    return DiskImage(src.path, "gpt", ss, src.size, parts, warnings + gpt_warnings)
+    return DiskImage(src.path, TableType.GPT, ss, src.size, parts, warnings + gpt_warnings)
 
 
 def _hybrid_warning(table: list[mbr.MbrEntry]) -> list[str]:

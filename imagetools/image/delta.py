@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import struct
 from dataclasses import dataclass
 
 from ..errors import ImageFormatError
+from ..strict import read_regular
 
 MAGIC = b"ITDELTA\n"
 VERSION = 1
@@ -106,16 +106,7 @@ def parse(blob: bytes, what: str = "delta") -> Delta:
 def read(path: str | os.PathLike) -> Delta:
     """A delta file, read only if it is a regular file of bounded size."""
     path = os.fspath(path)
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE:
-            raise ImageFormatError(f"{path}: not a delta file (not a regular file, or over "
-                                   f"{MAX_FILE} bytes)")
-        with open(path, "rb") as f:
-            blob = f.read(MAX_FILE + 1)
-    except OSError as exc:
-        raise ImageFormatError(f"cannot read delta {path}: {exc.strerror or exc}") from None
-    return parse(blob, path)
+    return parse(read_regular(path, MAX_FILE, "delta", ImageFormatError), path)
 
 
 def _check(delta: Delta, what: str) -> None:

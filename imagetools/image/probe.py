@@ -78,8 +78,8 @@ def probe_bytes(data: bytes) -> FsInfo:
         if info is not None:
             return info
     if data and _zeros(data):
-        return FsInfo("empty")
-    return FsInfo("unknown")
+        return FsInfo(FsType.EMPTY)
+    return FsInfo(FsType.UNKNOWN)
 
 
 def interrupted_flash(src: ImageSource) -> bool:
@@ -122,11 +122,11 @@ def _ext(data: bytes) -> FsInfo | None:
     log_block = struct.unpack_from("<I", data, _SB + 0x18)[0]
     compat, incompat, ro_compat = struct.unpack_from("<III", data, _SB + 0x5C)
     if log_block > 6 or incompat & 0x8:  # absurd block size, or an external journal device
-        return FsInfo("unknown")
+        return FsInfo(FsType.UNKNOWN)
     if incompat & ~_EXT3_INCOMPAT or ro_compat & ~_EXT3_RO_COMPAT:
-        kind = "ext4"
+        kind = FsType.EXT4
     else:
-        kind = "ext3" if compat & 0x4 else "ext2"
+        kind = FsType.EXT3 if compat & 0x4 else FsType.EXT2
     features = (_names(compat, _COMPAT, "COMPAT") + _names(incompat, _INCOMPAT, "INCOMPAT")
                 + _names(ro_compat, _RO_COMPAT, "RO_COMPAT"))
     fs_uuid = str(uuid.UUID(bytes=data[_SB + 0x68:_SB + 0x78]))
@@ -146,7 +146,7 @@ def _squashfs(data: bytes) -> FsInfo | None:
     if data[:4] not in (b"hsqs", b"sqsh") or len(data) < 16:
         return None
     block = struct.unpack_from("<I" if data[:4] == b"hsqs" else ">I", data, 12)[0]
-    return FsInfo("squashfs", block_size=block)
+    return FsInfo(FsType.SQUASHFS, block_size=block)
 
 
 def _swap(data: bytes) -> FsInfo | None:
@@ -154,7 +154,7 @@ def _swap(data: bytes) -> FsInfo | None:
         if data[page - 10:page] in (b"SWAPSPACE2", b"SWAP-SPACE"):
             label = _text(data[1052:1068])
             raw_uuid = data[1036:1052]
-            return FsInfo("swap", label, str(uuid.UUID(bytes=raw_uuid)) if any(raw_uuid) else "",
+            return FsInfo(FsType.SWAP, label, str(uuid.UUID(bytes=raw_uuid)) if any(raw_uuid) else "",
                           block_size=page)
     return None
 
@@ -174,11 +174,11 @@ def _fat(data: bytes) -> FsInfo | None:
     ext = 66 if fat16_sectors == 0 else 38  # FAT32 keeps the extended BPB further on
     total = struct.unpack_from("<H", data, 19)[0] or struct.unpack_from("<I", data, 32)[0]
     if data[ext] not in (0x28, 0x29):
-        return FsInfo("vfat", size=total * bps)
+        return FsInfo(FsType.VFAT, size=total * bps)
     serial = struct.unpack_from("<I", data, ext + 1)[0]
     label = _text(data[ext + 5:ext + 16]) if data[ext] == 0x29 else ""
     volume_id = f"{serial >> 16:04X}-{serial & 0xFFFF:04X}"
-    return FsInfo("vfat", "" if label == "NO NAME" else label, volume_id, size=total * bps)
+    return FsInfo(FsType.VFAT, "" if label == "NO NAME" else label, volume_id, size=total * bps)
 
 
 def _text(raw: bytes) -> str:
