@@ -46,38 +46,48 @@ class Reuse:
 class Scan:
     size: int
     ranges: list[BlockRange]
-    sha256: str                   # of the whole image, holes read as zeros (= `sha256sum IMAGE`)
+    sha256: str | None            # of the whole image, holes read as zeros (= `sha256sum IMAGE`); None: not asked for
     reuse: Reuse | None = field(default=None, repr=False)  # only from scan(..., window=...)
+
+    def whole_sha256(self) -> str:
+        """sha256, of a scan that was asked for it (the default): its absence is a bug."""
+        assert self.sha256 is not None, "scanned with whole=False"
+        return self.sha256
 
 
 def scan(path: str | os.PathLike, *, window: tuple[int, int] | None = None,
-         reuse: Reuse | None = None) -> Scan:
+         reuse: Reuse | None = None, whole: bool = True) -> Scan:
     """One pass over the data extents: per-range sha256 for the bmap plus the whole-image sha256.
 
     window=(start, end) bytes: also return a Reuse for images that differ only there (the base).
     reuse=: skip hashing what the unit shares with its base.
+    whole=False: no whole-image sha256 (it hashes every hole as zeros; the ranges' checksums
+    already cover every mapped byte).
     """
     with open(path, "rb") as f:
         fd = f.fileno()
         size = os.fstat(fd).st_size
-        cuts = _window_blocks(window) if window else (reuse.window_first, reuse.window_end) if reuse else ()
+        cuts: tuple[int, ...]  # the window's (first, end) blocks, or none
+        cuts = _window_blocks(window) if window else (reuse.window_first, reuse.window_end) if reuse else tuple()
         spans = mapped_spans(fd, size, cuts)
         snap_at = cuts[0] * BLOCK_SIZE if window else None
-        whole = _WholeHash(size, snap_at)
-        if reuse is not None:
-            whole.start_from(reuse.prefix, reuse.window_first * BLOCK_SIZE)
+        hashed = _WholeHash(size, snap_at) if whole or window else None
+        if reuse is not None and hashed is not None:
+            hashed.start_from(reuse.prefix, reuse.window_first * BLOCK_SIZE)
         ranges = []
         for first, last in spans:
             known = None
             if reuse is not None and last < reuse.window_first:
                 known = reuse.known.get((first, last))
-            ranges.append(BlockRange(first, last, known or _hash_range(fd, size, first, last, whole)))
-        whole.zeros_to(size)
-    result = Scan(size, ranges, whole.hexdigest())
+            ranges.append(BlockRange(first, last, known or _hash_range(fd, size, first, last, hashed)))
+        if hashed is not None:
+            hashed.zeros_to(size)
+    result = Scan(size, ranges, None if hashed is None else hashed.hexdigest())
     if window:
+        assert hashed is not None
         wf, we = cuts
         result.reuse = Reuse(wf, we, {(r.first, r.last): r.sha256 for r in ranges if r.last < wf},
-                             whole.snapshot)
+                             hashed.snapshot)
     return result
 
 
@@ -139,7 +149,7 @@ class _WholeHash:
         self.pos = 0
         self.size = size
         self.snap_at = snap_at
-        self.snapshot = None
+        self.snapshot: Any = None  # hashlib sha256 object at snap_at, once reached
         self._snap()
 
     def start_from(self, state: Any, pos: int) -> None:
@@ -176,7 +186,7 @@ class _WholeHash:
             self.snapshot = self.h.copy()
 
 
-def _hash_range(fd: int, size: int, first: int, last: int, whole: _WholeHash) -> str:
+def _hash_range(fd: int, size: int, first: int, last: int, whole: _WholeHash | None) -> str:
     """sha256 of the blocks as bmaptool reads them (a final partial block is short)."""
     h = hashlib.sha256()
     pos, end = first * BLOCK_SIZE, min((last + 1) * BLOCK_SIZE, size)
@@ -185,7 +195,7 @@ def _hash_range(fd: int, size: int, first: int, last: int, whole: _WholeHash) ->
         if not buf:
             raise OSError(f"image shrank while hashing it (at byte {pos})")
         h.update(buf)
-        if pos + len(buf) > whole.pos:
+        if whole is not None and pos + len(buf) > whole.pos:
             whole.data(pos, buf)
         pos += len(buf)
     return h.hexdigest()

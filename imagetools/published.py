@@ -152,7 +152,7 @@ def _scan_cached(image: Path) -> BlockMap:
     except (UsageError, AttributeError, KeyError, TypeError, ValueError):
         pass
     scan = bmap.scan(image)
-    result = BlockMap(scan.size, scan.sha256, tuple(scan.ranges))
+    result = BlockMap(scan.size, scan.whole_sha256(), tuple(scan.ranges))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(cache, json.dumps({"version": CACHE_VERSION, "size": scan.size, "sha256": scan.sha256,
@@ -240,7 +240,9 @@ def verify_unit(unit_dir: str | os.PathLike, base: str | os.PathLike, fsck: bool
     """verify of a published unit; a delta is read through its overlay, never materialized."""
     unit = load_unit(unit_dir, trust)
     if unit.delta is None:
+        assert unit.image is not None  # a unit holds either a delta or its own image
         return verify_image(unit.image, expected=unit.public_key, fsck=fsck)
+    assert unit.record is not None  # load_unit keeps it
     name = Path(unit_dir) / unit.record.image
     with overlay.attached(name, overlay_for(base, unit)):
         return verify_image(name, expected=unit.public_key, fsck=fsck)

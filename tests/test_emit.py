@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -12,13 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_tool
-from imagetools import keys
+
+from imagetools import bmap, keys
 from imagetools.devices import load_devices, parse_csv
 from imagetools.emit import LOCK_FILE, STATE_FILE, EmitOptions, emit, runner
+from imagetools.errors import EnvironmentProblem, SettingsMismatch, UsageError
+from imagetools.station.plan import plan_unit
 from imagetools.unitformat import BATCH_KEY, BATCH_PUB
-from imagetools.errors import EnvironmentProblem, SettingsMismatch
 from imagetools.verify import verify_image
 
 pytestmark = pytest.mark.integration
@@ -75,7 +77,7 @@ def test_batch_across_layouts_verifies_and_flashes(make_image, cli, tmp_path, la
         assert keys.fingerprint(private) == unit["fingerprint"]
         assert record["pubkey"] == (unit_dir / "public.key").read_text() == keys.public_pem(private).decode()
         assert json.loads((unit_dir / "identity.json").read_text()) == record["identity_data"]
-        assert unit["image_sha256"] == _sha256(image)
+        assert unit["image_sha256"] is None  # opt-in (--image-sha256): the signed bmap is the record
     first = out / "u1" / f"u1{base.suffix}"
     flashed = tmp_path / "flashed.img"
     run_tool("bmaptool", "copy", "--bmap", f"{first}.bmap", str(first), str(flashed))
@@ -287,3 +289,28 @@ def test_batch_files_cover_every_published_unit_and_keys_stay_unique(make_image,
     with pytest.raises(EnvironmentProblem, match="already published for the unit"):
         emit(base, load_devices(tmp_path / "c.csv"), out, ED25519)
     assert not (out / "u9").exists()
+
+
+def test_the_whole_image_sha256_is_opt_in_and_taken_where_there_is_no_bmap(make_image, tmp_path):
+    """An image unit's integrity record is its signed bmap; --image-sha256 adds the whole hash, and
+    --no-bmap implies it: the station then binds the image by that hash instead."""
+    base = make_image("sdimg")
+    devices = load_devices(_devices_csv(tmp_path / "d.csv", 1))
+    runs = {"plain": ED25519, "hashed": dataclasses.replace(ED25519, image_sha256=True),
+            "no-bmap": dataclasses.replace(ED25519, bmap=False)}
+    for name, options in runs.items():
+        result = emit(base, devices, tmp_path / name, options)
+        assert result.ok
+        image = tmp_path / name / "u1" / "u1.sdimg"
+        recorded = json.loads((tmp_path / name / "u1" / "unit.json").read_text())["image_sha256"]
+        assert recorded == result.units[0].image_sha256 == (None if name == "plain" else _sha256(image))
+        plan = plan_unit(base, tmp_path / name / "u1")
+        assert [(r.first, r.last) for r in plan.ranges] == [(r.first, r.last) for r in bmap.scan(image).ranges]
+    with pytest.raises(SettingsMismatch, match="--image-sha256"):
+        emit(base, devices, tmp_path / "hashed", ED25519)
+    image = tmp_path / "no-bmap" / "u1" / "u1.sdimg"
+    with open(image, "r+b") as f:  # a changed byte in a mapped block of rootfs A
+        at = bmap.scan(image).ranges[3].first * bmap.BLOCK_SIZE
+        os.pwrite(f.fileno(), bytes([os.pread(f.fileno(), 1, at)[0] ^ 1]), at)
+    with pytest.raises(UsageError, match="does not match the SHA-256 its unit.json records"):
+        plan_unit(base, tmp_path / "no-bmap" / "u1")

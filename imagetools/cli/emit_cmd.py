@@ -16,6 +16,7 @@ from ..emit import shard as shard_devices
 from ..errors import UsageError
 from ..units import human_size
 from .base import echo, main, print_envelope, print_table, units_failed, warn
+from .bases import base_input
 from .options import modify_options
 from .progress import ProgressLine
 
@@ -38,6 +39,7 @@ def _unit_file_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @main.command("emit")
+@base_input("base", remote=True)
 @click.option("--base", "base", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Base image (.sdimg, .uefiimg, .img ...); never modified.")
 @click.option("--devices", "devices", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -52,6 +54,10 @@ def _unit_file_option(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: all cores).")
 @click.option("--no-bmap", is_flag=True, help="Do not write .bmap files.")
+@click.option("--image-sha256", is_flag=True,
+              help="Record each image unit's whole SHA-256 in unit.json (as sha256sum prints it). "
+                   "Off by default: an image unit's integrity record is its signed .bmap's range "
+                   "checksums, and the whole hash costs about a copy per unit. Implied by --no-bmap.")
 @click.option("--discard-private-keys", is_flag=True,
               help="Keep no private.key files: the only copy of each key is inside its image.")
 @click.option("--force", is_flag=True,
@@ -70,7 +76,7 @@ def _unit_file_option(command: Callable[..., Any]) -> Callable[..., Any]:
                    "write nothing (OUT is not even created).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def emit_command(base: Path, devices: Path, out_dir: Path, key_type: str, bits: int, curve: str,
-                 jobs: int | None, no_bmap: bool, discard_private_keys: bool, force: bool,
+                 jobs: int | None, no_bmap: bool, image_sha256: bool, discard_private_keys: bool, force: bool,
                  unit_format: str, shard: str | None, allow_similar: bool, as_json: bool,
                  modify: Any, unit_files: tuple[UnitFile, ...], dry_run: bool) -> None:
     """Emit one ready-to-flash image per unit of the device list into OUT/<name>/ (image, .bmap,
@@ -78,6 +84,8 @@ def emit_command(base: Path, devices: Path, out_dir: Path, key_type: str, bits: 
 
     Every image is verified against its own public key before it is published. Interrupted runs
     resume: run the same command again.
+
+    Full reference: docs/commands/emit.md
     """
     spec = keys.KeySpec(type=key_type, bits=bits, curve=curve)
     listed = load_devices(devices, allow_similar=allow_similar)
@@ -88,7 +96,7 @@ def emit_command(base: Path, devices: Path, out_dir: Path, key_type: str, bits: 
             return
     options = EmitOptions(key_spec=spec, jobs=jobs, bmap=not no_bmap,
                           discard_private_keys=discard_private_keys, force=force, format=unit_format,
-                          modify=modify, unit_files=unit_files)
+                          modify=modify, unit_files=unit_files, image_sha256=image_sha256)
     if dry_run:
         return _dry_run(base, listed, out_dir, options, as_json)
     if as_json:

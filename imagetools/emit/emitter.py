@@ -11,10 +11,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from .. import bmap, config, paths
+from .. import bmap, paths
 from ..devices import Device
 from ..image import ImageSource, read_image
 from ..layout import Layout, detect_layout
+from ..menderconf.modify import preview
 from .batch import BATCH_FILES, write_preauth_files, write_report
 from .model import DryRun, EmitOptions, EmitResult, Job, PlannedUnit, Progress, Status, UnitFormat, UnitResult
 from .outdir import TMP_DIR, clean_temp, locked
@@ -57,7 +58,7 @@ def _check_configuration(base: Path, layout: Layout, devices: list[Device], opti
         paths.route(layout, unit_file.path, write=True)  # the partition it goes to exists
     if options.modify is None:
         return []
-    return config.preview(base, options.modify, key_injected=True)
+    return preview(base, options.modify, key_injected=True)
 
 
 def _emit_locked(src: ImageSource, devices: list[Device], out: Path, options: EmitOptions,
@@ -71,7 +72,7 @@ def _emit_locked(src: ImageSource, devices: list[Device], out: Path, options: Em
     published = published_units(out, devices)
     # The base hashed once per run, and only if needed (its identity, and what units reuse).
     base_scan = functools.cache(lambda: bmap.scan(base, window=window))
-    check_changes(state, base_id, options, published, out, lambda: base_scan().sha256)
+    check_changes(state, base_id, options, published, out, lambda: base_scan().whole_sha256())
     jobs = plan(devices, published, base, out, options, data_part, window,
                 first_copy(layout, options, src.size))
     copy_mode = "delta" if options.format == UnitFormat.DELTA else choose_copy_mode(base, out)
@@ -80,7 +81,7 @@ def _emit_locked(src: ImageSource, devices: list[Device], out: Path, options: Em
     for device in devices:
         if device.name in published and device.name not in planned:
             record = published[device.name]
-            sha = base_scan().sha256 if record.format == UnitFormat.DELTA else None
+            sha = base_scan().whole_sha256() if record.format == UnitFormat.DELTA else None
             results[device.name] = result = recheck(out, device, record, base, sha)
             if result.status == Status.SKIPPED and not (out / device.name / SIG_FILE).exists():
                 sign_unit(out / device.name, batch_key(out))  # published by an imagetools that did not sign
@@ -91,7 +92,7 @@ def _emit_locked(src: ImageSource, devices: list[Device], out: Path, options: Em
         for name in BATCH_FILES:
             (out / name).unlink(missing_ok=True)
         if base_id.sha256 is None:
-            base_id.sha256 = base_scan().sha256
+            base_id.sha256 = base_scan().whole_sha256()
         write_state(out, EmitState(base_id, options.settings(), complete=False))
         jobs = [replace(j, base_sha256=base_id.sha256) for j in jobs]
         run(jobs, options.jobs, results, len(devices), progress, base_scan().reuse)
@@ -117,7 +118,7 @@ def dry_run(base: str | os.PathLike, devices: list[Device], out_dir: str | os.Pa
         state = read_state(out) if out.is_dir() else None
         base_id = base_identity(src, state)
         published = published_units(out, devices) if out.is_dir() else {}
-        sha256 = functools.cache(lambda: bmap.scan(base).sha256)
+        sha256 = functools.cache(lambda: bmap.scan(base).whole_sha256())
         check_changes(state, base_id, options, published, out, sha256)
         jobs = plan(devices, published, base, out, options, layout.require("data"),
                     personal_window(layout, options), first_copy(layout, options, src.size))

@@ -15,7 +15,7 @@ from ..layout import PartInfo
 from ..unitformat import KeySource  # noqa: F401 (part of emit's vocabulary)
 
 if TYPE_CHECKING:  # an annotation only: unit.json's readers (emit.state) need no config module
-    from ..config import ModifyPlan
+    from ..menderconf.plan import ModifyPlan
 
 MAX_UNIT_FILE_VALUE = 4096   # one identity value, one line
 
@@ -90,6 +90,7 @@ class EmitOptions:
     format: UnitFormat = UnitFormat.IMAGE
     modify: ModifyPlan | None = None  # applied to every unit after its key, before verify
     unit_files: tuple[UnitFile, ...] = ()
+    image_sha256: bool = False        # image units: record the whole image's SHA-256 (see hashes_image)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", UnitFormat(self.format))  # a plain string is fine too
@@ -101,6 +102,13 @@ class EmitOptions:
         paths = [f.path for f in self.unit_files]
         if len(set(paths)) != len(paths):
             raise UsageError("--unit-file: the same path is given twice")
+
+    @property
+    def hashes_image(self) -> bool:
+        """Whether an image unit's record carries its whole SHA-256. Its integrity record is its
+        signed bmap's range checksums; the whole hash (every hole hashed as zeros, about as long
+        as copying the image) is opt-in, and taken anyway where there is no bmap to rely on."""
+        return self.image_sha256 or not self.bmap
 
     @property
     def configures(self) -> bool:
@@ -123,6 +131,8 @@ class EmitOptions:
             settings["modify"] = self.modify.summary()
         if self.unit_files:
             settings["unit_files"] = [f.to_json() for f in self.unit_files]
+        if self.image_sha256 and self.format == UnitFormat.IMAGE:  # recorded only when given
+            settings["image_sha256"] = True
         return settings
 
 

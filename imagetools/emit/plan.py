@@ -106,6 +106,7 @@ def check_changes(state: EmitState | None, base_id: BaseIdentity, options: EmitO
     """Published units must come from this base with these settings, unless force."""
     if not published or options.force:
         return
+    old_sha256: str | None
     if state is None:  # state file lost: the unit records say what they were made from
         record = next(iter(published.values()))
         old_path, old_sha256, old_settings = "?", record.base_sha256, record.settings
@@ -241,7 +242,7 @@ def shard(devices: list[Device], index: int, count: int) -> list[Device]:
             if int.from_bytes(hashlib.sha256(d.name.encode()).digest()[:8], "big") % count == index - 1]
 
 
-def recheck(out: Path, device: Device, record: UnitRecord, base: Path | None = None,
+def recheck(out: Path, device: Device, record: UnitRecord, base: Path,
             base_sha256: str | None = None) -> UnitResult:
     """A published unit: its files are there and unchanged since publication (stat only); if the
     image was touched since, verify it again (without fsck) before counting it done."""
@@ -275,7 +276,7 @@ def published_result(record: UnitRecord, unit_dir: Path, status: Status) -> Unit
                       image_sha256=record.image_sha256, verify=record.verify, timings=record.timings)
 
 
-def _verify_published(image: Path, pub: keys.PublicKey, record: UnitRecord, base: Path | None,
+def _verify_published(image: Path, pub: keys.PublicKey, record: UnitRecord, base: Path,
                       base_sha256: str | None) -> VerifyReport:
     """verify without fsck; a delta through its overlay on the base (which must be its own)."""
     if record.format != "delta":

@@ -141,6 +141,12 @@ def _take(it: Iterator, n: int) -> list:
     return out
 
 
+def _tmp_dir(result: UnitResult) -> Path:
+    """A built unit's directory (finish_unit sets it with the status)."""
+    assert result.tmp is not None
+    return Path(result.tmp)
+
+
 def _sync_batch(base: str, workers: int) -> int:
     """Units to make durable together: enough for efficient writeback, bounded in dirty memory."""
     return max(workers, min(4 * workers, _SYNC_BYTES // max(allocated_bytes(base), 1)))
@@ -175,7 +181,7 @@ class _Publisher:
         ready, self.ready = self.ready, []
         try:
             for result, _ in ready:
-                sign_unit(Path(result.tmp), self.key)
+                sign_unit(_tmp_dir(result), self.key)
             sync_filesystem(self.out)
         except OSError as exc:
             for result, _ in ready:
@@ -183,16 +189,17 @@ class _Publisher:
             return
         for result, job in ready:
             try:
-                publish(Path(result.tmp), self.out, job.name, job.replace)
+                publish(_tmp_dir(result), self.out, job.name, job.replace)
             except OSError as exc:
                 self._discard(result, exc)
                 continue
             result.status, result.tmp = Status.EMITTED, None
+            assert result.image is not None  # a built unit has its image
             result.image = str(self.out / job.name / Path(result.image).name)
             self._finished(result)
 
     def _discard(self, result: UnitResult, exc: OSError) -> None:
-        shutil.rmtree(result.tmp, ignore_errors=True)
+        shutil.rmtree(_tmp_dir(result), ignore_errors=True)
         result.status, result.tmp = Status.FAILED, None
         result.error, result.disk_full = os_error(exc)
         self._finished(result)

@@ -114,7 +114,7 @@ def settings_options(settings: dict[str, Any]) -> list[str]:
 def _described(settings: dict[str, Any]) -> _Described:
     """Each recorded setting (EmitOptions.settings()) by name; a state file of another version
     may hold anything, so odd shapes are shown as they are, never refused here."""
-    key = settings.get("key") if isinstance(settings.get("key"), dict) else {}
+    key = settings["key"] if isinstance(settings.get("key"), dict) else {}
     unit_format = str(settings.get("format", "image"))
     out: _Described = {
         "key type": _key_type(key),
@@ -122,14 +122,17 @@ def _described(settings: dict[str, Any]) -> _Described:
         "bmap": ("on", []) if settings.get("bmap", True) else ("off", ["--no-bmap"]),
         "private keys": ("discarded", ["--discard-private-keys"]) if settings.get("discard_private_keys")
         else ("kept", [])}
-    files = settings.get("unit_files") if isinstance(settings.get("unit_files"), list) else []
+    files = settings["unit_files"] if isinstance(settings.get("unit_files"), list) else []
     specs = [f"{f.get('path')}={f.get('column')}:{f.get('mode')}:{f.get('owner')}"
              for f in files if isinstance(f, dict)]
     if specs:
         out["unit files"] = (", ".join(specs), [o for spec in specs for o in ("--unit-file", spec)])
-    modify = settings.get("modify") if isinstance(settings.get("modify"), dict) else {}
+    if settings.get("image_sha256") is True:
+        out["image sha256"] = ("on", ["--image-sha256"])
+    modify = settings["modify"] if isinstance(settings.get("modify"), dict) else {}
     out.update(_modify_described(modify))
-    for name in settings.keys() - {"key", "format", "bmap", "discard_private_keys", "unit_files", "modify"}:
+    for name in settings.keys() - {"key", "format", "bmap", "discard_private_keys", "unit_files", "modify",
+                                   "image_sha256"}:
         out[name] = (json.dumps(settings[name], sort_keys=True), [])
     return out
 
@@ -166,7 +169,7 @@ def _modify_described(modify: dict[str, Any]) -> _Described:
             out[f"--{field}"] = (", ".join(shown), [o for s in shown for o in (f"--{field}", s)])
             continue
         name, option, placeholder = _MODIFY.get(field, (field, None, None))
-        if placeholder is not None:
+        if placeholder is not None and option is not None:  # the table gives both or neither
             out[name] = (f"sha256 {str(value)[:12]}...", [option, placeholder])
         elif value is True:
             out[name] = ("on", [option] if option else [])

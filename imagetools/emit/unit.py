@@ -25,13 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import bmap, config, files, keys
+from .. import bmap, files, keys
 from ..errors import ImageToolsError
 from ..image import delta as delta_format, overlay
 from ..image.overlay import Overlay
 from ..personalize import Scratch, reused_scratch
 from ..inject import write_key
 from ..layout import Layout, open_layout
+from ..menderconf.modify import modify as modify_image
 from ..sparse import allocated_bytes, clone, copy_extents
 from ..units import MiB
 from ..verify import (Check, DEFAULT_KEY_PATH, VerifyReport, data_path, fsck_check,
@@ -149,7 +150,7 @@ def _configure(job: Job, image: Path) -> None:
     the modify plan on rootfs A and B, then each unit file with this unit's value. The run checked
     the plan against the base already, so its warnings are not repeated here."""
     if job.options.modify is not None:
-        config.modify(image, job.options.modify)
+        modify_image(image, job.options.modify)
     for unit_file, value in job.unit_files:
         files.install(image, unit_file.path, value.encode() + b"\n", mode=unit_file.mode,
                       uid=unit_file.uid, gid=unit_file.gid, parents=True)
@@ -203,7 +204,7 @@ def _finish(job: Job, stage: Stage, result: UnitResult, reuse: bmap.Reuse | None
     if is_delta:  # no bmap: a station writes the base's mapped blocks, then these
         result.image_sha256 = hashlib.sha256(image.read_bytes()).hexdigest()
     else:
-        scan = bmap.scan(image, reuse=reuse)
+        scan = bmap.scan(image, reuse=reuse, whole=job.options.hashes_image)
         result.image_sha256 = scan.sha256
         if job.options.bmap:
             (stage.tmp / f"{image.name}.bmap").write_bytes(bmap.render(scan.size, scan.ranges))
@@ -213,6 +214,7 @@ def _finish(job: Job, stage: Stage, result: UnitResult, reuse: bmap.Reuse | None
     files.append(image.name)
     (stage.tmp / "identity.json").write_text(json.dumps(job.identity, indent=2) + "\n")
     st = image.stat()
+    assert result.fingerprint is not None and result.key_type is not None  # _prepare set them, with the stage
     UnitRecord(name=job.name, identity=job.identity, fingerprint=result.fingerprint,
                key_type=result.key_type, key_source=job.key_source, image=image.name,
                image_size=st.st_size, image_mtime_ns=st.st_mtime_ns, image_ctime_ns=st.st_ctime_ns,
@@ -254,12 +256,14 @@ def first_copy(layout: Layout, options: EmitOptions, size: int) -> tuple[tuple[i
 def _unit_key(job: Job) -> tuple[bytes, keys.PrivateKey]:
     """PEM and key object; a generated key is not parsed back (loading an RSA key validates it,
     which costs about half a key generation)."""
-    if job.key_path or job.key_from_image:
-        pem = (keys.read_key_bytes(job.key_path, "private key") if job.key_path
-               else _key_from_image(job.key_from_image, job))
-        return pem, keys.load_private(pem, f"key of {job.name}")
-    private = keys.generate(job.options.key_spec)
-    return keys.private_pem(private, job.options.key_spec.format), private
+    if job.key_path:
+        pem = keys.read_key_bytes(job.key_path, "private key")
+    elif job.key_from_image:
+        pem = _key_from_image(job.key_from_image, job)
+    else:
+        private = keys.generate(job.options.key_spec)
+        return keys.private_pem(private, job.options.key_spec.format), private
+    return pem, keys.load_private(pem, f"key of {job.name}")
 
 
 def _key_from_image(image: str, job: Job) -> bytes:

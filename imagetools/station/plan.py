@@ -13,7 +13,7 @@ from ..errors import UsageError
 from ..layout import open_layout
 from ..published import Unit, block_map, bound_to_base, load_unit, require_base
 from ..verify import DEFAULT_KEY_PATH, data_path
-from .zeroing import must_zero
+from .zeroing import Needs, must_zero
 
 BLOCK = 4096
 LEDGER_FILE = "ledger.sqlite"   # beside the units: OUT/ledger.sqlite
@@ -21,8 +21,9 @@ LEDGER_FILE = "ledger.sqlite"   # beside the units: OUT/ledger.sqlite
 
 @dataclass(frozen=True)
 class Plan:
-    """What a target gets: the source file's mapped ranges, the unit's blocks over them, and the
-    unmapped ranges the filesystems need to read as zeros. `inputs`: files no target may be."""
+    """What a target gets: the source file's mapped ranges, the unit's blocks over them, the
+    unmapped ranges the filesystems need to read as zeros, and the unmapped journal ranges where a
+    card's stale JBD2 headers are zeroed (see zeroing). `inputs`: files no target may be."""
 
     source: str
     size: int
@@ -32,6 +33,7 @@ class Plan:
     zeros: tuple[tuple[int, int], ...] = ()
     inputs: tuple[str, ...] = field(default=())
     ledger: str | None = None    # the ledger beside the unit's OUT (or the key file)
+    journals: tuple[tuple[int, int], ...] = ()
 
     @property
     def total(self) -> int:
@@ -55,14 +57,26 @@ def plan_unit(base: str | os.PathLike, unit_dir: str | os.PathLike,
     ledger = str(unit_dir.resolve().parent / LEDGER_FILE)
     if unit.delta is None:
         assert unit.image is not None
-        image_map = block_map(unit.image) if unit.image_ranges is None else None
-        ranges = unit.image_ranges if image_map is None else image_map.ranges
+        ranges = unit.image_ranges if unit.image_ranges is not None else _unmapped_image(unit)
         size = unit.record.image_size if unit.record else os.stat(unit.image).st_size
-        return Plan(str(unit.image), size, tuple(ranges), (), unit, _zeros(str(unit.image), ranges, size),
-                    inputs, ledger)
+        needs = _needs(str(unit.image), ranges, size)
+        return Plan(str(unit.image), size, tuple(ranges), (), unit, needs.zeros, inputs, ledger, needs.journals)
     bound_to_base(unit.delta, base, base_map, str(unit_dir))
-    return Plan(str(base), base_map.size, base_map.ranges, unit.delta.extents, unit,
-                _zeros(str(base), base_map.ranges, base_map.size), inputs, ledger)
+    needs = _needs(str(base), base_map.ranges, base_map.size)
+    return Plan(str(base), base_map.size, base_map.ranges, unit.delta.extents, unit, needs.zeros, inputs, ledger,
+                needs.journals)
+
+
+def _unmapped_image(unit: Unit) -> tuple[BlockRange, ...]:
+    """An image unit without a bmap (emit --no-bmap): its ranges from the image itself (never from
+    an unsigned .bmap beside it), the image bound by the SHA-256 its signed unit.json records."""
+    assert unit.image is not None
+    image_map = block_map(unit.image, use_bmap=False)
+    want = unit.record.image_sha256 if unit.record else None
+    if want is None or image_map.sha256 != want:
+        raise UsageError(f"{unit.image} has no signed bmap and does not match the SHA-256 its unit.json records "
+                         f"({(want or 'none')[:16]}...): the unit is damaged or was altered; emit it again")
+    return image_map.ranges
 
 
 def plan_key(base: str | os.PathLike, key_file: str | os.PathLike) -> Plan:
@@ -81,8 +95,9 @@ def plan_key(base: str | os.PathLike, key_file: str | os.PathLike) -> Plan:
     unit = Unit(key_unit_name(Path(key_file)), keys.fingerprint(private), private.public_key(),
                 base_map.sha256, delta=delta)
     ledger = str(Path(key_file).resolve().parent / LEDGER_FILE)
-    return Plan(str(base), base_map.size, base_map.ranges, delta.extents, unit,
-                _zeros(str(base), base_map.ranges, base_map.size), (str(base), str(key_file)), ledger)
+    needs = _needs(str(base), base_map.ranges, base_map.size)
+    return Plan(str(base), base_map.size, base_map.ranges, delta.extents, unit, needs.zeros,
+                (str(base), str(key_file)), ledger, needs.journals)
 
 
 def key_unit_name(key_file: Path) -> str:
@@ -92,14 +107,14 @@ def key_unit_name(key_file: Path) -> str:
     return key_file.stem
 
 
-_zero_cache: dict[tuple, tuple[tuple[int, int], ...]] = {}
+_needs_cache: dict[tuple, Needs] = {}
 
 
-def _zeros(source: str, ranges, size: int) -> tuple[tuple[int, int], ...]:
+def _needs(source: str, ranges, size: int) -> Needs:
     """must_zero of the source, once per file identity (a station plans card after card)."""
     st = os.stat(source)
     ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, len(ranges))
-    if ident not in _zero_cache:
-        _zero_cache.clear()
-        _zero_cache[ident] = tuple(must_zero(source, ranges, size))
-    return _zero_cache[ident]
+    if ident not in _needs_cache:
+        _needs_cache.clear()
+        _needs_cache[ident] = must_zero(source, ranges, size)
+    return _needs_cache[ident]

@@ -8,8 +8,10 @@ through O_DIRECT (or, where that is refused, after a flush and dropping the cach
 
 What is checked: the source's mapped ranges against their bmap sha256 (a range a patch overlaps
 against the source's bytes with the patches applied), the patches outside every range against
-their bytes, and the zeroed ranges against zeros. One 4 MiB page-aligned buffer is reused for
-the whole card and hashed as it is read, so memory stays bounded whatever the image size.
+their bytes, the zeroed ranges against zeros, and the journals' holes for stale JBD2 headers
+(see zeroing: a flash zeroes the blocks of the card's journal areas that start with one; here
+none may be left). One 4 MiB page-aligned buffer is reused for the whole card and hashed as it
+is read, so memory stays bounded whatever the image size.
 """
 
 from __future__ import annotations
@@ -20,21 +22,37 @@ import fcntl
 import hashlib
 import mmap
 import os
+import queue
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 from .. import bmap
 from ..errors import UsageError, VerifyFailed, from_oserror
 from ..published import block_map
 
+if TYPE_CHECKING:
+    from .plan import Plan
+
 BLOCK = bmap.BLOCK_SIZE
 _CHUNK = 4 << 20
 _GAP = 64 << 10      # a gap this small between checked bytes is read through: one request, not two
+_AHEAD = 3           # read-back buffers in turn: one being checked, the next ones being read
 _ZEROS = bytes(_CHUNK)
+JBD2_MAGIC = b"\xc0\x3b\x39\x98"   # journal_header_t.h_magic, big-endian on disk
+_SECTOR = 512        # every fs block starts at a multiple of it: so may a journal header
 Span = tuple[int, int]
+
+
+class _NoHeader:
+    """A check's want: no 512-byte boundary of the bytes starts with the JBD2 magic."""
+
+
+_NO_HEADER = _NoHeader()
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,7 @@ class Expected:
     patches: Sequence[tuple[int, bytes]]         # (byte offset, bytes) written over the ranges; disjoint
     zeros: Sequence[tuple[int, int]] = ()        # byte ranges [start, end) written as zeros
     source: str | None = None                    # the ranges' file: needed only where a patch overlaps one
+    journals: Sequence[tuple[int, int]] = ()     # byte ranges [start, end) where no JBD2 header may be
 
     @property
     def total(self) -> int:
@@ -69,7 +88,7 @@ class _Check:
 
     start: int
     end: int
-    want: str | bytes | None | _Patched
+    want: str | bytes | None | _Patched | _NoHeader
     why: str
 
     @property
@@ -95,18 +114,30 @@ def read_back(target: str | os.PathLike | int, expected: Expected,
         return _run(fd, name, checks, view, expected.size, progress)
 
 
+def expected_of(plan: Plan, zeroing: str | None) -> Expected:
+    """What a card flashed with PLAN must read back. The zeros and the journals only where a flash
+    wrote them (writer.make_zeros: "written", "write-zeroes"): a file's holes were punched."""
+    card = zeroing in ("written", "write-zeroes")
+    return Expected(plan.size, plan.ranges, plan.patches, plan.zeros if card else (), plan.source,
+                    plan.journals if card else ())
+
+
 def check_card(target: str | os.PathLike, base: str | os.PathLike, unit_dir: str | os.PathLike | None = None,
                trust: str | os.PathLike | None = None) -> int:
     """Read-only check of a card flashed with BASE (and UNIT_DIR), e.g. at a QA station: every
     mapped range of the image and the unit's blocks (its signature checked, its delta bound to
-    BASE, as for a flash). Returns bytes checked; VerifyFailed on the first mismatch."""
+    BASE, as for a flash), and no stale header in the journals. Returns bytes checked;
+    VerifyFailed on the first mismatch."""
     from .plan import plan_unit
+    from .zeroing import must_zero
 
     if unit_dir is None:
         base_map = block_map(base)
-        return read_back(target, Expected(base_map.size, base_map.ranges, ()))
+        journals = must_zero(base, base_map.ranges, base_map.size).journals
+        return read_back(target, Expected(base_map.size, base_map.ranges, (), journals=journals))
     plan = plan_unit(base, unit_dir, trust)
-    return read_back(target, Expected(plan.size, plan.ranges, plan.patches, source=plan.source))
+    return read_back(target, Expected(plan.size, plan.ranges, plan.patches, source=plan.source,
+                                      journals=plan.journals))
 
 
 def _checks(expected: Expected) -> list[_Check]:
@@ -125,7 +156,51 @@ def _checks(expected: Expected) -> list[_Check]:
         checks += [_Check(a, b, data[a - off:b - off], "the unit's blocks") for a, b in _minus([span], extents)]
     zeros = _minus(_minus(_merged((max(a, 0), min(b, size)) for a, b in expected.zeros), extents), patch_spans)
     checks += [_Check(a, b, None, "zeros") for a, b in zeros]
+    journals = _minus(_minus(_minus(_merged((max(a, 0), min(b, size)) for a, b in expected.journals), extents),
+                             patch_spans), zeros)
+    checks += [_Check(a, b, _NO_HEADER, "a stale journal header") for a, b in journals]
     return sorted(checks, key=lambda c: c.start)
+
+
+def stale_headers(fd: int, spans: Sequence[Span]) -> list[Span]:
+    """The 4 KiB blocks of SPANS (4 KiB-aligned byte ranges) on the open card FD that hold a JBD2
+    header at a 512-byte boundary, read from the medium (O_DIRECT where the kernel takes it, else
+    flushed and cached pages dropped), merged. What a flash must zero of the card's journals."""
+    found: list[Span] = []
+    if not spans:
+        return found
+    view = memoryview(mmap.mmap(-1, _CHUNK))
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+    except OSError:
+        _drop_cache(fd)
+    try:
+        for a, b in _merged(spans):
+            for pos in range(a, b, _CHUNK):
+                piece = view[:_fill(fd, view[:min(_CHUNK, b - pos)], pos)]
+                found += [(at // BLOCK * BLOCK, min(at // BLOCK * BLOCK + BLOCK, b)) for at in headers(pos, piece)]
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+    return _merged(found)
+
+
+def headers(pos: int, piece: memoryview) -> list[int]:
+    """Offsets (of the card) of the 512-byte boundaries in PIECE, which starts at POS, that start
+    with the JBD2 magic: one 4-byte word per sector, searched as one string."""
+    skip = -pos % _SECTOR
+    sectors = max(0, len(piece) - skip) // _SECTOR
+    words = piece[skip:skip + sectors * _SECTOR].cast("I")[::_SECTOR // 4].tobytes()
+    hits = []
+    i = words.find(JBD2_MAGIC)
+    while i != -1:
+        if i % 4 == 0:
+            hits.append(pos + skip + i // 4 * _SECTOR)
+        i = words.find(JBD2_MAGIC, i + 1)
+    tail = skip + sectors * _SECTOR
+    if len(piece) - tail >= len(JBD2_MAGIC) and piece[tail:tail + 4] == JBD2_MAGIC:
+        hits.append(pos + tail)
+    return hits
 
 
 def _range_check(r: bmap.BlockRange, span: Span, patches: list[tuple[int, bytes]],
@@ -215,8 +290,7 @@ def _run(fd: int, name: str, checks: list[_Check], view: memoryview, size: int,
          progress: Callable[[int], object]) -> int:
     """One pass in offset order: aligned reads of up to _CHUNK, each fed to the checks it covers."""
     done, i, state = 0, 0, None
-    for ws, we in _windows(checks):
-        chunk = _read(fd, name, view, ws, we, size)
+    for ws, we, chunk in _read_ahead(fd, name, _windows(checks), size, view):
         while i < len(checks) and checks[i].start < we:
             c = checks[i]
             if state is None or state.check is not c:
@@ -233,6 +307,42 @@ def _run(fd: int, name: str, checks: list[_Check], view: memoryview, size: int,
     return done
 
 
+def _read_ahead(fd: int, name: str, windows: Iterator[Span], size: int,
+                view: memoryview) -> Iterator[tuple[int, int, memoryview]]:
+    """The windows' bytes in order, read by a thread of its own one buffer ahead (preadv and
+    hashlib release the GIL): a read-back costs max(read, hash), not their sum. _AHEAD buffers in
+    turn (VIEW and more of its size), so memory stays bounded; each chunk yielded is valid until
+    the next one is asked for."""
+    free: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+    ready: queue.SimpleQueue[tuple[int, int, memoryview, memoryview] | BaseException | None] = queue.SimpleQueue()
+    for buf in [view, *(memoryview(mmap.mmap(-1, len(view))) for _ in range(_AHEAD - 1))]:
+        free.put(buf)
+
+    def reader() -> None:
+        try:
+            for ws, we in windows:
+                buf = free.get()
+                if buf is None:
+                    return
+                ready.put((ws, we, _read(fd, name, buf, ws, we, size), buf))
+            ready.put(None)
+        except BaseException as exc:  # handed over: raised in the caller's thread
+            ready.put(exc)
+
+    thread = threading.Thread(target=reader, name="read-back", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            ws, we, chunk, buf = item
+            yield ws, we, chunk
+            free.put(buf)
+    finally:
+        free.put(None)  # a reader waiting for a buffer stops
+        thread.join()
+
+
 class _State:
     """One check fed its bytes in order."""
 
@@ -245,6 +355,9 @@ class _State:
             self.hash.update(piece)
             return True
         want = self.check.want
+        if isinstance(want, _NoHeader):
+            return not headers(pos, piece)
+        assert not isinstance(want, (str, _Patched))  # a str is hashed above; patches are resolved first
         a = pos - self.check.start
         expect = _ZEROS[:len(piece)] if want is None else want[a:a + len(piece)]
         return piece.tobytes() == expect  # bytes == bytes is a memcmp; memoryview == is per item
@@ -316,15 +429,15 @@ def _opened(target: str | os.PathLike | int, name: str) -> Iterator[int]:
     try:
         if isinstance(target, int):
             _drop_cache(target)
-            fd = None
+            fd, owned = target, False
         else:
-            fd = _open_direct(os.fspath(target))
+            fd, owned = _open_direct(os.fspath(target)), True
     except OSError as exc:
         raise from_oserror(exc, f"cannot open {name} to read it back", UsageError) from None
     try:
-        yield target if fd is None else fd
+        yield fd
     finally:
-        if fd is not None:
+        if owned:
             os.close(fd)
 
 

@@ -1,7 +1,9 @@
 """Writing a plan onto one open target.
 
 Only mapped blocks are written (the source's bmap, then the unit's few blocks), each range
-checked against its sha256 as bmaptool does, plus the zeros the filesystems need (see zeroing).
+checked against its sha256 as bmaptool does, plus the zeros the filesystems need (see zeroing):
+on a card, the journals are read first and only their blocks that start with a JBD2 header are
+zeroed.
 A card is made to look unfinished first (the partition table areas at both ends of the image are
 zeroed and flushed), everything else is written and flushed, and the table areas come last: a
 flash interrupted at any point leaves no partition table, so the card never passes for a
@@ -21,9 +23,11 @@ import threading
 from typing import Any, Callable
 
 from .. import strict
+from ..bmap import BlockRange
 from ..errors import ImageToolsError, UsageError
 from ..image.probe import TABLE_AREA
 from .plan import Plan
+from .readback import stale_headers
 
 _CHUNK = 4 << 20
 BLKZEROOUT = 0x127F  # linux/fs.h _IO(0x12, 127)
@@ -48,9 +52,8 @@ def write_plan(plan: Plan, fd: int, progress: Callable[[int], Any] = lambda n: N
         for a, b in areas:
             os.pwrite(fd, bytes(b - a), a)
         os.fsync(fd)
-    zeroing = "holes" if fresh else make_zeros(fd, plan)
+    zeroing, done = ("holes", 0) if fresh else make_zeros(fd, plan)
     held: dict[int, bytes] = {}
-    done = sum(b - a for a, b in plan.zeros) if zeroing in ("written", "write-zeroes") else 0
     with os.fdopen(strict.open_regular(plan.source, "image"), "rb", buffering=0) as src:
         hasher = _Hasher(plan, src.fileno())
         hasher.start()
@@ -74,11 +77,12 @@ def write_plan(plan: Plan, fd: int, progress: Callable[[int], Any] = lambda n: N
     return done, zeroing
 
 
-def make_zeros(fd: int, plan: Plan) -> str:
-    """What must read as zeros on a used target, and how it was done. A file gets every hole of
-    the image punched (free, and the file then equals the image); a card gets BLKZEROOUT on the
-    ranges its filesystems need zeroed only (plan.zeros): WRITE ZEROES where the card has it,
-    written zeros otherwise, so a reader without it sends no more than bmaptool would."""
+def make_zeros(fd: int, plan: Plan) -> tuple[str, int]:
+    """What must read as zeros on a used target: how it was done, and the bytes zeroed on a
+    card. A file gets every hole of the image punched (free, and the file then equals the
+    image); a card gets BLKZEROOUT on the ranges its filesystems need zeroed (plan.zeros) and on
+    the blocks of its journal areas that hold a stale JBD2 header: WRITE ZEROES where the card
+    has it, written zeros otherwise, so a reader without it sends little more than bmaptool."""
     if stat.S_ISREG(os.fstat(fd).st_mode):
         pos = 0
         for r in list(plan.ranges) + [None]:
@@ -87,11 +91,12 @@ def make_zeros(fd: int, plan: Plan) -> str:
                 _punch(fd, pos, end - pos)
             if r is not None:
                 pos = (r.last + 1) * 4096
-        return "punched"
+        return "punched", 0
+    spans = [*plan.zeros, *stale_headers(fd, plan.journals)]
     how = {"written"}
-    for a, b in plan.zeros:
+    for a, b in spans:
         how.add(_zeroout(fd, a, b - a))
-    return "write-zeroes" if how == {"written", "write-zeroes"} else "written"
+    return ("write-zeroes" if how == {"written", "write-zeroes"} else "written"), sum(b - a for a, b in spans)
 
 
 def _punch(fd: int, offset: int, length: int) -> None:
@@ -169,7 +174,9 @@ class _Hasher(threading.Thread):
 
     def __init__(self, plan: Plan, src: int):
         super().__init__(daemon=True)
-        self.plan, self.src, self.bad, self.error = plan, src, None, None
+        self.plan, self.src = plan, src
+        self.bad: BlockRange | None = None
+        self.error: OSError | None = None
 
     def run(self) -> None:
         buf = memoryview(bytearray(_CHUNK))

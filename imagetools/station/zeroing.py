@@ -20,16 +20,22 @@ partition's on-disk structures (parsed here with struct; every count is bounded 
   left alone: e2fsck and the kernel never read it as inodes (the kernel clears a raw inode
   before its first use). Without those features the whole table counts. Free blocks may hold
   anything. Unwritten (preallocated) extents are zeroed too: the bitmap does not tell them apart.
-- The journal is zeroed whole, although `e2fsck -fn` and a mount of a clean journal (s_start 0)
-  read only its superblock. Stale journal blocks are not safe: mkfs starts every journal at
-  s_sequence 1 and the kernel writes transaction 2 at the journal's first block, so a card that
-  held an older flash of the same base (same fs UUID, hence the same jbd2 checksum seed) holds a
-  valid-looking transaction 2 exactly where recovery looks first. A power cut during the
-  device's first commit (the kernel sets s_start before that commit is complete) replays the
-  old card's transaction over the new filesystem; later crashes replay any old transaction
-  whose position and sequence happen to line up with the new log's end. A different base's
-  journal (other UUID) fails its checksums instead, which fails the mount or marks the
-  filesystem in error. s_sequence is 1 in every fresh journal: it cannot tell the lives apart.
+- The journal: not zeroed, but returned apart (`Needs.journals`): on the card, every block of it
+  that starts with the JBD2 magic must be zeroed, and nothing else of it matters. Recovery
+  (fs/jbd2/recovery.c, e2fsck/recovery.c: jbd2_journal_recover, do_one_pass) reads nothing past
+  the journal superblock while s_start is 0, as mkfs leaves it; once the new life commits, it
+  walks the log from s_start and stops at the first block whose header lacks the magic
+  0xC03B3998 or the expected sequence. A descriptor's data blocks are found only through that
+  descriptor, and a data block that starts with the magic is stored escaped (its first four
+  bytes zeroed). So a log with no stale header can replay nothing but what the new life wrote.
+  Stale headers are the danger, not a curiosity: mkfs starts every journal at s_sequence 1 and
+  the kernel writes transaction 2 at the journal's first block, so a card that held an older
+  flash of the same base (same fs UUID, hence the same jbd2 checksum seed) holds a valid-looking
+  transaction 2 exactly where recovery looks first, and a power cut during the device's first
+  commit (s_start is set before that commit is complete) replays the old card's transaction.
+  Fast-commit blocks (the fast_commit feature, not a mke2fs default) carry no magic and their
+  checksum has no per-filesystem seed (e2fsck/journal.c ext4_fc_replay_scan): such a journal
+  is zeroed whole, as is one whose inode does not parse.
 - FAT: the reserved sectors, every FAT copy, the FAT12/16 root directory, and every cluster the
   first FAT marks other than free. Free clusters may hold anything.
 - swap: nothing (its header is mapped). Any other partition (unknown, squashfs, never
@@ -39,9 +45,9 @@ A partition's spans are rounded out to 4096 bytes but never past the partition; 
 the image's holes among all spans, merged (one range may run from a gap into the next partition).
 Evidence for the journal: tests/station/test_zeroing.py reflashes a card whose previous life (same
 base) left transactions, cuts power in the first commit, and the old unit's key file comes back
-unless the journal was zeroed. Its cost is the journal size per ext filesystem (mkfs: 4 MiB up to
-128 MiB, 16 MiB up to 1 GiB, 32 MiB up to 2 GiB, 64 MiB up to 16 GiB); zeroing it costs far less
-where the card supports WRITE ZEROES or discard-zeroes.
+unless the card's stale headers were zeroed. Reading a journal costs its size in reads per ext
+filesystem (mkfs: 4 MiB up to 128 MiB, 16 MiB up to 1 GiB, 32 MiB up to 2 GiB, 64 MiB up to
+16 GiB); zeroing it whole cost as much in writes, which card readers without WRITE ZEROES send.
 """
 
 from __future__ import annotations
@@ -68,41 +74,57 @@ _FAT_CHUNK = 1 << 20
 _NONZERO = re.compile(rb"[^\x00]+")
 
 # ext feature bits (struct ext2_super_block)
-_COMPAT_SPARSE_SUPER2 = 0x200
+_COMPAT_HAS_JOURNAL, _COMPAT_SPARSE_SUPER2, _COMPAT_FAST_COMMIT = 0x4, 0x200, 0x400
 _INCOMPAT_META_BG, _INCOMPAT_64BIT = 0x10, 0x80
 _RO_SPARSE_SUPER, _RO_GDT_CSUM, _RO_BIGALLOC, _RO_METADATA_CSUM = 0x1, 0x10, 0x200, 0x400
 _BG_INODE_UNINIT, _BG_BLOCK_UNINIT = 0x1, 0x2
+_EXTENTS_FL, _EXTENT_MAGIC, _MAX_EXTENT_DEPTH, _MAX_EXTENT_NODES = 0x80000, 0xF30A, 5, 1024
+_MAX_JOURNAL_BLOCKS = 1024 * 10000  # JBD2_MAX_JOURNAL_BLOCKS
 
 
 class _Unreadable(ImageFormatError):
     """A filesystem whose structures do not add up: its partition is zeroed whole instead."""
 
 
-def must_zero(image: str | os.PathLike, ranges: Sequence[bmap.BlockRange], size: int) -> list[Span]:
-    """Byte ranges [start, end) of the image, disjoint, sorted, 4096-aligned where possible,
-    that are not covered by `ranges` (the mapped blocks, which are written anyway) but must
-    read as zeros on the card (see the module docstring for what and why)."""
+@dataclass(frozen=True)
+class Needs:
+    """What a card must get besides the mapped blocks: byte ranges [start, end) of the image,
+    disjoint, sorted, 4096-aligned where possible, all holes of the image."""
+
+    zeros: tuple[Span, ...]     # must read as zeros
+    journals: tuple[Span, ...]  # journal blocks: only those that start with a JBD2 header on the card need zeroing
+
+
+def must_zero(image: str | os.PathLike, ranges: Sequence[bmap.BlockRange], size: int) -> Needs:
+    """The holes of the image (what `ranges`, the mapped blocks written anyway, leave out) that
+    must read as zeros on the card, and apart from them its journals (see the module docstring)."""
+    need: list[Span] = []
+    journals: list[Span] = []
     with ImageSource(image) as src:
         disk = read_image(src)
-        need = _outside(disk.partitions, size)
+        need += _outside(disk.partitions, size)
         for part in disk.partitions:
             end = min(part.end, size)
             if part.start < end:
-                need += _clip(_partition_needs(src, part), part.start, end)
-    return _intersect(_merge(need), _holes(ranges, size))
+                spans, journal = _partition_needs(src, part)
+                need += _clip(spans, part.start, end)
+                journals += _clip(journal, part.start, end)
+    holes, need = _holes(ranges, size), _merge(need)
+    return Needs(tuple(_intersect(need, holes)), tuple(_intersect(_subtract(_merge(journals), need), holes)))
 
 
-def _partition_needs(src: ImageSource, part: Partition) -> list[Span]:
-    """Byte spans of one partition that must read as zeros where the image has holes."""
+def _partition_needs(src: ImageSource, part: Partition) -> tuple[list[Span], list[Span]]:
+    """Byte spans of one partition that must read as zeros where the image has holes, and its
+    journal's (none for anything but ext3/4)."""
     fs_type = probe_source(src, part.start, part.size).type
     try:
         if fs_type in EXT_TYPES:
             return _ext_needs(src, part)
         if fs_type in FAT_TYPES:
-            return _fat_needs(src, part)
+            return _fat_needs(src, part), []
     except _Unreadable:
-        return [(part.start, part.end)]
-    return [] if fs_type == "swap" else [(part.start, part.end)]
+        return [(part.start, part.end)], []
+    return ([] if fs_type == "swap" else [(part.start, part.end)]), []
 
 
 # --- ext2/3/4 ---------------------------------------------------------------------------------
@@ -123,6 +145,7 @@ class _ExtSuper:
     meta_bg: bool
     first_meta_bg: int
     reserved_gdt: int
+    journal_inum: int  # 0: no internal journal, or one zeroed whole (fast_commit)
 
     @property
     def desc_per_block(self) -> int:
@@ -157,8 +180,9 @@ class _Group:
     itable_unused: int
 
 
-def _ext_needs(src: ImageSource, part: Partition) -> list[Span]:
-    """In-use blocks per the bitmaps (less unused inode table tails) plus static metadata."""
+def _ext_needs(src: ImageSource, part: Partition) -> tuple[list[Span], list[Span]]:
+    """In-use blocks per the bitmaps (less unused inode table tails and the journal's data
+    blocks) plus static metadata; and the journal's data blocks."""
     if part.size < 2048:
         raise _Unreadable("no room for an ext superblock")
     sb = _ext_super(src.read(part.start + 1024, 1024, "the ext superblock"), part.size)
@@ -171,8 +195,12 @@ def _ext_needs(src: ImageSource, part: Partition) -> list[Span]:
         static += [(desc.block_bitmap, desc.block_bitmap + 1), (desc.inode_bitmap, desc.inode_bitmap + 1),
                    (desc.inode_table, desc.inode_table + used)]
         tails.append((desc.inode_table + used, desc.inode_table + sb.itable_blocks))
-    in_use = _subtract(_merge(_allocated(src, part, sb, groups)), _merge(tails))
-    blocks = _merge(static + in_use)
+    journal = _journal_blocks(src, part, sb, groups)
+    in_use = _subtract(_subtract(_merge(_allocated(src, part, sb, groups)), _merge(tails)), journal)
+    return _ext_bytes(part, sb, _merge(static + in_use)), _ext_bytes(part, sb, journal)
+
+
+def _ext_bytes(part: Partition, sb: _ExtSuper, blocks: list[Span]) -> list[Span]:
     return [(part.start + a * sb.block_size, part.start + min(b, sb.blocks) * sb.block_size)
             for a, b in blocks if a < sb.blocks]
 
@@ -214,13 +242,89 @@ def _ext_super(raw: bytes, part_size: int) -> _ExtSuper:
             or desc_size > bs):
         raise _Unreadable("group geometry")
     backups = (u32(0x24C), u32(0x250)) if compat & _COMPAT_SPARSE_SUPER2 else None
+    journal = u32(0xE0) if compat & _COMPAT_HAS_JOURNAL and not compat & _COMPAT_FAST_COMMIT else 0
     sb = _ExtSuper(bs, blocks, first_data_block, bpg, ratio, ipg, inode_size, groups, desc_size,
                    bool(ro_compat & (_RO_GDT_CSUM | _RO_METADATA_CSUM)), bool(ro_compat & _RO_SPARSE_SUPER),
-                   backups, bool(incompat & _INCOMPAT_META_BG), u32(0x104), u16(0xCE))
+                   backups, bool(incompat & _INCOMPAT_META_BG), u32(0x104), u16(0xCE), journal)
     if (sb.itable_blocks >= bpg or (sb.meta_bg and sb.first_meta_bg > sb.desc_blocks)
             or (not sb.meta_bg and 1 + sb.desc_blocks + sb.reserved_gdt > bpg)):
         raise _Unreadable("inode table or descriptor blocks do not fit a group")
     return sb
+
+
+def _journal_blocks(src: ImageSource, part: Partition, sb: _ExtSuper, groups: list[_Group]) -> list[Span]:
+    """The journal inode's data blocks (merged block runs), from its extent tree or block map;
+    [] when there is none or it does not add up (the journal is then zeroed with the rest)."""
+    ino = sb.journal_inum
+    if not 0 < ino <= sb.groups * sb.inodes_per_group:
+        return []
+    group, index = divmod(ino - 1, sb.inodes_per_group)
+    raw = src.read(part.start + groups[group].inode_table * sb.block_size + index * sb.inode_size, 128,
+                   "the journal inode")
+    size = struct.unpack_from("<I", raw, 0x4)[0] | struct.unpack_from("<I", raw, 0x6C)[0] << 32
+    count = size // sb.block_size
+    if not 0 < count <= min(sb.blocks, _MAX_JOURNAL_BLOCKS):
+        return []
+    try:
+        if struct.unpack_from("<I", raw, 0x20)[0] & _EXTENTS_FL:
+            runs = _extent_runs(src, part, sb, raw[0x28:0x64])
+        else:
+            runs = _mapped_runs(src, part, sb, raw[0x28:0x64], count)
+    except _Unreadable:
+        return []
+    runs = _merge(runs)
+    if sum(b - a for a, b in runs) > count or any(a < sb.first_data_block or b > sb.blocks for a, b in runs):
+        return []
+    return runs
+
+
+def _extent_runs(src: ImageSource, part: Partition, sb: _ExtSuper, root: bytes) -> list[Span]:
+    """Initialized extents of an extent tree (unwritten ones are left out: they stay with the
+    zeros), reading at most _MAX_EXTENT_NODES tree blocks."""
+    runs: list[Span] = []
+    pending, reads = [(root, _MAX_EXTENT_DEPTH)], 0
+    while pending:
+        node, depth_left = pending.pop()
+        magic, entries, most, depth = struct.unpack_from("<HHHH", node, 0)
+        if magic != _EXTENT_MAGIC or entries > most or 12 + 12 * entries > len(node) or depth > depth_left:
+            raise _Unreadable("journal extent tree")
+        for off in range(12, 12 + 12 * entries, 12):
+            if depth == 0:
+                _logical, length, hi, lo = struct.unpack_from("<IHHI", node, off)
+                if length <= 32768:
+                    runs.append((lo | hi << 32, (lo | hi << 32) + length))
+                continue
+            _logical, lo, hi = struct.unpack_from("<IIH", node, off)
+            reads += 1
+            if not sb.first_data_block <= (lo | hi << 32) < sb.blocks or reads > _MAX_EXTENT_NODES:
+                raise _Unreadable("journal extent index")
+            pending.append((src.read(part.start + (lo | hi << 32) * sb.block_size, sb.block_size,
+                                     "a journal extent block"), depth - 1))
+    return runs
+
+
+def _mapped_runs(src: ImageSource, part: Partition, sb: _ExtSuper, i_block: bytes, count: int) -> list[Span]:
+    """The first `count` data blocks of a block-mapped inode (12 direct, then single, double and
+    triple indirect blocks), as one-block runs; no more indirect blocks read than such a file has."""
+    per_block = sb.block_size // 4
+    budget = 8 + 3 * (count // per_block + 1)
+    pointers = struct.unpack_from("<15I", i_block)
+    found = [p for p in pointers[:12] if p][:count]
+    pending = [(top, level) for level, top in reversed(list(enumerate(pointers[12:], start=1)))]
+    while pending and len(found) < count:
+        block, depth = pending.pop()
+        if not block:
+            continue
+        budget -= 1
+        if not sb.first_data_block <= block < sb.blocks or budget < 0:
+            raise _Unreadable("journal indirect block")
+        entries = struct.unpack(f"<{per_block}I", src.read(part.start + block * sb.block_size, sb.block_size,
+                                                            "a journal indirect block"))
+        if depth == 1:
+            found += [p for p in entries if p][:count - len(found)]
+        else:
+            pending += [(p, depth - 1) for p in reversed(entries)]
+    return [(b, b + 1) for b in found]
 
 
 def _pow2_between(value: int, low: int, high: int) -> bool:

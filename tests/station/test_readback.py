@@ -26,7 +26,7 @@ from imagetools.layout import open_layout
 from imagetools.station import flash as station
 from imagetools.station import readback
 from imagetools.station.plan import Plan, plan_unit
-from imagetools.station.readback import Expected, check_card, read_back
+from imagetools.station.readback import JBD2_MAGIC, Expected, check_card, expected_of, headers, read_back
 
 pytestmark = pytest.mark.integration
 B = bmap.BLOCK_SIZE
@@ -49,7 +49,7 @@ def flashed(unit, tmp_path) -> tuple[Plan, Path, Expected]:
     card = tmp_path / "card.img"
     card.write_bytes(random.Random(1).randbytes(unit[0].stat().st_size))
     plan = _flash(*unit, card)
-    return plan, card, Expected(plan.size, plan.ranges, plan.patches, plan.zeros, plan.source)
+    return plan, card, Expected(plan.size, plan.ranges, plan.patches, plan.zeros, plan.source, plan.journals)
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_a_flashed_card_reads_back_and_check_card_agrees(flashed, unit):
     assert read_back(card, expected, seen.append) == expected.total
     assert seen == sorted(seen) and seen[-1] == expected.total
     base, unit_dir = unit
-    without_zeros = Expected(plan.size, plan.ranges, plan.patches)
+    without_zeros = Expected(plan.size, plan.ranges, plan.patches, journals=plan.journals)
     assert check_card(card, base, unit_dir) == without_zeros.total < plan.size
     with pytest.raises(VerifyFailed, match=r"\(bmap checksum\)") as exc:
         check_card(card, base)  # the base alone: its data-partition blocks were patched
@@ -327,3 +327,53 @@ def _exact_copy_passes_and_any_flip_fails(tmp_path, image, data):
         _flip(tmp_path / "card", data.draw(st.sampled_from(positions)))
         with pytest.raises(VerifyFailed, match="read back differently"):
             read_back(tmp_path / "card", expected)
+
+
+def _plant_headers(card: Path, at: list[int]) -> None:
+    with open(card, "r+b") as f:
+        for pos in at:
+            os.pwrite(f.fileno(), JBD2_MAGIC + b"\0\0\0\1", pos)  # a descriptor's magic and block type
+        os.fsync(f.fileno())
+
+
+def test_a_cards_stale_journal_headers_are_zeroed_and_read_back(unit, tmp_path, loop):
+    """A reused card on a block device: only the journal blocks holding a JBD2 header get zeros
+    (one at a 1 KiB block's start inside a 4 KiB block too), a header planted after the flash
+    fails the read-back and the QA check, naming the journal."""
+    base, unit_dir = unit
+    plan = plan_unit(base, unit_dir)
+    a, b = max(plan.journals, key=lambda s: s[1] - s[0])
+    planted = [a, a + 5 * B + 1024, b - B]
+    card = tmp_path / "card.img"
+    card.write_bytes(random.Random(2).randbytes(plan.size))
+    _plant_headers(card, [*planted, a + 2 * B + 7])  # not at a 512-byte boundary: no header
+    dev = loop(card)
+    with open(dev, "rb") as f:
+        assert readback.stale_headers(f.fileno(), plan.journals) == [(a, a + B), (a + 5 * B, a + 6 * B),
+                                                                     (b - B, b)]
+    [record] = station.flash([(dev, plan)], fsck=False)
+    assert record["state"] == "passed", record["error"]
+    assert record["zeroing"] in ("written", "write-zeroes")
+    assert record["bytes_written"] == plan.total + 3 * B  # the journals cost three blocks, not their size
+    expected = expected_of(plan, record["zeroing"])
+    plain = Expected(plan.size, plan.ranges, plan.patches, plan.zeros, plan.source)
+    assert read_back(dev, expected) == expected.total == plain.total + sum(e - s for s, e in plan.journals)
+    assert check_card(dev, base, unit_dir) > 0
+    _plant_headers(card, [a + 9 * B])
+    with pytest.raises(VerifyFailed, match=rf"blocks {a // B}-.*\(a stale journal header\)"):
+        read_back(dev, expected)
+    with pytest.raises(VerifyFailed, match="a stale journal header"):
+        check_card(dev, base, unit_dir)
+    assert expected_of(plan, "punched").journals == ()  # a file's holes: nothing stale to find
+
+
+@settings(max_examples=200, deadline=None)
+@given(pos=st.integers(0, 4 * B).map(lambda n: n * 4), length=st.integers(0, 6 * B),
+       at=st.lists(st.integers(0, 6 * B), max_size=8), seed=st.integers(0, 2**32))
+def test_headers_are_exactly_the_magics_at_sector_starts(pos, length, at, seed):
+    piece = bytearray(random.Random(seed).choices(b"\x00\x39\xc0\x98\x3b", k=length))
+    for i in at:
+        piece[i:i + 4] = JBD2_MAGIC[:max(0, length - i)]
+    del piece[length:]
+    want = [pos + i for i in range(length - 3) if (pos + i) % 512 == 0 and piece[i:i + 4] == JBD2_MAGIC]
+    assert headers(pos, memoryview(bytes(piece))) == want
