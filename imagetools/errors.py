@@ -67,6 +67,11 @@ class EnvironmentProblem(ImageToolsError):
     exit_code = 3
 
 
+class LedgerUnavailable(EnvironmentProblem):
+    """The line's shared ledger cannot be reached now (database restarted, network down). The
+    next call connects again; a retry of allocate (same token) or end (same state) is safe."""
+
+
 class ServerError(ImageToolsError):
     """The Mender Server refused a request or could not be reached."""
 

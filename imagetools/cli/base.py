@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, NoReturn, Sequence
 
 import click
 
+from ..envelope import envelope
 from ..errors import ImageToolsError, UsageError, VerifyFailed, from_oserror
 from .text import escape, for_json
 
@@ -47,7 +48,8 @@ _COMMAND_MODULES = {
     "emit": "emit_cmd",
     "modify": "config_cmd", "config": "config_cmd",
     "login": "server_cmd", "preauth": ("server_cmd", "station_cmd"),  # station_cmd adds `preauth merge`
-    "flash": "station_cmd", "materialize": "station_cmd",
+    "flash": "station_cmd", "materialize": "station_cmd", "station": "line_cmd", "ledger": "ledger_cmd",
+    "doctor": "doctor_cmd", "cache": "cache_cmd",
 }
 
 
@@ -166,15 +168,9 @@ def verbose() -> bool:
     return _flag("verbose")
 
 
-def envelope(command: str, ok: bool, items: list[Any], summary: dict[str, Any], **facts: Any) -> dict[str, Any]:
-    """The one JSON shape of every reporting command, so a pipeline reads them all alike:
-    schema (versioned: a consumer can refuse a shape it does not know), ok (the command's exit
-    status is 0), summary (counts or key facts), the command's own facts, items (one per
-    partition, check, unit, key, card ...)."""
-    return {"schema": f"imagetools.{command}/1", "ok": ok, "summary": summary, **facts, "items": items}
-
-
 def print_envelope(command: str, ok: bool, items: list[Any], summary: dict[str, Any], **facts: Any) -> None:
+    """The library's envelope (imagetools.envelope), printed; `envelope` is re-exported here for
+    the commands that build one to print it later."""
     print_json(envelope(command, ok, items, summary, **facts))
 
 

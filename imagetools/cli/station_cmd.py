@@ -7,14 +7,18 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..errors import ImageToolsError, UsageError, VerifyFailed, from_oserror
-from .base import echo, envelope, is_tty, main, print_envelope, print_json_line, print_table
+from ..envelope import envelope
+from .base import echo, is_tty, main, print_envelope, print_json_line, print_table
+from .bases import base_input
 
 
 @main.command("flash")
+@base_input("base", remote=True)
 @click.argument("base", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("targets", nargs=-1)
 @click.option("--unit", "unit_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -26,9 +30,9 @@ from .base import echo, envelope, is_tty, main, print_envelope, print_json_line,
 @click.option("--trust", type=click.Path(dir_okay=False, path_type=Path),
               help="Pin the batch's public key (a copy of OUT/batch.pub kept by the station): "
                    "units signed by any other key are refused.")
-@click.option("--ledger", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--ledger", metavar="PATH|URL",
               help="The ledger of every attempt (default: ledger.sqlite in the unit's OUT; "
-                   "name one when OUT is read-only).")
+                   "name one when OUT is read-only; postgresql://... for a line's shared ledger).")
 @click.option("--log", "log", type=click.Path(dir_okay=False, path_type=Path),
               help="Also append each attempt's record to this JSON-lines file.")
 @click.option("--again", is_flag=True, help="Flash a unit the ledger shows as passed once more.")
@@ -41,7 +45,7 @@ from .base import echo, envelope, is_tty, main, print_envelope, print_json_line,
 @click.option("--serve", is_flag=True,
               help="Stay up: read one request per line on stdin, answer each with a JSON line.")
 def flash_command(base: Path, targets: tuple[str, ...], unit_dir: Path | None, key_file: Path | None,
-                  cards: tuple[tuple[str, str], ...], trust: Path | None, ledger: Path | None,
+                  cards: tuple[tuple[str, str], ...], trust: Path | None, ledger: str | None,
                   log: Path | None, again: bool, no_fsck: bool, no_readback: bool, allow_fixed_disk: bool,
                   station_name: str | None, as_json: bool, serve: bool) -> None:
     """Write BASE and a unit onto each card, then read it back and verify it.
@@ -69,11 +73,13 @@ def flash_command(base: Path, targets: tuple[str, ...], unit_dir: Path | None, k
       imagetools flash base.sdimg /dev/sdb --unit OUT/unit0001
       imagetools flash base.sdimg --card /dev/sdb OUT/unit0001 --card /dev/sdc OUT/unit0002
       imagetools flash base.sdimg --serve --trust station/batch.pub
+
+    Full reference: docs/commands/flash.md
     """
     from ..station import flash as station
 
-    options = dict(ledger=ledger, fsck=not no_fsck, readback=not no_readback,
-                   allow_fixed_disk=allow_fixed_disk, station=station_name)
+    options: dict[str, Any] = dict(ledger=ledger, fsck=not no_fsck, readback=not no_readback,
+                                   allow_fixed_disk=allow_fixed_disk, station=station_name)
     if serve:
         if targets or unit_dir or key_file or cards or as_json:
             raise UsageError("--serve takes the targets and the units from its requests: give BASE only")
@@ -81,7 +87,7 @@ def flash_command(base: Path, targets: tuple[str, ...], unit_dir: Path | None, k
     pairs = _pairs(targets, unit_dir, key_file, cards)
     stop = _stop_on_signals()
     plans = [(t, _plan(base, unit, key, trust)) for t, unit, key in pairs]
-    bars = _Bars([t for t, _ in pairs]) if is_tty() and not as_json else None
+    bars = _Bars([t for t, _, _ in pairs]) if is_tty() and not as_json else None
     records = station.flash(plans, again=again, progress=bars.update if bars else None, stop=stop, **options)
     if log is not None:
         station.export(records, log)
@@ -112,7 +118,10 @@ def _pairs(targets: tuple[str, ...], unit_dir: Path | None, key_file: Path | Non
 def _plan(base: Path, unit: str | None, key: str | None, trust: Path | None):
     from ..station.plan import plan_key, plan_unit
 
-    return plan_unit(base, unit, trust) if unit else plan_key(base, key)
+    if unit:
+        return plan_unit(base, unit, trust)
+    assert key is not None  # each card names a unit or a key (checked when it was read)
+    return plan_key(base, key)
 
 
 def _report(records: list[dict], as_json: bool) -> None:
@@ -184,7 +193,8 @@ def _request_error(exc: Exception) -> str:
 
 def _progress_lines(request: int):
     """A progress line per card at most every half second: phase, bytes, MB/s."""
-    started, last = time.monotonic(), {}
+    started = time.monotonic()
+    last: dict[tuple[str, str], float] = {}  # (target, phase) -> when it was last told
 
     def tell(target: str, phase: str, done: int, total: int) -> None:
         now = time.monotonic()
@@ -235,6 +245,7 @@ class _Bars:
 
 
 @main.command("materialize")
+@base_input("base")
 @click.argument("unit_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("out_image", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--base", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -245,7 +256,10 @@ class _Bars:
 def materialize_command(unit_dir: Path, out_image: Path, base: Path | None, force: bool,
                         trust: Path | None) -> None:
     """Write a delta unit's full sparse image and its .bmap (verified, e2fsck included). The
-    unit's signature is checked first; OUT_IMAGE may not be the base or one of the unit's files."""
+    unit's signature is checked first; OUT_IMAGE may not be the base or one of the unit's files.
+
+    Full reference: docs/commands/materialize.md
+    """
     from ..published import base_of, materialize
 
     report = materialize(unit_dir, out_image, base or base_of(unit_dir), force=force, trust=trust)
@@ -259,7 +273,10 @@ def materialize_command(unit_dir: Path, out_image: Path, base: Path | None, forc
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 def merge_command(inputs: tuple[Path, ...], output: Path, force: bool) -> None:
     """Join shards' preauth files (or OUT directories holding preauth.json) into one; refuses
-    duplicate names, identities and public keys."""
+    duplicate names, identities and public keys.
+
+    Full reference: docs/commands/preauth.md
+    """
     from ..merge import merge
 
     files = [p / "preauth.json" if p.is_dir() else p for p in inputs]

@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 from ..errors import EnvironmentProblem, ImageToolsError, UsageError
 from ..verify import verify_image
-from .ledger import Ledger
+from .ledger import Ledger, is_url, open_ledger
 from .plan import Plan
-from .readback import Expected, read_back
+from .readback import expected_of, read_back
 from .targets import TargetInfo, check_targets
 from .writer import Interrupted, write_plan
 
@@ -71,6 +71,24 @@ def flash(pairs: list[tuple[str, Plan]], *, ledger: str | os.PathLike | None = N
             lg.close()
 
 
+def flash_allocated(target: str, plan: Plan, ledger: Ledger, attempt: int, *, fsck: bool = True,
+                    readback: bool = True, progress: Progress | None = None, allow_fixed_disk: bool = False,
+                    stop: threading.Event | None = None) -> dict[str, Any]:
+    """One card for an attempt the ledger has already begun (the station service allocates the
+    unit and its attempt in one transaction): checked, written, read back, verified, ended.
+    A refused target ends the attempt as refused (the unit stays free) and raises."""
+    try:
+        info, = check_targets([target], plan.inputs + (ledger.path,), plan.size,
+                              allow_fixed_disk=allow_fixed_disk)
+        card = Card(info, plan, ledger, attempt)
+        card.fd, card.fresh = _open_for_writing(info, plan.size)
+    except BaseException as exc:
+        ledger.end(attempt, "refused", error=f"not written: {exc}")
+        raise
+    _flash_one(card, fsck, readback, progress, stop)
+    return ledger.record(attempt)
+
+
 def _one_unit_one_card(pairs: list[tuple[str, Plan]]) -> None:
     if not pairs:
         raise UsageError("give at least one TARGET")
@@ -86,7 +104,7 @@ def _ledger_path(plan: Plan, ledger: str | os.PathLike | None) -> str:
     path = ledger or plan.ledger
     if path is None:
         raise UsageError("no ledger for this flash: give --ledger PATH")
-    return os.path.abspath(path)
+    return os.fspath(path) if is_url(path) else os.path.abspath(path)
 
 
 def _ledgers(pairs: list[tuple[str, Plan]], ledger: str | os.PathLike | None,
@@ -106,7 +124,7 @@ def _ledgers(pairs: list[tuple[str, Plan]], ledger: str | os.PathLike | None,
 
 def _open_ledger(path: str, station: str | None) -> Ledger:
     try:
-        return Ledger.open(path, station=station)
+        return open_ledger(path, station=station)
     except OSError as exc:
         raise EnvironmentProblem(f"cannot write the ledger {path}: {exc.strerror or exc}; a station whose "
                                  "OUT is read-only names its own with --ledger PATH") from None
@@ -228,9 +246,8 @@ def _flash_one(card: Card, fsck: bool, readback: bool, progress: Progress | None
 
 def _read_back(card: Card, progress: Progress | None) -> None:
     plan = card.plan
-    zeros = plan.zeros if card.zeroing in ("written", "write-zeroes") else ()
     tell = (lambda n: progress(card.info.path, "reading back", n, plan.total)) if progress else (lambda n: None)
-    read_back(card.info.path, Expected(plan.size, plan.ranges, plan.patches, zeros, plan.source), tell)
+    read_back(card.info.path, expected_of(plan, card.zeroing), tell)
 
 
 def _lap(since: float) -> float:

@@ -5,7 +5,7 @@ strictly, and a bad one is refused without ending the station."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from .. import strict
 from ..errors import UsageError
@@ -76,5 +76,5 @@ def _only(data: dict[str, Any], allowed: set[str]) -> None:
         raise UsageError(f"unknown request field {extra[0]!r} (allowed: {', '.join(sorted(allowed))})")
 
 
-def _is_path(value: Any) -> bool:
+def _is_path(value: Any) -> TypeGuard[str]:
     return isinstance(value, str) and 0 < len(value) <= 4096 and "\0" not in value

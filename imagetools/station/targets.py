@@ -58,6 +58,27 @@ def device_serial(rdev: int) -> str | None:
     return (_read(f"/sys/dev/block/{major}:{minor}/device/serial", 256) or "").strip() or None
 
 
+def slot_card(path: str) -> tuple[int, int | None] | None:
+    """(bytes, disk sequence number) of the device node at PATH, from sysfs (no open: a reader
+    is not woken and an empty one is not an error); None when PATH is not a block device node.
+    Bytes are 0 for an empty reader or a detached loop device; the kernel's diskseq grows on
+    every media change, so a card swapped between two looks is still a new card."""
+    rdev = _node(path)
+    if rdev is None:
+        return None
+    sectors = _int(f"{_sysdev(rdev)}/size")
+    return (0 if sectors is None else sectors * 512), _int(f"{_sysdev(rdev)}/diskseq")
+
+
+def slot_busy(path: str) -> str | None:
+    """What keeps the disk at PATH from being written (a mounted partition, swap, a holder), as
+    one line; None when nothing does. A desktop's automounter shows up here."""
+    rdev = _node(path)
+    disk = _disk(rdev) if rdev is not None else None
+    found = _busy(_members(disk)) if disk is not None else None
+    return found[0] if found else None
+
+
 def _protected(paths: Sequence[str | os.PathLike]) -> tuple[dict[FileId, str], dict[int, str]]:
     """What no target may be: the inputs by file identity, and their whole disks when devices."""
     files: dict[FileId, str] = {}
@@ -167,9 +188,9 @@ def _busy(members: dict[int, str]) -> tuple[str, str] | None:
         if rdev in members:
             return f"{members[rdev]} is mounted on {_q(point)}", f"unmount it (umount {_q(point)})"
     for path in _swaps():
-        rdev = _node(path)
-        if rdev in members:
-            return f"{members[rdev]} is active swap", f"swapoff {members[rdev]}"
+        node = _node(path)
+        if node in members:
+            return f"{members[node]} is active swap", f"swapoff {members[node]}"
     for rdev, name in members.items():
         holders = _listdir(f"{_sysdev(rdev)}/holders")
         if holders:

@@ -21,7 +21,7 @@ from imagetools.image import delta as delta_format, read_image
 from imagetools.layout import open_layout
 from imagetools.published import block_map, bound_to_base, load_unit, materialize
 from imagetools.station import flash as station
-from imagetools.station.ledger import Ledger
+from imagetools.station.ledger import open_ledger
 from imagetools.station.plan import plan_key, plan_unit
 from imagetools.unitformat import BATCH_KEY, BATCH_PUB, sign_unit
 
@@ -65,7 +65,7 @@ def test_a_card_is_written_read_back_verified_and_recorded(batch, tmp_path, cli)
     assert {c["id"] for c in item["checks"]} and all("status" in c for c in item["checks"])
     assert "readback" in item["times"] and item["base_sha256"] == load_unit(out / "u1").base_sha256
     assert json.loads((tmp_path / "log.jsonl").read_text()) == item  # the export is the ledger's record
-    with Ledger.open(out / "ledger.sqlite") as ledger:
+    with open_ledger(out / "ledger.sqlite") as ledger:
         assert ledger.unit_state(item["fingerprint"]) == "passed"
     again = cli("flash", base, card, "--unit", out / "u1")
     assert again.returncode == 2 and "--again" in again.stderr
@@ -178,7 +178,7 @@ def test_the_base_and_the_inputs_are_never_targets(batch, tmp_path, cli):
         proc = cli("flash", base, target, "--unit", out / "u1")
         assert proc.returncode == 2, (target, proc.stderr)
     assert _sha(base) == before and read_image(base)
-    with Ledger.open(out / "ledger.sqlite") as ledger:
+    with open_ledger(out / "ledger.sqlite") as ledger:
         assert ledger.unit_state(load_unit(out / "u1").fingerprint) == "free"
     proc = cli("materialize", out / "u1", base, "--base", base, "--force")
     assert proc.returncode == 2 and _sha(base) == before
@@ -287,7 +287,7 @@ def test_refusals_leave_no_target_open_and_nothing_written(batch, tmp_path):
     with pytest.raises(UsageError):
         station.flash([(str(tmp_path / "card.img"), plan_unit(base, out / "u1")),
                        (str(tmp_path / "./card.img"), plan_unit(base, out / "u2"))])
-    with Ledger.open(out / "ledger.sqlite") as ledger:
+    with open_ledger(out / "ledger.sqlite") as ledger:
         assert {r["state"] for r in ledger.records()} == {"refused"}
 
 

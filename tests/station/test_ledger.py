@@ -1,4 +1,5 @@
-"""The station ledger on real SQLite files, raced and killed by real processes."""
+"""The station ledger on real SQLite files, raced and killed by real processes; what both
+backends share is tested on both in test_ledger_backends.py."""
 
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from imagetools.errors import EnvironmentProblem, UsageError
-from imagetools.station import ledger as ledger_module
-from imagetools.station.ledger import KILLED, SCHEMA_VERSION, Ledger
+from imagetools.station import ledger_base as ledger_module
+from imagetools.station.ledger import KILLED, SCHEMA_VERSION, open_ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = hashlib.sha256(b"base").hexdigest()
 EXPORT_FIELDS = {"attempt", "unit", "fingerprint", "identity", "base_sha256", "target", "serial", "station",
-                 "host", "pinned", "started", "ended", "time", "state", "ok", "error", "bytes_written",
+                 "host", "slot", "pinned", "started", "ended", "time", "state", "ok", "error", "bytes_written",
                  "zeroing", "checks", "times"}
 
 
@@ -70,19 +71,19 @@ def path(tmp_path) -> Path:
 
 @pytest.fixture
 def ledger(path):
-    with Ledger.open(path, station="bench1") as led:
+    with open_ledger(path, station="bench1") as led:
         yield led
 
 
 def test_creates_the_schema_and_reopens(path):
-    with Ledger.open(path) as led:
+    with open_ledger(path) as led:
         attempt = led.begin(**card())
         led.end(attempt, "passed", bytes_written=4096, zeroing="punched")
     assert sorted(p.name for p in path.parent.iterdir()) == ["ledger.sqlite"]   # WAL checkpointed on close
     with raw(path) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    with Ledger.open(path) as led:
+    with open_ledger(path) as led:
         (record,) = led.records()
         assert (record["attempt"], record["state"], record["bytes_written"]) == (attempt, "passed", 4096)
         assert record["station"] == record["host"] == led.host
@@ -166,7 +167,7 @@ def test_a_unit_being_written_is_refused_a_second_card(ledger):
 
 def test_another_hosts_writing_row_is_live_and_left_alone(path, ledger):
     insert_row(path, unit="unit0001", fingerprint=fp("unit0001"))
-    with Ledger.open(path) as other:
+    with open_ledger(path) as other:
         assert other.reap() == []
         with pytest.raises(UsageError, match="being written by station s2 on host elsewhere since 2026-12-01T10:00"):
             other.begin(**card(), again=True)
@@ -184,8 +185,8 @@ def test_bad_digests_are_refused(ledger):
 RACER = r"""
 import sys
 from imagetools.errors import UsageError
-from imagetools.station.ledger import Ledger
-led = Ledger.open(sys.argv[1], station=sys.argv[2])
+from imagetools.station.ledger import Ledger, open_ledger
+led = open_ledger(sys.argv[1], station=sys.argv[2])
 attempt = None
 print("ready", flush=True)
 for line in sys.stdin:
@@ -203,7 +204,7 @@ for line in sys.stdin:
 
 
 def test_two_processes_racing_for_a_unit_one_wins_each_round(path):
-    Ledger.open(path).close()
+    open_ledger(path).close()
     racers = [spawn(RACER, str(path), name) for name in ("sta", "stb")]
     try:
         assert [p.stdout.readline() for p in racers] == ["ready\n"] * 2
@@ -221,15 +222,15 @@ def test_two_processes_racing_for_a_unit_one_wins_each_round(path):
         for p in racers:
             p.stdin.close()
             assert p.wait(timeout=30) == 0
-    with Ledger.open(path) as led:
+    with open_ledger(path) as led:
         records = led.records()
     assert len(records) == 20 and {r["state"] for r in records} == {"passed"}
 
 
 SLEEPER = r"""
 import sys, time
-from imagetools.station.ledger import Ledger
-led = Ledger.open(sys.argv[1])
+from imagetools.station.ledger import Ledger, open_ledger
+led = open_ledger(sys.argv[1])
 print(led.begin(unit="unit0001", fingerprint=sys.argv[2], base_sha256="cd" * 32, target="/dev/sdk",
                 serial=None, pinned=True), flush=True)
 time.sleep(120)
@@ -237,11 +238,11 @@ time.sleep(120)
 
 
 def test_a_killed_station_is_reaped_and_its_unit_retired(path):
-    Ledger.open(path).close()
+    open_ledger(path).close()
     proc = spawn(SLEEPER, str(path), fp("unit0001"))
     try:
         attempt = int(proc.stdout.readline())
-        with Ledger.open(path) as led:                       # the writer is alive: nothing to reap
+        with open_ledger(path) as led:                       # the writer is alive: nothing to reap
             assert led.reap() == [] and led.records()[0]["state"] == "writing"
             with pytest.raises(UsageError, match="being written"):
                 led.begin(**card(), again=True)
@@ -252,7 +253,7 @@ def test_a_killed_station_is_reaped_and_its_unit_retired(path):
         proc.stdin.close()
     with raw(path) as db:
         assert db.execute("SELECT state FROM attempts").fetchall() == [("writing",)]
-    with Ledger.open(path) as led:
+    with open_ledger(path) as led:
         (record,) = led.records()
         assert (record["attempt"], record["state"], record["error"]) == (attempt, "interrupted", KILLED)
         assert record["ended"] is not None
@@ -263,7 +264,7 @@ def test_a_killed_station_is_reaped_and_its_unit_retired(path):
 
 def test_a_locked_ledger_waits_then_gives_up(path, monkeypatch):
     monkeypatch.setattr(ledger_module, "BUSY_SECONDS", 0.2)
-    with Ledger.open(path) as led, raw(path) as db:
+    with open_ledger(path) as led, raw(path) as db:
         db.execute("BEGIN IMMEDIATE")
         with pytest.raises(EnvironmentProblem, match=r"is locked by another station for more than 0.2 s"):
             led.begin(**card())
@@ -284,7 +285,7 @@ def _directory(path: Path) -> None:
 
 
 def _symlink(path: Path) -> None:
-    Ledger.open(path.with_name("real.sqlite")).close()
+    open_ledger(path.with_name("real.sqlite")).close()
     path.symlink_to("real.sqlite")
 
 
@@ -294,19 +295,19 @@ def _foreign(path: Path) -> None:
 
 
 def _newer(path: Path) -> None:
-    Ledger.open(path).close()
+    open_ledger(path).close()
     with raw(path) as db:
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
 
 
 def _bad_version(path: Path) -> None:
-    Ledger.open(path).close()
+    open_ledger(path).close()
     with raw(path) as db:
         db.execute("UPDATE meta SET value = 'one' WHERE key = 'schema_version'")
 
 
 def _trigger(path: Path) -> None:
-    Ledger.open(path).close()
+    open_ledger(path).close()
     with raw(path) as db:
         db.execute("CREATE TRIGGER forget AFTER INSERT ON attempts BEGIN DELETE FROM attempts; END")
 
@@ -323,20 +324,20 @@ def _missing_dir(path: Path) -> Path:
     (_foreign, r"is not an imagetools ledger \(an SQLite database without a meta table\)"),
     (_newer, f"has schema version {SCHEMA_VERSION + 1}, newer than this imagetools knows"),
     (_bad_version, r"is not an imagetools ledger \(schema_version 'one'\)"),
-    (_trigger, r"is not an imagetools ledger \(schema version 1, but forget differ"),
+    (_trigger, rf"is not an imagetools ledger \(schema version {SCHEMA_VERSION}, but forget differ"),
     (_missing_dir, "the directory of ledger .* does not exist"),
 ])
 def test_hostile_files_are_refused_in_one_line(path, make, message):
     path = make(path) or path
     with pytest.raises(UsageError, match=message) as exc:
-        Ledger.open(path)
+        open_ledger(path)
     assert "\n" not in str(exc.value)
 
 
 def test_a_foreign_database_is_left_as_it_was(path):
     _foreign(path)
     with pytest.raises(UsageError):
-        Ledger.open(path)
+        open_ledger(path)
     with raw(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
         assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["cards"]
@@ -358,10 +359,10 @@ def test_damaged_rows_come_back_without_a_traceback(path, ledger):
 
 def test_an_empty_file_becomes_a_ledger(path):
     path.touch()
-    with Ledger.open(path) as led:
+    with open_ledger(path) as led:
         assert led.records() == [] and led.retired() == set()
     with raw(path) as db:
-        assert db.execute("SELECT value FROM meta").fetchall() == [("1",)]
+        assert db.execute("SELECT value FROM meta").fetchall() == [(str(SCHEMA_VERSION),)]
 
 
 def test_records_and_export_lines_name_exactly_the_fields(ledger):
@@ -385,7 +386,7 @@ def test_no_private_key_is_ever_stored(path):
     pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
     body = pem.splitlines()[1]
-    with Ledger.open(path) as led:
+    with open_ledger(path) as led:
         attempt = led.begin(**card(identity={"note": pem}))
         led.end(attempt, "failed", error=f"cannot load {pem}", zeroing=pem,
                 checks=[{"id": "V1", "name": "key", "status": "FAIL", "detail": pem}], times={pem: 1.0})
@@ -397,3 +398,67 @@ def test_no_private_key_is_ever_stored(path):
         assert b"PRIVATE KEY" not in data and body.encode() not in data
     assert records[0]["checks"][0]["detail"] == "[key material removed]\n"
     assert records[1]["error"] == "tail:[key material removed]"
+
+
+# A ledger as the schema-1 code (before units and allocation) left it: its own SQL text and rows,
+# dumped (sqlite3 .dump) from a file that code wrote.
+V1_DUMP = """
+CREATE TABLE attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    unit TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    identity TEXT,
+    base_sha256 TEXT NOT NULL,
+    target TEXT NOT NULL,
+    serial TEXT,
+    station TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER NOT NULL,
+    pinned INTEGER NOT NULL CHECK (pinned IN (0, 1)),
+    started TEXT NOT NULL,
+    ended TEXT,
+    state TEXT NOT NULL CHECK (state IN ('writing', 'passed', 'failed', 'interrupted', 'refused')),
+    error TEXT,
+    bytes_written INTEGER NOT NULL DEFAULT 0,
+    zeroing TEXT,
+    checks TEXT,
+    times TEXT,
+    CHECK ((state = 'writing') = (ended IS NULL))
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1');
+CREATE INDEX attempts_by_fingerprint ON attempts (fingerprint);
+CREATE INDEX attempts_writing ON attempts (host) WHERE state = 'writing';
+"""
+_V1_ROW = ("cae662172fd450bb0cd710a769079c05bfc5d8e35efa6576edc7d0377afdd4a2", "bench1", "vm", 1668, 420858)
+V1_ROWS = [
+    (1, "unit0001", fp("unit0001"), '{"mac": "02:00:00:00:00:01"}', _V1_ROW[0], "/dev/sdx", "SN1", *_V1_ROW[1:], 1,
+     "2026-12-06T22:17:22.884Z", "2026-12-06T22:17:22.886Z", "passed", None, 4096, "punched",
+     '[{"detail": "", "id": "V001", "name": "key", "status": "PASS"}]', '{"write": 1.5}'),
+    (2, "unit0002", fp("unit0002"), None, _V1_ROW[0], "/dev/sdy", None, *_V1_ROW[1:], 0, "2026-12-06T22:17:22.892Z",
+     "2026-12-06T22:17:22.898Z", "failed", "verify failed", 0, None, None, None),
+    (3, "unit0003", fp("unit0003"), None, _V1_ROW[0], "/dev/sdz", None, *_V1_ROW[1:], 1, "2026-12-06T22:17:22.904Z",
+     "2026-12-06T22:17:22.904Z", "refused", "target is mounted", 0, None, None, None),
+]
+
+
+def test_a_schema_1_ledger_is_migrated_on_open_and_keeps_its_attempts(path):
+    with raw(path) as db:
+        db.executescript(V1_DUMP)
+        db.executemany(f"INSERT INTO attempts VALUES ({', '.join('?' * 20)})", V1_ROWS)
+        before = [tuple(r) for r in db.execute("SELECT * FROM attempts ORDER BY id")]
+    with open_ledger(path) as led:
+        records = led.records()
+        assert [(r["unit"], r["state"], r["slot"]) for r in records] == [
+            ("unit0001", "passed", None), ("unit0002", "failed", None), ("unit0003", "refused", None)]
+        assert records[0]["checks"][0]["id"] == "V001" and records[0]["identity"] == {"mac": "02:00:00:00:00:01"}
+        assert led.retired() == {fp("unit0002")} and led.passed_units() == {"unit0001"}
+        assert led.counts()["free"] == 0 and len(led.report()) == 3     # units seen only in attempts
+        attempt = led.begin(**card("unit0004"))
+        assert attempt == 4                                               # ids go on where they were
+    with raw(path) as db:
+        assert db.execute("SELECT value FROM meta").fetchall() == [(str(SCHEMA_VERSION),)]
+        assert [tuple(r)[:20] for r in db.execute("SELECT * FROM attempts WHERE id < 4 ORDER BY id")] == before
+    with open_ledger(path) as led:                                        # migrated once: opens as it is
+        assert len(led.records()) == 4
