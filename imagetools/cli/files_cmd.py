@@ -17,6 +17,7 @@ from ..fs.base import check_mode
 from ..mender import BACKENDS, NATIVE
 from ..paths import parse_image_path, require_image_path
 from .base import main, print_envelope, print_table, warn
+from .bases import local_base, refuse_compressed
 from .options import layout_options
 from .text import escape
 
@@ -67,10 +68,17 @@ def _long_row(e: Entry) -> list[str]:
 @click.argument("target", metavar="IMAGE:/PATH")
 def ls_cmd(long: bool, as_json: bool, partition: int | None, rootfs: str,
            overrides: dict[str, int], target: str) -> None:
-    """List a directory (or show a file) inside an image."""
+    """List a directory (or show a file) inside an image.
+
+    IMAGE:/data/... is in the data partition, IMAGE:/uboot/..., /boot/efi/... and /boot/grub/...
+    in the boot partition, any other path in the root filesystem (--rootfs b reads rootfs B);
+    --partition N addresses a partition directly. Links are followed as the device follows them.
+
+    Full reference: docs/commands/files.md
+    """
     where = require_image_path(target)
     follow = not (long or as_json) or target.endswith("/")  # like ls: `ls -l link` shows the link
-    listing = files.list_path(where.image, where.path, follow=follow, partition=partition,
+    listing = files.list_path(local_base(where.image), where.path, follow=follow, partition=partition,
                               rootfs=rootfs, overrides=overrides)
     if as_json:
         print_envelope("ls", True, [e.to_dict() for e in listing.entries], {"entries": len(listing.entries)},
@@ -90,9 +98,16 @@ def ls_cmd(long: bool, as_json: bool, partition: int | None, rootfs: str,
 @click.argument("target", metavar="IMAGE:/PATH")
 def cat_cmd(backend: str, partition: int | None, rootfs: str, overrides: dict[str, int],
             target: str) -> None:
-    """Write a file from inside an image to stdout."""
+    """Write a file from inside an image to stdout.
+
+    IMAGE:/data/... is in the data partition, IMAGE:/uboot/..., /boot/efi/... and /boot/grub/...
+    in the boot partition, any other path in the root filesystem (--rootfs b reads rootfs B);
+    --partition N addresses a partition directly. Links are followed as the device follows them.
+
+    Full reference: docs/commands/files.md
+    """
     where = require_image_path(target)
-    result = files.read_path(where.image, where.path, backend=backend, partition=partition,
+    result = files.read_path(local_base(where.image), where.path, backend=backend, partition=partition,
                              rootfs=rootfs, overrides=overrides)
     _write_stdout(result.data)
 
@@ -110,12 +125,20 @@ def cp_cmd(backend: str, parents: bool, partition: int | None, rootfs: str,
     """Copy a file into or out of an image: exactly one of SRC and DST is IMAGE:/PATH.
 
     Into the image the file keeps the host file's permission bits (owner 0:0; 0600 from stdin
-    '-'); out of the image the host file gets the image file's permission bits."""
+    '-'); out of the image the host file gets the image file's permission bits.
+
+    IMAGE:/data/... is in the data partition, IMAGE:/uboot/..., /boot/efi/... and /boot/grub/...
+    in the boot partition, any other path in the root filesystem (written to rootfs A and B);
+    --partition N addresses a partition directly.
+
+    Full reference: docs/commands/files.md
+    """
     src, dst = parse_image_path(source), parse_image_path(dest)
     if (src is None) == (dst is None):
         raise UsageError("cp needs exactly one IMAGE:/PATH side and one host path")
     if dst is not None:
         require_image_path(dest)
+        refuse_compressed(dst.image, "cp")
         data, mode = _read_host(source)
         target = dst.path
         if dest.endswith("/") or _is_image_dir(dst.image, target, partition, overrides):
@@ -125,8 +148,9 @@ def cp_cmd(backend: str, parents: bool, partition: int | None, rootfs: str,
         _report(files.install(dst.image, target, data, mode=mode, parents=parents,
                               backend=backend, partition=partition, overrides=overrides))
         return
+    assert src is not None  # exactly one side is in the image (checked above)
     require_image_path(source)
-    result = files.read_path(src.image, src.path, backend=backend, partition=partition,
+    result = files.read_path(local_base(src.image), src.path, backend=backend, partition=partition,
                              rootfs=rootfs, overrides=overrides)
     mode = result.entry.mode & 0o777 if result.entry else 0o600
     _write_host(dest, os.path.basename(src.path), result.data, mode)
@@ -190,19 +214,24 @@ def install_cmd(mode_text: str | None, owner: str, group: str, parents: bool, di
 
     \b
       imagetools install -m 600 key.pem disk.sdimg:/data/mender/mender-agent.pem
-      imagetools install -d -m 700 disk.sdimg:/data/mender"""
+      imagetools install -d -m 700 disk.sdimg:/data/mender
+
+    Full reference: docs/commands/files.md
+    """
     mode = parse_mode(mode_text) if mode_text is not None else 0o755
     uid, gid = parse_id(owner, "owner"), parse_id(group, "group")
     if directory:
         if len(args) != 1:
             raise UsageError("install -d takes exactly one IMAGE:/DIR")
         where = require_image_path(args[0])
+        refuse_compressed(where.image, "install")
         _report(files.make_dir(where.image, where.path, mode=mode, uid=uid, gid=gid,
                                backend=backend, partition=partition, overrides=overrides))
         return
     if len(args) != 2:
         raise UsageError("install takes HOSTFILE IMAGE:/PATH (or -d IMAGE:/DIR)")
     where = require_image_path(args[1])
+    refuse_compressed(where.image, "install")
     data = sys.stdin.buffer.read() if args[0] == "-" else _read_host(args[0])[0]
     _report(files.install(where.image, where.path, data, mode=mode, uid=uid, gid=gid,
                           parents=parents, backend=backend, partition=partition, overrides=overrides))
@@ -216,8 +245,16 @@ def install_cmd(mode_text: str | None, owner: str, group: str, parents: bool, di
 @click.argument("target", metavar="IMAGE:/PATH")
 def rm_cmd(recursive: bool, backend: str, partition: int | None, overrides: dict[str, int],
            target: str) -> None:
-    """Remove a file, symlink or (with -r) directory inside an image; rootfs paths from A and B."""
+    """Remove a file, symlink or (with -r) directory inside an image; rootfs paths from A and B.
+
+    IMAGE:/data/... is in the data partition, IMAGE:/uboot/..., /boot/efi/... and /boot/grub/...
+    in the boot partition, any other path in the root filesystem (removed from rootfs A and B);
+    rm removes a link, not its target.
+
+    Full reference: docs/commands/files.md
+    """
     where = require_image_path(target)
+    refuse_compressed(where.image, "rm")
     _report(files.remove(where.image, where.path, recursive=recursive, backend=backend,
                          partition=partition, overrides=overrides))
 

@@ -10,11 +10,13 @@ from ..layout import OVERRIDE_REASON, PartInfo, open_layout
 from ..mender import GPT_TYPE_NAMES, MBR_TYPE_NAMES
 from ..units import human_size
 from .base import echo, main, print_envelope, print_table, warn
+from .bases import base_input
 from .options import layout_options
 
 
 
 @main.command()
+@base_input("image")
 @click.argument("image", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @layout_options
@@ -23,6 +25,8 @@ def inspect(image: str, as_json: bool, overrides: dict[str, int]) -> None:
 
     Offsets and sizes are in bytes. Reads only the partition table and each partition's
     superblock; never writes.
+
+    Full reference: docs/commands/inspect.md
     """
     layout = open_layout(image, overrides)
     for message in layout.warnings:

@@ -6,6 +6,7 @@ The library modules behind inject/verify are imported inside the commands so `ke
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from .. import keys
 from ..errors import UsageError, VerifyFailed
 from ..mender import BACKENDS, KEY_PATH, NATIVE
 from .base import echo, is_tty, main, print_envelope, print_table, status_style, warn
+from .bases import base_input, for_writing
 from .options import layout_options
 from .server_options import server_key_options
 
@@ -50,11 +52,13 @@ def keygen(key_type: str, bits: int | None, curve: str | None, fmt: str | None, 
       imagetools keygen                               # RSA-3072, keys-client-generated/private.key
       PREFIX_KEY=unit42- imagetools keygen --type ed25519
       imagetools keygen --count 100 --prefix unit- --json
+
+    Full reference: docs/commands/keygen.md
     """
     spec = _spec(key_type, bits, curve, fmt)
     pairs = keys.pair_paths(out_dir, prefix, count)
     if count > 1 and is_tty() and not as_json:
-        with click.progressbar(length=count, label="generating keys", file=click.get_text_stream("stderr")) as bar:
+        with click.progressbar(length=count, label="generating keys", file=sys.stderr) as bar:
             made = keys.generate_files(spec, pairs, force=force, jobs=jobs, progress=lambda _: bar.update(1))
     else:
         made = keys.generate_files(spec, pairs, force=force, jobs=jobs)
@@ -103,13 +107,16 @@ def inject(key_file: Path, image: Path, out: Path | None, force: bool, key_path:
     Examples:
       imagetools inject --key keys-client-generated/private.key base.sdimg --out unit42.sdimg
       imagetools inject --key unit42-private.key unit42.sdimg
+
+    Full reference: docs/commands/inject.md
     """
     from ..inject import inject_key
 
     key_file = key_file.absolute()  # messages name files by their full path
     key_pem = keys.read_key_bytes(key_file, "private key")
-    result = inject_key(image, key_pem, out=out, force=force, path=key_path, backend=backend,
-                        overrides=overrides or None, key_source=str(key_file))
+    image, out, publish = for_writing(image, out, force, "inject")
+    result = publish(inject_key(image, key_pem, out=out, force=force, path=key_path, backend=backend,
+                                overrides=overrides or None, key_source=str(key_file)))
     for message in result.warnings:
         warn(message)
     if as_json:
@@ -121,6 +128,7 @@ def inject(key_file: Path, image: Path, out: Path | None, force: bool, key_path:
 
 
 @main.command()
+@base_input("target", "base")
 @click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--pubkey", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The public key the server expects (SPKI PEM); compared as DER.")
@@ -157,6 +165,8 @@ def verify(target: Path, pubkey: Path | None, expected_fp: str | None, no_fsck: 
       imagetools verify unit42.sdimg --json
       imagetools verify out/unit42/unit42.sdimg --server https://mender.example.com
       imagetools verify /dev/sdb --base base.sdimg --unit OUT/unit42   # QA: read the card back
+
+    Full reference: docs/commands/verify.md
     """
     from ..verify import explain_mismatch, report_beside, verify_image
 
@@ -207,6 +217,7 @@ def expected_key(pubkey: Path | None, fingerprint: str | None,
     if sum(source is not None for source in (pubkey, fingerprint, server_key)) > 1:
         raise UsageError("give only one of --pubkey, --fingerprint and --server")
     if server_key is not None:
+        assert target is not None  # server_key fetches the key of TARGET's unit
         return keys.public_pem(server_key(target)), None
     if fingerprint is not None:
         return None, keys.normalize_fingerprint(fingerprint)
