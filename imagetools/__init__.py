@@ -1,6 +1,6 @@
 """imagetools: personalize Mender disk images in mass production.
 
-See README.md, section "Library API", for the functions a build pipeline can call.
+See docs/api.md ("Library API") for the functions a build pipeline can call.
 """
 
 from .errors import ImageToolsError
