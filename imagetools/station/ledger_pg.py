@@ -41,53 +41,8 @@ _SECRET_PARAMS = ("password", "sslpassword")
 _GONE = (pg_errors.AdminShutdown, pg_errors.CrashShutdown, pg_errors.CannotConnectNow)
 _WAITED = (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)
 
-MIGRATIONS: list[tuple[str, ...]] = [
-    (
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        "INSERT INTO meta (key, value) VALUES ('schema_version', '1')",
-        """CREATE TABLE attempts (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    unit TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    identity TEXT,
-    base_sha256 TEXT NOT NULL,
-    target TEXT NOT NULL,
-    serial TEXT,
-    station TEXT NOT NULL,
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    pid_start BIGINT NOT NULL,
-    pinned INTEGER NOT NULL CHECK (pinned IN (0, 1)),
-    started TEXT NOT NULL,
-    ended TEXT,
-    state TEXT NOT NULL CHECK (state IN ('writing', 'passed', 'failed', 'interrupted', 'refused')),
-    error TEXT,
-    bytes_written BIGINT NOT NULL DEFAULT 0,
-    zeroing TEXT,
-    checks TEXT,
-    times TEXT,
-    CHECK ((state = 'writing') = (ended IS NULL))
-)""",
-        "CREATE INDEX attempts_by_fingerprint ON attempts (fingerprint)",
-        "CREATE INDEX attempts_writing ON attempts (host) WHERE state = 'writing'",
-    ),
-    (
-        # COLLATE "C": units are taken in the order of their names' code points, as on SQLite.
-        """CREATE TABLE units (
-    name TEXT COLLATE "C" PRIMARY KEY,
-    fingerprint TEXT NOT NULL UNIQUE,
-    identity TEXT,
-    base_sha256 TEXT NOT NULL,
-    registered TEXT NOT NULL,
-    taken INTEGER NOT NULL DEFAULT 0 CHECK (taken IN (0, 1))
-)""",
-        "CREATE INDEX units_free ON units (base_sha256, name) WHERE taken = 0",
-        "ALTER TABLE attempts ADD COLUMN slot TEXT",
-        "ALTER TABLE attempts ADD COLUMN token TEXT",
-        "CREATE UNIQUE INDEX attempts_by_token ON attempts (token)",
-        "CREATE INDEX attempts_passed ON attempts (ended) WHERE state = 'passed'",
-    ),
-]
+MIGRATIONS = common.migrations(identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", bigint="BIGINT",
+                        collate=' COLLATE "C"')
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

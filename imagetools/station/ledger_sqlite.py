@@ -21,53 +21,7 @@ from . import ledger_base as common
 from .ledger_base import SCHEMA_VERSION, Ledger
 from .ledger_rules import _line, _str
 
-# One entry per schema version: MIGRATIONS[n] takes a ledger from version n to n + 1.
-MIGRATIONS: list[tuple[str, ...]] = [
-    (
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        "INSERT INTO meta (key, value) VALUES ('schema_version', '1')",
-        """CREATE TABLE attempts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    unit TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    identity TEXT,
-    base_sha256 TEXT NOT NULL,
-    target TEXT NOT NULL,
-    serial TEXT,
-    station TEXT NOT NULL,
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    pid_start INTEGER NOT NULL,
-    pinned INTEGER NOT NULL CHECK (pinned IN (0, 1)),
-    started TEXT NOT NULL,
-    ended TEXT,
-    state TEXT NOT NULL CHECK (state IN ('writing', 'passed', 'failed', 'interrupted', 'refused')),
-    error TEXT,
-    bytes_written INTEGER NOT NULL DEFAULT 0,
-    zeroing TEXT,
-    checks TEXT,
-    times TEXT,
-    CHECK ((state = 'writing') = (ended IS NULL))
-)""",
-        "CREATE INDEX attempts_by_fingerprint ON attempts (fingerprint)",
-        "CREATE INDEX attempts_writing ON attempts (host) WHERE state = 'writing'",
-    ),
-    (
-        """CREATE TABLE units (
-    name TEXT PRIMARY KEY,
-    fingerprint TEXT NOT NULL UNIQUE,
-    identity TEXT,
-    base_sha256 TEXT NOT NULL,
-    registered TEXT NOT NULL,
-    taken INTEGER NOT NULL DEFAULT 0 CHECK (taken IN (0, 1))
-)""",
-        "CREATE INDEX units_free ON units (base_sha256, name) WHERE taken = 0",
-        "ALTER TABLE attempts ADD COLUMN slot TEXT",
-        "ALTER TABLE attempts ADD COLUMN token TEXT",
-        "CREATE UNIQUE INDEX attempts_by_token ON attempts (token)",
-        "CREATE INDEX attempts_passed ON attempts (ended) WHERE state = 'passed'",
-    ),
-]
+MIGRATIONS = common.migrations(identity="INTEGER PRIMARY KEY AUTOINCREMENT", bigint="INTEGER")
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 _VERSION_TEXT = frozenset("0123456789")

@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from ..errors import ImageToolsError, LedgerUnavailable, UsageError
 from ..published import block_map, require_base
@@ -186,7 +186,7 @@ class Station:
         plan = self._plan(slot, allocation)
         if plan is None:
             return
-        record = flash_allocated(slot, plan, self.ledger, allocation.attempt, fsck=self.config.fsck,
+        record = flash_allocated(slot, plan, cast(Ledger, self.ledger), allocation.attempt, fsck=self.config.fsck,
                                  readback=self.config.readback, progress=self._progress(slot),
                                  allow_fixed_disk=self.config.allow_fixed_disk, stop=self.abort)
         self._ended(slot, unit, record, time.monotonic() - started)
@@ -232,17 +232,18 @@ class Station:
 
     def _progress(self, slot: str) -> Callable[[str, str, int, int], None]:
         """The flash's progress as the tile's phase, percent and MB/s (throttled)."""
-        last = {"phase": "", "at": 0.0, "start": time.monotonic()}
+        phase, told, start = "", 0.0, time.monotonic()
 
-        def tell(target: str, phase: str, done: int, total: int) -> None:
+        def tell(target: str, now_phase: str, done: int, total: int) -> None:
+            nonlocal phase, told, start
             now = time.monotonic()
-            if phase != last["phase"]:
-                last.update(phase=phase, start=now)
-                self.board.set(slot, PHASES.get(phase, "writing"))
-            elif now - float(last["at"]) < PROGRESS_EVERY and done < total:
+            if now_phase != phase:
+                phase, start = now_phase, now
+                self.board.set(slot, PHASES.get(now_phase, "writing"))
+            elif now - told < PROGRESS_EVERY and done < total:
                 return
-            last["at"] = now
-            elapsed = now - float(last["start"])
+            told = now
+            elapsed = now - start
             self.board.progress(slot, done, total, done / elapsed if elapsed > 0 else 0.0)
         return tell
 
