@@ -8,6 +8,7 @@ written: two units sharing any of them would be one device on the server.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from .atomic import write_atomic
@@ -16,7 +17,7 @@ from .mender import canonical_identity
 from .preauth import Entry, Unit, load_units, render
 
 
-def merge(inputs: list[str | os.PathLike], out: str | os.PathLike, force: bool = False) -> list[Unit]:
+def merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, force: bool = False) -> list[Unit]:
     """Write the union of the inputs' units to out (exclusive unless force); returns them."""
     units: list[Unit] = []
     first: dict[tuple[str, str], str] = {}

@@ -122,7 +122,7 @@ class Fields:
     def get(self, key: str, kind: type | tuple[type, ...], *, each: type | tuple[type, ...] | None = None,
             optional: bool = False) -> Any:
         """data[key], of `kind`; `each`: the type of every value of an object or item of a list."""
-        value = self.data.get(key)
+        value: Any = self.data.get(key)  # a JSON value; checked below before it is used
         if value is None and optional:
             return None
         if not _is(value, kind) or (each is not None and not all(

@@ -81,7 +81,7 @@ def _load(src: ImageSource, ss: int, lba: int) -> tuple[Header, bytes]:
     try:
         array = src.read(header.entries_lba * ss, array_len, "GPT partition entries")
     except ImageFormatError:
-        raise _Bad(f"partition entries at sector {header.entries_lba} lie past the end of the image")
+        raise _Bad(f"partition entries at sector {header.entries_lba} lie past the end of the image") from None
     if zlib.crc32(array) != header.entries_crc:
         raise _Bad("partition entry array CRC mismatch")
     return header, array
