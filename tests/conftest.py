@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-MAKE_IMAGE = ROOT / "scripts" / "make-image"
-SMALL = {"rootfs_mib": 8, "data_mib": 8, "boot_mib": 8}
-LAYOUTS = ["sdimg", "uefiimg", "gptimg", "extended", "noboot"]
+from support.images import build_image
+from support.tools import ROOT
 
 os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
 # No user configuration file (~/.config/imagetools/config.toml) may change what tests see.
@@ -77,27 +75,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                             + ", ".join(sorted(leaked)), red=True)
 
 
-def image_suffix(layout: str) -> str:
-    """The file name ending Mender tools expect for a make-image layout."""
-    return ".sdimg" if layout in ("sdimg", "extended", "noboot") else f".{layout}"
-
-
-def _build(cache: Path, layout: str, opts: dict) -> Path:
-    merged = {**SMALL, **opts}
-    key = layout + "".join(f"-{k}{v}" for k, v in sorted(merged.items()))
-    out = cache / f"{key}{image_suffix(layout)}"
-    if not out.exists():
-        args = [str(MAKE_IMAGE), "--layout", layout]
-        for name, value in sorted(merged.items()):
-            flag = "--" + name.replace("_", "-")
-            if value is True:
-                args.append(flag)
-            elif value not in (False, None):
-                args += [flag, str(value)]
-        subprocess.run(args + [str(out)], check=True)
-    return out
-
-
 @pytest.fixture(scope="session")
 def image_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("image-cache")
@@ -109,17 +86,12 @@ def make_image(image_cache, tmp_path):
     counter = iter(range(1000))
 
     def factory(layout: str = "sdimg", name: str | None = None, **opts) -> Path:
-        src = _build(image_cache, layout, opts)
+        src = build_image(image_cache, layout, opts)
         dst = tmp_path / (name or f"img{next(counter)}{src.suffix}")
         subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
         return dst
 
     return factory
-
-
-def run_tool(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    """Run a real external tool, capturing text output."""
-    return subprocess.run(list(args), check=check, capture_output=True, text=True, **kw)
 
 
 @pytest.fixture
@@ -134,6 +106,14 @@ def cli(tmp_path):
                               input=input, env=full_env, cwd=tmp_path)
 
     return invoke
+
+
+@pytest.fixture
+def tls_files(tmp_path) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key (file names), for the HTTPS stand-ins."""
+    from support.tls import self_signed
+
+    return tuple(map(str, self_signed(tmp_path)))
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ def test_mode_from_the_first_byte_whatever_the_umask(tmp_path):
     old = os.umask(0o077)
     try:
         with replace_when_done(tmp_path / "a.img", mode=0o644) as tmp:
-            assert tmp.stat().st_mode & 0o777 == 0o644 and tmp.name == ".a.partial-%d.img" % os.getpid()
+            assert tmp.stat().st_mode & 0o777 == 0o644 and tmp.name == f".a.partial-{os.getpid()}.img"
         os.umask(0)
         write_atomic(tmp_path / "k", b"secret", mode=0o600)
     finally:

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from conftest import run_tool
+from support.tools import run_tool
 from imagetools import bmap
 from imagetools.sparse import allocated_bytes, copy_extents, copy_sparse
 

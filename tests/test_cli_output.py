@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, run_tool
+from support.tools import ROOT, run_tool
 from imagetools import files
 from imagetools.cli import main
 from imagetools.cli.base import EXIT_PIPE

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_tool
+from support.tools import run_tool
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

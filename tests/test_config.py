@@ -13,7 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_tool
+from support.debugfs import debugfs_stat
+from support.tools import run_tool
 from cryptography.hazmat.primitives.asymmetric import ec
 from support.mender_client import AuthServer, run_client, unshare_works
 from support.tls import self_signed
@@ -54,10 +55,6 @@ def debugfs_cat(img: Path, role: str, path: str) -> bytes:
     proc = subprocess.run(["debugfs", "-R", f"cat {path}", f"{img}?offset={offset(img, role)}"],
                           capture_output=True, check=True)
     return proc.stdout
-
-
-def debugfs_stat(img: Path, role: str, path: str) -> str:
-    return run_tool("debugfs", "-R", f"stat {path}", f"{img}?offset={offset(img, role)}").stdout
 
 
 def conf_of(img: Path, role: str) -> dict:
@@ -113,7 +110,7 @@ def test_modify_lands_on_both_rootfs(make_image, cli, trust, layout):
     # mender-artifact reads the same (it reads rootfs paths from A)
     read = run_tool("mender-artifact", "cat", f"{img}:{CONF}")
     assert json.loads(read.stdout)["TenantToken"] == TOKEN
-    assert "Mode:  0644" in debugfs_stat(img, "rootfs-b", CONF)  # make-image's mode, kept
+    assert debugfs_stat(img, offset(img, "rootfs-b"), CONF)["mode"] == 0o644  # make-image's mode, kept
 
 
 @pytest.mark.parametrize("layout", ["gptimg", "noboot"])
@@ -178,7 +175,7 @@ def test_mender_conf_equals_mender_artifact_modify(make_image, cli, trust, tmp_p
         for path in ("/etc/mender/server.crt", "/etc/mender/artifact-verify-key.pem"):
             assert debugfs_cat(img, role, path) == debugfs_cat(reference, role, path)
         assert debugfs_cat(reference, role, "/etc/mender/artifact_info") == b"artifact_name=release-7"
-        assert "Mode:  0600" in debugfs_stat(img, role, CONF)
+        assert debugfs_stat(img, offset(img, role), CONF)["mode"] == 0o600
 
 
 def test_keeps_every_setting_exactly_mode_and_owner(make_image):
@@ -191,8 +188,8 @@ def test_keeps_every_setting_exactly_mode_and_owner(make_image):
     raw = debugfs_cat(img, "rootfs-a", CONF)
     assert b'"Big": 12345678901234567891' in raw and b'"F": 1.10' in raw  # numbers as written
     assert json.loads(raw)["Security"] == {"SSLEngine": "x", "AuthPrivateKey": "/var/lib/mender/mender-agent.pem"}
-    stat = debugfs_stat(img, "rootfs-b", CONF)
-    assert "Mode:  0640" in stat and "Group:    42" in stat
+    stat = debugfs_stat(img, offset(img, "rootfs-b"), CONF)
+    assert (stat["mode"], stat["gid"]) == (0o640, 42)
     again = modify(img, plan)  # nothing left to do: nothing written
     assert [c.written for c in again.rootfs] == [[], []]
     fsck_clean(img, "rootfs-a", "rootfs-b")

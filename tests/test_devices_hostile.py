@@ -12,10 +12,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from support.limits import finishes_within, run_python
 from imagetools import devices, keys
 from imagetools.devices import canonical_identity, load_devices, parse_csv, parse_json
 from imagetools.errors import DeviceListError
-from test_keys_hostile import finishes_within, run_python
 
 
 def _problems(parse, text: str, **kw) -> str:

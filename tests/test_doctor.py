@@ -8,7 +8,7 @@ import re
 import shutil
 
 import pytest
-from conftest import run_tool
+from support.tools import run_tool
 
 from imagetools import doctor
 

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_tool
+from support.inputs import devices_csv
+from support.tools import run_tool
 
 from imagetools import bmap, keys
 from imagetools.devices import load_devices, parse_csv
@@ -27,12 +28,6 @@ pytestmark = pytest.mark.integration
 
 ED25519 = EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=2)
 BATCH_FILES = {"preauth.json", "preauth.csv", "report.json"}
-
-
-def _devices_csv(path: Path, count: int, start: int = 1) -> Path:
-    rows = [f"u{i},02:00:00:00:00:{i:02x},SN{i:04d}" for i in range(start, start + count)]
-    path.write_text("name,mac,sn\n" + "\n".join(rows) + "\n")
-    return path
 
 
 def _sha256(path: Path) -> str:
@@ -53,7 +48,7 @@ def _assert_clean(out: Path, names: set[str]) -> None:
 def test_batch_across_layouts_verifies_and_flashes(make_image, cli, tmp_path, layout):
     base = make_image(layout, empty_rootfs_b=True)
     before = _sha256(base)
-    devices = _devices_csv(tmp_path / "devices.csv", 2)
+    devices = devices_csv(tmp_path / "devices.csv", 2, serials=True)
     out = tmp_path / "out"
     res = cli("emit", "--base", base, "--devices", devices, "--out-dir", out, "--key-type", "ed25519",
               "--jobs", "2", "--json")
@@ -88,10 +83,10 @@ def test_batch_across_layouts_verifies_and_flashes(make_image, cli, tmp_path, la
 def test_resume_skips_published_units_and_keeps_their_keys(make_image, tmp_path):
     base = make_image("sdimg")
     out = tmp_path / "out"
-    first = emit(base, load_devices(_devices_csv(tmp_path / "d.csv", 2)), out, ED25519)
+    first = emit(base, load_devices(devices_csv(tmp_path / "d.csv", 2, serials=True)), out, ED25519)
     assert first.count("emitted") == 2
     keys_before = _fingerprints(out)
-    again = emit(base, load_devices(_devices_csv(tmp_path / "d.csv", 3)), out, ED25519)
+    again = emit(base, load_devices(devices_csv(tmp_path / "d.csv", 3, serials=True)), out, ED25519)
     assert [u.status for u in again.units] == ["skipped", "skipped", "emitted"]
     assert {k: v for k, v in _fingerprints(out).items() if k != "u3"} == keys_before
     assert len(json.loads((out / "preauth.json").read_text())) == 3
@@ -105,7 +100,7 @@ def test_resume_skips_published_units_and_keeps_their_keys(make_image, tmp_path)
 
 def test_changed_base_or_settings_refused_unless_forced_keys_kept(make_image, tmp_path):
     base, other = make_image("sdimg"), make_image("sdimg", data_mib=16)
-    devices = load_devices(_devices_csv(tmp_path / "d.csv", 2))
+    devices = load_devices(devices_csv(tmp_path / "d.csv", 2, serials=True))
     out = tmp_path / "out"
     discard = EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=2, discard_private_keys=True)
     emit(base, devices, out, discard)
@@ -155,7 +150,7 @@ def test_kill_at_random_points_then_resume(make_image, tmp_path):
     """SIGKILL at random moments: never a unit that looks complete but is not, keys never
     regenerated for a published unit, and a re-run finishes a clean, all-verified batch."""
     base = make_image("sdimg")
-    devices = _devices_csv(tmp_path / "d.csv", 24)  # published in batches: several per run
+    devices = devices_csv(tmp_path / "d.csv", 24, serials=True)  # published in batches: several per run
     out = tmp_path / "out"
     exe = Path(os.environ.get("VIRTUAL_ENV", Path(__file__).parent.parent / ".venv")) / "bin" / "imagetools"
     if not exe.exists():
@@ -208,14 +203,14 @@ def small_fs(tmp_path):
 def test_space_check_refuses_before_starting(make_image, tmp_path, small_fs):
     base = make_image("sdimg")
     with pytest.raises(EnvironmentProblem, match="not enough space"):
-        emit(base, load_devices(_devices_csv(tmp_path / "d.csv", 20)), small_fs / "out", ED25519)
+        emit(base, load_devices(devices_csv(tmp_path / "d.csv", 20, serials=True)), small_fs / "out", ED25519)
     assert not [p for p in (small_fs / "out").iterdir() if p.suffix != ".lock"]
 
 
 def test_disk_full_midway_is_clean_and_resumable(make_image, tmp_path, small_fs, monkeypatch):
     monkeypatch.setattr(runner, "_SYNC_BYTES", 1)  # publish unit by unit: fill up after the first
     base = make_image("sdimg")
-    devices = load_devices(_devices_csv(tmp_path / "d.csv", 3))
+    devices = load_devices(devices_csv(tmp_path / "d.csv", 3, serials=True))
     out = small_fs / "out"
     filler = small_fs / "filler"
 
@@ -242,7 +237,7 @@ def test_disk_full_midway_is_clean_and_resumable(make_image, tmp_path, small_fs,
 def test_a_unit_that_fails_verify_is_never_published(make_image, cli, tmp_path):
     """A base whose rootfs lacks the /var/lib/mender link: the client would not find the key."""
     base = make_image("sdimg", no_symlink=True)
-    devices = _devices_csv(tmp_path / "d.csv", 2)
+    devices = devices_csv(tmp_path / "d.csv", 2, serials=True)
     out = tmp_path / "out"
     result = cli("emit", "--base", base, "--devices", devices, "--out-dir", out, "--key-type",
                  "ed25519", "--json")
@@ -258,7 +253,7 @@ def test_a_unit_that_fails_verify_is_never_published(make_image, cli, tmp_path):
 def test_resume_verifies_again_an_image_changed_in_place(make_image, tmp_path):
     """Same size, and even the mtime put back: the key inside was replaced, so it is re-verified."""
     base = make_image("sdimg")
-    devices = load_devices(_devices_csv(tmp_path / "d.csv", 1))
+    devices = load_devices(devices_csv(tmp_path / "d.csv", 1, serials=True))
     out = tmp_path / "out"
     emit(base, devices, out, ED25519)
     image = out / "u1" / "u1.sdimg"
@@ -280,7 +275,7 @@ def test_batch_files_cover_every_published_unit_and_keys_stay_unique(make_image,
     key.write_bytes(keys.private_pem(keys.generate(keys.KeySpec(type="ed25519"))))
     (tmp_path / "a.csv").write_text("name,mac,key\nu1,=HYPERLINK(\"x\"),k1.pem\n")
     emit(base, load_devices(tmp_path / "a.csv"), out, ED25519)
-    emit(base, load_devices(_devices_csv(tmp_path / "b.csv", 1, start=2)), out, ED25519)
+    emit(base, load_devices(devices_csv(tmp_path / "b.csv", 1, start=2, serials=True)), out, ED25519)
     assert [p["name"] for p in json.loads((out / "preauth.json").read_text())] == ["u2", "u1"]
     csv_text = (out / "preauth.csv").read_text()
     assert "'=HYPERLINK" in csv_text and "'-----BEGIN PUBLIC KEY" in csv_text
@@ -295,7 +290,7 @@ def test_the_whole_image_sha256_is_opt_in_and_taken_where_there_is_no_bmap(make_
     """An image unit's integrity record is its signed bmap; --image-sha256 adds the whole hash, and
     --no-bmap implies it: the station then binds the image by that hash instead."""
     base = make_image("sdimg")
-    devices = load_devices(_devices_csv(tmp_path / "d.csv", 1))
+    devices = load_devices(devices_csv(tmp_path / "d.csv", 1, serials=True))
     runs = {"plain": ED25519, "hashed": dataclasses.replace(ED25519, image_sha256=True),
             "no-bmap": dataclasses.replace(ED25519, bmap=False)}
     for name, options in runs.items():

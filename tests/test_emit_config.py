@@ -14,7 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_tool
+from support.inputs import devices_csv
+from support.tools import ROOT, run_tool
 
 from imagetools.emit import EmitOptions, UnitFile
 from imagetools.errors import UsageError
@@ -32,12 +33,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _devices(path: Path, count: int) -> Path:
-    rows = [f"u{i},02:00:00:00:00:{i:02x},SN{i:04d}" for i in range(1, count + 1)]
-    path.write_text("name,mac,sn\n" + "\n".join(rows) + "\n")
-    return path
-
-
 def _debugfs(img: Path, role: str, command: str) -> str:
     start = open_layout(img).require(role).partition.start
     return run_tool("debugfs", "-R", command, f"{img}?offset={start}").stdout
@@ -53,7 +48,8 @@ def setup(make_image, tmp_path):
     token.write_text(TOKEN + "\n")
 
     def make(layout: str = "sdimg", count: int = 2, **opts):
-        return make_image(layout, **opts), _devices(tmp_path / "devices.csv", count), tmp_path / "out", token
+        devices = devices_csv(tmp_path / "devices.csv", count, serials=True)
+        return make_image(layout, **opts), devices, tmp_path / "out", token
     return make
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 
 import pytest
 from click.testing import CliRunner
 
-from conftest import run_tool
+from support.debugfs import debugfs_stat
+from support.tools import run_tool
 from imagetools.cli import main
 from support.fscheck import fsck
 from imagetools.layout import open_layout
@@ -27,13 +27,6 @@ needs_mender_artifact = pytest.mark.skipif(shutil.which("mender-artifact") is No
 
 def sha(path) -> str:
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
-def debugfs_stat(img, part, path: str) -> tuple[int, int, int]:
-    out = run_tool("debugfs", "-R", f"stat {path}", f"{img}?offset={part.partition.start}").stdout
-    mode = int(re.search(r"Mode:\s+(\d+)", out).group(1), 8)
-    owner = re.search(r"User:\s+(\d+)\s+Group:\s+(\d+)", out)
-    return mode, int(owner.group(1)), int(owner.group(2))
 
 
 def all_clean(img) -> None:
@@ -80,7 +73,8 @@ def test_every_command_on_every_layout(make_image, run, keyfile, tmp_path, layou
 
     # install into /data, read back three ways
     ok(cli("install", "-m", "600", keyfile, f"{img}:/data/mender/mender-agent.pem"))
-    assert debugfs_stat(img, parts.data, "/mender/mender-agent.pem") == (0o600, 0, 0)
+    assert debugfs_stat(img, parts.data.partition.start, "/mender/mender-agent.pem") == {
+        "mode": 0o600, "uid": 0, "gid": 0, "type": "regular"}
     assert ok(cli("cat", f"{img}:/data/mender/mender-agent.pem")).stdout == KEY.decode()
     assert ok(cli("cat", f"{img}:/var/lib/mender/mender-agent.pem")).stdout == KEY.decode()  # link
     listing = json.loads(ok(cli("ls", "--json", f"{img}:/var/lib/mender/")).stdout)
@@ -91,18 +85,19 @@ def test_every_command_on_every_layout(make_image, run, keyfile, tmp_path, layou
     ok(cli("install", "-p", "-m", "0644", "-o", "1000", "-g", "1001", keyfile, f"{img}:/etc/imagetools/conf"))
     for rootfs, part in (("a", parts.rootfs_a), ("b", parts.rootfs_b)):
         assert ok(cli("cat", "--rootfs", rootfs, f"{img}:/etc/imagetools/conf")).stdout == KEY.decode()
-        assert debugfs_stat(img, part, "/etc/imagetools/conf") == (0o644, 1000, 1001)
+        assert debugfs_stat(img, part.partition.start, "/etc/imagetools/conf") == {
+            "mode": 0o644, "uid": 1000, "gid": 1001, "type": "regular"}
     ok(cli("install", "-d", "-m", "700", f"{img}:/data/mender/sub/deep"))
-    assert debugfs_stat(img, parts.data, "/mender/sub/deep")[0] == 0o700
+    assert debugfs_stat(img, parts.data.partition.start, "/mender/sub/deep")["mode"] == 0o700
 
     # cp both ways; image -> host keeps the mode
     ok(cli("cp", f"{img}:/data/mender/mender-agent.pem", tmp_path / "out.pem"))
     assert (tmp_path / "out.pem").read_bytes() == KEY
     assert (tmp_path / "out.pem").stat().st_mode & 0o777 == 0o600
     ok(cli("cp", keyfile, f"{img}:/data/copy.pem"))
-    assert debugfs_stat(img, parts.data, "/copy.pem")[0] == 0o600
+    assert debugfs_stat(img, parts.data.partition.start, "/copy.pem")["mode"] == 0o600
     ok(cli("cp", keyfile, f"{img}:/data/mender"))  # into a directory: keeps the name
-    assert debugfs_stat(img, parts.data, "/mender/key.pem")[0] == 0o600
+    assert debugfs_stat(img, parts.data.partition.start, "/mender/key.pem")["mode"] == 0o600
 
     # rm: file, then a tree from both rootfs
     ok(cli("rm", f"{img}:/data/copy.pem"))
@@ -204,12 +199,14 @@ def test_cross_check_with_mender_artifact(make_image, cli, keyfile, tmp_path):
 
     run_tool("mender-artifact", "install", "-m", "0600", str(keyfile), f"{alias}:/data/mender/theirs.pem")
     assert ok(cli("cat", f"{img}:/data/mender/theirs.pem")).stdout == KEY.decode()
-    assert debugfs_stat(img, data, "/mender/theirs.pem") == (0o600, 0, 0)
+    assert debugfs_stat(img, data.partition.start, "/mender/theirs.pem") == {
+        "mode": 0o600, "uid": 0, "gid": 0, "type": "regular"}
 
     # our mender-artifact backend: mode passed as 0NNN, parents made with install -d
     ok(cli("install", "--backend", "mender-artifact", "-p", "-m", "600", keyfile,
            f"{img}:/data/mender/new/dir/peer.pem"))
-    assert debugfs_stat(img, data, "/mender/new/dir/peer.pem") == (0o600, 0, 0)
+    assert debugfs_stat(img, data.partition.start, "/mender/new/dir/peer.pem") == {
+        "mode": 0o600, "uid": 0, "gid": 0, "type": "regular"}
     assert ok(cli("cat", "--backend", "mender-artifact", f"{img}:/data/mender/ours.pem")).stdout == KEY.decode()
     ok(cli("rm", "--backend", "mender-artifact", f"{img}:/data/mender/ours.pem"))
     assert "ours.pem" not in ok(cli("ls", f"{img}:/data/mender")).stdout

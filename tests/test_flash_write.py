@@ -9,13 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
+from support.units import one_unit
 
-from imagetools import keys
 from imagetools.image.probe import TABLE_AREA
 from imagetools.station import flash as station
 from imagetools.station.plan import plan_unit
-from imagetools.devices import load_devices
-from imagetools.emit import EmitOptions, emit
 from imagetools.published import materialize
 
 pytestmark = pytest.mark.integration
@@ -23,12 +21,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def unit(make_image, tmp_path) -> tuple[Path, Path]:
-    base = make_image("sdimg", name="base.sdimg")
-    (tmp_path / "d.csv").write_text("name,mac\nu1,02:00:00:00:01:01\n")
-    result = emit(base, load_devices(tmp_path / "d.csv"), tmp_path / "OUT",
-                  EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=1, format="delta"))
-    assert result.ok
-    return base, tmp_path / "OUT" / "u1"
+    return one_unit(make_image, tmp_path)
 
 
 @pytest.mark.parametrize("prefill", [None, b"", b"random"])

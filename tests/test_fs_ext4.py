@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import stat
 import subprocess
 
 import pytest
 
-from conftest import run_tool
+from support.debugfs import debugfs_stat
+from support.tools import run_tool
 from imagetools.errors import EnvironmentProblem, FilesystemError
 from imagetools.fs import NoSpaceError, NotFoundError, SymlinkInPath
 from imagetools.fs.ext4 import Ext4Filesystem
@@ -22,14 +22,6 @@ pytestmark = pytest.mark.integration
 
 def sha(path) -> str:
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
-def debugfs_stat(img, offset: int, path: str) -> dict:
-    out = run_tool("debugfs", "-R", f"stat {path}", f"{img}?offset={offset}").stdout
-    mode = re.search(r"Mode:\s+(\d+)", out)
-    owner = re.search(r"User:\s+(\d+)\s+Group:\s+(\d+)", out)
-    return {"mode": int(mode.group(1), 8), "uid": int(owner.group(1)), "gid": int(owner.group(2)),
-            "type": re.search(r"Type: (\w+)", out).group(1)}
 
 
 def e2fsck_clean(img, offset: int) -> bool:

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from conftest import run_tool
+from support.tools import run_tool
 from imagetools.errors import FilesystemError
 from support.fscheck import fsck
 from imagetools.fs import NoSpaceError, NotFoundError

@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import SMALL, _build
+from support.hostile_data import data_clean, hostile_tree, with_data_tree
+from support.images import build_image
 from imagetools import files, keys
 from imagetools.errors import ImageToolsError
 from imagetools.inject import inject_key
 from imagetools.verify import verify_image
-from test_hostile_images import data_clean, hostile_tree, with_data_tree
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ KEY = keys.private_pem(keys.generate(keys.KeySpec(type="ed25519")))
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    return _build(tmp_path_factory.mktemp("names-base"), "sdimg", dict(SMALL))
+    return build_image(tmp_path_factory.mktemp("names-base"), "sdimg", {})
 
 
 @contextlib.contextmanager

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from support.disktables import (BASIC, ESP, LINUX, MiB, GptPart, ext_superblock, fat_boot_sector,
                                 gpt_chunks, gpt_header, mbr_chunks, mbr_entry, mbr_sector,
                                 swap_header, write_image)
-from conftest import LAYOUTS, run_tool
+from support.images import LAYOUTS
+from support.tools import run_tool
 from imagetools.errors import ImageFormatError
 from imagetools.image import DiskImage, Partition, read_image
 from imagetools.image.mbr import MAX_LOGICAL

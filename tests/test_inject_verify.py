@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_tool
+from support.tools import run_tool
 from cryptography.hazmat.primitives import serialization
 
 from imagetools import keys, verify

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from conftest import LAYOUTS, run_tool
+from support.images import LAYOUT_ROLES, LAYOUTS
+from support.tools import run_tool
 from support.disktables import MiB, write_image
-from test_layout import EXPECTED
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def test_json_matches_sfdisk(make_image, cli, layout):
         assert (ours[n]["start"], ours[n]["size"]) == (p["start"] * 512, p["size"] * 512)
         assert ours[n]["type"].lower().removeprefix("0x").lstrip("0") == p["type"].lower().lstrip("0")
         assert ours[n].get("name", "") == p.get("name", "")
-    assert {p["number"]: p["role"] for p in doc["items"]} == EXPECTED[layout]
+    assert {p["number"]: p["role"] for p in doc["items"]} == LAYOUT_ROLES[layout]
     for p in doc["items"]:
         assert set(p) >= {"number", "start", "size", "type", "name", "fs", "label", "role", "reason"}
         assert p["reason"] and p["fs"] in ("vfat", "ext4", "swap")

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from conftest import LAYOUTS, image_suffix
+from support.images import LAYOUTS, image_suffix
 from support.fixture_files import FIXTURES
 
 GOLDEN = FIXTURES / "inspect"

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import run_tool
+from support.tools import run_tool
 
 pytestmark = pytest.mark.integration
 

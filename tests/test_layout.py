@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import run_tool
+from support.images import LAYOUT_ROLES
+from support.tools import run_tool
 from support.disktables import (BASIC, ESP, LINUX, SWAP, MiB, GptPart, ext_superblock,
                                 fat_boot_sector, gpt_chunks, mbr_chunks, mbr_entry, mbr_sector,
                                 swap_header, write_image)
@@ -44,21 +45,13 @@ FAT = fat_boot_sector
 
 
 # --- real images ------------------------------------------------------------------------------
-EXPECTED = {
-    "sdimg": {1: "boot", 2: "rootfs-a", 3: "rootfs-b", 4: "data"},
-    "uefiimg": {1: "boot", 2: "rootfs-a", 3: "rootfs-b", 4: "data"},
-    "gptimg": {1: "boot", 2: "rootfs-a", 3: "rootfs-b", 4: "data"},
-    "extended": {1: "boot", 2: "rootfs-a", 3: "rootfs-b", 5: "swap", 6: "data"},
-    "noboot": {1: "rootfs-a", 2: "rootfs-b", 3: "data"},
-}
-
 
 @pytest.mark.integration
-@pytest.mark.parametrize("layout", sorted(EXPECTED))
+@pytest.mark.parametrize("layout", sorted(LAYOUT_ROLES))
 @pytest.mark.parametrize("empty_b", [False, True])
 def test_make_image_roles(make_image, layout, empty_b):
     found = open_layout(make_image(layout, empty_rootfs_b=empty_b))
-    assert roles(found) == EXPECTED[layout]
+    assert roles(found) == LAYOUT_ROLES[layout]
     assert found.require("data").fs.label == "data"
     assert [p.role for p in found.rootfs] == ["rootfs-a", "rootfs-b"]
     assert all(p.reason and "\n" not in p.reason for p in found.parts)
@@ -72,7 +65,7 @@ def test_unlabelled_filesystems_use_position(make_image):
     for p in image.partitions[1:]:
         run_tool("e2label", f"{path}?offset={p.start}", "")
     found = detect_layout(image)
-    assert roles(found) == EXPECTED["sdimg"]
+    assert roles(found) == LAYOUT_ROLES["sdimg"]
     assert found.rootfs_a.reason == "first Linux partition"
     assert found.data.reason == "first ext4 partition after rootfs B"
 
@@ -85,7 +78,7 @@ def test_wiped_rootfs_b_is_still_rootfs_b(make_image):
         f.seek(image.partitions[2].start)
         f.write(bytes(1 << 16))
     found = detect_layout(image)
-    assert roles(found) == EXPECTED["sdimg"]
+    assert roles(found) == LAYOUT_ROLES["sdimg"]
     assert found.rootfs_b.fs.type == "empty"
     assert "not formatted" in found.rootfs_b.reason
 

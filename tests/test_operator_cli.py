@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from support.tools import ROOT
 from imagetools import keys, verify
 from imagetools.cli.progress import Rate
 from imagetools.devices import parse_csv, parse_json

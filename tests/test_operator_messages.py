@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from support.inputs import devices_csv
 from imagetools.image.probe import TABLE_AREA
 
 pytestmark = pytest.mark.integration
@@ -56,11 +57,6 @@ def test_other_files_without_a_table_are_still_not_images(tmp_path, cli, content
 
 
 # --- a resumed batch with other settings ---------------------------------------------------------
-def _devices(path: Path) -> Path:
-    path.write_text("name,mac\nu1,02:00:00:00:00:01\nu2,02:00:00:00:00:02\n")
-    return path
-
-
 def _suggested(message: str, base: Path, devices: Path, **placeholders: str) -> list[str]:
     """The emit command the refusal suggests, its placeholders filled in."""
     start = message.index("(imagetools emit ") + 1
@@ -70,7 +66,7 @@ def _suggested(message: str, base: Path, devices: Path, **placeholders: str) -> 
 
 
 def test_a_resumed_delta_batch_names_the_settings_and_keeps_its_format(make_image, cli, tmp_path):
-    base, devices, out = make_image("sdimg"), _devices(tmp_path / "d.csv"), tmp_path / "OUT"
+    base, devices, out = make_image("sdimg"), devices_csv(tmp_path / "d.csv", 2), tmp_path / "OUT"
     made = cli("emit", "--base", base, "--devices", devices, "--out-dir", out, "--format", "delta",
                "--key-type", "ed25519", "--no-bmap")
     assert made.returncode == 0, made.stderr
@@ -88,7 +84,7 @@ def test_a_resumed_delta_batch_names_the_settings_and_keeps_its_format(make_imag
 
 
 def test_a_resumed_configured_batch_names_the_option_never_the_token(make_image, cli, tmp_path):
-    base, devices, out = make_image("sdimg"), _devices(tmp_path / "d.csv"), tmp_path / "OUT"
+    base, devices, out = make_image("sdimg"), devices_csv(tmp_path / "d.csv", 2), tmp_path / "OUT"
     token = tmp_path / "tenant.token"
     token.write_text(TOKEN + "\n")
     made = cli("emit", "--base", base, "--devices", devices, "--out-dir", out, "--key-type", "ed25519",
@@ -144,7 +140,7 @@ def test_mode_must_be_octal_permission_bits(make_image, cli, mode):
 
 
 def test_emit_warns_once_and_takes_mode_per_unit(make_image, cli, tmp_path):
-    base, devices = make_image("sdimg"), _devices(tmp_path / "d.csv")
+    base, devices = make_image("sdimg"), devices_csv(tmp_path / "d.csv", 2)
     warned = cli("emit", "--base", base, "--devices", devices, "--out-dir", tmp_path / "A",
                  "--key-type", "ed25519", "-t", TOKEN)
     assert warned.returncode == 0, warned.stderr

@@ -10,23 +10,12 @@ import stat
 import pytest
 
 from imagetools import keys
+from support.inputs import macs, new_pem, write_preauth
 from support.mender_server import ADMISSION, DEVICES
 
 
-def new_pem() -> str:
-    return keys.public_pem(keys.generate(keys.KeySpec("ed25519"))).decode()
-
-
-def write_preauth(path, n: int = 3, **identity_overrides) -> list[dict]:
-    """A preauth.json as `imagetools emit` writes it."""
-    entries = [{"name": f"unit{i}", "identity_data": {"mac": f"02:00:00:00:00:{i:02x}", **identity_overrides},
-                "pubkey": new_pem()} for i in range(n)]
-    path.write_text(json.dumps(entries, indent=2))
-    return entries
-
-
 def test_push_then_repush(cli, env, mender, tmp_path):
-    write_preauth(tmp_path / "preauth.json")
+    write_preauth(tmp_path / "preauth.json", macs(0, 1, 2))
     first = cli("preauth", "push", "preauth.json", "--jobs", "2", "--json", env=env)
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)
@@ -39,7 +28,7 @@ def test_push_then_repush(cli, env, mender, tmp_path):
 
 
 def test_conflict_exits_1_and_force_resolves_it(cli, env, mender, tmp_path):
-    [entry] = write_preauth(tmp_path / "preauth.json", n=1)
+    [entry] = write_preauth(tmp_path / "preauth.json", macs(0))
     device_id = mender.seed_device(entry["identity_data"], new_pem(), "accepted")
     result = cli("preauth", "push", "preauth.json", env=env)
     assert result.returncode == 1
@@ -50,7 +39,7 @@ def test_conflict_exits_1_and_force_resolves_it(cli, env, mender, tmp_path):
 
 
 def test_bad_token_exits_4_without_showing_it(cli, env, tmp_path):
-    write_preauth(tmp_path / "preauth.json")
+    write_preauth(tmp_path / "preauth.json", macs(0, 1, 2))
     secret = "wrong-token-0123456789"
     result = cli("preauth", "push", "preauth.json", env={**env, "MENDER_TOKEN": secret})
     assert result.returncode == 4
@@ -60,7 +49,7 @@ def test_bad_token_exits_4_without_showing_it(cli, env, tmp_path):
 
 
 def test_unreachable_server_exits_4(cli, env, tmp_path):
-    write_preauth(tmp_path / "preauth.json", n=1)
+    write_preauth(tmp_path / "preauth.json", macs(0))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -70,7 +59,7 @@ def test_unreachable_server_exits_4(cli, env, tmp_path):
 
 
 def test_persistent_5xx_fails_units_cleanly(cli, env, mender, tmp_path):
-    write_preauth(tmp_path / "preauth.json", n=2)
+    write_preauth(tmp_path / "preauth.json", macs(0, 1))
     mender.fail_next(503, count=6)
     result = cli("preauth", "push", "preauth.json", "--retries", "2", "--jobs", "1", "--json", env=env)
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -80,7 +69,7 @@ def test_persistent_5xx_fails_units_cleanly(cli, env, mender, tmp_path):
 
 
 def test_non_string_identity_is_refused_before_any_request(cli, env, mender, tmp_path):
-    write_preauth(tmp_path / "preauth.json", n=1, serial=1234)
+    write_preauth(tmp_path / "preauth.json", macs(0, serial=1234))
     result = cli("preauth", "push", "preauth.json", env=env)
     assert result.returncode == 2
     assert "'serial' is a number (1234)" in result.stderr and "never match" in result.stderr
@@ -88,7 +77,7 @@ def test_non_string_identity_is_refused_before_any_request(cli, env, mender, tmp
 
 
 def test_dry_run_needs_no_server(cli, tmp_path):
-    write_preauth(tmp_path / "preauth.json", n=2)
+    write_preauth(tmp_path / "preauth.json", macs(0, 1))
     result = cli("preauth", "push", "preauth.json", "--dry-run", "--json",
                  env={"MENDER_SERVER_URL": "", "MENDER_TOKEN": ""})
     assert result.returncode == 0, result.stderr
@@ -96,7 +85,7 @@ def test_dry_run_needs_no_server(cli, tmp_path):
 
 
 def test_login_caches_token_and_push_uses_it(cli, env, mender, tmp_path):
-    write_preauth(tmp_path / "preauth.json", n=1)
+    write_preauth(tmp_path / "preauth.json", macs(0))
     no_token = {**env, "MENDER_TOKEN": ""}
     wrong = cli("login", "--username", "admin@example.com", env={**no_token, "MENDER_PASSWORD": "guess"})
     assert wrong.returncode == 4 and "wrong username or password" in wrong.stderr
@@ -113,7 +102,7 @@ def test_login_caches_token_and_push_uses_it(cli, env, mender, tmp_path):
 
 
 def test_status_reports_and_diagnoses(cli, env, mender, tmp_path):
-    entries = write_preauth(tmp_path / "preauth.json", n=2)
+    entries = write_preauth(tmp_path / "preauth.json", macs(0, 1))
     assert cli("preauth", "push", "preauth.json", env=env).returncode == 0
     fine = cli("preauth", "status", "preauth.json", env=env)
     assert fine.returncode == 0, fine.stderr
@@ -131,7 +120,7 @@ def test_status_reports_and_diagnoses(cli, env, mender, tmp_path):
 
 
 def test_legacy_v1_push(cli, env, mender, tmp_path):
-    write_preauth(tmp_path / "preauth.json", n=2)
+    write_preauth(tmp_path / "preauth.json", macs(0, 1))
     result = cli("preauth", "push", "preauth.json", "--api", "v1", env=env)
     assert result.returncode == 0, result.stderr
     assert mender.requests_to("POST", ADMISSION) == [201, 201] and not mender.devices

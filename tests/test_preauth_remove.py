@@ -7,30 +7,13 @@ import json
 import shlex
 from types import SimpleNamespace
 
+from support.inputs import macs, new_pem, write_preauth
 from support.mender_server import DEVICES, MenderTestServer, Reply
 
 from imagetools import keys, preauth
 from imagetools.mender import DEVICE_V2
 from imagetools.preauth import leftbehind, remove
 from imagetools.server import MenderClient, ServerSettings
-
-
-def new_pem() -> str:
-    return keys.public_pem(keys.generate(keys.KeySpec("ed25519"))).decode()
-
-
-def write_preauth(path, identities: list[dict], pems: list[str] | None = None) -> list[dict]:
-    """A preauth.json as `imagetools emit` writes it, one unit per identity."""
-    pems = pems or [new_pem() for _ in identities]
-    entries = [{"name": f"unit{i}", "identity_data": identity, "pubkey": pem}
-               for i, (identity, pem) in enumerate(zip(identities, pems))]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(entries, indent=2))
-    return entries
-
-
-def macs(*numbers: int, **extra: str) -> list[dict]:
-    return [{"mac": f"02:00:00:00:00:{n:02x}", **extra} for n in numbers]
 
 
 def device_of(mender: MenderTestServer, identity: dict) -> dict | None:

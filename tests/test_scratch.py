@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from support.inputs import devices_csv
 from imagetools import keys, personalize
 from imagetools.errors import ToolMissingError
 from imagetools.image import delta as delta_format
@@ -23,12 +24,6 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_REL = data_path("/data/mender/mender-agent.pem")
-
-
-def _devices_csv(path: Path, count: int) -> Path:
-    rows = [f"u{i},02:00:00:{i >> 16:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}" for i in range(1, count + 1)]
-    path.write_text("name,mac\n" + "\n".join(rows) + "\n")
-    return path
 
 
 def _ended_pid() -> int:
@@ -63,7 +58,7 @@ def test_a_killed_emit_leaves_its_scratch_and_the_next_run_removes_only_that(mak
     shm.mkdir(), tmp.mkdir()
     env = {**os.environ, "IMAGETOOLS_SCRATCH": str(shm), "TMPDIR": str(tmp)}
     exe = shutil.which("imagetools") or str(ROOT / ".venv" / "bin" / "imagetools")
-    proc = subprocess.Popen([exe, "emit", "--base", str(base), "--devices", str(_devices_csv(tmp_path / "d.csv", 400)),
+    proc = subprocess.Popen([exe, "emit", "--base", str(base), "--devices", str(devices_csv(tmp_path / "d.csv", 400)),
                              "--out-dir", str(tmp_path / "OUT"), "--format", "delta", "--key-type", "ed25519",
                              "--jobs", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -89,7 +84,7 @@ def test_a_killed_emit_leaves_its_scratch_and_the_next_run_removes_only_that(mak
     other_ns = shm / f"{SCRATCH_PREFIX}{_ended_pid()}-1-1-otherns"  # another pid namespace's
     other_ns.mkdir()
 
-    again = cli("emit", "--base", base, "--devices", _devices_csv(tmp_path / "one.csv", 1),
+    again = cli("emit", "--base", base, "--devices", devices_csv(tmp_path / "one.csv", 1),
                 "--out-dir", tmp_path / "OUT2", "--format", "delta", "--key-type", "ed25519",
                 env={"IMAGETOOLS_SCRATCH": str(shm), "TMPDIR": str(tmp)})
     assert again.returncode == 0, again.stderr

@@ -13,7 +13,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from support.mender_server import DEVICES, MenderTestServer, make_jwt
-from support.tls import self_signed
 
 from imagetools import keys, preauth
 from imagetools.errors import AuthError, DeviceListError, ServerError, UsageError
@@ -317,12 +316,6 @@ def test_retry_after_forms():
 
 
 # --- TLS -------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def tls_files(tmp_path):
-    """A self-signed certificate for 127.0.0.1 and its key."""
-    return tuple(map(str, self_signed(tmp_path)))
-
 
 def test_tls_is_verified_by_default(tls_files):
     with MenderTestServer(tls=tls_files) as srv:

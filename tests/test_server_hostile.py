@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 import pytest
+from support.inputs import new_pem
 
 from imagetools import keys, preauth
 from imagetools.errors import AuthError, DeviceListError, ServerError, UsageError
@@ -120,10 +121,6 @@ def client_for(srv: Hostile, **kw: Any) -> MenderClient:
     return MenderClient(settings)
 
 
-def new_pem() -> str:
-    return keys.public_pem(keys.generate(keys.KeySpec("ed25519"))).decode()
-
-
 def device(device_id: str = "d1", **fields: Any) -> dict:
     return {"id": device_id, "identity_data": {"mac": "aa"}, "status": "accepted",
             "auth_sets": [{"id": "a1", "pubkey": new_pem(), "status": "accepted"}], **fields}
@@ -210,7 +207,7 @@ def test_a_repeating_page_link_is_refused(hostile, target):
 def test_a_next_link_to_another_host_gets_no_token(hostile):
     with Hostile() as elsewhere:
         for target in (elsewhere.url, "https://127.0.0.1:" + hostile.url.rsplit(":", 1)[1], "//evil.example"):
-            hostile.answer = pages(lambda n: f"{target}{DEVICES_V2}?page={n + 1}")
+            hostile.answer = pages(lambda n, target=target: f"{target}{DEVICES_V2}?page={n + 1}")
             with client_for(hostile) as client:
                 assert "not sending the token there" in str(raises_bad(lambda: list(deviceauth.iter_devices(client))))
     assert elsewhere.log == []

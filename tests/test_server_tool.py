@@ -17,20 +17,12 @@ from typing import Iterator
 
 import pytest
 from support.mender_server import MenderTestServer
-from support.tls import self_signed
+from support.inputs import macs, write_preauth
 
-from imagetools import keys
 from imagetools.errors import ServerError
 from imagetools.server import MenderClient, ServerSettings, deviceauth
 
 SCRIPT = Path(__file__).resolve().parent / "support" / "mender_server.py"
-
-
-def write_preauth(path: Path, n: int = 2) -> list[dict]:
-    entries = [{"name": f"unit{i}", "identity_data": {"mac": f"02:00:00:00:00:{i:02x}"},
-                "pubkey": keys.public_pem(keys.generate(keys.KeySpec("ed25519"))).decode()} for i in range(n)]
-    path.write_text(json.dumps(entries))
-    return entries
 
 
 @contextmanager
@@ -74,7 +66,7 @@ def test_help_runs_from_its_own_first_line_and_exits_at_once():
 
 
 def test_push_status_remove_round_trip_with_the_real_cli(cli, tmp_path):
-    write_preauth(tmp_path / "preauth.json")
+    write_preauth(tmp_path / "preauth.json", macs(0, 1))
     with running() as env:
         assert re.fullmatch(r"http://127\.0\.0\.1:[0-9]+", env["MENDER_SERVER_URL"])
         assert env["MENDER_TOKEN"] == "test-pat"
@@ -89,7 +81,7 @@ def test_push_status_remove_round_trip_with_the_real_cli(cli, tmp_path):
 
 
 def test_state_survives_a_restart(cli, tmp_path):
-    entries = write_preauth(tmp_path / "preauth.json")
+    entries = write_preauth(tmp_path / "preauth.json", macs(0, 1))
     state = tmp_path / "devices.json"
     with running("--state", str(state), stop=signal.SIGINT) as env:
         assert cli("preauth", "push", "preauth.json", env=env).returncode == 0
@@ -105,7 +97,7 @@ def test_state_survives_a_restart(cli, tmp_path):
 
 
 def test_token_and_refusals_to_start(cli, tmp_path):
-    write_preauth(tmp_path / "preauth.json", n=1)
+    write_preauth(tmp_path / "preauth.json", macs(0))
     with running("--token", "s3cr3t-for-tests") as env:
         assert env["MENDER_TOKEN"] == "s3cr3t-for-tests"
         wrong = cli("preauth", "status", "preauth.json", env={**env, "MENDER_TOKEN": "test-pat"})
@@ -128,17 +120,11 @@ def test_token_and_refusals_to_start(cli, tmp_path):
 
 # --- network messages ----------------------------------------------------------------------------------
 
-@pytest.fixture
-def tls_files(tmp_path) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1 and its key."""
-    return tuple(map(str, self_signed(tmp_path)))
-
-
 SLOW_RETRIES = ("--retries", "4", "--backoff", "0.5")     # 7.5 s of waiting, were anything retried
 
 
 def test_an_untrusted_certificate_fails_at_once_with_the_hint(cli, tls_files, tmp_path):
-    write_preauth(tmp_path / "preauth.json", n=1)
+    write_preauth(tmp_path / "preauth.json", macs(0))
     with MenderTestServer(tls=tls_files) as srv:
         env = {"MENDER_SERVER_URL": srv.url, "MENDER_TOKEN": "test-pat"}
         start = time.monotonic()
@@ -157,7 +143,7 @@ def test_an_untrusted_certificate_fails_at_once_with_the_hint(cli, tls_files, tm
 
 
 def test_https_to_a_plain_http_server_fails_at_once_with_the_hint(cli, tmp_path):
-    write_preauth(tmp_path / "preauth.json", n=1)
+    write_preauth(tmp_path / "preauth.json", macs(0))
     with MenderTestServer() as srv:
         url = srv.url.replace("http://", "https://")
         start = time.monotonic()
@@ -169,7 +155,7 @@ def test_https_to_a_plain_http_server_fails_at_once_with_the_hint(cli, tmp_path)
 
 
 def test_each_retry_is_one_line_and_verbose_shows_the_url(cli, tmp_path):
-    write_preauth(tmp_path / "preauth.json", n=1)
+    write_preauth(tmp_path / "preauth.json", macs(0))
     url = f"http://127.0.0.1:{closed_port()}"
     args = ("preauth", "status", "preauth.json", "--server", url, "--retries", "2", "--backoff", "0.01")
     result = cli(*args, env={"MENDER_TOKEN": "test-pat"})
@@ -186,7 +172,7 @@ def test_each_retry_is_one_line_and_verbose_shows_the_url(cli, tmp_path):
 
 
 def test_a_retried_answer_is_quoted_and_the_library_stays_quiet(cli, tmp_path, capfd):
-    write_preauth(tmp_path / "preauth.json", n=1)
+    write_preauth(tmp_path / "preauth.json", macs(0))
     with MenderTestServer() as srv:
         srv.fail_next(503)
         result = cli("preauth", "status", "preauth.json", "--backoff", "0.01",

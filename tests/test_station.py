@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_tool
+from support.inputs import devices_csv
+from support.tools import run_tool
 from imagetools import keys
 from imagetools.devices import load_devices
 from imagetools.emit import EmitOptions, emit, shard
@@ -22,19 +23,6 @@ from imagetools.published import materialize, verify_unit
 pytestmark = pytest.mark.integration
 
 DELTA = EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=2, format="delta")
-
-
-def _devices(path: Path, count: int, start: int = 1) -> Path:
-    rows = [f"u{i},02:00:00:00:01:{i:02x}" for i in range(start, start + count)]
-    path.write_text("name,mac\n" + "\n".join(rows) + "\n")
-    return path
-
-
-def _random_file(path: Path, size: int) -> Path:
-    with open(path, "wb") as f:
-        for _ in range(0, size, 1 << 20):
-            f.write(os.urandom(min(1 << 20, size - f.tell())))
-    return path
 
 
 def _mapped_equal(a: Path, b: Path, start: int, end: int) -> bool:
@@ -54,7 +42,7 @@ def test_delta_units_verify_through_overlay_and_materialize(make_image, tmp_path
     base = make_image(layout, **opts)
     base_sha = hashlib.sha256(base.read_bytes()).hexdigest()
     out = tmp_path / "OUT"
-    result = emit(base, load_devices(_devices(tmp_path / "d.csv", 2)), out, DELTA)
+    result = emit(base, load_devices(devices_csv(tmp_path / "d.csv", 2)), out, DELTA)
     assert result.ok and result.count("emitted") == 2
     unit_dir = out / "u1"
     record = json.loads((unit_dir / "unit.json").read_text())
@@ -101,7 +89,7 @@ def test_a_reused_scratch_starts_every_unit_from_the_base(make_image, tmp_path):
 def test_one_worker_emits_delta_units_one_after_another(make_image, tmp_path):
     base = make_image("sdimg")
     out = tmp_path / "OUT"
-    result = emit(base, load_devices(_devices(tmp_path / "d.csv", 3)), out,
+    result = emit(base, load_devices(devices_csv(tmp_path / "d.csv", 3)), out,
                   EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=1, format="delta"))
     assert result.ok and result.count("emitted") == 3
     for name in ("u1", "u2", "u3"):
@@ -114,7 +102,7 @@ def test_one_worker_emits_delta_units_one_after_another(make_image, tmp_path):
 def test_hostile_deltas_are_refused(make_image, tmp_path):
     base = make_image("sdimg")
     out = tmp_path / "OUT"
-    emit(base, load_devices(_devices(tmp_path / "d.csv", 1)), out, DELTA)
+    emit(base, load_devices(devices_csv(tmp_path / "d.csv", 1)), out, DELTA)
     path = out / "u1" / "u1.delta"
     blob = path.read_bytes()
     with pytest.raises(ImageFormatError, match="checksum"):
@@ -129,14 +117,14 @@ def test_hostile_deltas_are_refused(make_image, tmp_path):
 
 
 def test_shards_partition_the_list_and_merge_refuses_duplicates(make_image, tmp_path, cli):
-    devices = load_devices(_devices(tmp_path / "d.csv", 40))
+    devices = load_devices(devices_csv(tmp_path / "d.csv", 40))
     slices = [shard(devices, k, 4) for k in range(1, 5)]
     names = [d.name for s in slices for d in s]
     assert sorted(names) == sorted(d.name for d in devices) and len(names) == len(set(names))
     assert [d.name for d in shard(list(reversed(devices)), 2, 4)] == [d.name for d in reversed(slices[1])]
     base = make_image("sdimg")
     csv = tmp_path / "d4.csv"
-    _devices(csv, 4)
+    devices_csv(csv, 4)
     for k in (1, 2):
         proc = cli("emit", "--base", base, "--devices", csv, "--out-dir", tmp_path / f"S{k}",
                    "--format", "delta", "--key-type", "ed25519", "--shard", f"{k}/2")

@@ -1,7 +1,7 @@
 """When a slot's card comes and goes: a slot holds a card when its device reports a size above
 zero (an empty USB reader and a detached loop device both read 0).
 
-Sizes are read from sysfs every POLL seconds, so a card is noticed within a second on any host;
+Sizes are read from sysfs every POLL seconds, so a card is noticed well within a second on any host;
 where a udev daemon runs, its block-device events wake the readers at once. Containers and
 minimal hosts have no udev daemon: polling alone is then the watcher, not a fallback that is
 never exercised.
@@ -14,7 +14,7 @@ import select
 import threading
 from typing import Any
 
-POLL = 0.25                      # seconds between two looks at a slot without udev
+POLL = 0.1                       # seconds between two looks at a slot without udev (a sysfs read)
 UDEV_CONTROL = "/run/udev/control"
 
 

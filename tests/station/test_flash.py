@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import run_tool
+from support.inputs import devices_csv, random_file
+from support.tools import run_tool
 from imagetools import keys
 from imagetools.devices import load_devices
 from imagetools.emit import EmitOptions, emit
@@ -30,18 +31,6 @@ pytestmark = pytest.mark.integration
 DELTA = EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=1, format="delta")
 
 
-def _devices(path: Path, count: int) -> Path:
-    path.write_text("name,mac\n" + "".join(f"u{i},02:00:00:00:01:{i:02x}\n" for i in range(1, count + 1)))
-    return path
-
-
-def _random_file(path: Path, size: int) -> Path:
-    with open(path, "wb") as f:
-        for pos in range(0, size, 1 << 20):
-            f.write(os.urandom(min(1 << 20, size - pos)))
-    return path
-
-
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -51,13 +40,13 @@ def batch(make_image, tmp_path):
     """A base and an OUT of three signed delta units."""
     base = make_image("sdimg")
     out = tmp_path / "OUT"
-    assert emit(base, load_devices(_devices(tmp_path / "d.csv", 3)), out, DELTA).ok
+    assert emit(base, load_devices(devices_csv(tmp_path / "d.csv", 3)), out, DELTA).ok
     return base, out
 
 
 def test_a_card_is_written_read_back_verified_and_recorded(batch, tmp_path, cli):
     base, out = batch
-    card = _random_file(tmp_path / "card.img", base.stat().st_size)
+    card = random_file(tmp_path / "card.img", base.stat().st_size)
     proc = cli("flash", base, card, "--unit", out / "u1", "--json", "--log", tmp_path / "log.jsonl")
     assert proc.returncode == 0, proc.stderr
     [item] = json.loads(proc.stdout)["items"]
@@ -89,7 +78,7 @@ def test_one_unit_goes_onto_one_card(batch, tmp_path, cli):
 
 def test_a_changed_unit_is_refused_before_anything_is_written(batch, tmp_path, cli):
     base, out = batch
-    card = _random_file(tmp_path / "card.img", base.stat().st_size)
+    card = random_file(tmp_path / "card.img", base.stat().st_size)
     before = _sha(card)
     record = out / "u1" / "unit.json"
     record.write_text(record.read_text().replace('"u1"', '"u1x"', 1))
@@ -251,7 +240,7 @@ def test_a_key_on_the_fly_is_named_by_its_unit_directory(make_image, tmp_path):
     unit.mkdir(parents=True)
     key = unit / "private.key"
     keys.write_secret(key, keys.private_pem(keys.generate(keys.KeySpec(type="ed25519")), "pkcs8"))
-    card = _random_file(tmp_path / "card", base.stat().st_size)
+    card = random_file(tmp_path / "card", base.stat().st_size)
     [record] = station.flash([(str(card), plan_key(base, key))])
     assert record["ok"], record["error"]
     assert record["unit"] == "unit7"

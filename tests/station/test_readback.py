@@ -17,6 +17,7 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.units import one_unit
 
 from imagetools import bmap, keys
 from imagetools.devices import load_devices
@@ -35,12 +36,7 @@ B = bmap.BLOCK_SIZE
 @pytest.fixture
 def unit(make_image, tmp_path, monkeypatch) -> tuple[Path, Path]:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # block_map's cache
-    base = make_image("sdimg", name="base.sdimg")
-    (tmp_path / "d.csv").write_text("name,mac\nu1,02:00:00:00:01:01\n")
-    result = emit(base, load_devices(tmp_path / "d.csv"), tmp_path / "OUT",
-                  EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=1, format="delta"))
-    assert result.ok
-    return base, tmp_path / "OUT" / "u1"
+    return one_unit(make_image, tmp_path)
 
 
 @pytest.fixture

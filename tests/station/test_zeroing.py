@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_tool
+from support.tools import run_tool
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -184,7 +184,7 @@ def zero_file_blocks(image: Path, part: PartInfo, path: str) -> int:
     bs = open_layout(image).by_number(part.number).fs.block_size
     # "(0-11):1687-1698, (IND):1699, (12-255):1700-1943" or "(ETB0):1234, (0-255):1700-1955":
     # data runs only, never the blocks that map them
-    runs = re.findall(r"\(\d+(?:-\d+)?\):(\d+)(?:-(\d+))?", re.split(r"\n(?:BLOCKS|EXTENTS):", stat, 1)[1])
+    runs = re.findall(r"\(\d+(?:-\d+)?\):(\d+)(?:-(\d+))?", re.split(r"\n(?:BLOCKS|EXTENTS):", stat, maxsplit=1)[1])
     spans = zeroing._merge([(part.partition.start + int(a) * bs, part.partition.start + (int(b or a) + 1) * bs)
                             for a, b in runs])
     aligned = [(-(-a // 4096) * 4096, b // 4096 * 4096) for a, b in spans]

@@ -1,5 +1,5 @@
-"""Batches for station tests: a small base and an OUT of signed delta units, made by the real
-emit; and the check that a card holds exactly one unit's key."""
+"""Batches for station tests: a small base and an OUT of signed delta units, or one unit over a
+base of the default size, made by the real emit; and the check that a card holds exactly one unit's key."""
 
 from __future__ import annotations
 
@@ -23,6 +23,14 @@ def emit_units(make_image, tmp_path: Path, count: int) -> tuple[Path, Path]:
     out = tmp_path / "OUT"
     assert emit(base, load_devices(devices), out, DELTA).ok
     return base, out
+
+
+def one_unit(make_image, tmp_path: Path) -> tuple[Path, Path]:
+    """A base of the default size (base.sdimg) and the one signed delta unit OUT/u1 made from it."""
+    base = make_image("sdimg", name="base.sdimg")
+    (tmp_path / "d.csv").write_text("name,mac\nu1,02:00:00:00:01:01\n")
+    assert emit(base, load_devices(tmp_path / "d.csv"), tmp_path / "OUT", DELTA).ok
+    return base, tmp_path / "OUT" / "u1"
 
 
 def holds_its_unit(card: Path, out: Path, unit: str) -> bool:
