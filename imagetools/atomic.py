@@ -12,25 +12,36 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import EnvironmentProblem
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o644, exclusive: bool = False,
-                 durable: bool = True, tmp_dir: str | os.PathLike | None = None) -> None:
+def write_atomic(
+    path: str | os.PathLike,
+    data: bytes,
+    *,
+    mode: int = 0o644,
+    exclusive: bool = False,
+    durable: bool = True,
+    tmp_dir: str | os.PathLike | None = None,
+) -> None:
     """`path` holds exactly `data` with `mode`, or (on any error) is as it was."""
-    with replace_when_done(path, mode=mode, exclusive=exclusive, durable=durable,
-                           tmp_dir=tmp_dir) as tmp:
+    with replace_when_done(path, mode=mode, exclusive=exclusive, durable=durable, tmp_dir=tmp_dir) as tmp:
         with open(tmp, "r+b") as fh:
             fh.write(data)
 
 
 @contextlib.contextmanager
-def replace_when_done(path: str | os.PathLike, *, mode: int = 0o644, exclusive: bool = False,
-                      durable: bool = True,
-                      tmp_dir: str | os.PathLike | None = None) -> Iterator[Path]:
+def replace_when_done(
+    path: str | os.PathLike,
+    *,
+    mode: int = 0o644,
+    exclusive: bool = False,
+    durable: bool = True,
+    tmp_dir: str | os.PathLike | None = None,
+) -> Iterator[Path]:
     """A temporary path, created empty with `mode`, for the block to fill; when the block ends
     normally it becomes `path`, and on any error it is removed. Its name keeps the suffix
     (mender-artifact only accepts .sdimg/.uefiimg/.img names): `.NAME.partial-PID.SUFFIX`."""

@@ -33,15 +33,15 @@ from .image.compressed import Format
 
 ENV_DIR = "IMAGETOOLS_BASE_CACHE"
 ENV_MAX = "IMAGETOOLS_BASE_CACHE_MAX"
-DEFAULT_MAX = 64 << 30              # bytes on disk for all entries together
-LOCK_WAIT = 3600.0                  # seconds another process may hold an entry's lock
+DEFAULT_MAX = 64 << 30  # bytes on disk for all entries together
+LOCK_WAIT = 3600.0  # seconds another process may hold an entry's lock
 META_MAX = 64 << 10
 BMAP_MAX = 64 << 20
 ENTRY_VERSION = 1
 _HEX = re.compile(r"[0-9a-f]{64}")
 _HASH_CHUNK = 4 << 20
 
-Progress = Callable[[str, int, int], None]   # (phase, done, total): "hashing", "decompressing", "downloading"
+Progress = Callable[[str, int, int], None]  # (phase, done, total): "hashing", "decompressing", "downloading"
 Warn = Callable[[str], None]
 
 
@@ -49,9 +49,9 @@ Warn = Callable[[str], None]
 class Entry:
     sha256: str
     path: Path
-    size: int           # of the uncompressed image
-    allocated: int      # bytes it takes on disk
-    format: str         # compression of the source ("none" for a download that was not compressed)
+    size: int  # of the uncompressed image
+    allocated: int  # bytes it takes on disk
+    format: str  # compression of the source ("none" for a download that was not compressed)
     source: str
     last_used: float
 
@@ -75,8 +75,14 @@ def max_bytes() -> int:
     return int(match.group(1)) << (10 * " KMGT".index(match.group(2).upper() or " "))
 
 
-def resolve(source: str | os.PathLike, *, sha256: str | None = None, progress: Progress | None = None,
-            warn: Warn | None = None, cache_dir: str | os.PathLike | None = None) -> str:
+def resolve(
+    source: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    progress: Progress | None = None,
+    warn: Warn | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> str:
     """The path of an uncompressed local file holding the image `source` names: `source` itself
     when it is one, else its cache entry (made on first use). `sha256` is the expected SHA-256
     of the file as given (compressed or downloaded); required for a URL unless the server has
@@ -135,8 +141,8 @@ def clear(cache_dir: str | os.PathLike | None = None) -> tuple[int, int]:
 
 # --- local compressed files ------------------------------------------------------------------
 
-def _from_compressed(path: Path, fmt: Format, expected: str | None, progress: Progress | None,
-                     root: Path) -> Path:
+
+def _from_compressed(path: Path, fmt: Format, expected: str | None, progress: Progress | None, root: Path) -> Path:
     fd = strict.open_regular(path, "base image", ImageFormatError)
     try:
         st = os.fstat(fd)
@@ -144,15 +150,21 @@ def _from_compressed(path: Path, fmt: Format, expected: str | None, progress: Pr
         ident = _ident(path, st)
         digest = _known(root, ident) or _hash_fd(fd, st.st_size, progress)
         if expected is not None and digest != expected:
-            raise ImageFormatError(f"{path}: SHA-256 is {digest}, not {expected} as given: "
-                                   "the wrong file or a damaged copy")
+            raise ImageFormatError(
+                f"{path}: SHA-256 is {digest}, not {expected} as given: the wrong file or a damaged copy"
+            )
         entry = _entry(root, digest)
         if entry is None:
             with _locked(root, digest):
                 entry = _entry(root, digest) or _publish(
-                    root, digest, fmt.name, str(path),
-                    lambda out: compressed.decompress_into(fd, fmt, out, what=str(path),
-                                                           progress=_phase(progress, "decompressing")))
+                    root,
+                    digest,
+                    fmt.name,
+                    str(path),
+                    lambda out: compressed.decompress_into(
+                        fd, fmt, out, what=str(path), progress=_phase(progress, "decompressing")
+                    ),
+                )
         _remember(root, ident, digest)
         _sync_bmap(path, entry.path)
         _touch(entry)
@@ -178,8 +190,9 @@ def _check_plain(path: str, expected: str, progress: Progress | None) -> None:
     finally:
         os.close(fd)
     if digest != expected:
-        raise ImageFormatError(f"{path}: SHA-256 is {digest}, not {expected} as given: "
-                               "the wrong file or a damaged copy")
+        raise ImageFormatError(
+            f"{path}: SHA-256 is {digest}, not {expected} as given: the wrong file or a damaged copy"
+        )
 
 
 def _sync_bmap(source: Path, entry: Path) -> None:
@@ -213,12 +226,14 @@ def _bmap_beside(source: Path) -> Path | None:
 
 # --- remote files ----------------------------------------------------------------------------
 
+
 def _from_url(url: str, expected: str | None, progress: Progress | None, warn: Warn, root: Path) -> Path:
     from . import remote
 
     if url.startswith("http://"):
-        warn(f"{url}: plain http, the download is not protected in transit (its SHA-256 still is "
-             "checked; use https://)")
+        warn(
+            f"{url}: plain http, the download is not protected in transit (its SHA-256 still is checked; use https://)"
+        )
     if expected is None:
         expected = remote.sidecar_sha256(url)
     _prepare(root)
@@ -242,9 +257,13 @@ def _download(url: str, digest: str, progress: Progress | None, root: Path) -> E
         fmt = compressed.detect(os.pread(fd, 16, 0))
         if fmt is None:
             return _publish_file(root, digest, partial, url)
-        entry = _publish(root, digest, fmt.name, url,
-                         lambda out: compressed.decompress_into(fd, fmt, out, what=url,
-                                                                progress=_phase(progress, "decompressing")))
+        entry = _publish(
+            root,
+            digest,
+            fmt.name,
+            url,
+            lambda out: compressed.decompress_into(fd, fmt, out, what=url, progress=_phase(progress, "decompressing")),
+        )
     finally:
         os.close(fd)
     partial.unlink(missing_ok=True)
@@ -253,6 +272,7 @@ def _download(url: str, digest: str, progress: Progress | None, root: Path) -> E
 
 # --- entries ---------------------------------------------------------------------------------
 
+
 def _prepare(root: Path) -> None:
     """The cache directory, 0700 and ours (a directory others can write to could swap entries)."""
     try:
@@ -260,11 +280,13 @@ def _prepare(root: Path) -> None:
         (root / "ids").mkdir(exist_ok=True, mode=0o700)
         st = os.lstat(root)
     except OSError as exc:
-        raise EnvironmentProblem(f"cannot create the base cache {root}: {exc.strerror} (set {ENV_DIR} "
-                                 "or --base-cache to another directory)") from None
+        raise EnvironmentProblem(
+            f"cannot create the base cache {root}: {exc.strerror} (set {ENV_DIR} or --base-cache to another directory)"
+        ) from None
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-        raise EnvironmentProblem(f"base cache {root} is not a directory of this user: set {ENV_DIR} "
-                                 "or --base-cache to another directory")
+        raise EnvironmentProblem(
+            f"base cache {root} is not a directory of this user: set {ENV_DIR} or --base-cache to another directory"
+        )
     if stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(root, 0o700)
 
@@ -285,17 +307,25 @@ def _publish(root: Path, digest: str, fmt: str, source: str, fill: Callable[[int
         tmp.unlink(missing_ok=True)
 
 
-def _publish_file(root: Path, digest: str, path: Path, source: str, fmt: str = "none",
-                  size: int | None = None) -> Entry:
+def _publish_file(
+    root: Path, digest: str, path: Path, source: str, fmt: str = "none", size: int | None = None
+) -> Entry:
     st = os.stat(path)
     allocated, limit = st.st_blocks * 512, max_bytes()
     if allocated > limit:
-        raise EnvironmentProblem(f"{source} takes {allocated} bytes decompressed, more than the base cache "
-                                 f"may hold ({limit}): raise {ENV_MAX}")
+        raise EnvironmentProblem(
+            f"{source} takes {allocated} bytes decompressed, more than the base cache "
+            f"may hold ({limit}): raise {ENV_MAX}"
+        )
     _evict(root, limit - allocated)
     os.chmod(path, 0o600)
-    meta = {"version": ENTRY_VERSION, "sha256": digest, "format": fmt,
-            "size": st.st_size if size is None else size, "source": source[:4096]}
+    meta = {
+        "version": ENTRY_VERSION,
+        "sha256": digest,
+        "format": fmt,
+        "size": st.st_size if size is None else size,
+        "source": source[:4096],
+    }
     write_atomic(root / f"{digest}.json", json.dumps(meta).encode(), mode=0o600)
     os.replace(path, root / f"{digest}.img")
     _fsync_dir(root)
@@ -311,20 +341,27 @@ def _entry(root: Path, digest: str) -> Entry | None:
     image, record = root / f"{digest}.img", root / f"{digest}.json"
     try:
         st = os.lstat(image)
-        meta = strict.loads(strict.read_regular(record, META_MAX, "base cache record", follow=False),
-                            str(record))
+        meta = strict.loads(strict.read_regular(record, META_MAX, "base cache record", follow=False), str(record))
     except (OSError, UsageError):
         return None
-    good = (isinstance(meta, dict) and meta.get("version") == ENTRY_VERSION and meta.get("sha256") == digest
-            and meta.get("size") == st.st_size and stat.S_ISREG(st.st_mode)
-            and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o600
-            and isinstance(meta.get("format"), str) and isinstance(meta.get("source"), str))
+    good = (
+        isinstance(meta, dict)
+        and meta.get("version") == ENTRY_VERSION
+        and meta.get("sha256") == digest
+        and meta.get("size") == st.st_size
+        and stat.S_ISREG(st.st_mode)
+        and st.st_uid == os.geteuid()
+        and stat.S_IMODE(st.st_mode) == 0o600
+        and isinstance(meta.get("format"), str)
+        and isinstance(meta.get("source"), str)
+    )
     if not good:
         for path in (image, record, Path(f"{image}.bmap")):
             path.unlink(missing_ok=True)
         return None
-    return Entry(digest, image, st.st_size, st.st_blocks * 512, meta["format"], meta["source"],
-                 os.stat(record).st_mtime)
+    return Entry(
+        digest, image, st.st_size, st.st_blocks * 512, meta["format"], meta["source"], os.stat(record).st_mtime
+    )
 
 
 def _touch(entry: Entry) -> None:
@@ -358,8 +395,10 @@ def _locked(root: Path, digest: str) -> Iterator[None]:
                 if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
                     raise
                 if time.monotonic() > deadline:
-                    raise EnvironmentProblem(f"base cache {root}: another process has been making entry "
-                                             f"{digest[:16]}... for {LOCK_WAIT:.0f} s; try again later") from None
+                    raise EnvironmentProblem(
+                        f"base cache {root}: another process has been making entry "
+                        f"{digest[:16]}... for {LOCK_WAIT:.0f} s; try again later"
+                    ) from None
                 time.sleep(0.2)
         yield
     finally:
@@ -367,6 +406,7 @@ def _locked(root: Path, digest: str) -> Iterator[None]:
 
 
 # --- the index from file identity to SHA-256 ------------------------------------------------
+
 
 def _ident(path: Path, st: os.stat_result) -> str:
     """A file's identity: the same name, inode, size and change times mean the same bytes, so a

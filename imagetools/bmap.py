@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .sparse import data_ranges
 
@@ -24,7 +25,7 @@ _PLACEHOLDER = "0" * 64
 
 @dataclass(frozen=True)
 class BlockRange:
-    first: int   # block numbers, inclusive
+    first: int  # block numbers, inclusive
     last: int
     sha256: str
 
@@ -46,7 +47,7 @@ class Reuse:
 class Scan:
     size: int
     ranges: list[BlockRange]
-    sha256: str | None            # of the whole image, holes read as zeros (= `sha256sum IMAGE`); None: not asked for
+    sha256: str | None  # of the whole image, holes read as zeros (= `sha256sum IMAGE`); None: not asked for
     reuse: Reuse | None = field(default=None, repr=False)  # only from scan(..., window=...)
 
     def whole_sha256(self) -> str:
@@ -55,8 +56,9 @@ class Scan:
         return self.sha256
 
 
-def scan(path: str | os.PathLike, *, window: tuple[int, int] | None = None,
-         reuse: Reuse | None = None, whole: bool = True) -> Scan:
+def scan(
+    path: str | os.PathLike, *, window: tuple[int, int] | None = None, reuse: Reuse | None = None, whole: bool = True
+) -> Scan:
     """One pass over the data extents: per-range sha256 for the bmap plus the whole-image sha256.
 
     window=(start, end) bytes: also return a Reuse for images that differ only there (the base).
@@ -86,8 +88,7 @@ def scan(path: str | os.PathLike, *, window: tuple[int, int] | None = None,
     if window:
         assert hashed is not None
         wf, we = cuts
-        result.reuse = Reuse(wf, we, {(r.first, r.last): r.sha256 for r in ranges if r.last < wf},
-                             hashed.snapshot)
+        result.reuse = Reuse(wf, we, {(r.first, r.last): r.sha256 for r in ranges if r.last < wf}, hashed.snapshot)
     return result
 
 
@@ -168,7 +169,7 @@ class _WholeHash:
         skip = self.pos - offset
         while skip < len(buf):
             n = min(len(buf) - skip, self._room())
-            self.h.update(buf[skip:skip + n])
+            self.h.update(buf[skip : skip + n])
             self.pos += n
             skip += n
             self._snap()

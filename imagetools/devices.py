@@ -45,10 +45,10 @@ class Row(NamedTuple):
     """One row of the device list as read, before the cross-row checks."""
 
     line: int
-    name: str      # "" when the row has none (derived later)
-    key: str       # "" when the row lists no key file
+    name: str  # "" when the row has none (derived later)
+    key: str  # "" when the row lists no key file
     identity: dict[str, str]
-    broken: bool = False   # the row has problems of its own: checked further, never emitted
+    broken: bool = False  # the row has problems of its own: checked further, never emitted
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Device:
 def load_devices(path: str | Path, *, allow_similar: bool = False) -> list[Device]:
     """Parse and validate a device list: `.json` as JSON, anything else as CSV. Identities that
     differ only in case or separators are refused unless `allow_similar` (see _similar)."""
-    path = Path(path).absolute()   # messages name the list by its full path
+    path = Path(path).absolute()  # messages name the list by its full path
     raw = read_regular(path, MAX_DEVICE_LIST, "device list", DeviceListError)
     try:
         text = raw.decode("utf-8-sig")
@@ -77,8 +77,9 @@ def load_devices(path: str | Path, *, allow_similar: bool = False) -> list[Devic
     return parse_csv(text, str(path), base_dir, allow_similar=allow_similar)
 
 
-def parse_csv(text: str, source: str = "devices.csv", base_dir: Path | None = None, *,
-              allow_similar: bool = False) -> list[Device]:
+def parse_csv(
+    text: str, source: str = "devices.csv", base_dir: Path | None = None, *, allow_similar: bool = False
+) -> list[Device]:
     """CSV with a header row: identity columns, plus optional `name` and `key` columns."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     problems: Problems = []
@@ -107,8 +108,9 @@ def parse_csv(text: str, source: str = "devices.csv", base_dir: Path | None = No
     return _finish(entries, problems, source, base_dir, allow_similar)
 
 
-def parse_json(text: str, source: str = "devices.json", base_dir: Path | None = None, *,
-               allow_similar: bool = False) -> list[Device]:
+def parse_json(
+    text: str, source: str = "devices.json", base_dir: Path | None = None, *, allow_similar: bool = False
+) -> list[Device]:
     """A JSON list of objects: either {"name"?, "key"?, "identity_data": {...}} or flat
     {"name"?, "key"?, attr: value, ...}; `name`, `key` and `identity_data` in any ASCII case.
     Numbers become strings as written (1.10 stays "1.10"); other value types are refused."""
@@ -260,8 +262,10 @@ def _json_fields(item: JsonObject) -> tuple[dict[str, str], dict[str, object], l
     attrs = item[found["identity_data"]]
     if not isinstance(attrs, JsonObject) or rest:
         extra = ", ".join(map(repr, rest))
-        raise _RowProblem("'identity_data' must be an object"
-                          + (f" and the only other keys 'name'/'key' (also got {extra})" if extra else ""))
+        raise _RowProblem(
+            "'identity_data' must be an object"
+            + (f" and the only other keys 'name'/'key' (also got {extra})" if extra else "")
+        )
     _refuse_repeated(attrs)
     return meta, attrs, bad
 
@@ -295,8 +299,9 @@ def _refuse_repeated(obj: JsonObject) -> None:
         raise _RowProblem(f"key {obj.repeated[0]!r} appears twice in the object; JSON would keep only the last")
 
 
-def _finish(entries: Sequence[Row | None], problems: Problems, source: str,
-            base_dir: Path | None, allow_similar: bool = False) -> list[Device]:
+def _finish(
+    entries: Sequence[Row | None], problems: Problems, source: str, base_dir: Path | None, allow_similar: bool = False
+) -> list[Device]:
     """Cross-row checks (duplicates, names, keys), then either the devices or one error. Rows are
     told apart by their index in `good`, not by line: a compact JSON list has them all on line 1.
     Broken rows take part in the name and key checks (all of a row's problems in one run), not in
@@ -312,10 +317,16 @@ def _finish(entries: Sequence[Row | None], problems: Problems, source: str,
         text = [f"line {line}: {message}" if line else message for line, message in problems]
         shown = text[:50] + ([f"... and {len(text) - 50} more"] if len(text) > 50 else [])
         raise DeviceListError(f"{source}: {len(problems)} problem(s): " + "; ".join(shown))
-    return [Device(name=names[i], identity=row.identity, line=row.line,
-                   key_path=key_info.get(i, (None, None))[0],
-                   key_fingerprint=key_info.get(i, (None, None))[1])
-            for i, row in enumerate(good)]
+    return [
+        Device(
+            name=names[i],
+            identity=row.identity,
+            line=row.line,
+            key_path=key_info.get(i, (None, None))[0],
+            key_fingerprint=key_info.get(i, (None, None))[1],
+        )
+        for i, row in enumerate(good)
+    ]
 
 
 def _check_identities(rows: list[Row], problems: Problems, allow_similar: bool) -> None:
@@ -333,9 +344,14 @@ def _check_identities(rows: list[Row], problems: Problems, allow_similar: bool) 
         loose = loose_identity(row.identity)
         if loose in by_loose and not allow_similar:
             first_line, first = by_loose[loose]
-            problems.append((row.line, f"identity {canon} differs from {first} (line {first_line}) only in case or "
-                                       f"separators (':', '-', '.', space); fix the typo, or pass --allow-similar "
-                                       f"if both are real devices"))
+            problems.append(
+                (
+                    row.line,
+                    f"identity {canon} differs from {first} (line {first_line}) only in case or "
+                    f"separators (':', '-', '.', space); fix the typo, or pass --allow-similar "
+                    f"if both are real devices",
+                )
+            )
         by_loose.setdefault(loose, (row.line, canon))
 
 
@@ -366,8 +382,9 @@ def _assign_names(good: list[Row], problems: Problems) -> dict[int, str]:
         if counts[cand.lower()] > 1 or cand.lower() in taken or cand.lower() in RESERVED_NAMES:
             cand = cand[: MAX_NAME - 9] + "-" + identity_digest(identity)[:8]
         if cand.lower() in taken:
-            problems.append((line, f"derived name {cand!r} is taken (first on line {taken[cand.lower()]}); "
-                                   f"give this row a 'name'"))
+            problems.append(
+                (line, f"derived name {cand!r} is taken (first on line {taken[cand.lower()]}); give this row a 'name'")
+            )
             continue
         taken[cand.lower()] = line
         names[i] = cand

@@ -16,8 +16,8 @@ from .errors import FilesystemError
 from .fs import Filesystem, NotFoundError
 from .mender import DATA_DATASTORE, DATA_MOUNT, DATASTORE
 
-MAX_FILE = 1 << 20   # a file read through the view unless the caller says otherwise
-MAX_LINKS = 40       # as Linux's path walk
+MAX_FILE = 1 << 20  # a file read through the view unless the caller says otherwise
+MAX_LINKS = 40  # as Linux's path walk
 
 
 def on_data(path: str, *, datastore: bool = False) -> str | None:
@@ -25,10 +25,10 @@ def on_data(path: str, *, datastore: bool = False) -> str | None:
     → '/mender/x'), None for any other path. With `datastore`, the client's /var/lib/mender/...
     counts as below /data too (the link every Mender image has), without looking at the image."""
     norm = posixpath.normpath(path)
-    prefixes = ((DATA_MOUNT, ""),) + (((DATASTORE, DATA_DATASTORE[len(DATA_MOUNT):]),) if datastore else ())
+    prefixes = ((DATA_MOUNT, ""),) + (((DATASTORE, DATA_DATASTORE[len(DATA_MOUNT) :]),) if datastore else ())
     for prefix, inner in prefixes:
         if norm.startswith(prefix + "/"):
-            return inner + norm[len(prefix):]
+            return inner + norm[len(prefix) :]
     return None
 
 
@@ -82,11 +82,11 @@ def resolve_on_rootfs(fs: Filesystem, path: str, max_links: int = MAX_LINKS) -> 
 class FileState:
     """One file as found through the view."""
 
-    path: str                 # the device path looked up
+    path: str  # the device path looked up
     present: bool
-    where: str                # where it was found, e.g. '/data/mender/mender.conf on the data partition'
+    where: str  # where it was found, e.g. '/data/mender/mender.conf on the data partition'
     size: int | None = None
-    mode: str | None = None   # '0600'
+    mode: str | None = None  # '0600'
     owner: str | None = None  # '0:0'
     sha256: str | None = None
     problem: str | None = None
@@ -141,8 +141,9 @@ class DeviceView:
             target = posixpath.normpath(posixpath.join(posixpath.dirname(inner), entry.target))
             content, state = self.read(target, limit, depth + 1)
             return content, replace(state, path=path, where=f"{state.where} (through the link {inner})")
-        state = replace(state, present=True, size=entry.size, mode=f"{entry.mode:04o}",
-                        owner=f"{entry.uid}:{entry.gid}")
+        state = replace(
+            state, present=True, size=entry.size, mode=f"{entry.mode:04o}", owner=f"{entry.uid}:{entry.gid}"
+        )
         if entry.type != "file":
             return None, replace(state, problem=f"{where} is a {entry.type}, not a regular file")
         if entry.size > limit:

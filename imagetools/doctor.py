@@ -25,23 +25,33 @@ class Tool:
     command: str
     package: str
     needed_by: str
-    required: bool                      # a default command fails without it
+    required: bool  # a default command fails without it
     version_args: tuple[str, ...] | None  # None: ask dpkg for the package's version
 
 
 TOOLS = (
-    Tool("debugfs", "e2fsprogs", "inject, install, cp, rm, modify, emit, flash --key (ext4 written in place)",
-         True, ("-V",)),
+    Tool(
+        "debugfs",
+        "e2fsprogs",
+        "inject, install, cp, rm, modify, emit, flash --key (ext4 written in place)",
+        True,
+        ("-V",),
+    ),
     Tool("e2fsck", "e2fsprogs", "verify, emit, flash, materialize (the e2fsck -fn check)", True, ("-V",)),
     Tool("e2cp", "e2tools", "scripts/make-image and the tests (the e2tools peer)", False, None),
     Tool("mcopy", "mtools", "scripts/make-image (FAT boot partitions)", False, ("--version",)),
-    Tool("fsck.vfat", "dosfstools", "checking FAT boot partitions of flashed cards (tests, bench-flash)",
-         False, None),
+    Tool("fsck.vfat", "dosfstools", "checking FAT boot partitions of flashed cards (tests, bench-flash)", False, None),
     Tool("mkfs.vfat", "dosfstools", "scripts/make-image (FAT boot partitions)", False, None),
-    Tool("bmaptool", "bmap-tools", "flashing emitted images with their .bmap outside imagetools", False,
-         ("--version",)),
-    Tool("mender-artifact", "mender-artifact", "--backend mender-artifact (install, cp, rm, cat, inject)",
-         False, ("--version",)),
+    Tool(
+        "bmaptool", "bmap-tools", "flashing emitted images with their .bmap outside imagetools", False, ("--version",)
+    ),
+    Tool(
+        "mender-artifact",
+        "mender-artifact",
+        "--backend mender-artifact (install, cp, rm, cat, inject)",
+        False,
+        ("--version",),
+    ),
     Tool("xz", "xz-utils", ".xz and .lzma bases (threaded; in process without it)", False, ("--version",)),
     Tool("zstd", "zstd", ".zst bases (in process without it)", False, ("--version",)),
     Tool("lz4", "lz4", ".lz4 bases (in process without it)", False, ("--version",)),
@@ -109,8 +119,14 @@ def _dpkg_version(package: str) -> str | None:
 def _run(args: list[str]) -> str | None:
     """The first bytes of what a probe printed (stdout and stderr); None if it could not run."""
     try:
-        proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, timeout=PROBE_TIMEOUT,
-                              check=False, env={**os.environ, "LC_ALL": "C"})
+        proc = subprocess.run(
+            args,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=PROBE_TIMEOUT,
+            check=False,
+            env={**os.environ, "LC_ALL": "C"},
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return (proc.stdout[:_OUTPUT_MAX] + b"\n" + proc.stderr[:_OUTPUT_MAX]).decode(errors="replace")

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from . import paths
 from .errors import FilesystemError, UsageError
-from .fs import EXT_TYPES, FAT_TYPES, Entry, Filesystem, NotFoundError, SymlinkInPath
-from .fs import lock
+from .fs import EXT_TYPES, FAT_TYPES, Entry, Filesystem, NotFoundError, SymlinkInPath, lock
 from .fs.base import check_writable, components, join, normalize
 from .layout import Layout, PartInfo, open_layout
 from .mender import BACKENDS, MENDER_ARTIFACT, NATIVE
@@ -31,8 +31,8 @@ MAX_LINKS = 40
 
 @dataclass
 class Listing:
-    where: str            # "/etc on partition 2 (ext4, rootfs-a)"
-    entry: Entry          # the listed path itself
+    where: str  # "/etc on partition 2 (ext4, rootfs-a)"
+    entry: Entry  # the listed path itself
     entries: list[Entry]  # its contents (a directory) or just itself
 
 
@@ -40,20 +40,21 @@ class Listing:
 class Read:
     where: str
     data: bytes
-    entry: Entry | None   # None with the mender-artifact backend
+    entry: Entry | None  # None with the mender-artifact backend
 
 
 @dataclass
 class Change:
-    where: list[str] = field(default_factory=list)     # what was written/removed, one per partition
+    where: list[str] = field(default_factory=list)  # what was written/removed, one per partition
     warnings: list[str] = field(default_factory=list)
 
 
 class _Session:
     """One image's layout plus the filesystems opened on it (closed together)."""
 
-    def __init__(self, image: str | os.PathLike, overrides: dict[str, int] | None, rootfs: str = "a",
-                 *, writing: bool = False):
+    def __init__(
+        self, image: str | os.PathLike, overrides: dict[str, int] | None, rootfs: str = "a", *, writing: bool = False
+    ):
         self.image = os.fspath(image)
         self._lock: tuple[int, int] | None = None
         if writing:
@@ -126,15 +127,17 @@ class _Session:
                 except NotFoundError:
                     break
                 if entry.type == "symlink" and (follow_final or not last):
-                    redirected = self.follow(loc, here, entry.target or "", "/".join(names[i + 1:]))
+                    redirected = self.follow(loc, here, entry.target or "", "/".join(names[i + 1 :]))
                     break
                 if entry.type != "dir":
                     break
             if redirected is None:
                 return loc
             if _crosses_into_rootfs(loc, redirected):
-                raise FilesystemError(f"{loc.outer(here)} is a link to {entry.target} on the root "
-                                      "filesystem, which exists twice (A and B): address it directly")
+                raise FilesystemError(
+                    f"{loc.outer(here)} is a link to {entry.target} on the root "
+                    "filesystem, which exists twice (A and B): address it directly"
+                )
             loc = redirected
         raise FilesystemError(f"{loc.outer()}: too many levels of symbolic links")
 
@@ -152,8 +155,9 @@ def _check_backend(backend: str) -> None:
         raise UsageError(f"unknown backend {backend!r}: choose {' or '.join(BACKENDS)}")
 
 
-def _through_peer(session: _Session, partition: int | None, path: str, change: Change,
-                  action: Callable[[MenderArtifact], None]) -> Change:
+def _through_peer(
+    session: _Session, partition: int | None, path: str, change: Change, action: Callable[[MenderArtifact], None]
+) -> Change:
     """Run one change through the mender-artifact binary and record it."""
     with _peer(session, partition) as peer:
         action(peer)
@@ -163,16 +167,23 @@ def _through_peer(session: _Session, partition: int | None, path: str, change: C
 
 def _peer(session: _Session, partition: int | None):
     from .backends.mender_artifact import MenderArtifact, check_layout
+
     if partition is not None:
-        raise UsageError("--partition works with --backend native only (mender-artifact addresses "
-                         "partitions by path)")
+        raise UsageError("--partition works with --backend native only (mender-artifact addresses partitions by path)")
     check_layout(session.layout)
     return MenderArtifact(session.image)
 
 
 # -- reading ------------------------------------------------------------------------------------
-def list_path(image: str | os.PathLike, path: str, *, follow: bool = True, partition: int | None = None,
-              rootfs: str = "a", overrides: dict[str, int] | None = None) -> Listing:
+def list_path(
+    image: str | os.PathLike,
+    path: str,
+    *,
+    follow: bool = True,
+    partition: int | None = None,
+    rootfs: str = "a",
+    overrides: dict[str, int] | None = None,
+) -> Listing:
     """Entries of a directory (or the entry of a file). A final symlink is followed unless
     follow=False (then the link itself is listed, like `ls -l link`)."""
     with _Session(image, overrides, rootfs) as s:
@@ -182,9 +193,15 @@ def list_path(image: str | os.PathLike, path: str, *, follow: bool = True, parti
         return Listing(loc.describe(), entry, entries)
 
 
-def read_path(image: str | os.PathLike, path: str, *, backend: str = NATIVE,
-              partition: int | None = None, rootfs: str = "a",
-              overrides: dict[str, int] | None = None) -> Read:
+def read_path(
+    image: str | os.PathLike,
+    path: str,
+    *,
+    backend: str = NATIVE,
+    partition: int | None = None,
+    rootfs: str = "a",
+    overrides: dict[str, int] | None = None,
+) -> Read:
     """A file's content (and entry: mode, owner) from the image; links are followed."""
     _check_backend(backend)
     with _Session(image, overrides, rootfs) as s:
@@ -199,8 +216,9 @@ def read_path(image: str | os.PathLike, path: str, *, backend: str = NATIVE,
 
 
 # -- writing ------------------------------------------------------------------------------------
-def _write_targets(s: _Session, path: str, partition: int | None, *, follow_final: bool,
-                   change: Change) -> list[paths.Location]:
+def _write_targets(
+    s: _Session, path: str, partition: int | None, *, follow_final: bool, change: Change
+) -> list[paths.Location]:
     """Where a write lands: rootfs paths on A and B (B skipped when it has no filesystem), after
     following links; if A's path leads out of the rootfs (e.g. into /data), only there."""
     locs = paths.route(s.layout, path, partition=partition, write=True)
@@ -209,8 +227,9 @@ def _write_targets(s: _Session, path: str, partition: int | None, *, follow_fina
         if _has_files(loc.part):
             usable.append(loc)
         elif len(locs) > 1:
-            change.warnings.append(f"skipped partition {loc.part.partition.number} "
-                                   f"({loc.part.role}): it has no filesystem")
+            change.warnings.append(
+                f"skipped partition {loc.part.partition.number} ({loc.part.role}): it has no filesystem"
+            )
         else:
             loc.part.open(s.image)  # raises the clear "no filesystem" error
     targets: list[paths.Location] = []
@@ -218,8 +237,7 @@ def _write_targets(s: _Session, path: str, partition: int | None, *, follow_fina
         resolved = s.resolve_parent(loc, follow_final=follow_final)
         if resolved.part.role not in paths.ROOTFS_ROLES and loc.part.role in paths.ROOTFS_ROLES:
             return [resolved]  # the rootfs path is a link into another partition
-        if all((t.part.partition.number, t.path) != (resolved.part.partition.number, resolved.path)
-               for t in targets):
+        if all((t.part.partition.number, t.path) != (resolved.part.partition.number, resolved.path) for t in targets):
             targets.append(resolved)
     return targets
 
@@ -236,40 +254,68 @@ def _check_parent(s: _Session, loc: paths.Location, parents: bool) -> None:
     except NotFoundError as exc:
         hint = ""
         if loc.part.role == "rootfs-b" and {e.name for e in fs.list("/")} <= {"lost+found"}:
-            hint = (" — rootfs B is empty: use -p to create the directories there too, or "
-                    f"--partition {s.layout.require('rootfs-a').partition.number} to write rootfs A only")
-        raise NotFoundError(f"{loc.outer(parent)}: directory does not exist on partition "
-                            f"{loc.part.partition.number} ({loc.part.role}); use -p to create it{hint}") from exc
+            hint = (
+                " — rootfs B is empty: use -p to create the directories there too, or "
+                f"--partition {s.layout.require('rootfs-a').partition.number} to write rootfs A only"
+            )
+        raise NotFoundError(
+            f"{loc.outer(parent)}: directory does not exist on partition "
+            f"{loc.part.partition.number} ({loc.part.role}); use -p to create it{hint}"
+        ) from exc
     if entry.type != "dir":
         raise FilesystemError(f"{loc.outer(parent)} is not a directory")
 
 
-def install(image: str | os.PathLike, path: str, data: bytes, *, mode: int = 0o644, uid: int = 0,
-            gid: int = 0, parents: bool = False, backend: str = NATIVE,
-            partition: int | None = None, overrides: dict[str, int] | None = None) -> Change:
+def install(
+    image: str | os.PathLike,
+    path: str,
+    data: bytes,
+    *,
+    mode: int = 0o644,
+    uid: int = 0,
+    gid: int = 0,
+    parents: bool = False,
+    backend: str = NATIVE,
+    partition: int | None = None,
+    overrides: dict[str, int] | None = None,
+) -> Change:
     """Write a file (created or replaced) with mode and owner; a rootfs path goes to A and B."""
     _check_backend(backend)
     change = Change()
     with _Session(image, overrides, writing=True) as s:
         if backend == MENDER_ARTIFACT:
-            return _through_peer(s, partition, path, change,
-                                 lambda peer: peer.install(path, data, mode, uid=uid, gid=gid, parents=parents))
+            return _through_peer(
+                s,
+                partition,
+                path,
+                change,
+                lambda peer: peer.install(path, data, mode, uid=uid, gid=gid, parents=parents),
+            )
         targets = _write_targets(s, path, partition, follow_final=True, change=change)
         for loc in targets:
             _check_parent(s, loc, parents)
             if loc.part.fs.type not in EXT_TYPES and (mode not in (0o644, 0o755) or uid or gid):
-                change.warnings.append(f"{loc.describe()}: FAT stores no permissions or owner; "
-                                       f"mode {mode:04o} and owner {uid}:{gid} not applied")
+                change.warnings.append(
+                    f"{loc.describe()}: FAT stores no permissions or owner; "
+                    f"mode {mode:04o} and owner {uid}:{gid} not applied"
+                )
         for loc in targets:
-            s.fs(loc.part).write(loc.path, data, mode=mode, uid=uid, gid=gid,
-                                                parents=parents)
+            s.fs(loc.part).write(loc.path, data, mode=mode, uid=uid, gid=gid, parents=parents)
             change.where.append(loc.describe())
     return change
 
 
-def make_dir(image: str | os.PathLike, path: str, *, mode: int = 0o755, uid: int = 0, gid: int = 0,
-             backend: str = NATIVE, partition: int | None = None,
-             overrides: dict[str, int] | None = None) -> Change:
+def make_dir(
+    image: str | os.PathLike,
+    path: str,
+    *,
+    mode: int = 0o755,
+    uid: int = 0,
+    gid: int = 0,
+    backend: str = NATIVE,
+    partition: int | None = None,
+    overrides: dict[str, int] | None = None,
+) -> Change:
     """`install -d`: create a directory and any missing parents (as GNU install and
     mender-artifact do), or set mode/owner of an existing one."""
     _check_backend(backend)
@@ -277,8 +323,9 @@ def make_dir(image: str | os.PathLike, path: str, *, mode: int = 0o755, uid: int
     with _Session(image, overrides, writing=True) as s:
         if backend == MENDER_ARTIFACT:
             if uid or gid or mode != 0o755:
-                raise UsageError("mender-artifact creates directories 0755 root:root only: "
-                                 "use --backend native for -m/-o/-g")
+                raise UsageError(
+                    "mender-artifact creates directories 0755 root:root only: use --backend native for -m/-o/-g"
+                )
             return _through_peer(s, partition, path, change, lambda peer: peer.mkdir(path))
         targets = _write_targets(s, path, partition, follow_final=True, change=change)
         for loc in targets:
@@ -287,8 +334,15 @@ def make_dir(image: str | os.PathLike, path: str, *, mode: int = 0o755, uid: int
     return change
 
 
-def remove(image: str | os.PathLike, path: str, *, recursive: bool = False, backend: str = NATIVE,
-           partition: int | None = None, overrides: dict[str, int] | None = None) -> Change:
+def remove(
+    image: str | os.PathLike,
+    path: str,
+    *,
+    recursive: bool = False,
+    backend: str = NATIVE,
+    partition: int | None = None,
+    overrides: dict[str, int] | None = None,
+) -> Change:
     """Remove a file, link or (recursive) directory; a rootfs path from A and B where present."""
     _check_backend(backend)
     change = Change()
@@ -298,8 +352,9 @@ def remove(image: str | os.PathLike, path: str, *, recursive: bool = False, back
         targets = _write_targets(s, path, partition, follow_final=False, change=change)
         present = [loc for loc in targets if s.fs(loc.part).exists(loc.path)]
         if not present:
-            raise NotFoundError(f"{normalize(path)}: not found on "
-                                + ", ".join(f"partition {t.part.partition.number}" for t in targets))
+            raise NotFoundError(
+                f"{normalize(path)}: not found on " + ", ".join(f"partition {t.part.partition.number}" for t in targets)
+            )
         for loc in targets:
             if loc not in present:
                 change.warnings.append(f"{loc.describe()}: not present, nothing to remove there")

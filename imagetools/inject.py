@@ -32,9 +32,17 @@ class InjectResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def inject_key(image: str | Path, key_pem: bytes, *, out: str | Path | None = None,
-               force: bool = False, path: str = DEFAULT_KEY_PATH, backend: str = NATIVE,
-               overrides: dict[str, int] | None = None, key_source: str = "private key") -> InjectResult:
+def inject_key(
+    image: str | Path,
+    key_pem: bytes,
+    *,
+    out: str | Path | None = None,
+    force: bool = False,
+    path: str = DEFAULT_KEY_PATH,
+    backend: str = NATIVE,
+    overrides: dict[str, int] | None = None,
+    key_source: str = "private key",
+) -> InjectResult:
     """Write `key_pem` (as given: PKCS#1, SEC1 or PKCS#8 PEM) to `path` on the data partition,
     mode 0600, owner 0:0, creating its directory and replacing an existing key. An existing `out`
     is replaced only with force. `key_source` names the key in errors (e.g. its file)."""
@@ -57,8 +65,9 @@ def inject_key(image: str | Path, key_pem: bytes, *, out: str | Path | None = No
     return replace(result, image=str(out))
 
 
-def _inject(image: Path, key_pem: bytes, key_rel: str, backend: str,
-            overrides: dict[str, int] | None, result: InjectResult) -> InjectResult:
+def _inject(
+    image: Path, key_pem: bytes, key_rel: str, backend: str, overrides: dict[str, int] | None, result: InjectResult
+) -> InjectResult:
     with lock.exclusive(image):
         layout = open_layout(image, overrides)
         data_part = layout.require("data")
@@ -99,4 +108,5 @@ def _read_back(image: str, data_part, key_pem: bytes, key_rel: str) -> None:
     if content != key_pem or entry.mode != KEY_MODE or (entry.uid, entry.gid) != (0, 0):
         raise FilesystemError(
             f"{image}: the key read back from /data{key_rel} differs from what was written "
-            f"(mode {entry.mode:04o}, owner {entry.uid}:{entry.gid}, {entry.size} bytes)")
+            f"(mode {entry.mode:04o}, owner {entry.uid}:{entry.gid}, {entry.size} bytes)"
+        )

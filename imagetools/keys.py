@@ -15,9 +15,10 @@ import binascii
 import hashlib
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, cast
+from typing import cast
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -33,7 +34,10 @@ PRIVATE_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519P
 
 KEY_TYPES = ("rsa", "ecdsa", "ed25519")
 CURVES: dict[str, type[ec.SECP256R1] | type[ec.SECP384R1] | type[ec.SECP521R1]] = {
-    "p256": ec.SECP256R1, "p384": ec.SECP384R1, "p521": ec.SECP521R1}
+    "p256": ec.SECP256R1,
+    "p384": ec.SECP384R1,
+    "p521": ec.SECP521R1,
+}
 # The curves the Mender client can load (Go's crypto/x509 in client 3.x; the same NIST curves in 4.x+).
 CLIENT_CURVES = frozenset(c.name for c in CURVES.values())
 MIN_RSA_BITS = 2048
@@ -63,8 +67,9 @@ class KeySpec:
         if self.type not in KEY_TYPES:
             raise KeyMaterialError(f"unknown key type {self.type!r}; use one of {', '.join(KEY_TYPES)}")
         if self.type == "rsa" and not (isinstance(self.bits, int) and MIN_RSA_BITS <= self.bits <= MAX_RSA_BITS):
-            raise KeyMaterialError(f"RSA keys need at least {MIN_RSA_BITS} and at most {MAX_RSA_BITS} bits "
-                                   f"(got {self.bits!r})")
+            raise KeyMaterialError(
+                f"RSA keys need at least {MIN_RSA_BITS} and at most {MAX_RSA_BITS} bits (got {self.bits!r})"
+            )
         if self.curve not in CURVES:
             raise KeyMaterialError(f"unknown curve {self.curve!r}; use one of {', '.join(CURVES)}")
         if self.format not in FORMATS:
@@ -247,7 +252,7 @@ def _shown(text: str) -> str:
 def _encode_pem(label: str, der: bytes) -> bytes:
     """The canonical PEM of a parsed block: what cryptography decodes is exactly what we parsed."""
     b64 = base64.b64encode(der).decode()
-    lines = [b64[i:i + 64] for i in range(0, len(b64), 64)]
+    lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
     return "\n".join([f"-----BEGIN {label}-----", *lines, f"-----END {label}-----", ""]).encode()
 
 
@@ -256,30 +261,36 @@ def _single_block(data: bytes, source: str, what: str, why: str) -> PemBlock | N
     Readers disagree about everything else (Go's pem.Decode in client 3.x takes the first block,
     OpenSSL skips text and blocks it does not want), so a file with more in it is refused."""
     if len(data) > MAX_KEY_FILE:
-        raise KeyMaterialError(f"{source}: {len(data)} bytes, more than a key file holds "
-                               f"(at most {size_text(MAX_KEY_FILE)})")
+        raise KeyMaterialError(
+            f"{source}: {len(data)} bytes, more than a key file holds (at most {size_text(MAX_KEY_FILE)})"
+        )
     pem = parse_pem(data, source)
     if len(pem.blocks) > 1:
         labels = ", ".join(_shown(b.label) for b in pem.blocks[:5]) + (", ..." if len(pem.blocks) > 5 else "")
-        raise KeyMaterialError(f"{source}: holds {len(pem.blocks)} PEM blocks ({labels}); {why}: "
-                               f"put the {what} alone in the file")
+        raise KeyMaterialError(
+            f"{source}: holds {len(pem.blocks)} PEM blocks ({labels}); {why}: put the {what} alone in the file"
+        )
     if pem.blocks and pem.stray_line is not None:
-        raise KeyMaterialError(f"{source}: line {pem.stray_line} is text outside the PEM block; "
-                               f"put the {what} alone in the file")
+        raise KeyMaterialError(
+            f"{source}: line {pem.stray_line} is text outside the PEM block; put the {what} alone in the file"
+        )
     return pem.blocks[0] if pem.blocks else None
 
 
 def _refuse_headers(block: PemBlock, source: str, what: str) -> None:
     """OpenSSL (client 4.x and later) loads no PEM with headers other than its encryption ones."""
     if block.headers:
-        raise KeyMaterialError(f"{source}: PEM header {_shown(block.headers[0][0])!r} in the {what}; "
-                               f"OpenSSL (the Mender client) refuses such headers: remove the header lines")
+        raise KeyMaterialError(
+            f"{source}: PEM header {_shown(block.headers[0][0])!r} in the {what}; "
+            f"OpenSSL (the Mender client) refuses such headers: remove the header lines"
+        )
 
 
 def _encrypted(block: PemBlock) -> bool:
     """PKCS#8 'ENCRYPTED PRIVATE KEY', or a traditional PEM with OpenSSL's 'Proc-Type: 4,ENCRYPTED'."""
     return block.label == "ENCRYPTED PRIVATE KEY" or any(
-        name == "Proc-Type" and _PROC_TYPE_ENCRYPTED.fullmatch(value) for name, value in block.headers)
+        name == "Proc-Type" and _PROC_TYPE_ENCRYPTED.fullmatch(value) for name, value in block.headers
+    )
 
 
 def load_private(data: bytes, source: str, expected: PublicKey | None = None) -> PrivateKey:
@@ -292,18 +303,24 @@ def load_private(data: bytes, source: str, expected: PublicKey | None = None) ->
     if block is None:
         raise KeyMaterialError(f"{source}: not a PEM private key (expected RSA, ECDSA or Ed25519)")
     if _encrypted(block):
-        raise KeyMaterialError(f"{source}: private key is encrypted; the Mender client cannot use a passphrase-protected key")
+        raise KeyMaterialError(
+            f"{source}: private key is encrypted; the Mender client cannot use a passphrase-protected key"
+        )
     _refuse_headers(block, source, "private key")
     if block.label not in PRIVATE_LABELS:
-        raise KeyMaterialError(f"{source}: not a PEM private key (it holds a {_shown(block.label)!r} block; "
-                               f"expected RSA, ECDSA or Ed25519)")
+        raise KeyMaterialError(
+            f"{source}: not a PEM private key (it holds a {_shown(block.label)!r} block; "
+            f"expected RSA, ECDSA or Ed25519)"
+        )
     pem = _encode_pem(block.label, block.der)
     try:  # OpenSSL's costly RSA consistency check is replaced by check_pair, after the size limit
         key = serialization.load_pem_private_key(pem, password=None, unsafe_skip_rsa_key_validation=True)
     except (ValueError, UnsupportedAlgorithm):
         raise KeyMaterialError(f"{source}: not a PEM private key (expected RSA, ECDSA or Ed25519)") from None
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
-        raise KeyMaterialError(f"{source}: unsupported key type {type(key).__name__}; the Mender client loads RSA, ECDSA and Ed25519")
+        raise KeyMaterialError(
+            f"{source}: unsupported key type {type(key).__name__}; the Mender client loads RSA, ECDSA and Ed25519"
+        )
     _check_rsa_limits(key.public_key(), source)
     digest = hashlib.sha256(data).digest()
     if digest not in _KNOWN_VALID or expected is not None:
@@ -345,9 +362,11 @@ def check_pair(key: PrivateKey, public: PublicKey | None = None, source: str = "
         else:
             cast(ed25519.Ed25519PublicKey, public).verify(key.sign(_PAIR_MESSAGE), _PAIR_MESSAGE)
     except (InvalidSignature, InternalError, ValueError, TypeError, AttributeError):
-        raise KeyMaterialError(f"{source}: {describe(key)} private key does not work: a signature made "
-                               f"with it does not verify with its public key (the key is corrupt or "
-                               f"inconsistent); the Mender client would refuse it") from None
+        raise KeyMaterialError(
+            f"{source}: {describe(key)} private key does not work: a signature made "
+            f"with it does not verify with its public key (the key is corrupt or "
+            f"inconsistent); the Mender client would refuse it"
+        ) from None
 
 
 def _check_rsa_numbers(numbers: rsa.RSAPrivateNumbers, source: str) -> None:
@@ -360,8 +379,9 @@ def _check_rsa_numbers(numbers: rsa.RSAPrivateNumbers, source: str) -> None:
     elif numbers.dmp1 != d % (p - 1) or numbers.dmq1 != d % (q - 1) or (numbers.iqmp * q) % p != 1:
         problem = "its CRT values (d mod p-1, d mod q-1, q^-1 mod p) are wrong"
     if problem:
-        raise KeyMaterialError(f"{source}: RSA private key is inconsistent ({problem}); "
-                               f"the Mender client would refuse it")
+        raise KeyMaterialError(
+            f"{source}: RSA private key is inconsistent ({problem}); the Mender client would refuse it"
+        )
 
 
 def check_acceptable(key: PrivateKey | PublicKey, source: str) -> None:
@@ -373,7 +393,8 @@ def check_acceptable(key: PrivateKey | PublicKey, source: str) -> None:
     if isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.name not in CLIENT_CURVES:
         raise KeyMaterialError(
             f"{source}: ECDSA curve {pub.curve.name} is not loaded by the Mender client; "
-            f"use one of {', '.join(sorted(CLIENT_CURVES))}")
+            f"use one of {', '.join(sorted(CLIENT_CURVES))}"
+        )
 
 
 def _check_rsa_limits(pub: PublicKey, source: str) -> None:
@@ -385,8 +406,10 @@ def _check_rsa_limits(pub: PublicKey, source: str) -> None:
     e = pub.public_numbers().e
     if not (3 <= e <= MAX_RSA_EXPONENT and e % 2):
         shown = str(e) if e.bit_length() <= 64 else f"of {e.bit_length()} bits"
-        raise KeyMaterialError(f"{source}: RSA public exponent {shown} is not usable; the Mender client needs "
-                               f"an odd one from 3 to 2^31-1 (65537 is usual)")
+        raise KeyMaterialError(
+            f"{source}: RSA public exponent {shown} is not usable; the Mender client needs "
+            f"an odd one from 3 to 2^31-1 (65537 is usual)"
+        )
 
 
 def load_public(data: bytes, source: str) -> PublicKey:
@@ -397,10 +420,12 @@ def load_public(data: bytes, source: str) -> PublicKey:
     if block.label == "RSA PUBLIC KEY":
         raise KeyMaterialError(
             f"{source}: PKCS#1 'RSA PUBLIC KEY'; the Mender Server only accepts SPKI 'PUBLIC KEY' "
-            f"(convert with: openssl rsa -RSAPublicKey_in -pubout)")
+            f"(convert with: openssl rsa -RSAPublicKey_in -pubout)"
+        )
     if block.label != "PUBLIC KEY":
-        raise KeyMaterialError(f"{source}: not a PEM public key (it holds a {_shown(block.label)!r} block; "
-                               f"expected 'BEGIN PUBLIC KEY')")
+        raise KeyMaterialError(
+            f"{source}: not a PEM public key (it holds a {_shown(block.label)!r} block; expected 'BEGIN PUBLIC KEY')"
+        )
     _refuse_headers(block, source, "public key")
     try:
         key = serialization.load_pem_public_key(_encode_pem(block.label, block.der))
@@ -453,13 +478,20 @@ def pair_paths(out_dir: str | os.PathLike, prefix: str = "", count: int = 1) -> 
     if count == 1:
         return [(out / f"{prefix}private.key", out / f"{prefix}public.key")]
     width = len(str(count))
-    return [(out / f"{prefix}{n:0{width}d}-private.key", out / f"{prefix}{n:0{width}d}-public.key")
-            for n in range(1, count + 1)]
+    return [
+        (out / f"{prefix}{n:0{width}d}-private.key", out / f"{prefix}{n:0{width}d}-public.key")
+        for n in range(1, count + 1)
+    ]
 
 
-def generate_files(spec: KeySpec, pairs: Sequence[tuple[Path, Path]], *, force: bool = False,
-                   jobs: int | None = None,
-                   progress: Callable[[KeyFiles], None] | None = None) -> list[KeyFiles]:
+def generate_files(
+    spec: KeySpec,
+    pairs: Sequence[tuple[Path, Path]],
+    *,
+    force: bool = False,
+    jobs: int | None = None,
+    progress: Callable[[KeyFiles], None] | None = None,
+) -> list[KeyFiles]:
     """Generate one key pair per (private, public) path, in parallel over `jobs` processes (default:
     all cores) because RSA generation is CPU-bound. Refuses before generating anything if a target
     exists and not force; private files are 0600 from the first byte. Results keep `pairs` order."""
@@ -482,8 +514,9 @@ def generate_files(spec: KeySpec, pairs: Sequence[tuple[Path, Path]], *, force: 
 
     done: dict[int, KeyFiles] = {}
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(_generate_pair, spec, private, public, force): i
-                   for i, (private, public) in enumerate(pairs)}
+        futures = {
+            pool.submit(_generate_pair, spec, private, public, force): i for i, (private, public) in enumerate(pairs)
+        }
         try:
             for future in as_completed(futures):
                 done[futures[future]] = future.result()

@@ -27,14 +27,13 @@ class Role(StrEnum):
     ROOTFS_B = "rootfs-b"
     SWAP = "swap"
     DATA = "data"
-    EXTRA = "extra"    # anything else: left alone
+    EXTRA = "extra"  # anything else: left alone
 
 
 ROLES = tuple(Role)
 OVERRIDABLE = (Role.BOOT, Role.ROOTFS_A, Role.ROOTFS_B, Role.DATA)
 
-ROOTFS_A_NAMES = {"primary", "rootfs", "rootfsa", "rootfs-a", "rootfs_a", "root", "roota", "root-a",
-                  "root_a"}
+ROOTFS_A_NAMES = {"primary", "rootfs", "rootfsa", "rootfs-a", "rootfs_a", "root", "roota", "root-a", "root_a"}
 ROOTFS_B_NAMES = {"secondary", "rootfsb", "rootfs-b", "rootfs_b", "rootb", "root-b", "root_b"}
 BOOT_NAMES = {"boot", "bootfs", "esp", "efi", "uboot", "u-boot"}
 Roles = dict[int, tuple[Role, str]]  # partition number -> (role, reason)
@@ -70,8 +69,9 @@ class PartInfo:
 
     def open(self, image_path: str | os.PathLike, writable: bool = False) -> Filesystem:
         """This partition's filesystem in `image_path` (the image itself or a copy of it)."""
-        return open_filesystem(image_path, self.partition.start, self.partition.size, self.fs.type,
-                               writable=writable, label=self.where)
+        return open_filesystem(
+            image_path, self.partition.start, self.partition.size, self.fs.type, writable=writable, label=self.where
+        )
 
     def fsck(self, image_path: str | os.PathLike) -> tuple[bool, str]:
         """e2fsck -fn of this partition in `image_path`: (clean, its output)."""
@@ -98,30 +98,41 @@ class Layout:
         found = self.find(role)
         if found is None:
             flag = f" (choose one with --{role}-partition N)" if role in OVERRIDABLE else ""
-            raise LayoutError(f"{self.image.path}: no {role} partition found{flag}; "
-                              f"partitions seen: {self.summary()}")
+            raise LayoutError(f"{self.image.path}: no {role} partition found{flag}; partitions seen: {self.summary()}")
         return found
 
     def by_number(self, number: int) -> PartInfo:
         found = next((p for p in self.parts if p.number == number), None)
         if found is None:
-            raise LayoutError(f"{self.image.path} has no partition {number}; "
-                              f"partitions seen: {self.summary()}")
+            raise LayoutError(f"{self.image.path} has no partition {number}; partitions seen: {self.summary()}")
         return found
 
     def to_dict(self) -> dict[str, Any]:
         """The `inspect --json` document: byte offsets, one entry per usable partition."""
         img = self.image
         return {
-            "image": img.path, "table": img.table, "sector_size": img.sector_size, "size": img.size,
-            "partitions": [{
-                "number": p.number, "start": p.partition.start, "size": p.partition.size,
-                "type": p.partition.type, "name": p.partition.name, "fs": p.fs.type,
-                "label": p.fs.label, "role": p.role, "reason": p.reason, "uuid": p.partition.uuid,
-                "fs_uuid": p.fs.uuid, "logical": p.partition.logical,
-            } for p in self.parts],
-            "extended": [{"number": c.number, "start": c.start, "size": c.size, "type": c.type}
-                         for c in img.extended],
+            "image": img.path,
+            "table": img.table,
+            "sector_size": img.sector_size,
+            "size": img.size,
+            "partitions": [
+                {
+                    "number": p.number,
+                    "start": p.partition.start,
+                    "size": p.partition.size,
+                    "type": p.partition.type,
+                    "name": p.partition.name,
+                    "fs": p.fs.type,
+                    "label": p.fs.label,
+                    "role": p.role,
+                    "reason": p.reason,
+                    "uuid": p.partition.uuid,
+                    "fs_uuid": p.fs.uuid,
+                    "logical": p.partition.logical,
+                }
+                for p in self.parts
+            ],
+            "extended": [{"number": c.number, "start": c.start, "size": c.size, "type": c.type} for c in img.extended],
             "warnings": self.warnings,
         }
 
@@ -137,9 +148,13 @@ class Layout:
     @property
     def oversized(self) -> list[str]:
         """Filesystems that claim more than their partition: writing to them is refused."""
-        return [f"partition {p.number}: its {p.fs.type} filesystem spans {p.fs.size} bytes but the "
-                f"partition only {p.partition.size}; it cannot be written to (the table was shrunk "
-                "without shrinking the filesystem)" for p in self.parts if p.fs.size > p.partition.size]
+        return [
+            f"partition {p.number}: its {p.fs.type} filesystem spans {p.fs.size} bytes but the "
+            f"partition only {p.partition.size}; it cannot be written to (the table was shrunk "
+            "without shrinking the filesystem)"
+            for p in self.parts
+            if p.fs.size > p.partition.size
+        ]
 
     @property
     def data(self) -> PartInfo | None:
@@ -168,8 +183,9 @@ def open_layout(path: str | os.PathLike, overrides: dict[str, int] | None = None
         return detect_layout(read_image(src), overrides, src)
 
 
-def detect_layout(image: DiskImage, overrides: dict[str, int] | None = None,
-                  source: ImageSource | None = None) -> Layout:
+def detect_layout(
+    image: DiskImage, overrides: dict[str, int] | None = None, source: ImageSource | None = None
+) -> Layout:
     """Probe every partition's filesystem (through `source` when the caller has the image open)
     and assign Mender roles (see the module docstring)."""
     if source is None:
@@ -184,8 +200,9 @@ def detect_layout(image: DiskImage, overrides: dict[str, int] | None = None,
     parts = [PartInfo(p, fs, *roles.get(p.number, _extra(p, fs, roles, infos))) for p, fs in infos]
     layout = Layout(image, parts)
     if layout.data is None:
-        layout.notes.append(f"no data partition found (choose one with --data-partition N); "
-                            f"partitions seen: {layout.summary()}")
+        layout.notes.append(
+            f"no data partition found (choose one with --data-partition N); partitions seen: {layout.summary()}"
+        )
     return layout
 
 
@@ -203,8 +220,9 @@ def _apply_overrides(image: DiskImage, infos: Infos, overrides: dict[str, int], 
         if role not in OVERRIDABLE:
             raise LayoutError(f"cannot override role {role!r} (only {', '.join(OVERRIDABLE)})")
         if number not in numbers:
-            raise LayoutError(f"--{role}-partition {number}: {image.path} has no partition "
-                              f"{number} (partitions: {seen})")
+            raise LayoutError(
+                f"--{role}-partition {number}: {image.path} has no partition {number} (partitions: {seen})"
+            )
         if number in roles:
             raise LayoutError(f"partition {number} cannot be both {roles[number][0]} and {role}")
         roles[number] = (Role(role), OVERRIDE_REASON.format(role=role, number=number))
@@ -215,8 +233,7 @@ def _taken(roles: Roles, role: str) -> bool:
 
 
 def _is_fat(p: Partition, fs: FsInfo) -> bool:
-    return fs.type == "vfat" or (fs.type in ("empty", "unknown") and
-                                 (p.type in MBR_FAT_TYPES or p.type in FAT_GUIDS))
+    return fs.type == "vfat" or (fs.type in ("empty", "unknown") and (p.type in MBR_FAT_TYPES or p.type in FAT_GUIDS))
 
 
 def _is_linux(p: Partition, fs: FsInfo) -> bool:
@@ -267,8 +284,11 @@ def _assign_boot_and_swap(infos: Infos, roles: Roles) -> None:
 
 
 def _assign_by_name(infos: Infos, roles: Roles) -> None:
-    wanted = ((Role.DATA, {"data"}, True), (Role.ROOTFS_A, ROOTFS_A_NAMES, False),
-              (Role.ROOTFS_B, ROOTFS_B_NAMES, False))
+    wanted = (
+        (Role.DATA, {"data"}, True),
+        (Role.ROOTFS_A, ROOTFS_A_NAMES, False),
+        (Role.ROOTFS_B, ROOTFS_B_NAMES, False),
+    )
     for role, names, data_only in wanted:
         if _taken(roles, role):
             continue
@@ -293,13 +313,20 @@ def _assign_by_position(infos: Infos, roles: Roles) -> None:
         after = placed.get(Role.ROOTFS_A, -1) if role == Role.ROOTFS_B else -1
         before = placed.get(Role.ROOTFS_B) if role == Role.ROOTFS_A else None
         for p, fs in ordered:
-            if (p.number in roles or not _is_linux(p, fs) or _boot_named(p, fs) or p.start <= after
-                    or (before is not None and p.start >= before)
-                    or (data is not None and p.start >= data.start)):
+            if (
+                p.number in roles
+                or not _is_linux(p, fs)
+                or _boot_named(p, fs)
+                or p.start <= after
+                or (before is not None and p.start >= before)
+                or (data is not None and p.start >= data.start)
+            ):
                 continue
             blank = ", not formatted" if fs.type == "empty" else ""
-            roles[p.number] = (role, f"{ordinal} Linux partition before data{blank}"
-                               if data else f"{ordinal} Linux partition{blank}")
+            roles[p.number] = (
+                role,
+                f"{ordinal} Linux partition before data{blank}" if data else f"{ordinal} Linux partition{blank}",
+            )
             placed[role] = p.start
             break
     if data is None and Role.ROOTFS_B in placed:

@@ -7,29 +7,30 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # --- the device's filesystem (meta-mender, mender-convert) ------------------------------------
-DATA_MOUNT = "/data"                          # where the data partition is mounted
+DATA_MOUNT = "/data"  # where the data partition is mounted
 BOOT_MOUNTS = ("/uboot", "/boot/efi", "/boot/grub")  # where the boot/EFI partition is mounted
-DATASTORE = "/var/lib/mender"                 # the client's datastore: a link to /data/mender
-DATA_DATASTORE = DATA_MOUNT + "/mender"       # where that link must lead
+DATASTORE = "/var/lib/mender"  # the client's datastore: a link to /data/mender
+DATA_DATASTORE = DATA_MOUNT + "/mender"  # where that link must lead
 KEY_PATH = DATA_DATASTORE + "/mender-agent.pem"  # the device key, as mender-artifact addresses it
 CLIENT_KEY_PATH = DATASTORE + "/mender-agent.pem"  # the same key as the client opens it
 
 # --- the client's configuration (both rootfs; the fallback file through the datastore link) ---
-CONF_PATH = "/etc/mender/mender.conf"         # the main file: its settings win
+CONF_PATH = "/etc/mender/mender.conf"  # the main file: its settings win
 FALLBACK_CONF_PATH = DATASTORE + "/mender.conf"  # read first, then CONF_PATH over it
 ARTIFACT_INFO_PATH = "/etc/mender/artifact_info"  # `artifact_name=NAME`
 ARTIFACT_NAME_FIELD = "artifact_name"
 DEVICE_TYPE_PATH = DATASTORE + "/device_type"  # `device_type=TYPE`, on the data partition
 DEVICE_TYPE_FIELD = "device_type"
-SERVER_CERT_PATH = "/etc/mender/server.crt"   # mender-artifact modify -c puts it here
+SERVER_CERT_PATH = "/etc/mender/server.crt"  # mender-artifact modify -c puts it here
 VERIFY_KEY_PATH = "/etc/mender/artifact-verify-key.pem"  # and -v here
 # Settings in mender.conf. The client (Go's encoding/json in 3.x) matches names without regard
 # to case; an object in a later file is merged field by field, anything else replaced.
 SERVER_URL = "ServerURL"
-SERVERS = "Servers"                 # a list of {"ServerURL"}; the client refuses it beside ServerURL
+SERVERS = "Servers"  # a list of {"ServerURL"}; the client refuses it beside ServerURL
 TENANT_TOKEN = "TenantToken"
 SERVER_CERTIFICATE = "ServerCertificate"
 ARTIFACT_VERIFY_KEY = "ArtifactVerifyKey"
@@ -38,20 +39,41 @@ AUTH_PRIVATE_KEY = "Security.AuthPrivateKey"  # set: a missing or bad key is fat
 # type makes the client fail to parse the whole file. "integer" fields are Go ints: 32 bits on
 # 32-bit ARM devices.
 CONF_TYPES = {
-    "ArtifactVerifyKey": "string", "ArtifactVerifyKeys": "list", "BootUtilitiesGetNextActivePart": "string",
-    "BootUtilitiesSetActivePart": "string", "Connectivity": "object",
-    "Connectivity.DisableKeepAlive": "boolean", "Connectivity.IdleConnTimeoutSeconds": "integer",
-    "DaemonLogLevel": "string", "DBus": "object", "DBus.Enabled": "boolean", "DeviceTypeFile": "string",
-    "HttpsClient": "object", "HttpsClient.Certificate": "string", "HttpsClient.Key": "string",
-    "HttpsClient.SSLEngine": "string", "InventoryPollIntervalSeconds": "integer",
-    "ModuleTimeoutSeconds": "integer", "RetryPollCount": "integer", "RetryPollIntervalSeconds": "integer",
-    "RootfsPartA": "string", "RootfsPartB": "string", "Security": "object",
-    "Security.AuthPrivateKey": "string", "Security.SSLEngine": "string", "ServerCertificate": "string",
-    "Servers": "list", "ServerURL": "string", "SkipVerify": "boolean",
-    "StateScriptRetryIntervalSeconds": "integer", "StateScriptRetryTimeoutSeconds": "integer",
-    "StateScriptTimeoutSeconds": "integer", "TenantToken": "string",
+    "ArtifactVerifyKey": "string",
+    "ArtifactVerifyKeys": "list",
+    "BootUtilitiesGetNextActivePart": "string",
+    "BootUtilitiesSetActivePart": "string",
+    "Connectivity": "object",
+    "Connectivity.DisableKeepAlive": "boolean",
+    "Connectivity.IdleConnTimeoutSeconds": "integer",
+    "DaemonLogLevel": "string",
+    "DBus": "object",
+    "DBus.Enabled": "boolean",
+    "DeviceTypeFile": "string",
+    "HttpsClient": "object",
+    "HttpsClient.Certificate": "string",
+    "HttpsClient.Key": "string",
+    "HttpsClient.SSLEngine": "string",
+    "InventoryPollIntervalSeconds": "integer",
+    "ModuleTimeoutSeconds": "integer",
+    "RetryPollCount": "integer",
+    "RetryPollIntervalSeconds": "integer",
+    "RootfsPartA": "string",
+    "RootfsPartB": "string",
+    "Security": "object",
+    "Security.AuthPrivateKey": "string",
+    "Security.SSLEngine": "string",
+    "ServerCertificate": "string",
+    "Servers": "list",
+    "ServerURL": "string",
+    "SkipVerify": "boolean",
+    "StateScriptRetryIntervalSeconds": "integer",
+    "StateScriptRetryTimeoutSeconds": "integer",
+    "StateScriptTimeoutSeconds": "integer",
+    "TenantToken": "string",
     "UpdateControlMapBootExpirationTimeSeconds": "integer",
-    "UpdateControlMapExpirationTimeSeconds": "integer", "UpdateLogPath": "string",
+    "UpdateControlMapExpirationTimeSeconds": "integer",
+    "UpdateLogPath": "string",
     "UpdatePollIntervalSeconds": "integer",
 }
 
@@ -71,16 +93,27 @@ LINUX_GUIDS = {
 FAT_GUIDS = {ESP_GUID: "EFI System", "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7": "Basic data"}
 GPT_TYPE_NAMES = {**FAT_GUIDS, **LINUX_GUIDS, SWAP_GUID: "Linux swap"}
 MBR_TYPE_NAMES = {
-    "0x01": "FAT12", "0x04": "FAT16 <32M", "0x05": "Extended", "0x06": "FAT16", "0x0b": "FAT32",
-    "0x0c": "FAT32 LBA", "0x0e": "FAT16 LBA", "0x0f": "Extended LBA", "0x82": "Linux swap",
-    "0x83": "Linux", "0x85": "Linux extended", "0x8e": "Linux LVM", "0xee": "GPT", "0xef": "EFI",
+    "0x01": "FAT12",
+    "0x04": "FAT16 <32M",
+    "0x05": "Extended",
+    "0x06": "FAT16",
+    "0x0b": "FAT32",
+    "0x0c": "FAT32 LBA",
+    "0x0e": "FAT16 LBA",
+    "0x0f": "Extended LBA",
+    "0x82": "Linux swap",
+    "0x83": "Linux",
+    "0x85": "Linux extended",
+    "0x8e": "Linux LVM",
+    "0xee": "GPT",
+    "0xef": "EFI",
 }
 MBR_FAT_TYPES = frozenset({"0x01", "0x04", "0x06", "0x0b", "0x0c", "0x0e", "0xef"})
 MBR_LINUX_TYPES = frozenset({"0x83"})
 MBR_SWAP_TYPE = "0x82"
 
 # --- ways to write into an image --------------------------------------------------------------
-NATIVE = "native"                  # in place, at the partition's offset (debugfs, pyfatfs)
+NATIVE = "native"  # in place, at the partition's offset (debugfs, pyfatfs)
 MENDER_ARTIFACT = "mender-artifact"  # the reference tool, for cross-checks
 BACKENDS = (NATIVE, MENDER_ARTIFACT)
 
@@ -89,9 +122,9 @@ ENV_SERVER_URL = "MENDER_SERVER_URL"
 ENV_TOKEN = "MENDER_TOKEN"
 ENV_PASSWORD = "MENDER_PASSWORD"
 DEVICES_V2 = "/api/management/v2/devauth/devices"
-DEVICE_V2 = DEVICES_V2 + "/{device_id}"                    # GET a device; DELETE decommissions it
-AUTH_SET_V2 = DEVICES_V2 + "/{device_id}/auth/{auth_id}"   # DELETE removes one auth set
-PREAUTHORIZED, ACCEPTED = "preauthorized", "accepted"     # auth set (and device) statuses
+DEVICE_V2 = DEVICES_V2 + "/{device_id}"  # GET a device; DELETE decommissions it
+AUTH_SET_V2 = DEVICES_V2 + "/{device_id}/auth/{auth_id}"  # DELETE removes one auth set
+PREAUTHORIZED, ACCEPTED = "preauthorized", "accepted"  # auth set (and device) statuses
 ADMISSION_V1 = "/api/management/v1/admission/devices"
 LOGIN = "/api/management/v1/useradm/auth/login"
 MAX_PER_PAGE = 500
@@ -106,6 +139,8 @@ def loose_identity(identity: Mapping[str, Any]) -> str:
     """An identity with value types, case and the separators `:`, `-`, `.` and whitespace erased:
     two identities with the same loose form are one device typed twice (02:00:..:03 and
     02-00-..-03), for the server two different identities."""
-    norm = {k.strip().lower(): re.sub(r"[\s:.\-]", "", (v if isinstance(v, str) else json.dumps(v)).lower())
-            for k, v in identity.items()}
+    norm = {
+        k.strip().lower(): re.sub(r"[\s:.\-]", "", (v if isinstance(v, str) else json.dumps(v)).lower())
+        for k, v in identity.items()
+    }
     return json.dumps(norm, sort_keys=True)

@@ -25,8 +25,11 @@ def merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, force: bo
     for number, path in enumerate(inputs, 1):
         for unit in load_units(path):
             where = f"{path} (input {number}, {unit.name})"
-            for label, value in (("name", unit.name), ("identity", canonical_identity(unit.identity)),
-                                 ("public key", unit.fingerprint)):
+            for label, value in (
+                ("name", unit.name),
+                ("identity", canonical_identity(unit.identity)),
+                ("public key", unit.fingerprint),
+            ):
                 earlier = first.setdefault((label, value), where)
                 if earlier != where:
                     problems.append(f"{where}: same {label} as {earlier}")

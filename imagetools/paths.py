@@ -32,8 +32,8 @@ ROOTFS_ROLES = ("rootfs-a", "rootfs-b")
 
 @dataclass(frozen=True)
 class ImagePath:
-    image: str   # the image file (or block device)
-    path: str    # absolute path as seen on the running device, e.g. /data/mender/x
+    image: str  # the image file (or block device)
+    path: str  # absolute path as seen on the running device, e.g. /data/mender/x
 
     def __str__(self) -> str:
         return f"{self.image}:{self.path}"
@@ -56,12 +56,12 @@ def parse_image_path(text: str) -> ImagePath | None:
     splits = [i for i in range(len(text) - 1) if text[i] == ":" and text[i + 1] == "/"]
     for i in splits:
         if _is_image_file(text[:i]):
-            return ImagePath(text[:i], normalize(text[i + 1:]))
+            return ImagePath(text[:i], normalize(text[i + 1 :]))
     head, sep, tail = text.rpartition(":")
     if sep and head and _is_image_file(head):
         raise UsageError(f"path inside the image must be absolute: {text!r} (write {head}:/{tail})")
     if splits:
-        return ImagePath(text[:splits[0]], normalize(text[splits[0] + 1:]))
+        return ImagePath(text[: splits[0]], normalize(text[splits[0] + 1 :]))
     return None
 
 
@@ -78,9 +78,10 @@ def require_image_path(text: str) -> ImagePath:
 @dataclass(frozen=True)
 class Location:
     """A path inside one partition, and where that partition appears on the device."""
+
     part: PartInfo
-    path: str    # inside the partition
-    mount: str   # "/", "/data", "/uboot", ... ; "" when addressed by number with no known place
+    path: str  # inside the partition
+    mount: str  # "/", "/data", "/uboot", ... ; "" when addressed by number with no known place
 
     def outer(self, inner: str | None = None) -> str:
         """The device-side path of `inner` (default: self.path)."""
@@ -103,8 +104,15 @@ def mount_of(part: PartInfo) -> str:
     return ""
 
 
-def route(layout: Layout, path: str, *, partition: int | None = None, rootfs: str = "a",
-          write: bool = False, same_rootfs: PartInfo | None = None) -> list[Location]:
+def route(
+    layout: Layout,
+    path: str,
+    *,
+    partition: int | None = None,
+    rootfs: str = "a",
+    write: bool = False,
+    same_rootfs: PartInfo | None = None,
+) -> list[Location]:
     """Partitions (and inner paths) a device path addresses: two for a rootfs write (A and B).
 
     same_rootfs pins rootfs paths to one rootfs (used when following a link found on it)."""
@@ -115,10 +123,10 @@ def route(layout: Layout, path: str, *, partition: int | None = None, rootfs: st
     for prefix in BOOT_PREFIXES:
         if path == prefix or path.startswith(prefix + "/"):
             boot = _require(layout, "boot", path)
-            return [Location(boot, path[len(prefix):] or "/", prefix)]
+            return [Location(boot, path[len(prefix) :] or "/", prefix)]
     if path == DATA_PREFIX or path.startswith(DATA_PREFIX + "/"):
         data = _require(layout, "data", path)
-        return [Location(data, path[len(DATA_PREFIX):] or "/", DATA_PREFIX)]
+        return [Location(data, path[len(DATA_PREFIX) :] or "/", DATA_PREFIX)]
     if same_rootfs is not None:
         return [Location(same_rootfs, path, "/")]
     if write:
@@ -138,8 +146,7 @@ def _require(layout: Layout, role: str, path: str) -> PartInfo:
         raise LayoutError(f"{path} lives on the {role} partition: {exc}") from exc
 
 
-def follow(layout: Layout, loc: Location, link: str, target: str, rest: str, *,
-           rootfs: str = "a") -> Location:
+def follow(layout: Layout, loc: Location, link: str, target: str, rest: str, *, rootfs: str = "a") -> Location:
     """Where a symbolic link met at `link` (inside loc's partition) leads, with `rest` appended.
 
     Absolute targets are device paths (a rootfs link to /data/mender leads to the data

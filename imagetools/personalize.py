@@ -23,8 +23,8 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .image import delta as delta_format
 from .inject import write_key
@@ -77,7 +77,7 @@ def _pid_namespace() -> int:
 def owner_gone(name: str) -> bool:
     """Whether `name` is a scratch directory name of this pid namespace whose owner process has
     ended (a name of another form or namespace is never judged gone)."""
-    fields = name[len(SCRATCH_PREFIX):].split("-") if name.startswith(SCRATCH_PREFIX) else []
+    fields = name[len(SCRATCH_PREFIX) :].split("-") if name.startswith(SCRATCH_PREFIX) else []
     if len(fields) != 4 or not all(f.isdigit() for f in fields[:3]):
         return False
     pid, start, namespace = map(int, fields[:3])
@@ -138,8 +138,7 @@ class Scratch:
         base's bytes written back over them: the next unit starts from the base."""
         size = os.stat(self.base).st_size
         with open(self.base, "rb", buffering=0) as fb, open(self.path, "r+b", buffering=0) as fs:
-            extents = delta_format.diff(fb.fileno(), fs.fileno(), self.window,
-                                        list(data_ranges(fs.fileno(), size)))
+            extents = delta_format.diff(fb.fileno(), fs.fileno(), self.window, list(data_ranges(fs.fileno(), size)))
             for off, data in extents:
                 os.pwrite(fs.fileno(), os.pread(fb.fileno(), len(data), off), off)
         return extents, size
@@ -164,8 +163,9 @@ def reused_scratch(directory: str | os.PathLike, base: str | os.PathLike, data: 
     return scratch
 
 
-def make_delta(base: str | os.PathLike, data: PartInfo, pem: bytes, key_rel: str,
-               base_sha256: str) -> tuple[delta_format.Delta, Check]:
+def make_delta(
+    base: str | os.PathLike, data: PartInfo, pem: bytes, key_rel: str, base_sha256: str
+) -> tuple[delta_format.Delta, Check]:
     """One unit's delta and e2fsck check, in a scratch used once (flash --key)."""
     with scratch_space() as tmp:
         return Scratch(base, data, tmp).delta(pem, key_rel, base_sha256)

@@ -18,7 +18,8 @@ from pathlib import Path
 from . import bmap, keys, strict
 from .atomic import replace_when_done, write_atomic
 from .errors import ImageFormatError, UsageError, VerifyFailed
-from .image import delta as delta_format, overlay
+from .image import delta as delta_format
+from .image import overlay
 from .image.delta import Delta
 from .image.overlay import Overlay
 from .layout import open_layout
@@ -68,15 +69,23 @@ def load_unit(unit_dir: str | os.PathLike, trust: str | os.PathLike | None = Non
     if keys.fingerprint(public) != record.fingerprint:
         raise UsageError(f"{unit_dir}: public.key does not match the fingerprint in unit.json")
     identity = strict.loads(signed.blobs[IDENTITY_FILE], str(unit_dir / IDENTITY_FILE))
-    common = dict(name=record.name, fingerprint=record.fingerprint, public_key=public,
-                  base_sha256=record.base_sha256, record=record, identity=identity,
-                  batch=signed.batch, pinned=signed.pinned)
+    common = dict(
+        name=record.name,
+        fingerprint=record.fingerprint,
+        public_key=public,
+        base_sha256=record.base_sha256,
+        record=record,
+        identity=identity,
+        batch=signed.batch,
+        pinned=signed.pinned,
+    )
     path = unit_dir / record.image
     if record.format == "delta":
         delta = delta_format.parse(signed.blobs[record.image], str(path))
         if delta.base_sha256 != record.base_sha256:
-            raise UsageError(f"{path}: made over base {delta.base_sha256[:16]}..., unit.json says "
-                             f"{record.base_sha256[:16]}...")
+            raise UsageError(
+                f"{path}: made over base {delta.base_sha256[:16]}..., unit.json says {record.base_sha256[:16]}..."
+            )
         return Unit(**common, delta=delta)
     os.close(strict.open_regular(path, "unit image", follow=False))  # a regular file, not a link
     bmap_blob = signed.blobs.get(f"{record.image}.bmap")
@@ -126,13 +135,17 @@ def bound_to_base(delta: Delta, base: str | os.PathLike, base_map: BlockMap, wha
     """A delta writes only into the base's data partition, as the base's own partition table
     gives it, and only over the very base it was made from: whatever the delta claims."""
     if (delta.base_size, delta.base_sha256) != (base_map.size, base_map.sha256):
-        raise UsageError(f"{what} was made over a base of {delta.base_size} bytes (sha256 "
-                         f"{delta.base_sha256[:16]}...), not over {base} ({base_map.size} bytes, "
-                         f"{base_map.sha256[:16]}...)")
+        raise UsageError(
+            f"{what} was made over a base of {delta.base_size} bytes (sha256 "
+            f"{delta.base_sha256[:16]}...), not over {base} ({base_map.size} bytes, "
+            f"{base_map.sha256[:16]}...)"
+        )
     part = open_layout(base).require("data").partition
     if delta.window != (part.start, part.end):
-        raise UsageError(f"{what}: its window {delta.window[0]}-{delta.window[1]} is not the data partition "
-                         f"of {base} ({part.start}-{part.end}): refused, it could write anywhere on the card")
+        raise UsageError(
+            f"{what}: its window {delta.window[0]}-{delta.window[1]} is not the data partition "
+            f"of {base} ({part.start}-{part.end}): refused, it could write anywhere on the card"
+        )
 
 
 def _cache_path(image: Path) -> Path:
@@ -147,17 +160,25 @@ def _scan_cached(image: Path) -> BlockMap:
     try:
         data = strict.loads(strict.read_regular(cache, MAX_BMAP, "bmap cache", follow=False), str(cache))
         if data.get("version") == CACHE_VERSION:
-            return BlockMap(data["size"], data["sha256"],
-                            tuple(bmap.BlockRange(a, b, c) for a, b, c in data["ranges"]))
+            return BlockMap(data["size"], data["sha256"], tuple(bmap.BlockRange(a, b, c) for a, b, c in data["ranges"]))
     except (UsageError, AttributeError, KeyError, TypeError, ValueError):
         pass
     scan = bmap.scan(image)
     result = BlockMap(scan.size, scan.whole_sha256(), tuple(scan.ranges))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomic(cache, json.dumps({"version": CACHE_VERSION, "size": scan.size, "sha256": scan.sha256,
-                                        "ranges": [[r.first, r.last, r.sha256] for r in scan.ranges]}).encode(),
-                     durable=False)
+        write_atomic(
+            cache,
+            json.dumps(
+                {
+                    "version": CACHE_VERSION,
+                    "size": scan.size,
+                    "sha256": scan.sha256,
+                    "ranges": [[r.first, r.last, r.sha256] for r in scan.ranges],
+                }
+            ).encode(),
+            durable=False,
+        )
     except OSError:
         pass  # no cache: the next run scans again
     return result
@@ -172,11 +193,12 @@ def parse_bmap(text: bytes, image_size: int, path: str) -> tuple[bmap.BlockRange
     block = re.search(rb"<BlockSize>\s*(\d+)\s*</BlockSize>", text)
     kind = re.search(rb"<ChecksumType>\s*(\w+)\s*</ChecksumType>", text)
     if not (size and block and kind) or kind.group(1) != b"sha256" or int(block.group(1)) != bmap.BLOCK_SIZE:
-        raise ImageFormatError(f"{path}: not a bmap 2.0 with sha256 checksums and "
-                               f"{bmap.BLOCK_SIZE}-byte blocks")
+        raise ImageFormatError(f"{path}: not a bmap 2.0 with sha256 checksums and {bmap.BLOCK_SIZE}-byte blocks")
     if int(size.group(1)) != image_size:
-        raise ImageFormatError(f"{path} describes an image of {int(size.group(1))} bytes, the image "
-                               f"has {image_size}: make a new bmap (bmaptool create)")
+        raise ImageFormatError(
+            f"{path} describes an image of {int(size.group(1))} bytes, the image "
+            f"has {image_size}: make a new bmap (bmaptool create)"
+        )
     blocks, ranges, last = -(-image_size // bmap.BLOCK_SIZE), [], -1
     for m in _RANGE.finditer(text):
         first = int(m.group(2))
@@ -196,8 +218,13 @@ def overlay_for(base: str | os.PathLike, unit: Unit) -> Overlay:
     return Overlay(base, unit.delta, base_map.sha256)
 
 
-def materialize(unit_dir: str | os.PathLike, out_image: str | os.PathLike, base: str | os.PathLike,
-                force: bool = False, trust: str | os.PathLike | None = None) -> VerifyReport:
+def materialize(
+    unit_dir: str | os.PathLike,
+    out_image: str | os.PathLike,
+    base: str | os.PathLike,
+    force: bool = False,
+    trust: str | os.PathLike | None = None,
+) -> VerifyReport:
     """Write the unit's full image (sparse, 0600 from its first byte) and its .bmap, verified
     (every check, e2fsck included) before it gets its name. VerifyFailed if a check fails."""
     unit = load_unit(unit_dir, trust)
@@ -211,8 +238,9 @@ def materialize(unit_dir: str | os.PathLike, out_image: str | os.PathLike, base:
         delta_format.apply(unit.delta, tmp)
         report = verify_image(tmp, expected=unit.public_key)
         if not report.ok:
-            raise VerifyFailed(f"{out_image}: materialized image fails "
-                               + "; ".join(f"{c.name}: {c.detail}" for c in report.failed))
+            raise VerifyFailed(
+                f"{out_image}: materialized image fails " + "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
+            )
         write_atomic(Path(f"{out_image}.bmap"), bmap.create(tmp))
     report.target = str(out_image)
     return report
@@ -235,8 +263,9 @@ def _refuse_input_as_output(out: Path, inputs: list[Path]) -> None:
                 raise UsageError(f"{out} is {path}, an input of materialize: give another output file")
 
 
-def verify_unit(unit_dir: str | os.PathLike, base: str | os.PathLike, fsck: bool = True,
-                trust: str | os.PathLike | None = None) -> VerifyReport:
+def verify_unit(
+    unit_dir: str | os.PathLike, base: str | os.PathLike, fsck: bool = True, trust: str | os.PathLike | None = None
+) -> VerifyReport:
     """verify of a published unit; a delta is read through its overlay, never materialized."""
     unit = load_unit(unit_dir, trust)
     if unit.delta is None:

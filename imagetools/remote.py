@@ -20,8 +20,8 @@ from .errors import EnvironmentProblem, ImageFormatError, UsageError
 from .image.compressed import SparseWriter
 
 ENV_TIMEOUT = "IMAGETOOLS_DOWNLOAD_TIMEOUT"
-DEFAULT_DEADLINE = 3600.0        # seconds for a whole download
-READ_TIMEOUT = 30.0              # seconds without a byte from the server
+DEFAULT_DEADLINE = 3600.0  # seconds for a whole download
+READ_TIMEOUT = 30.0  # seconds without a byte from the server
 SIDECAR_MAX = 4096
 MAX_REDIRECTS = 5
 _CHUNK = 1 << 20
@@ -51,8 +51,9 @@ def sidecar_sha256(url: str) -> str:
     return chosen[0].group(1).lower()
 
 
-def download(url: str, partial: Path, sha256: str, *, limit: int,
-             progress: Callable[[int, int], None] | None = None) -> int:
+def download(
+    url: str, partial: Path, sha256: str, *, limit: int, progress: Callable[[int, int], None] | None = None
+) -> int:
     """url into `partial` (0600, sparse), resuming what an earlier run left there; its SHA-256
     checked. Returns its size. On a mismatch the partial file is removed."""
     import httpx
@@ -68,16 +69,20 @@ def download(url: str, partial: Path, sha256: str, *, limit: int,
                 digest, have = hashlib.sha256(), 0
                 os.ftruncate(fd, 0)
             if total is not None and total > limit:
-                raise UsageError(f"{url} is {total} bytes, more than the base cache may hold ({limit}); "
-                                 "raise IMAGETOOLS_BASE_CACHE_MAX")
+                raise UsageError(
+                    f"{url} is {total} bytes, more than the base cache may hold ({limit}); "
+                    "raise IMAGETOOLS_BASE_CACHE_MAX"
+                )
             writer = SparseWriter(fd, limit, url)
             writer.pos = have
             for chunk in response.iter_raw(_CHUNK):
                 digest.update(chunk)
                 writer.write(chunk)
                 if time.monotonic() > deadline:
-                    raise EnvironmentProblem(f"{url}: the download took longer than {_deadline():.0f} s "
-                                             f"(set {ENV_TIMEOUT}); run again to resume it")
+                    raise EnvironmentProblem(
+                        f"{url}: the download took longer than {_deadline():.0f} s "
+                        f"(set {ENV_TIMEOUT}); run again to resume it"
+                    )
                 if progress:
                     progress(writer.pos + len(writer.pending), total or 0)
             size = writer.finish()
@@ -90,8 +95,10 @@ def download(url: str, partial: Path, sha256: str, *, limit: int,
         raise EnvironmentProblem(f"{url}: the server sent {size} of {total} bytes; run again to resume")
     if digest.hexdigest() != sha256:
         partial.unlink(missing_ok=True)
-        raise ImageFormatError(f"{url}: SHA-256 of the download is {digest.hexdigest()}, not {sha256}: "
-                               "the wrong file or a damaged download (removed)")
+        raise ImageFormatError(
+            f"{url}: SHA-256 of the download is {digest.hexdigest()}, not {sha256}: "
+            "the wrong file or a damaged download (removed)"
+        )
     return size
 
 
@@ -120,8 +127,10 @@ def _start_of(response, url: str, have: int) -> tuple[int, int | None]:
     if response.status_code == 206:
         match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
         if not match or int(match.group(1)) != have:
-            raise EnvironmentProblem(f"{url}: the server answered the range request with "
-                                     f"{response.headers.get('content-range')!r}; remove the partial download")
+            raise EnvironmentProblem(
+                f"{url}: the server answered the range request with "
+                f"{response.headers.get('content-range')!r}; remove the partial download"
+            )
         return have, None if match.group(3) == "*" else int(match.group(3))
     if response.status_code == 200:
         length = response.headers.get("content-length")
@@ -153,8 +162,9 @@ def _get_small(url: str) -> bytes:
 def _client():
     import httpx
 
-    return httpx.Client(timeout=httpx.Timeout(READ_TIMEOUT), follow_redirects=True,
-                        max_redirects=MAX_REDIRECTS, trust_env=True)
+    return httpx.Client(
+        timeout=httpx.Timeout(READ_TIMEOUT), follow_redirects=True, max_redirects=MAX_REDIRECTS, trust_env=True
+    )
 
 
 def _deadline() -> float:

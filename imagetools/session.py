@@ -19,8 +19,7 @@ from .layout import Layout, PartInfo, open_layout
 class ImageSession:
     """`layout` of the image at `path` (read now unless given), filesystems opened on demand."""
 
-    def __init__(self, path: str | os.PathLike, layout: Layout | None = None,
-                 overrides: dict[str, int] | None = None):
+    def __init__(self, path: str | os.PathLike, layout: Layout | None = None, overrides: dict[str, int] | None = None):
         self.path = os.fspath(path)
         self.layout = layout if layout is not None else open_layout(self.path, overrides)
         self._open: dict[int, Filesystem] = {}

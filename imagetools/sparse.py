@@ -9,7 +9,7 @@ import ctypes
 import errno
 import fcntl
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 FICLONE = 0x40049409  # linux/fs.h _IOW(0x94, 9, int)
 _CHUNK = 4 << 20
@@ -79,8 +79,13 @@ def clone_into(src: str | os.PathLike, fd: int) -> bool:
             return False
 
 
-def copy_extents(src: str | os.PathLike, dst: str | os.PathLike, *,
-                 inside: tuple[int, int] | None = None, outside: tuple[int, int] | None = None) -> None:
+def copy_extents(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    inside: tuple[int, int] | None = None,
+    outside: tuple[int, int] | None = None,
+) -> None:
     """Copy src's data extents into dst (created 0600 if missing, sized like src), all of them or only
     their parts inside or outside a byte window: lets a caller work on one region of a large image
     before the rest is copied. Nothing is synced: that is the caller's choice."""
@@ -96,8 +101,9 @@ def copy_extents(src: str | os.PathLike, dst: str | os.PathLike, *,
             os.close(fd)
 
 
-def _select(start: int, end: int, inside: tuple[int, int] | None,
-            outside: tuple[int, int] | None) -> list[tuple[int, int]]:
+def _select(
+    start: int, end: int, inside: tuple[int, int] | None, outside: tuple[int, int] | None
+) -> list[tuple[int, int]]:
     if inside is not None:
         a, b = max(start, inside[0]), min(end, inside[1])
         return [(a, b)] if a < b else []

@@ -23,15 +23,22 @@ from typing import Any
 
 from .errors import ImageToolsError, UsageError, from_oserror
 
-MAX_DEPTH = 32          # unit.json and requests nest three levels; 32 is far beyond any of ours
+MAX_DEPTH = 32  # unit.json and requests nest three levels; 32 is far beyond any of ours
 _INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
 _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
-_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-          stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symbolic link"}
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a symbolic link",
+}
 
 
-def open_regular(path: str | os.PathLike, what: str, error: type[ImageToolsError] = UsageError, *,
-                 follow: bool = True) -> int:
+def open_regular(
+    path: str | os.PathLike, what: str, error: type[ImageToolsError] = UsageError, *, follow: bool = True
+) -> int:
     """A read-only fd of a regular file, else `error` naming it. Without `follow`, a symlink is
     refused (O_NOFOLLOW): a unit directory must not make us read a file elsewhere on the host.
     Opened non-blocking and checked once open, so a FIFO or a swapped path never blocks."""
@@ -52,15 +59,17 @@ def open_regular(path: str | os.PathLike, what: str, error: type[ImageToolsError
     return fd
 
 
-def require_regular(st: os.stat_result, path: str | os.PathLike, what: str,
-                    error: type[ImageToolsError] = UsageError) -> None:
+def require_regular(
+    st: os.stat_result, path: str | os.PathLike, what: str, error: type[ImageToolsError] = UsageError
+) -> None:
     if not stat.S_ISREG(st.st_mode):
         kind = _KINDS.get(stat.S_IFMT(st.st_mode), "special")
         raise error(f"{what} {path} is {kind}, not a regular file")
 
 
-def read_regular(path: str | os.PathLike, limit: int, what: str, error: type[ImageToolsError] = UsageError,
-                 *, follow: bool = True) -> bytes:
+def read_regular(
+    path: str | os.PathLike, limit: int, what: str, error: type[ImageToolsError] = UsageError, *, follow: bool = True
+) -> bytes:
     """At most `limit` bytes of a regular file, else `error` naming it (see open_regular)."""
     fd = open_regular(path, what, error, follow=follow)
     try:
@@ -91,15 +100,15 @@ def _read_at_most(fd: int, n: int) -> bytes:
 class Duplicates(StrEnum):
     """What a policy does with a name given twice in one object (json.loads keeps the last silently)."""
 
-    REFUSE = "refuse"                    # an error
+    REFUSE = "refuse"  # an error
     REFUSE_ANY_CASE = "refuse-any-case"  # an error also in another case (Go matches names so)
-    KEEP = "keep"                        # parsed into a JsonObject listing them, for a reader that
-                                         # reports every problem of an entry at once
+    KEEP = "keep"  # parsed into a JsonObject listing them, for a reader that
+    # reports every problem of an entry at once
 
 
 class Numbers(StrEnum):
-    PLAIN = "plain"   # int and float
-    EXACT = "exact"   # JsonNumber: the text as written (never through a double)
+    PLAIN = "plain"  # int and float
+    EXACT = "exact"  # JsonNumber: the text as written (never through a double)
 
 
 @dataclass(frozen=True)
@@ -109,7 +118,7 @@ class Policy:
 
     duplicates: Duplicates = Duplicates.REFUSE
     numbers: Numbers = Numbers.PLAIN
-    max_depth: int = MAX_DEPTH   # measured before parsing, so no RecursionError can happen
+    max_depth: int = MAX_DEPTH  # measured before parsing, so no RecursionError can happen
 
 
 STRICT = Policy()
@@ -202,9 +211,12 @@ def _text(raw: bytes) -> str:
 @functools.cache
 def _decoder(policy: Policy) -> json.JSONDecoder:
     exact = policy.numbers == Numbers.EXACT
-    return json.JSONDecoder(object_pairs_hook=_OBJECT_HOOKS[policy.duplicates],
-                            parse_int=JsonNumber if exact else None,
-                            parse_float=JsonNumber if exact else None, parse_constant=_no_constant)
+    return json.JSONDecoder(
+        object_pairs_hook=_OBJECT_HOOKS[policy.duplicates],
+        parse_int=JsonNumber if exact else None,
+        parse_float=JsonNumber if exact else None,
+        parse_constant=_no_constant,
+    )
 
 
 def nesting(raw: bytes) -> int:
@@ -249,8 +261,7 @@ def _keeping(pairs: list[tuple[str, Any]]) -> JsonObject:
     return obj
 
 
-_OBJECT_HOOKS = {Duplicates.REFUSE: _unique, Duplicates.REFUSE_ANY_CASE: _unique_any_case,
-                 Duplicates.KEEP: _keeping}
+_OBJECT_HOOKS = {Duplicates.REFUSE: _unique, Duplicates.REFUSE_ANY_CASE: _unique_any_case, Duplicates.KEEP: _keeping}
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(rb"[\[\]{}]")
 
@@ -259,8 +270,9 @@ def _no_constant(name: str) -> Any:
     raise JsonError(f"{name} is not a JSON value")
 
 
-def loads(blob: bytes | str, what: str, error: type[ImageToolsError] = UsageError, *,
-          max_depth: int = MAX_DEPTH) -> Any:
+def loads(
+    blob: bytes | str, what: str, error: type[ImageToolsError] = UsageError, *, max_depth: int = MAX_DEPTH
+) -> Any:
     """A JSON document under the STRICT policy (at most max_depth levels), else `error` naming `what`."""
     try:
         return parse(blob, Policy(max_depth=max_depth))
@@ -268,8 +280,14 @@ def loads(blob: bytes | str, what: str, error: type[ImageToolsError] = UsageErro
         raise error(f"{what}: {exc}") from None
 
 
-_ARTICLES = {"null": "null", "boolean": "a boolean", "string": "a string", "object": "an object",
-             "list": "a list", "number": "a number"}
+_ARTICLES = {
+    "null": "null",
+    "boolean": "a boolean",
+    "string": "a string",
+    "object": "an object",
+    "list": "a list",
+    "number": "a number",
+}
 
 
 def json_type(value: Any, *, article: bool = False) -> str:

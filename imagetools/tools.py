@@ -12,8 +12,8 @@ def find_tool(name: str, package: str, hint: str = "") -> str:
     import shutil  # only when a tool is about to run: shutil costs a verify's start ~1.5 ms
 
     found = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)), None)
+        (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)), None
+    )
     if not found:
-        raise ToolMissingError(f"{name} not found: install the Debian package {package} "
-                               f"(scripts/bootstrap does){hint}")
+        raise ToolMissingError(f"{name} not found: install the Debian package {package} (scripts/bootstrap does){hint}")
     return found

@@ -28,11 +28,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from . import strict
-from .image import delta as delta_format
 from .errors import EnvironmentProblem, UsageError
+from .image import delta as delta_format
 
 UNIT_FILE = "unit.json"
-STATE_FILE = ".imagetools-emit.json"   # OUT's state: the base and settings of the last run
+STATE_FILE = ".imagetools-emit.json"  # OUT's state: the base and settings of the last run
 SIG_FILE = "unit.sig"
 IDENTITY_FILE = "identity.json"
 PUBLIC_FILE = "public.key"
@@ -41,7 +41,7 @@ BATCH_KEY = ".imagetools-batch.key"
 SIG_VERSION = 1
 MAX_RECORD = 1 << 20
 MAX_SIG = 64 << 10
-MAX_SMALL = 64 << 10          # identity.json, public.key, batch.pub
+MAX_SMALL = 64 << 10  # identity.json, public.key, batch.pub
 MAX_BMAP = 64 << 20
 MAX_DELTA = delta_format.MAX_FILE
 
@@ -51,7 +51,7 @@ class KeySource(enum.StrEnum):
 
     GENERATED = "generated"
     DEVICE_LIST = "device list"
-    KEPT = "kept"           # a published unit re-emitted (force) with the key it already has
+    KEPT = "kept"  # a published unit re-emitted (force) with the key it already has
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,17 +64,17 @@ class UnitRecord:
     fingerprint: str
     key_type: str
     key_source: KeySource
-    image: str                      # file name inside the unit directory
+    image: str  # file name inside the unit directory
     image_size: int
     image_mtime_ns: int
-    image_ctime_ns: int | None      # None: a record from before it was kept
-    image_sha256: str | None        # None: an image unit emitted without --image-sha256
+    image_ctime_ns: int | None  # None: a record from before it was kept
+    image_sha256: str | None  # None: an image unit emitted without --image-sha256
     base_sha256: str
     settings: dict[str, Any]
     files: list[str]
     verify: dict[str, Any]
     timings: dict[str, float]
-    format: str = "image"           # "delta": `image` names the delta file; image_sha256 is its sha256
+    format: str = "image"  # "delta": `image` names the delta file; image_sha256 is its sha256
 
     @classmethod
     def read(cls, path: Path) -> UnitRecord:
@@ -94,16 +94,24 @@ class UnitRecord:
         image = f.get("image", str)
         if not is_file_name(image):
             raise ValueError(f"{UNIT_FILE}: 'image' is not a file name")
-        return cls(name=f.get("name", str), identity=f.get("identity", dict, each=str),
-                   fingerprint=f.get("fingerprint", str), key_type=f.get("key_type", str),
-                   key_source=KeySource(f.get("key_source", str)), image=image,
-                   image_size=f.get("image_size", int), image_mtime_ns=f.get("image_mtime_ns", int),
-                   image_ctime_ns=f.get("image_ctime_ns", int, optional=True),
-                   image_sha256=f.get("image_sha256", str, optional=True),
-                   base_sha256=f.get("base_sha256", str),
-                   settings=f.get("settings", dict), files=f.get("files", list, each=str),
-                   verify=f.get("verify", dict), timings=f.get("timings", dict, each=(int, float)),
-                   format=_unit_format(f.get("format", str, optional=True)))
+        return cls(
+            name=f.get("name", str),
+            identity=f.get("identity", dict, each=str),
+            fingerprint=f.get("fingerprint", str),
+            key_type=f.get("key_type", str),
+            key_source=KeySource(f.get("key_source", str)),
+            image=image,
+            image_size=f.get("image_size", int),
+            image_mtime_ns=f.get("image_mtime_ns", int),
+            image_ctime_ns=f.get("image_ctime_ns", int, optional=True),
+            image_sha256=f.get("image_sha256", str, optional=True),
+            base_sha256=f.get("base_sha256", str),
+            settings=f.get("settings", dict),
+            files=f.get("files", list, each=str),
+            verify=f.get("verify", dict),
+            timings=f.get("timings", dict, each=(int, float)),
+            format=_unit_format(f.get("format", str, optional=True)),
+        )
 
 
 def is_file_name(name: str) -> bool:
@@ -119,14 +127,21 @@ class Fields:
             raise ValueError(f"{what} is not a JSON object")
         self.data, self.what = data, what
 
-    def get(self, key: str, kind: type | tuple[type, ...], *, each: type | tuple[type, ...] | None = None,
-            optional: bool = False) -> Any:
+    def get(
+        self,
+        key: str,
+        kind: type | tuple[type, ...],
+        *,
+        each: type | tuple[type, ...] | None = None,
+        optional: bool = False,
+    ) -> Any:
         """data[key], of `kind`; `each`: the type of every value of an object or item of a list."""
         value: Any = self.data.get(key)  # a JSON value; checked below before it is used
         if value is None and optional:
             return None
-        if not _is(value, kind) or (each is not None and not all(
-                _is(v, each) for v in (value.values() if isinstance(value, dict) else value))):
+        if not _is(value, kind) or (
+            each is not None and not all(_is(v, each) for v in (value.values() if isinstance(value, dict) else value))
+        ):
             raise ValueError(f"{self.what}: {key!r} is missing or of another type")
         return value
 
@@ -145,6 +160,7 @@ def _unit_format(value: str | None) -> str:
 
 # --- the batch signing key ---------------------------------------------------------------------
 
+
 def batch_key(out: Path) -> ed25519.Ed25519PrivateKey:
     """OUT's batch signing key, made by the first run (private half 0600 from its first byte)."""
     path = out / BATCH_KEY
@@ -162,8 +178,7 @@ def batch_key(out: Path) -> ed25519.Ed25519PrivateKey:
 
 def _new_batch_key(out: Path) -> ed25519.Ed25519PrivateKey:
     key = ed25519.Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(out / BATCH_KEY, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, pem)
@@ -195,6 +210,7 @@ def read_batch_public(path: Path) -> ed25519.Ed25519PublicKey:
 
 # --- signing and checking a unit ---------------------------------------------------------------
 
+
 def signed_files(record: UnitRecord) -> list[str]:
     """What a unit's signature covers: its records, its public key, and its delta, or its full
     image's bmap (whose range checksums a flash checks as it writes) and, when recorded, the
@@ -218,8 +234,13 @@ def sign_unit(unit_dir: Path, key: ed25519.Ed25519PrivateKey) -> None:
     files = {n: hashlib.sha256((unit_dir / n).read_bytes()).hexdigest() for n in signed_files(record)}
     batch = batch_fingerprint(key.public_key())
     statement = _statement(record.name, batch, files)
-    sig = {"version": SIG_VERSION, "unit": record.name, "batch": batch, "files": files,
-           "signature": base64.b64encode(key.sign(statement)).decode()}
+    sig = {
+        "version": SIG_VERSION,
+        "unit": record.name,
+        "batch": batch,
+        "files": files,
+        "signature": base64.b64encode(key.sign(statement)).decode(),
+    }
     (unit_dir / SIG_FILE).write_text(json.dumps(sig, indent=2, sort_keys=True) + "\n")
 
 
@@ -230,8 +251,8 @@ class SignedUnit:
     directory: Path
     record: UnitRecord
     blobs: dict[str, bytes]
-    batch: str          # the signing key's fingerprint
-    pinned: bool        # checked against a key the operator gave, not OUT's own
+    batch: str  # the signing key's fingerprint
+    pinned: bool  # checked against a key the operator gave, not OUT's own
 
 
 def read_signed(unit_dir: Path, trust: Path | None = None) -> SignedUnit:
@@ -244,15 +265,18 @@ def read_signed(unit_dir: Path, trust: Path | None = None) -> SignedUnit:
     public = read_batch_public(pub_path)
     batch = batch_fingerprint(public)
     if sig["batch"] != batch:
-        raise UsageError(f"{unit_dir} is signed by batch key {sig['batch'][:16]}..., not by {pub_path} "
-                         f"({batch[:16]}...): a unit of another batch, or a forged one")
+        raise UsageError(
+            f"{unit_dir} is signed by batch key {sig['batch'][:16]}..., not by {pub_path} "
+            f"({batch[:16]}...): a unit of another batch, or a forged one"
+        )
     try:
         public.verify(sig["signature"], _statement(sig["unit"], batch, sig["files"]))
     except InvalidSignature:
-        raise UsageError(f"{unit_dir}/{SIG_FILE}: the signature does not verify: the unit was changed "
-                         "after emit signed it; do not flash it") from None
-    blobs = {name: _read_signed_file(unit_dir, name, digest, _limit(name))
-             for name, digest in sig["files"].items()}
+        raise UsageError(
+            f"{unit_dir}/{SIG_FILE}: the signature does not verify: the unit was changed "
+            "after emit signed it; do not flash it"
+        ) from None
+    blobs = {name: _read_signed_file(unit_dir, name, digest, _limit(name)) for name, digest in sig["files"].items()}
     try:
         record = UnitRecord.parse(blobs[UNIT_FILE], str(unit_dir / UNIT_FILE))
     except (KeyError, ValueError) as exc:
@@ -267,8 +291,10 @@ def _read_sig(unit_dir: Path) -> dict[str, Any]:
     if not os.path.lexists(path):
         if not os.path.lexists(unit_dir / UNIT_FILE):
             raise UsageError(f"{unit_dir} is not a unit directory emit wrote (no {UNIT_FILE})")
-        raise UsageError(f"{unit_dir} has no signature ({SIG_FILE}): emitted by an older imagetools or "
-                         "tampered with; run emit on its OUT again to sign it")
+        raise UsageError(
+            f"{unit_dir} has no signature ({SIG_FILE}): emitted by an older imagetools or "
+            "tampered with; run emit on its OUT again to sign it"
+        )
     data = strict.loads(strict.read_regular(path, MAX_SIG, "unit signature", follow=False), str(path))
     try:
         f = Fields(data, SIG_FILE)

@@ -46,20 +46,30 @@ LINK_A = "/var/lib/mender link on rootfs A"
 LINK_B = "/var/lib/mender link on rootfs B"
 STATIC_KEY = "static key in mender.conf"
 FSCK = "e2fsck -fn clean on data"
-CHECK_NAMES = (TABLE, DATA, PRESENT, PARSES, ACCEPTABLE, MATCHES, MODE, OWNER, LINK_A, LINK_B, STATIC_KEY,
-               FSCK)
+CHECK_NAMES = (TABLE, DATA, PRESENT, PARSES, ACCEPTABLE, MATCHES, MODE, OWNER, LINK_A, LINK_B, STATIC_KEY, FSCK)
 # Stable ids beside the prose names, for pipelines (`--json` "id"): the prose may be reworded,
 # an id never changes.
-CHECK_IDS = {TABLE: "partition-table", DATA: "data-partition", PRESENT: "key-present", PARSES: "key-parses",
-             ACCEPTABLE: "key-acceptable", MATCHES: "key-matches", MODE: "key-mode", OWNER: "key-owner",
-             LINK_A: "link-rootfs-a", LINK_B: "link-rootfs-b", STATIC_KEY: "static-key", FSCK: "fsck-data"}
+CHECK_IDS = {
+    TABLE: "partition-table",
+    DATA: "data-partition",
+    PRESENT: "key-present",
+    PARSES: "key-parses",
+    ACCEPTABLE: "key-acceptable",
+    MATCHES: "key-matches",
+    MODE: "key-mode",
+    OWNER: "key-owner",
+    LINK_A: "link-rootfs-a",
+    LINK_B: "link-rootfs-b",
+    STATIC_KEY: "static-key",
+    FSCK: "fsck-data",
+}
 
 
 class Status(StrEnum):
     PASS = "pass"
     FAIL = "fail"
-    WARN = "warn"   # worth a look, not a reason to fail (an empty rootfs B)
-    SKIP = "skip"   # could not be checked (no key, --no-fsck)
+    WARN = "warn"  # worth a look, not a reason to fail (an empty rootfs B)
+    SKIP = "skip"  # could not be checked (no key, --no-fsck)
 
 
 @dataclass
@@ -96,8 +106,13 @@ class VerifyReport:
         return next(c for c in self.checks if c.name == name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "ok": self.ok, "fingerprint": self.fingerprint,
-                "key_type": self.key_type, "checks": [c.to_dict() for c in self.checks]}
+        return {
+            "target": self.target,
+            "ok": self.ok,
+            "fingerprint": self.fingerprint,
+            "key_type": self.key_type,
+            "checks": [c.to_dict() for c in self.checks],
+        }
 
     def summary(self) -> dict[str, int]:
         """How many checks ended in each status."""
@@ -119,18 +134,24 @@ def data_path(path: str) -> str:
     inner = on_data(path, datastore=True)
     if inner is not None:
         return inner
-    raise UsageError(f"key path {path!r} is not on the data partition; use a path under /data/ "
-                     f"(default {DEFAULT_KEY_PATH})")
+    raise UsageError(
+        f"key path {path!r} is not on the data partition; use a path under /data/ (default {DEFAULT_KEY_PATH})"
+    )
 
 
 Expected = keys.PublicKey | keys.PrivateKey | bytes | str | os.PathLike | None
 
 
-def verify_image(target: str | Path, *, expected: Expected = None,
-                 expected_fingerprint: str | None = None, fsck: bool = True,
-                 path: str = DEFAULT_KEY_PATH,
-                 overrides: dict[str, int] | None = None,
-                 rootfs: list[Check] | None = None) -> VerifyReport:
+def verify_image(
+    target: str | Path,
+    *,
+    expected: Expected = None,
+    expected_fingerprint: str | None = None,
+    fsck: bool = True,
+    path: str = DEFAULT_KEY_PATH,
+    overrides: dict[str, int] | None = None,
+    rootfs: list[Check] | None = None,
+) -> VerifyReport:
     """Run every check on an image file or block device without writing to it.
 
     `expected` is the key the server holds, in whatever form the caller has it: a public key file
@@ -150,7 +171,7 @@ def verify_image(target: str | Path, *, expected: Expected = None,
         layout = detect_layout(image, overrides, src)
     _check_table(report, image, layout)
     data = layout.data
-    with ImageSession(target, layout) as session:   # each filesystem opened once for every check
+    with ImageSession(target, layout) as session:  # each filesystem opened once for every check
         data_fs = _check_data(report, session, data)
         _check_key(report, data_fs, key_rel, path, want_fp, want_problem, want_key)
         report.checks += rootfs if rootfs is not None else _rootfs_checks(session, key_rel)
@@ -167,13 +188,22 @@ def _read_table(src: ImageSource) -> DiskImage:
     except ImageFormatError:
         if not interrupted_flash(src):
             raise
-    raise VerifyFailed(f"{src.path}: no partition table, and its first {TABLE_AREA // 1024} KiB are zeros: "
-                       f"this looks like an interrupted flash; flash it again "
-                       f"(imagetools flash BASE {src.path} --unit UNIT --again)")
+    raise VerifyFailed(
+        f"{src.path}: no partition table, and its first {TABLE_AREA // 1024} KiB are zeros: "
+        f"this looks like an interrupted flash; flash it again "
+        f"(imagetools flash BASE {src.path} --unit UNIT --again)"
+    )
 
 
-def _check_key(report: VerifyReport, data_fs, key_rel: str, shown: str, want_fp: str | None,
-               want_problem: str | None, want_key: keys.PublicKey | None = None) -> None:
+def _check_key(
+    report: VerifyReport,
+    data_fs,
+    key_rel: str,
+    shown: str,
+    want_fp: str | None,
+    want_problem: str | None,
+    want_key: keys.PublicKey | None = None,
+) -> None:
     key = entry = None
     if data_fs is None:
         _skip(report, (PRESENT,), "no data partition")
@@ -235,8 +265,14 @@ def static_key_check(session: ImageSession, key_rel: str) -> Check:
     if not statuses:
         return Check(STATIC_KEY, Status.SKIP, "no root filesystem with a Mender configuration")
     worst = next(s for s in (Status.FAIL, Status.WARN, Status.PASS) if s in statuses)
-    hint = ("; a missing or unreadable key is then silently replaced and the unit shows up pending "
-            "(imagetools modify --static-key sets it)") if worst == Status.WARN else ""
+    hint = (
+        (
+            "; a missing or unreadable key is then silently replaced and the unit shows up pending "
+            "(imagetools modify --static-key sets it)"
+        )
+        if worst == Status.WARN
+        else ""
+    )
     return Check(STATIC_KEY, worst, "; ".join(details) + hint)
 
 
@@ -263,8 +299,7 @@ def _static_key_on(session: ImageSession, part: PartInfo, want: str, shown: str)
 _KEY_CLASSES = tuple(cls for union in (keys.PublicKey, keys.PrivateKey) for cls in typing.get_args(union))
 
 
-def _expected(expected: Expected,
-              fingerprint: str | None) -> tuple[str | None, str | None, keys.PublicKey | None]:
+def _expected(expected: Expected, fingerprint: str | None) -> tuple[str | None, str | None, keys.PublicKey | None]:
     """(expected fingerprint, problem with the expected key, the expected key when usable: the
     key in the image must sign what it verifies). Garbage raises KeyMaterialError; a value of
     another type TypeError (a path given as something else would otherwise fail much later)."""
@@ -272,8 +307,9 @@ def _expected(expected: Expected,
     if isinstance(expected, (str, os.PathLike)):
         expected = keys.read_key_bytes(Path(expected).absolute(), "expected public key")
     elif expected is not None and not isinstance(expected, (bytes, bytearray, *_KEY_CLASSES)):
-        raise TypeError(f"expected must be a public key file path, PEM bytes or a key object, "
-                        f"not {type(expected).__name__}")
+        raise TypeError(
+            f"expected must be a public key file path, PEM bytes or a key object, not {type(expected).__name__}"
+        )
     if isinstance(expected, keys.PRIVATE_TYPES):
         expected = expected.public_key()
     if isinstance(expected, (bytes, bytearray)):
@@ -314,8 +350,12 @@ def _check_table(report: VerifyReport, image, layout: Layout) -> None:
 
 def _check_data(report: VerifyReport, session: ImageSession, data: PartInfo | None):
     if data is None:
-        report.add(DATA, Status.FAIL, f"no data partition (choose one with --data-partition N); "
-                                 f"partitions seen: {session.layout.summary() or 'none'}")
+        report.add(
+            DATA,
+            Status.FAIL,
+            f"no data partition (choose one with --data-partition N); "
+            f"partitions seen: {session.layout.summary() or 'none'}",
+        )
         return None
     where = f"partition {data.describe()}"
     try:
@@ -351,8 +391,7 @@ def read_key_in_image(fs, key_rel: str) -> bytes:
     """The key file's bytes, refused unread when it is far larger than any key (hostile image)."""
     size = fs.stat(key_rel).size
     if size > keys.MAX_KEY_FILE:
-        raise KeyMaterialError(f"key in image: {size} bytes, more than any key file "
-                               f"({keys.MAX_KEY_FILE} at most)")
+        raise KeyMaterialError(f"key in image: {size} bytes, more than any key file ({keys.MAX_KEY_FILE} at most)")
     return fs.read(key_rel)
 
 
@@ -419,8 +458,9 @@ def _link_status(session: ImageSession, part: PartInfo | None, role: Role) -> tu
     if resolved == want:
         return Status.PASS, ", ".join(chain) + " (the data partition's mender/)"
     if not chain:
-        return Status.FAIL, (f"{CLIENT_KEY_DIR} is a directory on {label}, not a link to {want}: "
-                        f"the client would not find the key")
+        return Status.FAIL, (
+            f"{CLIENT_KEY_DIR} is a directory on {label}, not a link to {want}: the client would not find the key"
+        )
     return Status.FAIL, ", ".join(chain) + f" resolves to {resolved}, not {want}: the client would not find the key"
 
 
@@ -446,7 +486,7 @@ def fsck_check(target: str | Path, data: PartInfo) -> Check:
     return Check(FSCK, Status.FAIL, "errors found: " + "; ".join(lines[:4])[:300])
 
 
-MAX_REPORT_BYTES = 256 * 1024 * 1024   # report.json of a very large batch; anything larger is not one
+MAX_REPORT_BYTES = 256 * 1024 * 1024  # report.json of a very large batch; anything larger is not one
 
 
 def report_beside(image: str | Path) -> Path | None:
@@ -478,5 +518,8 @@ def explain_mismatch(report: VerifyReport, report_file: str | Path) -> None:
         return
     owner = key_owner(report.fingerprint, report_file)
     where = Path(report_file).absolute()
-    check.detail += (f"; the key in the image is {owner}'s (per {where})" if owner
-                     else f"; no unit in {where} has the key in the image")
+    check.detail += (
+        f"; the key in the image is {owner}'s (per {where})"
+        if owner
+        else f"; no unit in {where} has the key in the image"
+    )

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from support.images import build_image
 from support.tools import ROOT
 
@@ -71,8 +70,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.ensure_newline()
-        reporter.write_line(f"FAILED: the tests left {len(leaked)} imagetools entries behind: "
-                            + ", ".join(sorted(leaked)), red=True)
+        reporter.write_line(
+            f"FAILED: the tests left {len(leaked)} imagetools entries behind: " + ", ".join(sorted(leaked)), red=True
+        )
 
 
 @pytest.fixture(scope="session")
@@ -102,8 +102,9 @@ def cli(tmp_path):
     def invoke(*args: str, input: str | bytes | None = None, env: dict | None = None):
         full_env = {**os.environ, **(env or {})}
         text = not isinstance(input, bytes)
-        return subprocess.run([exe, *map(str, args)], capture_output=True, text=text,
-                              input=input, env=full_env, cwd=tmp_path)
+        return subprocess.run(
+            [exe, *map(str, args)], capture_output=True, text=text, input=input, env=full_env, cwd=tmp_path
+        )
 
     return invoke
 
@@ -129,5 +130,10 @@ def mender():
 @pytest.fixture
 def env(mender, tmp_path):
     """The environment for CLI runs against `mender` (its token, quick retries, a private cache)."""
-    return {"MENDER_SERVER_URL": mender.url, "MENDER_TOKEN": "test-pat", "IMAGETOOLS_BACKOFF": "0.01",
-            "XDG_CACHE_HOME": str(tmp_path / "cache"), "MENDER_PASSWORD": ""}
+    return {
+        "MENDER_SERVER_URL": mender.url,
+        "MENDER_TOKEN": "test-pat",
+        "IMAGETOOLS_BACKOFF": "0.01",
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "MENDER_PASSWORD": "",
+    }

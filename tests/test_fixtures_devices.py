@@ -6,15 +6,17 @@ from __future__ import annotations
 import re
 
 import pytest
+from support.fixture_files import FIXTURES
 
 from imagetools.devices import load_devices
 from imagetools.errors import DeviceListError
-from support.fixture_files import FIXTURES
 
 DEVICES = FIXTURES / "devices"
-UNITS = [("unit0001", {"mac": "02:00:00:00:00:01", "sn": "SN0001"}, 2),
-         ("unit0002", {"mac": "02:00:00:00:00:02", "sn": "SN0002"}, 3),
-         ("unit0003", {"mac": "02:00:00:00:00:03", "sn": "SN0003"}, 4)]
+UNITS = [
+    ("unit0001", {"mac": "02:00:00:00:00:01", "sn": "SN0001"}, 2),
+    ("unit0002", {"mac": "02:00:00:00:00:02", "sn": "SN0002"}, 3),
+    ("unit0003", {"mac": "02:00:00:00:00:03", "sn": "SN0003"}, 4),
+]
 BAD = {
     "duplicate-identity.csv": (3, "duplicate identity"),
     "duplicate-name.csv": (3, "duplicate name 'unit0001'"),

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
 from support.hostile_data import data_clean, hostile_tree, with_data_tree
 from support.images import build_image
+
 from imagetools import files, keys
 from imagetools.errors import ImageToolsError
 from imagetools.inject import inject_key
@@ -24,7 +24,8 @@ from imagetools.verify import verify_image
 pytestmark = pytest.mark.integration
 
 names = st.binary(min_size=1, max_size=255).filter(
-    lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b".."))
+    lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b"..")
+)
 KEY = keys.private_pem(keys.generate(keys.KeySpec(type="ed25519")))
 
 

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.tools import run_tool
 from cryptography.hazmat.primitives import serialization
+from support.tools import run_tool
 
 from imagetools import keys, verify
 from imagetools.errors import EnvironmentProblem, ImageFormatError, KeyMaterialError
@@ -31,6 +31,7 @@ KEY_IN_DATA = "/mender/mender-agent.pem"
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -68,13 +69,14 @@ def keyset(tmp_path_factory):
     """Key files made once per module (RSA generation is slow)."""
     d = tmp_path_factory.mktemp("keys")
     made = {}
-    for name, spec in {"rsa": keys.KeySpec(bits=2048), "other": keys.KeySpec(type="ecdsa"),
-                       "small": None}.items():
+    for name, spec in {"rsa": keys.KeySpec(bits=2048), "other": keys.KeySpec(type="ecdsa"), "small": None}.items():
         if spec is None:
             from cryptography.hazmat.primitives.asymmetric import rsa
+
             key = rsa.generate_private_key(65537, 1024)
-            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                    serialization.NoEncryption())
+            pem = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+            )
         else:
             key = keys.generate(spec)
             pem = keys.private_pem(key, spec.format)
@@ -82,10 +84,14 @@ def keyset(tmp_path_factory):
         (d / f"{name}.pub").write_bytes(keys.public_pem(key))
         made[name] = key
     rsa_key = made["rsa"]
-    (d / "rsa-pkcs1.pub").write_bytes(rsa_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.PKCS1))
-    (d / "encrypted.key").write_bytes(rsa_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")))
+    (d / "rsa-pkcs1.pub").write_bytes(
+        rsa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
+    )
+    (d / "encrypted.key").write_bytes(
+        rsa_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")
+        )
+    )
     (d / "garbage.key").write_bytes(b"not a key\n")
     return d
 
@@ -100,11 +106,17 @@ def injected(make_image, keyset):
 
 # --- round trips ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("key_type,fmt,header", [
-    ("rsa", "pkcs1", "RSA PRIVATE KEY"), ("rsa", "pkcs8", "PRIVATE KEY"),
-    ("ecdsa", "pkcs1", "EC PRIVATE KEY"), ("ecdsa", "pkcs8", "PRIVATE KEY"),
-    ("ed25519", "pkcs8", "PRIVATE KEY"),
-])
+
+@pytest.mark.parametrize(
+    "key_type,fmt,header",
+    [
+        ("rsa", "pkcs1", "RSA PRIVATE KEY"),
+        ("rsa", "pkcs8", "PRIVATE KEY"),
+        ("ecdsa", "pkcs1", "EC PRIVATE KEY"),
+        ("ecdsa", "pkcs8", "PRIVATE KEY"),
+        ("ed25519", "pkcs8", "PRIVATE KEY"),
+    ],
+)
 def test_keygen_inject_verify_round_trip(cli, make_image, tmp_path, key_type, fmt, header):
     base = make_image("sdimg", name="base.sdimg")
     before = sha256(base)
@@ -181,10 +193,16 @@ def test_inject_out_refuses_existing_file_without_force(cli, make_image, keyset,
     assert verify_image(out).ok
 
 
-@pytest.mark.parametrize("bad,message", [
-    ("encrypted.key", "encrypted"), ("small.key", "1024 bits"), ("garbage.key", "not a PEM private key"),
-    ("rsa.pub", "not a PEM private key"), ("missing.key", "not found"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ("encrypted.key", "encrypted"),
+        ("small.key", "1024 bits"),
+        ("garbage.key", "not a PEM private key"),
+        ("rsa.pub", "not a PEM private key"),
+        ("missing.key", "not found"),
+    ],
+)
 def test_inject_refuses_unusable_keys_before_touching_the_image(cli, make_image, keyset, bad, message):
     img = make_image("sdimg")
     before = sha256(img)
@@ -207,8 +225,9 @@ def test_inject_with_the_mender_artifact_backend(cli, make_image, keyset, tmp_pa
     base = make_image("sdimg", empty_rootfs_b=True)
     debugfs(base, "data", "rmdir /mender")
     before = sha256(base)
-    result = cli("inject", "--backend", "mender-artifact", "--key", keyset / "rsa.key", base,
-                 "--out", tmp_path / "unit.sdimg")
+    result = cli(
+        "inject", "--backend", "mender-artifact", "--key", keyset / "rsa.key", base, "--out", tmp_path / "unit.sdimg"
+    )
     assert result.returncode == 0, result.stderr
     assert sha256(base) == before
     assert verify_image(tmp_path / "unit.sdimg", expected=keys.read_public_file(keyset / "rsa.pub")).ok
@@ -223,6 +242,7 @@ def test_mender_artifact_backend_refuses_layouts_it_cannot_handle(cli, make_imag
 
 
 # --- verify: each failure names its check --------------------------------------------------------
+
 
 def test_missing_key(make_image):
     report = verify_image(make_image("sdimg"))
@@ -282,10 +302,17 @@ def test_missing_symlink(make_image, keyset):
     assert "/var/lib/mender does not exist" in report.check(verify.LINK_A).detail
 
 
-@pytest.mark.parametrize("target,ok", [
-    ("/data/mender", True), ("/data/mender/", True), ("../../data/mender", True), ("../../data/./mender", True),
-    ("/data/other", False), ("/var/lib/mender-real", False),
-])
+@pytest.mark.parametrize(
+    "target,ok",
+    [
+        ("/data/mender", True),
+        ("/data/mender/", True),
+        ("../../data/mender", True),
+        ("../../data/./mender", True),
+        ("/data/other", False),
+        ("/var/lib/mender-real", False),
+    ],
+)
 def test_link_targets_absolute_and_relative(injected, target, ok):
     img = injected
     debugfs(img, "rootfs-a", "rm /var/lib/mender", f"symlink /var/lib/mender {target}")
@@ -295,8 +322,14 @@ def test_link_targets_absolute_and_relative(injected, target, ok):
 
 
 def test_link_through_an_intermediate_symlink_and_a_plain_directory(injected):
-    debugfs(injected, "rootfs-a", "rm /var/lib/mender", "mkdir /persist", "symlink /persist/m ../data/mender",
-            "symlink /var/lib/mender /persist/m")
+    debugfs(
+        injected,
+        "rootfs-a",
+        "rm /var/lib/mender",
+        "mkdir /persist",
+        "symlink /persist/m ../data/mender",
+        "symlink /var/lib/mender /persist/m",
+    )
     assert verify_image(injected, fsck=False).check(verify.LINK_A).status == "pass"
     debugfs(injected, "rootfs-a", "rm /var/lib/mender", "mkdir /var/lib/mender")
     check = verify_image(injected, fsck=False).check(verify.LINK_A)
@@ -354,6 +387,7 @@ def test_no_data_partition_is_a_failed_check(make_image, keyset):
 
 # --- verify: read-only, block devices, unusable input --------------------------------------------
 
+
 def test_verify_never_opens_the_target_for_writing(injected, keyset, monkeypatch):
     before, mtime = sha256(injected), injected.stat().st_mtime_ns
     opened = []
@@ -380,8 +414,7 @@ def test_verify_never_opens_the_target_for_writing(injected, keyset, monkeypatch
 def test_verify_a_read_only_block_device(cli, injected, keyset):
     if os.geteuid() != 0 or not shutil.which("losetup"):
         pytest.skip("needs root and losetup for a loop device")
-    proc = subprocess.run(["losetup", "--find", "--show", "--read-only", str(injected)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(["losetup", "--find", "--show", "--read-only", str(injected)], capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.skip(f"no loop device here: {proc.stderr.strip()}")
     loop = proc.stdout.strip()
@@ -396,9 +429,14 @@ def test_verify_a_read_only_block_device(cli, injected, keyset):
 def test_unusable_input_exits_2(cli, tmp_path, injected, keyset):
     text = tmp_path / "notes.sdimg"
     text.write_text("hello\n" * 200)
-    for args in ([text], [tmp_path / "missing.sdimg"], [injected, "--pubkey", keyset / "garbage.key"],
-                 [injected, "--fingerprint", "abc"], [injected, "--path", "/etc/key.pem"],
-                 [injected, "--pubkey", keyset / "rsa.pub", "--fingerprint", "0" * 64]):
+    for args in (
+        [text],
+        [tmp_path / "missing.sdimg"],
+        [injected, "--pubkey", keyset / "garbage.key"],
+        [injected, "--fingerprint", "abc"],
+        [injected, "--path", "/etc/key.pem"],
+        [injected, "--pubkey", keyset / "rsa.pub", "--fingerprint", "0" * 64],
+    ):
         result = cli("verify", *args)
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.startswith("imagetools: error: ") and "Traceback" not in result.stderr
@@ -449,8 +487,12 @@ def test_verify_opens_the_image_once_and_each_filesystem_once(make_image, tmp_pa
     key = keys.generate(keys.KeySpec(type="ed25519"))
     inject_key(img, keys.private_pem(key))
     (tmp_path / "public.key").write_bytes(keys.public_pem(key))
-    proc = subprocess.run([sys.executable, "-c", _COUNT_OPENS, str(img), str(tmp_path / "public.key")],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _COUNT_OPENS, str(img), str(tmp_path / "public.key")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     found = json.loads(proc.stdout)
     print(f"verify --no-fsck opened {img.name} {found['opens']} times (1 table + filesystems)")
     assert found["ok"] and found["opens"] <= 1 + 3, found

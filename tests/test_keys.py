@@ -53,8 +53,7 @@ def test_ecdsa_curves(curve, name):
 
 
 def test_fingerprint_is_sha256_of_spki_der_and_format_independent(rsa_key):
-    der = rsa_key.public_key().public_bytes(serialization.Encoding.DER,
-                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = rsa_key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     assert keys.fingerprint(rsa_key) == hashlib.sha256(der).hexdigest()
     pkcs8 = keys.load_private(keys.private_pem(rsa_key, "pkcs8"), "a")
     pkcs1 = keys.load_private(keys.private_pem(rsa_key, "pkcs1"), "b")
@@ -65,8 +64,11 @@ def test_fingerprint_is_sha256_of_spki_der_and_format_independent(rsa_key):
 def test_public_key_pem_wrapping_does_not_matter(rsa_key):
     pem = keys.public_pem(rsa_key).decode()
     body = "".join(pem.splitlines()[1:-1])
-    rewrapped = "-----BEGIN PUBLIC KEY-----\n" + "\n".join(body[i:i + 76] for i in range(0, len(body), 76)) \
+    rewrapped = (
+        "-----BEGIN PUBLIC KEY-----\n"
+        + "\n".join(body[i : i + 76] for i in range(0, len(body), 76))
         + "\n-----END PUBLIC KEY-----\n"
+    )
     assert keys.same_key(keys.load_public(rewrapped.encode(), "x"), rsa_key)
 
 
@@ -91,8 +93,9 @@ def test_public_key_given_as_private_is_refused(rsa_key):
 
 @pytest.mark.parametrize("make", [lambda: dsa.generate_private_key(2048), lambda: ed448.Ed448PrivateKey.generate()])
 def test_unsupported_key_types_are_refused(make):
-    pem = make().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                               serialization.NoEncryption())
+    pem = make().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     with pytest.raises(KeyMaterialError, match="unsupported key type"):
         keys.load_private(pem, "k.pem")
 
@@ -121,9 +124,13 @@ def test_keyspec_validation():
 @given(st.binary(min_size=32, max_size=32), st.sampled_from(["plain", "upper", "colons", "prefixed", "spaced"]))
 def test_normalize_fingerprint_accepts_common_spellings(raw, style):
     hexfp = raw.hex()
-    text = {"plain": hexfp, "upper": hexfp.upper(),
-            "colons": ":".join(hexfp[i:i + 2] for i in range(0, 64, 2)),
-            "prefixed": "SHA256:" + hexfp, "spaced": " ".join(hexfp[i:i + 4] for i in range(0, 64, 4))}[style]
+    text = {
+        "plain": hexfp,
+        "upper": hexfp.upper(),
+        "colons": ":".join(hexfp[i : i + 2] for i in range(0, 64, 2)),
+        "prefixed": "SHA256:" + hexfp,
+        "spaced": " ".join(hexfp[i : i + 4] for i in range(0, 64, 4)),
+    }[style]
     assert keys.normalize_fingerprint(text) == hexfp
 
 

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from support.limits import finishes_within, run_limited, run_python
 from support.tools import ROOT
+
 from imagetools import keys
 from imagetools.errors import KeyMaterialError
 
@@ -38,17 +38,26 @@ def ed_pem():
 def _certificate_pem() -> bytes:
     key = ed25519.Ed25519PrivateKey.generate()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "unit42")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, None))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, None)
+    )
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
 # --- special and oversized files -------------------------------------------------------------------
 
-@pytest.mark.parametrize("read", [lambda p: keys.read_key_bytes(p, "private key"), keys.read_private_file,
-                                  keys.read_public_file])
+
+@pytest.mark.parametrize(
+    "read", [lambda p: keys.read_key_bytes(p, "private key"), keys.read_private_file, keys.read_public_file]
+)
 def test_fifo_is_refused_without_blocking(tmp_path, read):
     fifo = tmp_path / "key.pem"
     os.mkfifo(fifo)
@@ -57,13 +66,20 @@ def test_fifo_is_refused_without_blocking(tmp_path, read):
     assert f"{fifo} is a FIFO, not a regular file" in str(error)
 
 
-@pytest.mark.parametrize("read,what", [("read_private_file(p)", "private key"), ("read_public_file(p)", "public key"),
-                                       ("read_key_bytes(p, 'key file')", "key file")])
+@pytest.mark.parametrize(
+    "read,what",
+    [
+        ("read_private_file(p)", "private key"),
+        ("read_public_file(p)", "public key"),
+        ("read_key_bytes(p, 'key file')", "key file"),
+    ],
+)
 def test_dev_zero_is_refused_as_not_a_regular_file(read, what):
     child = run_python(f"import sys; from imagetools import keys; p = sys.argv[1]; keys.{read}", "/dev/zero")
     assert child.returncode == 1
-    assert child.stderr.splitlines()[-1] == (f"imagetools.errors.KeyMaterialError: {what} /dev/zero is "
-                                             f"a character device, not a regular file")
+    assert child.stderr.splitlines()[-1] == (
+        f"imagetools.errors.KeyMaterialError: {what} /dev/zero is a character device, not a regular file"
+    )
 
 
 def test_directory_is_refused(tmp_path):
@@ -100,8 +116,20 @@ def test_at_most_cap_plus_one_bytes_are_read_whatever_the_size_says(tmp_path, mo
         st = real_fstat(fd)
         if st.st_ino != big.stat().st_ino:
             return st
-        return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, 0,
-                               st.st_atime, st.st_mtime, st.st_ctime))
+        return os.stat_result(
+            (
+                st.st_mode,
+                st.st_ino,
+                st.st_dev,
+                st.st_nlink,
+                st.st_uid,
+                st.st_gid,
+                0,
+                st.st_atime,
+                st.st_mtime,
+                st.st_ctime,
+            )
+        )
 
     def counting_read(fd, n):
         data = real_read(fd, n)
@@ -137,13 +165,18 @@ def test_missing_and_unreadable_files_name_the_file(tmp_path, ed_pem):
 
 # --- exactly one PEM block -------------------------------------------------------------------------
 
+
 def test_certificate_and_key_bundle_is_refused(ed_pem):
-    for bundle, labels in ((_certificate_pem() + ed_pem, "CERTIFICATE, PRIVATE KEY"),
-                           (ed_pem + _certificate_pem(), "PRIVATE KEY, CERTIFICATE")):
+    for bundle, labels in (
+        (_certificate_pem() + ed_pem, "CERTIFICATE, PRIVATE KEY"),
+        (ed_pem + _certificate_pem(), "PRIVATE KEY, CERTIFICATE"),
+    ):
         with pytest.raises(KeyMaterialError) as err:
             keys.load_private(bundle, "bundle.pem")
-        assert str(err.value) == (f"bundle.pem: holds 2 PEM blocks ({labels}); the Mender client reads only "
-                                  f"the first: put the private key alone in the file")
+        assert str(err.value) == (
+            f"bundle.pem: holds 2 PEM blocks ({labels}); the Mender client reads only "
+            f"the first: put the private key alone in the file"
+        )
 
 
 def test_key_followed_by_a_second_key_is_refused(ed_pem, rsa_key):
@@ -151,14 +184,20 @@ def test_key_followed_by_a_second_key_is_refused(ed_pem, rsa_key):
         keys.load_private(ed_pem + keys.private_pem(rsa_key), "two.pem")
 
 
-@pytest.mark.parametrize("before,after,line", [
-    (b"Bag Attributes\n    localKeyID: 01\n", b"", 1),
-    (b"\n\n# a note\n", b"", 3),
-    (b"", b"trailing text\n", 4),
-])
+@pytest.mark.parametrize(
+    "before,after,line",
+    [
+        (b"Bag Attributes\n    localKeyID: 01\n", b"", 1),
+        (b"\n\n# a note\n", b"", 3),
+        (b"", b"trailing text\n", 4),
+    ],
+)
 def test_text_outside_the_block_is_refused_with_its_line(ed_pem, before, after, line):
-    with pytest.raises(KeyMaterialError, match=rf"k.pem: line {line} is text outside the PEM block; "
-                                               rf"put the private key alone in the file"):
+    with pytest.raises(
+        KeyMaterialError,
+        match=rf"k.pem: line {line} is text outside the PEM block; "
+        rf"put the private key alone in the file",
+    ):
         keys.load_private(before + ed_pem + after, "k.pem")
 
 
@@ -199,15 +238,20 @@ def test_der_and_byte_order_mark_are_refused_with_a_hint(rsa_key, ed_pem):
         keys.load_private(b"\xef\xbb\xbf" + ed_pem, "k.pem")
 
 
-@pytest.mark.parametrize("mangle,message", [
-    (lambda pem: pem.replace(b"-----END PRIVATE KEY-----\n", b""), "has no '-----END PRIVATE KEY-----' line"),
-    (lambda pem: pem.replace(b"END PRIVATE KEY", b"END RSA PRIVATE KEY"),
-     "expected base64 or '-----END PRIVATE KEY-----'"),
-    (lambda pem: pem.replace(b"\n-----END", b"\n\n-----END"), "line 3: expected base64"),
-    (lambda pem: pem.replace(b"\n-----END", b"A\n-----END"), "is not complete base64"),
-    (lambda pem: pem.replace(b"\n-----END", b"%\n-----END"), "line 2: expected base64"),
-    (lambda pem: b"-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n", "is not complete base64 (empty"),
-])
+@pytest.mark.parametrize(
+    "mangle,message",
+    [
+        (lambda pem: pem.replace(b"-----END PRIVATE KEY-----\n", b""), "has no '-----END PRIVATE KEY-----' line"),
+        (
+            lambda pem: pem.replace(b"END PRIVATE KEY", b"END RSA PRIVATE KEY"),
+            "expected base64 or '-----END PRIVATE KEY-----'",
+        ),
+        (lambda pem: pem.replace(b"\n-----END", b"\n\n-----END"), "line 3: expected base64"),
+        (lambda pem: pem.replace(b"\n-----END", b"A\n-----END"), "is not complete base64"),
+        (lambda pem: pem.replace(b"\n-----END", b"%\n-----END"), "line 2: expected base64"),
+        (lambda pem: b"-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n", "is not complete base64 (empty"),
+    ],
+)
 def test_malformed_blocks_name_the_problem(ed_pem, mangle, message):
     with pytest.raises(KeyMaterialError, match=message.replace("(", r"\(")):
         keys.load_private(mangle(ed_pem), "k.pem")
@@ -226,6 +270,7 @@ def test_padding_may_be_wrapped_like_any_other_character():
 
 
 # --- encryption is read from the PEM structure -----------------------------------------------------
+
 
 def _ed25519_pem_with_encrypted_in_its_base64() -> bytes:
     """A valid key whose base64 spells ENCRYPTED: seed bytes 2..31 are base64 characters 24..63."""
@@ -256,9 +301,14 @@ def test_encrypted_in_another_header_is_not_called_encryption(ed_pem, header):
     assert "is encrypted" not in str(err.value)
 
 
-@pytest.mark.parametrize("make", [lambda: rsa.generate_private_key(65537, 2048),
-                                  lambda: ec.generate_private_key(ec.SECP256R1()),
-                                  lambda: ed25519.Ed25519PrivateKey.generate()])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: rsa.generate_private_key(65537, 2048),
+        lambda: ec.generate_private_key(ec.SECP256R1()),
+        lambda: ed25519.Ed25519PrivateKey.generate(),
+    ],
+)
 @pytest.mark.parametrize("fmt", ["pkcs8", "traditional"])
 def test_really_encrypted_keys_are_refused(make, fmt):
     key = make()
@@ -276,6 +326,7 @@ def test_really_encrypted_keys_are_refused(make, fmt):
 
 
 # --- RSA size and exponent -------------------------------------------------------------------------
+
 
 def test_keyspec_bits_are_bounded():
     assert keys.KeySpec(bits=keys.MAX_RSA_BITS).bits == 8192
@@ -315,8 +366,9 @@ def test_largest_rsa_key_that_fits_in_64_kib_is_refused_quickly(tmp_path):
     releasing the GIL, so the load runs in a child process that a timeout can end."""
     key = _fake_rsa_private(80000)
     pem = tmp_path / "huge.pem"
-    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                      NO_ENCRYPTION))
+    pem.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, NO_ENCRYPTION)
+    )
     assert pem.stat().st_size <= keys.MAX_KEY_FILE
     child = run_python("import sys; from imagetools import keys; keys.read_private_file(sys.argv[1])", str(pem))
     assert child.returncode == 1 and "RSA key of 80000 bits; at most 8192 are accepted" in child.stderr
@@ -331,8 +383,9 @@ def _rsa_with_exponent(base: rsa.RSAPrivateKey, e: int) -> rsa.RSAPrivateKey:
         except ValueError:
             e += 2
             continue
-        return rsa.RSAPrivateNumbers(p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p),
-                                     rsa.RSAPublicNumbers(e, p * q)).private_key()
+        return rsa.RSAPrivateNumbers(
+            p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p), rsa.RSAPublicNumbers(e, p * q)
+        ).private_key()
 
 
 @pytest.mark.parametrize("e", [2**31 + 11, 2**64 + 13, 2**300 + 7])
@@ -363,8 +416,7 @@ def test_keygen_bits_out_of_range_fails_fast(tmp_path, bits):
     out = tmp_path / "tmp"
     result = run_limited(_imagetools(), "keygen", "--type", "rsa", "--bits", bits, "--out-dir", str(out), timeout=20)
     assert result.returncode == 2, result.stderr
-    assert result.stderr == (f"imagetools: error: RSA keys need at least 2048 and at most 8192 bits "
-                             f"(got {bits})\n")
+    assert result.stderr == (f"imagetools: error: RSA keys need at least 2048 and at most 8192 bits (got {bits})\n")
     assert not out.exists()
 
 
@@ -381,29 +433,37 @@ def test_inject_with_special_key_files_fails_fast(tmp_path):
 
 _label_char = st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters="-")
 _labels = st.lists(st.tuples(st.sampled_from(["", "-", " "]), _label_char), min_size=1, max_size=12).map(
-    lambda parts: parts[0][1] + "".join(sep + c for sep, c in parts[1:]))
-_header = st.tuples(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9-]{0,10}", fullmatch=True),
-                    st.from_regex(r"[ -~]{0,20}", fullmatch=True).map(str.strip))
+    lambda parts: parts[0][1] + "".join(sep + c for sep, c in parts[1:])
+)
+_header = st.tuples(
+    st.from_regex(r"[A-Za-z0-9][A-Za-z0-9-]{0,10}", fullmatch=True),
+    st.from_regex(r"[ -~]{0,20}", fullmatch=True).map(str.strip),
+)
 
 
 def _encode(label: str, headers: list[tuple[str, str]], der: bytes, width: int, newline: str) -> str:
     b64 = base64.b64encode(der).decode()
     lines = [f"-----BEGIN {label}-----"]
     lines += [f"{name}: {value}" for name, value in headers] + ([""] if headers else [])
-    lines += [b64[i:i + width] for i in range(0, len(b64), width)]
+    lines += [b64[i : i + width] for i in range(0, len(b64), width)]
     return newline.join(lines + [f"-----END {label}-----", ""])
 
 
 @settings(max_examples=300)
-@given(st.lists(st.tuples(_labels, st.lists(_header, max_size=3), st.binary(min_size=1, max_size=200)),
-                min_size=1, max_size=3),
-       st.integers(1, 100), st.sampled_from(["\n", "\r\n"]))
+@given(
+    st.lists(
+        st.tuples(_labels, st.lists(_header, max_size=3), st.binary(min_size=1, max_size=200)), min_size=1, max_size=3
+    ),
+    st.integers(1, 100),
+    st.sampled_from(["\n", "\r\n"]),
+)
 def test_pem_blocks_round_trip(blocks, width, newline):
     text = "\n".join(_encode(label, headers, der, width, newline) for label, headers, der in blocks)
     parsed = keys.parse_pem(text.encode(), "x.pem")
     assert parsed.stray_line is None
     assert [(b.label, list(b.headers), b.der) for b in parsed.blocks] == [
-        (label, headers, der) for label, headers, der in blocks]
+        (label, headers, der) for label, headers, der in blocks
+    ]
 
 
 @settings(max_examples=500)
@@ -416,17 +476,41 @@ def test_arbitrary_bytes_only_ever_raise_key_material_error(data):
             pass
 
 
-_pieces = st.sampled_from([
-    "-----BEGIN PRIVATE KEY-----", "-----END PRIVATE KEY-----", "-----BEGIN RSA PRIVATE KEY-----",
-    "-----END RSA PRIVATE KEY-----", "-----BEGIN ENCRYPTED PRIVATE KEY-----", "-----BEGIN PUBLIC KEY-----",
-    "-----END PUBLIC KEY-----", "-----BEGIN -----", "-----BEGIN A--B-----", "Proc-Type: 4,ENCRYPTED",
-    "DEK-Info: AES-128-CBC,00", "Comment: x", " continued", "", " ", "MC4CAQAwBQYDK2VwBCIEI", "AAAA", "AA==",
-    "A=", "====", "ENCRYPTED", ":", "\r", "\t", "\x00", "MCowBQYDK2VwAyEA", "#"])
+_pieces = st.sampled_from(
+    [
+        "-----BEGIN PRIVATE KEY-----",
+        "-----END PRIVATE KEY-----",
+        "-----BEGIN RSA PRIVATE KEY-----",
+        "-----END RSA PRIVATE KEY-----",
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----",
+        "-----BEGIN PUBLIC KEY-----",
+        "-----END PUBLIC KEY-----",
+        "-----BEGIN -----",
+        "-----BEGIN A--B-----",
+        "Proc-Type: 4,ENCRYPTED",
+        "DEK-Info: AES-128-CBC,00",
+        "Comment: x",
+        " continued",
+        "",
+        " ",
+        "MC4CAQAwBQYDK2VwBCIEI",
+        "AAAA",
+        "AA==",
+        "A=",
+        "====",
+        "ENCRYPTED",
+        ":",
+        "\r",
+        "\t",
+        "\x00",
+        "MCowBQYDK2VwAyEA",
+        "#",
+    ]
+)
 
 
 @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.one_of(_pieces, st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=8)),
-                max_size=30))
+@given(st.lists(st.one_of(_pieces, st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=8)), max_size=30))
 def test_pem_like_text_only_ever_raises_key_material_error(lines):
     data = "\n".join(lines).encode()
     for parse in (keys.parse_pem, keys.load_private, keys.load_public):
@@ -436,9 +520,13 @@ def test_pem_like_text_only_ever_raises_key_material_error(lines):
             pass
 
 
-_GENERATED = [("rsa", "pkcs1", "RSA PRIVATE KEY"), ("rsa", "pkcs8", "PRIVATE KEY"),
-              ("ecdsa", "pkcs1", "EC PRIVATE KEY"), ("ecdsa", "pkcs8", "PRIVATE KEY"),
-              ("ed25519", "pkcs8", "PRIVATE KEY")]
+_GENERATED = [
+    ("rsa", "pkcs1", "RSA PRIVATE KEY"),
+    ("rsa", "pkcs8", "PRIVATE KEY"),
+    ("ecdsa", "pkcs1", "EC PRIVATE KEY"),
+    ("ecdsa", "pkcs8", "PRIVATE KEY"),
+    ("ed25519", "pkcs8", "PRIVATE KEY"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -453,8 +541,9 @@ def test_generated_keys_round_trip_through_the_parser(generated, kind, width, ne
     key = generated[key_type]
     pem = keys.private_pem(key, fmt)
     [block] = keys.parse_pem(pem, "k").blocks
-    pformat = (serialization.PrivateFormat.PKCS8 if label == "PRIVATE KEY"
-               else serialization.PrivateFormat.TraditionalOpenSSL)
+    pformat = (
+        serialization.PrivateFormat.PKCS8 if label == "PRIVATE KEY" else serialization.PrivateFormat.TraditionalOpenSSL
+    )
     assert block.label == label and not block.headers
     assert block.der == key.private_bytes(serialization.Encoding.DER, pformat, NO_ENCRYPTION)
     rewrapped = _encode(label, [], block.der, width, newline).encode()
@@ -464,10 +553,10 @@ def test_generated_keys_round_trip_through_the_parser(generated, kind, width, ne
 
 
 def test_parser_is_linear_on_a_file_at_the_cap():
-    text = ("-----BEGIN PRIVATE KEY-----\n" + "QUFB\n" * ((keys.MAX_KEY_FILE - 60) // 5)
-            + "-----END PRIVATE KEY-----\n").encode()
+    text = (
+        "-----BEGIN PRIVATE KEY-----\n" + "QUFB\n" * ((keys.MAX_KEY_FILE - 60) // 5) + "-----END PRIVATE KEY-----\n"
+    ).encode()
     started = time.monotonic()
     with pytest.raises(KeyMaterialError, match="not a PEM private key"):
         keys.load_private(text, "k.pem")
     assert time.monotonic() - started < 1
-

@@ -33,8 +33,17 @@ def _tampered(key: rsa.RSAPrivateKey, **changes) -> bytes:
     """The key's PKCS#1 PEM with some private numbers changed, encoded by hand: cryptography's
     RSAPrivateNumbers refuses p*q != n even with unsafe_skip_rsa_key_validation, loading does not."""
     n = key.private_numbers()
-    fields = {"n": n.public_numbers.n, "e": n.public_numbers.e, "d": n.d, "p": n.p, "q": n.q,
-              "dmp1": n.dmp1, "dmq1": n.dmq1, "iqmp": n.iqmp, **changes}
+    fields = {
+        "n": n.public_numbers.n,
+        "e": n.public_numbers.e,
+        "d": n.d,
+        "p": n.p,
+        "q": n.q,
+        "dmp1": n.dmp1,
+        "dmq1": n.dmq1,
+        "iqmp": n.iqmp,
+        **changes,
+    }
     body = _der_int(0) + b"".join(_der_int(fields[f]) for f in ("n", "e", "d", "p", "q", "dmp1", "dmq1", "iqmp"))
     der = b"\x30" + _der_len(len(body)) + body
     return keys._encode_pem("RSA PRIVATE KEY", der)
@@ -70,17 +79,24 @@ def test_rsa3072_load_and_check_takes_milliseconds(rsa3072):
         keys.load_private(pem, "k.pem")
 
     after = _best(now)
-    print(f"\nRSA-3072 load+check: before (OpenSSL consistency check) {before * 1000:.1f} ms, "
-          f"after (skip + arithmetic + PKCS#1 v1.5 signature) {after * 1000:.1f} ms, {before / after:.0f}x")
+    print(
+        f"\nRSA-3072 load+check: before (OpenSSL consistency check) {before * 1000:.1f} ms, "
+        f"after (skip + arithmetic + PKCS#1 v1.5 signature) {after * 1000:.1f} ms, {before / after:.0f}x"
+    )
     assert after * 5 < before
     assert after < 0.05
 
 
-@pytest.mark.parametrize("make", [lambda: rsa.generate_private_key(65537, 2048),
-                                  lambda: ec.generate_private_key(ec.SECP256R1()),
-                                  lambda: ec.generate_private_key(ec.SECP384R1()),
-                                  lambda: ed25519.Ed25519PrivateKey.generate()],
-                         ids=["rsa2048", "p256", "p384", "ed25519"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: rsa.generate_private_key(65537, 2048),
+        lambda: ec.generate_private_key(ec.SECP256R1()),
+        lambda: ec.generate_private_key(ec.SECP384R1()),
+        lambda: ed25519.Ed25519PrivateKey.generate(),
+    ],
+    ids=["rsa2048", "p256", "p384", "ed25519"],
+)
 def test_good_keys_of_every_type_pass(make):
     key = make()
     for fmt in (serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL):
@@ -91,10 +107,17 @@ def test_good_keys_of_every_type_pass(make):
     keys.check_pair(key)
 
 
-@pytest.mark.parametrize("change,why", [
-    ("dmp1", "CRT values"), ("dmq1", "CRT values"), ("iqmp", "CRT values"),
-    ("d", "private exponent"), ("q", "p\\*q is not its modulus"), ("p", "p\\*q is not its modulus"),
-])
+@pytest.mark.parametrize(
+    "change,why",
+    [
+        ("dmp1", "CRT values"),
+        ("dmq1", "CRT values"),
+        ("iqmp", "CRT values"),
+        ("d", "private exponent"),
+        ("q", "p\\*q is not its modulus"),
+        ("p", "p\\*q is not its modulus"),
+    ],
+)
 def test_inconsistent_rsa_keys_are_refused(rsa3072, change, why):
     """OpenSSL signs correctly with bad CRT values (it checks the CRT result with e and redoes it
     with d), so the arithmetic checks are what catches these; a signature alone would pass."""
@@ -111,13 +134,15 @@ def test_inconsistent_rsa_keys_are_refused(rsa3072, change, why):
 def test_rsa_key_with_a_composite_factor_fails_its_signature():
     """p*q = n and every exponent consistent, but 'p' is the product of two primes: only the
     signature shows the key does not work (OpenSSL's full check finds it by primality)."""
-    p1, p2 = rsa.generate_private_key(65537, 1536).private_numbers().p, rsa.generate_private_key(65537, 1536).private_numbers().p
+    p1, p2 = (
+        rsa.generate_private_key(65537, 1536).private_numbers().p,
+        rsa.generate_private_key(65537, 1536).private_numbers().p,
+    )
     q = rsa.generate_private_key(65537, 3072).private_numbers().p
     p, e = p1 * p2, 65537
     lam = (p - 1) * (q - 1) // __import__("math").gcd(p - 1, q - 1)
     d = pow(e, -1, lam)
-    numbers = rsa.RSAPrivateNumbers(p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p),
-                                    rsa.RSAPublicNumbers(e, p * q))
+    numbers = rsa.RSAPrivateNumbers(p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p), rsa.RSAPublicNumbers(e, p * q))
     pem = _pem(numbers.private_key(unsafe_skip_rsa_key_validation=True))
     with pytest.raises(ValueError):
         serialization.load_pem_private_key(pem, None)  # what OpenSSL says

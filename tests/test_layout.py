@@ -5,12 +5,25 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
+from support.disktables import (
+    BASIC,
+    ESP,
+    LINUX,
+    SWAP,
+    GptPart,
+    MiB,
+    ext_superblock,
+    fat_boot_sector,
+    gpt_chunks,
+    mbr_chunks,
+    mbr_entry,
+    mbr_sector,
+    swap_header,
+    write_image,
+)
 from support.images import LAYOUT_ROLES
 from support.tools import run_tool
-from support.disktables import (BASIC, ESP, LINUX, SWAP, MiB, GptPart, ext_superblock,
-                                fat_boot_sector, gpt_chunks, mbr_chunks, mbr_entry, mbr_sector,
-                                swap_header, write_image)
+
 from imagetools.errors import LayoutError
 from imagetools.image import read_image
 from imagetools.layout import ROLES, detect_layout, open_layout
@@ -45,6 +58,7 @@ FAT = fat_boot_sector
 
 
 # --- real images ------------------------------------------------------------------------------
+
 
 @pytest.mark.integration
 @pytest.mark.parametrize("layout", sorted(LAYOUT_ROLES))
@@ -85,8 +99,9 @@ def test_wiped_rootfs_b_is_still_rootfs_b(make_image):
 
 # --- synthetic tables ---------------------------------------------------------------------------
 def test_position_rules(tmp_path):
-    found = gpt_layout(tmp_path, [(BASIC, "", FAT("")), (LINUX, "", EXT()), (LINUX, "", EXT()),
-                                  (LINUX, "", EXT()), (LINUX, "", EXT())])
+    found = gpt_layout(
+        tmp_path, [(BASIC, "", FAT("")), (LINUX, "", EXT()), (LINUX, "", EXT()), (LINUX, "", EXT()), (LINUX, "", EXT())]
+    )
     assert roles(found) == {1: "boot", 2: "rootfs-a", 3: "rootfs-b", 4: "data", 5: "extra"}
     assert found.boot.reason == "vfat filesystem in the first partition"
     assert found.by_number(5).reason == "ext4 partition after data"
@@ -105,8 +120,7 @@ def test_two_unlabelled_linux_partitions_have_no_data(tmp_path):
 
 
 def test_labels_beat_position(tmp_path):
-    found = mbr_layout(tmp_path, [(0x83, EXT("data")), (0x83, EXT("secondary")),
-                                  (0x83, EXT("primary"))])
+    found = mbr_layout(tmp_path, [(0x83, EXT("data")), (0x83, EXT("secondary")), (0x83, EXT("primary"))])
     assert roles(found) == {1: "data", 2: "rootfs-b", 3: "rootfs-a"}
     assert found.data.reason == "ext4 label 'data'"
 
@@ -117,15 +131,13 @@ def test_rootfs_after_data_is_extra(tmp_path):
 
 
 def test_unformatted_linux_partition_as_rootfs_b(tmp_path):
-    found = mbr_layout(tmp_path, [(0x0C, FAT()), (0x83, EXT("primary")), (0x83, None),
-                                  (0x83, EXT("data"))])
+    found = mbr_layout(tmp_path, [(0x0C, FAT()), (0x83, EXT("primary")), (0x83, None), (0x83, EXT("data"))])
     assert roles(found) == {1: "boot", 2: "rootfs-a", 3: "rootfs-b", 4: "data"}
     assert found.rootfs_b.reason == "second Linux partition before data, not formatted"
 
 
 def test_swap_by_signature_or_type(tmp_path):
-    found = mbr_layout(tmp_path, [(0x83, EXT()), (0x83, swap_header()), (0x82, None),
-                                  (0x83, EXT("data"))])
+    found = mbr_layout(tmp_path, [(0x83, EXT()), (0x83, swap_header()), (0x82, None), (0x83, EXT("data"))])
     assert roles(found) == {1: "rootfs-a", 2: "swap", 3: "swap", 4: "data"}
     assert found.by_number(2).reason == "swap signature"
     assert found.by_number(3).reason == "swap partition type 0x82"
@@ -161,9 +173,13 @@ def test_unknown_non_linux_partition_is_extra(tmp_path):
 
 
 def test_gpt_types_and_names(tmp_path):
-    parts = [GptPart(ESP, P, 2 * P - 1), GptPart(LINUX, 2 * P, 3 * P - 1, "rootfs-a"),
-             GptPart(LINUX, 3 * P, 4 * P - 1, "rootfs-b"), GptPart(SWAP, 4 * P, 5 * P - 1),
-             GptPart(LINUX, 5 * P, 6 * P - 1, "data")]
+    parts = [
+        GptPart(ESP, P, 2 * P - 1),
+        GptPart(LINUX, 2 * P, 3 * P - 1, "rootfs-a"),
+        GptPart(LINUX, 3 * P, 4 * P - 1, "rootfs-b"),
+        GptPart(SWAP, 4 * P, 5 * P - 1),
+        GptPart(LINUX, 5 * P, 6 * P - 1, "data"),
+    ]
     chunks = gpt_chunks(parts, 7 * P)
     chunks.update({2 * P * S: EXT(), 3 * P * S: EXT(), 5 * P * S: EXT()})
     found = open_layout(write_image(tmp_path / "g.img", 7 * P * S, chunks))
@@ -174,8 +190,10 @@ def test_gpt_types_and_names(tmp_path):
 
 
 def test_logical_data_partition(tmp_path):
-    chunks = mbr_chunks([(0x0C, P, P), (0x83, 2 * P, P), (0x83, 3 * P, P), (0x05, 4 * P, 3 * P)],
-                        [(0x82, 4 * P + 2048, P - 2048), (0x83, 6 * P, P)])
+    chunks = mbr_chunks(
+        [(0x0C, P, P), (0x83, 2 * P, P), (0x83, 3 * P, P), (0x05, 4 * P, 3 * P)],
+        [(0x82, 4 * P + 2048, P - 2048), (0x83, 6 * P, P)],
+    )
     chunks.update({P * S: FAT(), 2 * P * S: EXT(), 3 * P * S: EXT(), 6 * P * S: EXT()})
     found = open_layout(write_image(tmp_path / "e.img", 8 * P * S, chunks))
     assert roles(found) == {1: "boot", 2: "rootfs-a", 3: "rootfs-b", 5: "swap", 6: "data"}
@@ -183,9 +201,11 @@ def test_logical_data_partition(tmp_path):
 
 # --- overrides and lookups ----------------------------------------------------------------------
 def test_overrides_win(tmp_path):
-    found = gpt_layout(tmp_path, [(BASIC, "", FAT()), (LINUX, "", EXT()), (LINUX, "", EXT()),
-                                  (LINUX, "", EXT("data")), (LINUX, "", EXT())],
-                       overrides={"data": 5, "rootfs-b": 4})
+    found = gpt_layout(
+        tmp_path,
+        [(BASIC, "", FAT()), (LINUX, "", EXT()), (LINUX, "", EXT()), (LINUX, "", EXT("data")), (LINUX, "", EXT())],
+        overrides={"data": 5, "rootfs-b": 4},
+    )
     assert roles(found) == {1: "boot", 2: "rootfs-a", 3: "extra", 4: "rootfs-b", 5: "data"}
     assert found.data.reason == "chosen by the caller (data = partition 5)"
 
@@ -196,10 +216,13 @@ def test_override_gives_the_missing_data_partition(tmp_path):
     assert found.warnings == []
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"data": 7}, r"--data-partition 7: .* has no partition 7 \(partitions: 1 ext4, 2 ext4\)"),
-    ({"swap": 1}, "cannot override role 'swap'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"data": 7}, r"--data-partition 7: .* has no partition 7 \(partitions: 1 ext4, 2 ext4\)"),
+        ({"swap": 1}, "cannot override role 'swap'"),
+    ],
+)
 def test_bad_overrides(tmp_path, overrides, message):
     with pytest.raises(LayoutError, match=message):
         mbr_layout(tmp_path, [(0x83, EXT()), (0x83, EXT())], overrides=overrides)
@@ -220,18 +243,27 @@ def test_lookups(tmp_path):
 
 # --- any mix of partitions: one partition per singular role, a reason for each ------------------
 FS_KINDS = {
-    "ext4": lambda label: EXT(label), "vfat": lambda label: FAT(label.upper()[:11]),
-    "swap": lambda label: swap_header(label), "empty": lambda label: None,
-    "squashfs": lambda label: b"hsqs" + bytes(12), "junk": lambda label: b"\x01" * 4096,
+    "ext4": lambda label: EXT(label),
+    "vfat": lambda label: FAT(label.upper()[:11]),
+    "swap": lambda label: swap_header(label),
+    "empty": lambda label: None,
+    "squashfs": lambda label: b"hsqs" + bytes(12),
+    "junk": lambda label: b"\x01" * 4096,
 }
 LABELS = ["", "data", "primary", "secondary", "rootfs", "boot", "DATA", "other"]
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from([0x83, 0x0C, 0x82, 0x07]), st.sampled_from(sorted(FS_KINDS)),
-                          st.sampled_from(LABELS)), min_size=1, max_size=4),
-       st.dictionaries(st.sampled_from(["data", "boot", "rootfs-a", "rootfs-b"]), st.integers(1, 4),
-                       max_size=2))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0x83, 0x0C, 0x82, 0x07]), st.sampled_from(sorted(FS_KINDS)), st.sampled_from(LABELS)
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.dictionaries(st.sampled_from(["data", "boot", "rootfs-a", "rootfs-b"]), st.integers(1, 4), max_size=2),
+)
 def test_any_mix_gets_consistent_roles(tmp_path_factory, parts, overrides):
     tmp = tmp_path_factory.mktemp("mix")
     try:

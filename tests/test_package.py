@@ -16,8 +16,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIP = shutil.ignore_patterns(".venv", ".git", "*.egg-info", "__pycache__", "build", "dist", "demo-out",
-                              ".pytest_cache", ".mypy_cache", ".ruff_cache")
+SKIP = shutil.ignore_patterns(
+    ".venv",
+    ".git",
+    "*.egg-info",
+    "__pycache__",
+    "build",
+    "dist",
+    "demo-out",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +55,13 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs(make_image, tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{venv / 'bin'}:/usr/bin:/bin:/usr/sbin:/sbin"
-    where = _run(venv / "bin" / "python", "-c", "import imagetools, importlib.metadata as m; "
-                 "print(imagetools.__file__); print(m.version('imagetools'))", cwd=tmp_path, env=env)
+    where = _run(
+        venv / "bin" / "python",
+        "-c",
+        "import imagetools, importlib.metadata as m; print(imagetools.__file__); print(m.version('imagetools'))",
+        cwd=tmp_path,
+        env=env,
+    )
     module, version = where.stdout.split()
     assert module.startswith(str(venv)), module  # the installed copy, not the checkout
     assert _run(venv / "bin" / "imagetools", "--version", cwd=tmp_path, env=env).stdout.split()[-1] == version

@@ -18,17 +18,27 @@ from imagetools.inject import inject_key
 
 pytestmark = pytest.mark.integration
 
-NEVER = {"imagetools.emit.emitter", "imagetools.emit.runner", "imagetools.emit.plan", "imagetools.devices",
-         "imagetools.server", "httpx", "concurrent.futures", "multiprocessing"}
+NEVER = {
+    "imagetools.emit.emitter",
+    "imagetools.emit.runner",
+    "imagetools.emit.plan",
+    "imagetools.devices",
+    "imagetools.server",
+    "httpx",
+    "concurrent.futures",
+    "multiprocessing",
+}
 
 
 def _loaded(*argv: str | Path) -> set[str]:
     """The modules `imagetools ARGV...` has imported when it exits (a fresh interpreter)."""
-    code = ("import atexit, json, sys\n"
-            "atexit.register(lambda: print(json.dumps(sorted(sys.modules)), file=sys.__stderr__))\n"
-            f"sys.argv = ['imagetools', *{[str(a) for a in argv]!r}]\n"
-            "from imagetools.cli import main\n"
-            "main()\n")
+    code = (
+        "import atexit, json, sys\n"
+        "atexit.register(lambda: print(json.dumps(sorted(sys.modules)), file=sys.__stderr__))\n"
+        f"sys.argv = ['imagetools', *{[str(a) for a in argv]!r}]\n"
+        "from imagetools.cli import main\n"
+        "main()\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return set(json.loads(proc.stderr.splitlines()[-1]))

@@ -31,8 +31,9 @@ EXACT = Policy(numbers=Numbers.EXACT)
 
 names = st.text(max_size=8)
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | names
-documents = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(names, inner, max_size=4),
-                         max_leaves=20)
+documents = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(names, inner, max_size=4), max_leaves=20
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -105,7 +106,15 @@ def test_syntax_errors_say_where():
 
 def test_json_type_names_values_for_messages():
     assert [json_type(v) for v in (None, True, 1, 1.5, JsonNumber("2"), "x", [], {})] == [
-        "null", "boolean", "number", "number", "number", "string", "list", "object"]
+        "null",
+        "boolean",
+        "number",
+        "number",
+        "number",
+        "string",
+        "list",
+        "object",
+    ]
     assert json_type({}, article=True) == "an object" and json_type(None, article=True) == "null"
 
 

@@ -41,7 +41,7 @@ def _target(module: str, path: Path, node: ast.ImportFrom) -> str:
     if not node.level:
         return node.module or ""
     base = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
-    base = base[:len(base) - (node.level - 1)]
+    base = base[: len(base) - (node.level - 1)]
     return ".".join(base + ([node.module] if node.module else []))
 
 
@@ -89,9 +89,9 @@ def test_the_graph_sees_top_level_lazy_and_relative_imports(graph):
     """The parser behind the other checks: imports at the top, inside functions (the CLI loads its
     commands' libraries there) and relative ones (`from .base import`, `from ..image import`)."""
     assert "imagetools.menderconf.read" in graph["imagetools.verify"]
-    assert "imagetools.menderconf.modify" in graph["imagetools.cli.config_cmd"]   # inside the command
-    assert "imagetools.fs.base" in graph["imagetools.fs.ext4"]                   # from .base import ...
-    assert "imagetools.image.overlay" in graph["imagetools.fs"]                   # from ..image import overlay
+    assert "imagetools.menderconf.modify" in graph["imagetools.cli.config_cmd"]  # inside the command
+    assert "imagetools.fs.base" in graph["imagetools.fs.ext4"]  # from .base import ...
+    assert "imagetools.image.overlay" in graph["imagetools.fs"]  # from ..image import overlay
 
 
 def test_no_import_cycle(graph):

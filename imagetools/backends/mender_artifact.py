@@ -35,9 +35,11 @@ def check_layout(layout) -> None:
     parts = layout.image.partitions
     if len(parts) != 4 or any(p.logical for p in parts):
         seen = ", ".join(str(p.number) for p in parts)
-        raise LayoutError(f"mender-artifact only handles images with exactly 4 partitions (boot, "
-                          f"rootfs A, rootfs B, data); {layout.image.path} has {len(parts)} "
-                          f"({seen}): use --backend native")
+        raise LayoutError(
+            f"mender-artifact only handles images with exactly 4 partitions (boot, "
+            f"rootfs A, rootfs B, data); {layout.image.path} has {len(parts)} "
+            f"({seen}): use --backend native"
+        )
 
 
 class MenderArtifact:
@@ -72,8 +74,9 @@ class MenderArtifact:
     def _run(self, *args: str, what: str) -> bytes:
         env = {**os.environ, "TMPDIR": os.environ.get("TMPDIR", tempfile.gettempdir())}
         try:
-            proc = subprocess.run([self.binary, *args], capture_output=True, stdin=subprocess.DEVNULL,
-                                  timeout=TIMEOUT, env=env)
+            proc = subprocess.run(
+                [self.binary, *args], capture_output=True, stdin=subprocess.DEVNULL, timeout=TIMEOUT, env=env
+            )
         except OSError as exc:
             raise ToolMissingError(f"cannot run mender-artifact: {exc}") from exc
         except subprocess.TimeoutExpired as exc:
@@ -87,8 +90,7 @@ class MenderArtifact:
     def cat(self, path: str) -> bytes:
         return self._run("cat", self._target(path), what=f"read {path}")
 
-    def install(self, path: str, data: bytes, mode: int, *, uid: int = 0, gid: int = 0,
-                parents: bool = False) -> None:
+    def install(self, path: str, data: bytes, mode: int, *, uid: int = 0, gid: int = 0, parents: bool = False) -> None:
         if uid or gid:
             raise UsageError("mender-artifact cannot set a file's owner (-o/-g): use --backend native")
         if parents:
@@ -98,8 +100,7 @@ class MenderArtifact:
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-            self._run("install", "-m", f"0{mode:03o}", str(source), self._target(path),
-                      what=f"install {path}")
+            self._run("install", "-m", f"0{mode:03o}", str(source), self._target(path), what=f"install {path}")
         finally:
             source.unlink(missing_ok=True)
 

@@ -28,7 +28,8 @@ import io
 import json
 import os
 import sys
-from typing import Any, Callable, Iterable, NoReturn, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NoReturn
 
 import click
 
@@ -43,13 +44,25 @@ EXIT_PIPE = 128 + 13  # 128 + SIGPIPE, as the shell reports a tool killed by a c
 # command (verify on a flashing station) does not pay for importing httpx, emit, etc.
 _COMMAND_MODULES = {
     "inspect": "inspect_cmd",
-    "ls": "files_cmd", "cat": "files_cmd", "cp": "files_cmd", "install": "files_cmd", "rm": "files_cmd",
-    "keygen": "keys_cmd", "inject": "keys_cmd", "verify": "keys_cmd",
+    "ls": "files_cmd",
+    "cat": "files_cmd",
+    "cp": "files_cmd",
+    "install": "files_cmd",
+    "rm": "files_cmd",
+    "keygen": "keys_cmd",
+    "inject": "keys_cmd",
+    "verify": "keys_cmd",
     "emit": "emit_cmd",
-    "modify": "config_cmd", "config": "config_cmd",
-    "login": "server_cmd", "preauth": ("server_cmd", "station_cmd"),  # station_cmd adds `preauth merge`
-    "flash": "station_cmd", "materialize": "station_cmd", "station": "line_cmd", "ledger": "ledger_cmd",
-    "doctor": "doctor_cmd", "cache": "cache_cmd",
+    "modify": "config_cmd",
+    "config": "config_cmd",
+    "login": "server_cmd",
+    "preauth": ("server_cmd", "station_cmd"),  # station_cmd adds `preauth merge`
+    "flash": "station_cmd",
+    "materialize": "station_cmd",
+    "station": "line_cmd",
+    "ledger": "ledger_cmd",
+    "doctor": "doctor_cmd",
+    "cache": "cache_cmd",
 }
 
 
@@ -79,8 +92,9 @@ class _Group(click.Group):
         except BrokenPipeError:
             _output_closed()
 
-    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
-                     **extra: Any) -> click.Context:
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
         """Usage errors in the global options (`imagetools --bogus`) are one line too."""
         try:
             return super().make_context(info_name, args, parent, **extra)
@@ -192,8 +206,9 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(for_json(data), indent=2, sort_keys=False))
 
 
-def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
-                styles: dict[int, Callable[[str], str]] | None = None) -> None:
+def print_table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], styles: dict[int, Callable[[str], str]] | None = None
+) -> None:
     """A plain aligned table; cells are str()-ed and escaped (they hold names from images),
     None shows as '-'. `styles` colours the cells of some columns (see `status_style`) after
     padding, so escape codes never shift the columns."""

@@ -36,8 +36,7 @@ class _Source(click.ParamType):
         text = os.fspath(value)
         if is_url(text):
             if not self.remote:
-                self.fail("remote bases (http(s)://) are taken by emit --base and flash; download it first",
-                          param, ctx)
+                self.fail("remote bases (http(s)://) are taken by emit --base and flash; download it first", param, ctx)
             return text
         return Path(text)
 
@@ -64,14 +63,23 @@ def base_input(*names: str, remote: bool = False) -> Callable[[Callable[..., Any
             _never_an_output(sources, [v for k, v in kwargs.items() if k not in names])
             return command(*args, **kwargs)
 
-        wrapper = click.option("--base-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
-                               metavar="DIR", help="Where compressed and remote bases are kept decompressed "
-                               "(default $IMAGETOOLS_BASE_CACHE, else $XDG_CACHE_HOME/imagetools/bases).")(wrapper)
+        wrapper = click.option(
+            "--base-cache",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            metavar="DIR",
+            help="Where compressed and remote bases are kept decompressed "
+            "(default $IMAGETOOLS_BASE_CACHE, else $XDG_CACHE_HOME/imagetools/bases).",
+        )(wrapper)
         if remote:
-            wrapper = click.option("--base-sha256", metavar="HEX", default=None,
-                                   help="SHA-256 of a remote base as served (required unless URL.sha256 is "
-                                        "beside it on the server).")(wrapper)
+            wrapper = click.option(
+                "--base-sha256",
+                metavar="HEX",
+                default=None,
+                help="SHA-256 of a remote base as served (required unless URL.sha256 is beside it on the server).",
+            )(wrapper)
         return wrapper
+
     return decorate
 
 
@@ -104,8 +112,9 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-def local_base(source: str | os.PathLike, *, sha256: str | None = None,
-               cache_dir: str | os.PathLike | None = None) -> str:
+def local_base(
+    source: str | os.PathLike, *, sha256: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> str:
     """basecache.resolve with a progress line on a terminal and warnings on stderr."""
     from ..basecache import resolve
 
@@ -123,12 +132,13 @@ def refuse_compressed(image: str | os.PathLike, command: str) -> None:
 
     fmt = is_compressed(image)
     if fmt is not None:
-        raise UsageError(f"{image} is {fmt.name}-compressed and {command} writes in place: decompress it "
-                         f"first ({fmt.decompress[0]} -dc {image} | cp --sparse=always /dev/stdin NEW.sdimg)")
+        raise UsageError(
+            f"{image} is {fmt.name}-compressed and {command} writes in place: decompress it "
+            f"first ({fmt.decompress[0]} -dc {image} | cp --sparse=always /dev/stdin NEW.sdimg)"
+        )
 
 
-def for_writing(image: Path, out: Path | None, force: bool, command: str
-                ) -> tuple[Path, Path | None, Callable[[T], T]]:
+def for_writing(image: Path, out: Path | None, force: bool, command: str) -> tuple[Path, Path | None, Callable[[T], T]]:
     """(image to read, where the command writes, publish). A compressed IMAGE needs --out (it is
     read through the base cache); an --out whose name asks for compression (NEW.sdimg.xz) is
     written uncompressed beside it first, and publish(result) compresses it into place."""
@@ -138,8 +148,10 @@ def for_writing(image: Path, out: Path | None, force: bool, command: str
     fmt = is_compressed(image)
     if fmt is not None:
         if out is None:
-            raise UsageError(f"{image} is {fmt.name}-compressed: {command} cannot change it in place; give "
-                             "--out NEW.sdimg (or NEW.sdimg.xz, .gz, .zst ... for a compressed result)")
+            raise UsageError(
+                f"{image} is {fmt.name}-compressed: {command} cannot change it in place; give "
+                "--out NEW.sdimg (or NEW.sdimg.xz, .gz, .zst ... for a compressed result)"
+            )
         if out is not None and _identity(out) is not None and _identity(out) == _identity(image):
             raise UsageError(f"--out {out} is the input image; it is only ever read: give another file")
         image = Path(local_base(image))

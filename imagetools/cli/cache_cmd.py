@@ -9,9 +9,13 @@ import click
 from ..units import human_size
 from .base import echo, main, print_envelope, print_table
 
-_DIR = click.option("--base-cache", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
-                    help="The cache directory (default $IMAGETOOLS_BASE_CACHE, else "
-                         "$XDG_CACHE_HOME/imagetools/bases).")
+_DIR = click.option(
+    "--base-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="The cache directory (default $IMAGETOOLS_BASE_CACHE, else $XDG_CACHE_HOME/imagetools/bases).",
+)
 
 
 @main.group("cache")
@@ -36,16 +40,34 @@ def cache_list(base_cache: Path | None, as_json: bool) -> None:
     found = entries(base_cache)
     root = str(cache_root(base_cache))
     if as_json:
-        print_envelope("cache.list", True,
-                       [{"sha256": e.sha256, "path": str(e.path), "size": e.size, "allocated": e.allocated,
-                         "format": e.format, "source": e.source, "last_used": e.last_used} for e in found],
-                       {"entries": len(found), "allocated": sum(e.allocated for e in found)}, cache=root)
+        print_envelope(
+            "cache.list",
+            True,
+            [
+                {
+                    "sha256": e.sha256,
+                    "path": str(e.path),
+                    "size": e.size,
+                    "allocated": e.allocated,
+                    "format": e.format,
+                    "source": e.source,
+                    "last_used": e.last_used,
+                }
+                for e in found
+            ],
+            {"entries": len(found), "allocated": sum(e.allocated for e in found)},
+            cache=root,
+        )
         return
-    echo(f"{root}: {len(found)} entr{'y' if len(found) == 1 else 'ies'}, "
-         f"{human_size(sum(e.allocated for e in found))} on disk")
+    echo(
+        f"{root}: {len(found)} entr{'y' if len(found) == 1 else 'ies'}, "
+        f"{human_size(sum(e.allocated for e in found))} on disk"
+    )
     if found:
-        print_table(["SHA256", "SIZE", "ON DISK", "FORMAT", "SOURCE"],
-                    [(e.sha256[:16], human_size(e.size), human_size(e.allocated), e.format, e.source) for e in found])
+        print_table(
+            ["SHA256", "SIZE", "ON DISK", "FORMAT", "SOURCE"],
+            [(e.sha256[:16], human_size(e.size), human_size(e.allocated), e.format, e.source) for e in found],
+        )
 
 
 @cache_group.command("clear")

@@ -24,15 +24,24 @@ _SOURCES = (FALLBACK_CONF_PATH, CONF_PATH, ARTIFACT_INFO_PATH)  # the files conf
 @main.command("modify")
 @click.argument("image", type=_FILE)
 @modify_options()
-@click.option("--rootfs", type=click.Choice(["a", "b"]), default=None,
-              help="Change only this rootfs (default: A and B).")
-@click.option("--out", type=_FILE, default=None,
-              help="Write a new image (sparse/reflink copy) and leave IMAGE untouched.")
+@click.option(
+    "--rootfs", type=click.Choice(["a", "b"]), default=None, help="Change only this rootfs (default: A and B)."
+)
+@click.option(
+    "--out", type=_FILE, default=None, help="Write a new image (sparse/reflink copy) and leave IMAGE untouched."
+)
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @layout_options
 @click.option("--json", "as_json", is_flag=True, help="Report as JSON.")
-def modify_cmd(image: Path, modify: Any, rootfs: str | None, out: Path | None, force: bool,
-               overrides: dict[str, int], as_json: bool) -> None:
+def modify_cmd(
+    image: Path,
+    modify: Any,
+    rootfs: str | None,
+    out: Path | None,
+    force: bool,
+    overrides: dict[str, int],
+    as_json: bool,
+) -> None:
     """Change the Mender configuration of IMAGE on rootfs A and B, in place (or into --out).
 
     Everything is checked before anything is written: the option values, the certificate (a PEM
@@ -58,8 +67,17 @@ def modify_cmd(image: Path, modify: Any, rootfs: str | None, out: Path | None, f
     if as_json:
         doc = result.to_dict()
         items = doc.pop("rootfs")
-        print_envelope("modify", True, items, {"rootfs": len(items), "written": sum(len(r["written"]) for r in items),
-                                               "unchanged": sum(len(r["unchanged"]) for r in items)}, **doc)
+        print_envelope(
+            "modify",
+            True,
+            items,
+            {
+                "rootfs": len(items),
+                "written": sum(len(r["written"]) for r in items),
+                "unchanged": sum(len(r["unchanged"]) for r in items),
+            },
+            **doc,
+        )
         return
     for change in result.rootfs:
         label = f"rootfs {change.role[-1].upper()} (partition {change.partition})"
@@ -91,16 +109,20 @@ def config_cmd(image: Path, overrides: dict[str, int], as_json: bool, show_secre
     if as_json:
         doc = report.to_dict(show_secrets)
         items = doc.pop("rootfs")
-        print_envelope("config", True, items, {"rootfs": len(items), "differences": len(doc["differences"]),
-                                               "warnings": len(doc["warnings"])}, **doc)
+        print_envelope(
+            "config",
+            True,
+            items,
+            {"rootfs": len(items), "differences": len(doc["differences"]), "warnings": len(doc["warnings"])},
+            **doc,
+        )
         return
     _print_report(report)
 
 
 def _print_report(report: Any) -> None:
     headers = ["SETTING"] + [f"ROOTFS {r.role[-1].upper()} ({r.partition})" for r in report.rootfs] + [""]
-    rows = [[name] + values + ["DIFFERS" if name in report.differences else ""]
-            for name, values in _rows(report)]
+    rows = [[name] + values + ["DIFFERS" if name in report.differences else ""] for name, values in _rows(report)]
     echo(f"{report.image}: Mender configuration")
     print_table(headers, rows)
     for rootfs in report.rootfs:

@@ -30,15 +30,28 @@ def doctor_command(as_json: bool) -> None:
     required = missing_packages(findings, required_only=True)
     version = metadata.version("imagetools")
     if as_json:
-        print_envelope("doctor", not required, [f.to_dict() for f in findings],
-                       {"tools": len(findings), "present": sum(f.present for f in findings),
-                        "missing": len(findings) - sum(f.present for f in findings)},
-                       imagetools=version, python=platform.python_version(), missing_packages=missing)
+        print_envelope(
+            "doctor",
+            not required,
+            [f.to_dict() for f in findings],
+            {
+                "tools": len(findings),
+                "present": sum(f.present for f in findings),
+                "missing": len(findings) - sum(f.present for f in findings),
+            },
+            imagetools=version,
+            python=platform.python_version(),
+            missing_packages=missing,
+        )
     else:
         echo(f"imagetools {version}, Python {platform.python_version()}")
-        print_table(["TOOL", "PACKAGE", "VERSION", "NEEDED BY"],
-                    [(f.command, f.package, (f.version or "installed") if f.present else "MISSING", f.needed_by)
-                     for f in findings])
+        print_table(
+            ["TOOL", "PACKAGE", "VERSION", "NEEDED BY"],
+            [
+                (f.command, f.package, (f.version or "installed") if f.present else "MISSING", f.needed_by)
+                for f in findings
+            ],
+        )
         if missing:
             echo()
             echo("missing: install with: apt-get install " + " ".join(missing))

@@ -24,15 +24,25 @@ from .text import escape
 _TYPE_BITS = {"file": stat_mod.S_IFREG, "dir": stat_mod.S_IFDIR, "symlink": stat_mod.S_IFLNK, "other": 0}
 
 backend_option = click.option(
-    "--backend", type=click.Choice(BACKENDS), default=NATIVE, show_default=True,
-    help="native edits partitions in place; mender-artifact runs the reference tool (slow, "
-         "exactly 4 partitions).")
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default=NATIVE,
+    show_default=True,
+    help="native edits partitions in place; mender-artifact runs the reference tool (slow, exactly 4 partitions).",
+)
 partition_option = click.option(
-    "--partition", type=click.IntRange(min=1), metavar="N",
-    help="Address partition N directly; the path is then inside that partition.")
+    "--partition",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Address partition N directly; the path is then inside that partition.",
+)
 rootfs_option = click.option(
-    "--rootfs", type=click.Choice(["a", "b"]), default="a", show_default=True,
-    help="Which root filesystem to read rootfs paths from.")
+    "--rootfs",
+    type=click.Choice(["a", "b"]),
+    default="a",
+    show_default=True,
+    help="Which root filesystem to read rootfs paths from.",
+)
 
 
 def parse_mode(text: str) -> int:
@@ -66,8 +76,9 @@ def _long_row(e: Entry) -> list[str]:
 @rootfs_option
 @layout_options
 @click.argument("target", metavar="IMAGE:/PATH")
-def ls_cmd(long: bool, as_json: bool, partition: int | None, rootfs: str,
-           overrides: dict[str, int], target: str) -> None:
+def ls_cmd(
+    long: bool, as_json: bool, partition: int | None, rootfs: str, overrides: dict[str, int], target: str
+) -> None:
     """List a directory (or show a file) inside an image.
 
     IMAGE:/data/... is in the data partition, IMAGE:/uboot/..., /boot/efi/... and /boot/grub/...
@@ -78,11 +89,19 @@ def ls_cmd(long: bool, as_json: bool, partition: int | None, rootfs: str,
     """
     where = require_image_path(target)
     follow = not (long or as_json) or target.endswith("/")  # like ls: `ls -l link` shows the link
-    listing = files.list_path(local_base(where.image), where.path, follow=follow, partition=partition,
-                              rootfs=rootfs, overrides=overrides)
+    listing = files.list_path(
+        local_base(where.image), where.path, follow=follow, partition=partition, rootfs=rootfs, overrides=overrides
+    )
     if as_json:
-        print_envelope("ls", True, [e.to_dict() for e in listing.entries], {"entries": len(listing.entries)},
-                       path=where.path, where=listing.where, type=listing.entry.type)
+        print_envelope(
+            "ls",
+            True,
+            [e.to_dict() for e in listing.entries],
+            {"entries": len(listing.entries)},
+            path=where.path,
+            where=listing.where,
+            type=listing.entry.type,
+        )
     elif long:
         print_table(["MODE", "UID", "GID", "SIZE", "NAME"], [_long_row(e) for e in listing.entries])
     else:
@@ -96,8 +115,7 @@ def ls_cmd(long: bool, as_json: bool, partition: int | None, rootfs: str,
 @rootfs_option
 @layout_options
 @click.argument("target", metavar="IMAGE:/PATH")
-def cat_cmd(backend: str, partition: int | None, rootfs: str, overrides: dict[str, int],
-            target: str) -> None:
+def cat_cmd(backend: str, partition: int | None, rootfs: str, overrides: dict[str, int], target: str) -> None:
     """Write a file from inside an image to stdout.
 
     IMAGE:/data/... is in the data partition, IMAGE:/uboot/..., /boot/efi/... and /boot/grub/...
@@ -107,8 +125,9 @@ def cat_cmd(backend: str, partition: int | None, rootfs: str, overrides: dict[st
     Full reference: docs/commands/files.md
     """
     where = require_image_path(target)
-    result = files.read_path(local_base(where.image), where.path, backend=backend, partition=partition,
-                             rootfs=rootfs, overrides=overrides)
+    result = files.read_path(
+        local_base(where.image), where.path, backend=backend, partition=partition, rootfs=rootfs, overrides=overrides
+    )
     _write_stdout(result.data)
 
 
@@ -120,8 +139,9 @@ def cat_cmd(backend: str, partition: int | None, rootfs: str, overrides: dict[st
 @layout_options
 @click.argument("source", metavar="SRC")
 @click.argument("dest", metavar="DST")
-def cp_cmd(backend: str, parents: bool, partition: int | None, rootfs: str,
-           overrides: dict[str, int], source: str, dest: str) -> None:
+def cp_cmd(
+    backend: str, parents: bool, partition: int | None, rootfs: str, overrides: dict[str, int], source: str, dest: str
+) -> None:
     """Copy a file into or out of an image: exactly one of SRC and DST is IMAGE:/PATH.
 
     Into the image the file keeps the host file's permission bits (owner 0:0; 0600 from stdin
@@ -145,13 +165,24 @@ def cp_cmd(backend: str, parents: bool, partition: int | None, rootfs: str,
             if source == "-":
                 raise UsageError("cp from stdin needs a file name in the image, not a directory")
             target = posixpath.join(target, os.path.basename(source))
-        _report(files.install(dst.image, target, data, mode=mode, parents=parents,
-                              backend=backend, partition=partition, overrides=overrides))
+        _report(
+            files.install(
+                dst.image,
+                target,
+                data,
+                mode=mode,
+                parents=parents,
+                backend=backend,
+                partition=partition,
+                overrides=overrides,
+            )
+        )
         return
     assert src is not None  # exactly one side is in the image (checked above)
     require_image_path(source)
-    result = files.read_path(local_base(src.image), src.path, backend=backend, partition=partition,
-                             rootfs=rootfs, overrides=overrides)
+    result = files.read_path(
+        local_base(src.image), src.path, backend=backend, partition=partition, rootfs=rootfs, overrides=overrides
+    )
     mode = result.entry.mode & 0o777 if result.entry else 0o600
     _write_host(dest, os.path.basename(src.path), result.data, mode)
 
@@ -177,7 +208,7 @@ def _write_stdout(data: bytes) -> None:
     `cat IMAGE:big | head -c1` ends like any other closed pipe, not as a silent success."""
     out, view = sys.stdout.buffer, memoryview(data)
     while view:
-        view = view[out.write(view):]
+        view = view[out.write(view) :]
     out.flush()
 
 
@@ -197,7 +228,9 @@ def _write_host(dest: str, name: str, data: bytes, mode: int) -> None:
 
 
 @main.command("install")
-@click.option("-m", "--mode", "mode_text", metavar="MODE", help="Octal mode, like install(1): 600 = 0600. Default 0755.")
+@click.option(
+    "-m", "--mode", "mode_text", metavar="MODE", help="Octal mode, like install(1): 600 = 0600. Default 0755."
+)
 @click.option("-o", "--owner", "owner", default="0", show_default=True, metavar="UID", help="Numeric owner.")
 @click.option("-g", "--group", "group", default="0", show_default=True, metavar="GID", help="Numeric group.")
 @click.option("-p", "parents", is_flag=True, help="Create missing parent directories (0755, root).")
@@ -206,9 +239,17 @@ def _write_host(dest: str, name: str, data: bytes, mode: int) -> None:
 @partition_option
 @layout_options
 @click.argument("args", nargs=-1, required=True, metavar="[HOSTFILE] IMAGE:/PATH")
-def install_cmd(mode_text: str | None, owner: str, group: str, parents: bool, directory: bool,
-                backend: str, partition: int | None, overrides: dict[str, int],
-                args: tuple[str, ...]) -> None:
+def install_cmd(
+    mode_text: str | None,
+    owner: str,
+    group: str,
+    parents: bool,
+    directory: bool,
+    backend: str,
+    partition: int | None,
+    overrides: dict[str, int],
+    args: tuple[str, ...],
+) -> None:
     """Install HOSTFILE ('-' = stdin) at IMAGE:/PATH with a mode and owner, replacing any file
     there; or with -d create a directory. Root filesystem paths are written to rootfs A and B.
 
@@ -225,16 +266,38 @@ def install_cmd(mode_text: str | None, owner: str, group: str, parents: bool, di
             raise UsageError("install -d takes exactly one IMAGE:/DIR")
         where = require_image_path(args[0])
         refuse_compressed(where.image, "install")
-        _report(files.make_dir(where.image, where.path, mode=mode, uid=uid, gid=gid,
-                               backend=backend, partition=partition, overrides=overrides))
+        _report(
+            files.make_dir(
+                where.image,
+                where.path,
+                mode=mode,
+                uid=uid,
+                gid=gid,
+                backend=backend,
+                partition=partition,
+                overrides=overrides,
+            )
+        )
         return
     if len(args) != 2:
         raise UsageError("install takes HOSTFILE IMAGE:/PATH (or -d IMAGE:/DIR)")
     where = require_image_path(args[1])
     refuse_compressed(where.image, "install")
     data = sys.stdin.buffer.read() if args[0] == "-" else _read_host(args[0])[0]
-    _report(files.install(where.image, where.path, data, mode=mode, uid=uid, gid=gid,
-                          parents=parents, backend=backend, partition=partition, overrides=overrides))
+    _report(
+        files.install(
+            where.image,
+            where.path,
+            data,
+            mode=mode,
+            uid=uid,
+            gid=gid,
+            parents=parents,
+            backend=backend,
+            partition=partition,
+            overrides=overrides,
+        )
+    )
 
 
 @main.command("rm")
@@ -243,8 +306,7 @@ def install_cmd(mode_text: str | None, owner: str, group: str, parents: bool, di
 @partition_option
 @layout_options
 @click.argument("target", metavar="IMAGE:/PATH")
-def rm_cmd(recursive: bool, backend: str, partition: int | None, overrides: dict[str, int],
-           target: str) -> None:
+def rm_cmd(recursive: bool, backend: str, partition: int | None, overrides: dict[str, int], target: str) -> None:
     """Remove a file, symlink or (with -r) directory inside an image; rootfs paths from A and B.
 
     IMAGE:/data/... is in the data partition, IMAGE:/uboot/..., /boot/efi/... and /boot/grub/...
@@ -255,6 +317,8 @@ def rm_cmd(recursive: bool, backend: str, partition: int | None, overrides: dict
     """
     where = require_image_path(target)
     refuse_compressed(where.image, "rm")
-    _report(files.remove(where.image, where.path, recursive=recursive, backend=backend,
-                         partition=partition, overrides=overrides))
-
+    _report(
+        files.remove(
+            where.image, where.path, recursive=recursive, backend=backend, partition=partition, overrides=overrides
+        )
+    )

@@ -14,7 +14,6 @@ from .bases import base_input
 from .options import layout_options
 
 
-
 @main.command()
 @base_input("image")
 @click.argument("image", type=click.Path())
@@ -33,17 +32,31 @@ def inspect(image: str, as_json: bool, overrides: dict[str, int]) -> None:
         warn(message)
     if as_json:
         doc = layout.to_dict()
-        items = [{**part, "reason": _reason(part["role"], part["number"], part["reason"])}
-                 for part in doc.pop("partitions")]
-        summary = {"partitions": len(items), "roles": {p.role: p.number for p in layout.parts if p.role not in (None, "extra")}}
+        items = [
+            {**part, "reason": _reason(part["role"], part["number"], part["reason"])} for part in doc.pop("partitions")
+        ]
+        summary = {
+            "partitions": len(items),
+            "roles": {p.role: p.number for p in layout.parts if p.role not in (None, "extra")},
+        }
         print_envelope("inspect", True, items, summary, **doc)
         return
     img = layout.image
-    echo(f"{img.path}: {img.table.upper()}, {img.sector_size}-byte sectors, "
-         f"{human_size(img.size)} ({img.size} bytes)")
+    echo(f"{img.path}: {img.table.upper()}, {img.sector_size}-byte sectors, {human_size(img.size)} ({img.size} bytes)")
     rows = [_row(p) for p in layout.parts]
-    rows += [[c.number, c.start, human_size(c.size), _type_name(c.type), None, None, None,
-              "container of the logical partitions"] for c in img.extended]
+    rows += [
+        [
+            c.number,
+            c.start,
+            human_size(c.size),
+            _type_name(c.type),
+            None,
+            None,
+            None,
+            "container of the logical partitions",
+        ]
+        for c in img.extended
+    ]
     rows.sort(key=lambda r: int(r[0]))
     print_table(["#", "START", "SIZE", "TYPE", "FS", "LABEL", "ROLE", "REASON"], rows)
 
@@ -55,8 +68,16 @@ def _row(p: PartInfo) -> list[Any]:
         kind += f" '{part.name}'"
     elif part.logical:
         kind += ", logical"
-    return [p.number, part.start, human_size(part.size), kind, p.fs.type, p.fs.label or None, p.role,
-            _reason(p.role, p.number, p.reason)]
+    return [
+        p.number,
+        part.start,
+        human_size(part.size),
+        kind,
+        p.fs.type,
+        p.fs.label or None,
+        p.role,
+        _reason(p.role, p.number, p.reason),
+    ]
 
 
 def _reason(role: str | None, number: int, reason: str) -> str:

@@ -21,27 +21,59 @@ from .options import layout_options
 from .server_options import server_key_options
 
 
-
 @main.command()
-@click.option("--type", "key_type", type=click.Choice(keys.KEY_TYPES), default="rsa", show_default=True,
-              help="Key algorithm.")
-@click.option("--bits", type=int, default=None,
-              help=f"RSA size, {keys.MIN_RSA_BITS} to {keys.MAX_RSA_BITS} (default {keys.DEFAULT_RSA_BITS}).")
+@click.option(
+    "--type", "key_type", type=click.Choice(keys.KEY_TYPES), default="rsa", show_default=True, help="Key algorithm."
+)
+@click.option(
+    "--bits",
+    type=int,
+    default=None,
+    help=f"RSA size, {keys.MIN_RSA_BITS} to {keys.MAX_RSA_BITS} (default {keys.DEFAULT_RSA_BITS}).",
+)
 @click.option("--curve", type=click.Choice(list(keys.CURVES)), default=None, help="ECDSA curve (default p256).")
-@click.option("--format", "fmt", type=click.Choice(keys.FORMATS), default=None,
-              help="Private key format: pkcs1 = traditional (RSA PKCS#1, EC SEC1; default), pkcs8. "
-                   "Ed25519 is always pkcs8.")
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("keys-client-generated"), show_default=True)
-@click.option("--prefix", envvar="PREFIX_KEY", default="", show_envvar=True,
-              help="File name prefix: {PREFIX}private.key, {PREFIX}public.key.")
-@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Make N pairs in parallel, numbered {PREFIX}{n}-private.key.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(keys.FORMATS),
+    default=None,
+    help="Private key format: pkcs1 = traditional (RSA PKCS#1, EC SEC1; default), pkcs8. Ed25519 is always pkcs8.",
+)
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("keys-client-generated"),
+    show_default=True,
+)
+@click.option(
+    "--prefix",
+    envvar="PREFIX_KEY",
+    default="",
+    show_envvar=True,
+    help="File name prefix: {PREFIX}private.key, {PREFIX}public.key.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Make N pairs in parallel, numbered {PREFIX}{n}-private.key.",
+)
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Worker processes (default: all cores).")
 @click.option("--force", is_flag=True, help="Overwrite existing key files.")
 @click.option("--json", "as_json", is_flag=True, help="List the files made, with SHA-256 fingerprints.")
-def keygen(key_type: str, bits: int | None, curve: str | None, fmt: str | None, out_dir: Path,
-           prefix: str, count: int, jobs: int | None, force: bool, as_json: bool) -> None:
+def keygen(
+    key_type: str,
+    bits: int | None,
+    curve: str | None,
+    fmt: str | None,
+    out_dir: Path,
+    prefix: str,
+    count: int,
+    jobs: int | None,
+    force: bool,
+    as_json: bool,
+) -> None:
     """Generate device key pairs, like Mender's keygen-client.
 
     The private key (0600 from its first byte) is what inject puts into the image; the public key
@@ -63,12 +95,27 @@ def keygen(key_type: str, bits: int | None, curve: str | None, fmt: str | None, 
     else:
         made = keys.generate_files(spec, pairs, force=force, jobs=jobs)
     if as_json:
-        print_envelope("keygen", True, [{"private": str(k.private), "public": str(k.public), "type": k.key_type,
-                                         "format": k.format, "fingerprint": k.fingerprint} for k in made],
-                       {"count": len(made)}, out_dir=str(out_dir.absolute()))
+        print_envelope(
+            "keygen",
+            True,
+            [
+                {
+                    "private": str(k.private),
+                    "public": str(k.public),
+                    "type": k.key_type,
+                    "format": k.format,
+                    "fingerprint": k.fingerprint,
+                }
+                for k in made
+            ],
+            {"count": len(made)},
+            out_dir=str(out_dir.absolute()),
+        )
         return
-    print_table(["PRIVATE (0600)", "PUBLIC", "TYPE", "SHA256 FINGERPRINT"],
-                [(k.private, k.public, f"{k.key_type} {k.format.upper()}", k.fingerprint) for k in made])
+    print_table(
+        ["PRIVATE (0600)", "PUBLIC", "TYPE", "SHA256 FINGERPRINT"],
+        [(k.private, k.public, f"{k.key_type} {k.format.upper()}", k.fingerprint) for k in made],
+    )
 
 
 def _spec(key_type: str, bits: int | None, curve: str | None, fmt: str | None) -> keys.KeySpec:
@@ -79,25 +126,50 @@ def _spec(key_type: str, bits: int | None, curve: str | None, fmt: str | None) -
         raise UsageError(f"--curve applies to ECDSA keys, not {key_type}")
     if fmt == "pkcs1" and key_type == "ed25519":
         raise UsageError("Ed25519 keys have no PKCS#1/traditional form; use --format pkcs8")
-    return keys.KeySpec(type=key_type, bits=keys.DEFAULT_RSA_BITS if bits is None else bits, curve=curve or "p256",
-                        format=fmt or ("pkcs8" if key_type == "ed25519" else "pkcs1"))
+    return keys.KeySpec(
+        type=key_type,
+        bits=keys.DEFAULT_RSA_BITS if bits is None else bits,
+        curve=curve or "p256",
+        format=fmt or ("pkcs8" if key_type == "ed25519" else "pkcs1"),
+    )
 
 
 @main.command()
-@click.option("--key", "key_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Private key file (PEM: PKCS#1, SEC1 or PKCS#8, unencrypted).")
+@click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Private key file (PEM: PKCS#1, SEC1 or PKCS#8, unencrypted).",
+)
 @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write a new image (sparse/reflink copy) and leave IMAGE untouched.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write a new image (sparse/reflink copy) and leave IMAGE untouched.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
-@click.option("--path", "key_path", default=KEY_PATH, show_default=True,
-              help="Where the key goes (under /data/).")
-@click.option("--backend", type=click.Choice(BACKENDS), default=NATIVE, show_default=True,
-              help="native writes at the partition's offset; mender-artifact uses `mender-artifact install`.")
+@click.option("--path", "key_path", default=KEY_PATH, show_default=True, help="Where the key goes (under /data/).")
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default=NATIVE,
+    show_default=True,
+    help="native writes at the partition's offset; mender-artifact uses `mender-artifact install`.",
+)
 @layout_options
 @click.option("--json", "as_json", is_flag=True, help="Report as JSON.")
-def inject(key_file: Path, image: Path, out: Path | None, force: bool, key_path: str, backend: str,
-           overrides: dict[str, int], as_json: bool) -> None:
+def inject(
+    key_file: Path,
+    image: Path,
+    out: Path | None,
+    force: bool,
+    key_path: str,
+    backend: str,
+    overrides: dict[str, int],
+    as_json: bool,
+) -> None:
     """Put a device's private key into IMAGE's data partition (mode 0600, owner 0:0).
 
     The key is validated first; an existing key is replaced; the image is edited in place unless
@@ -115,13 +187,32 @@ def inject(key_file: Path, image: Path, out: Path | None, force: bool, key_path:
     key_file = key_file.absolute()  # messages name files by their full path
     key_pem = keys.read_key_bytes(key_file, "private key")
     image, out, publish = for_writing(image, out, force, "inject")
-    result = publish(inject_key(image, key_pem, out=out, force=force, path=key_path, backend=backend,
-                                overrides=overrides or None, key_source=str(key_file)))
+    result = publish(
+        inject_key(
+            image,
+            key_pem,
+            out=out,
+            force=force,
+            path=key_path,
+            backend=backend,
+            overrides=overrides or None,
+            key_source=str(key_file),
+        )
+    )
     for message in result.warnings:
         warn(message)
     if as_json:
-        print_envelope("inject", True, [], {"warnings": len(result.warnings)}, image=result.image, path=key_path,
-                       fingerprint=result.fingerprint, key_type=result.key_type, warnings=result.warnings)
+        print_envelope(
+            "inject",
+            True,
+            [],
+            {"warnings": len(result.warnings)},
+            image=result.image,
+            path=key_path,
+            fingerprint=result.fingerprint,
+            key_type=result.key_type,
+            warnings=result.warnings,
+        )
         return
     echo(f"injected {result.key_type} key into {result.image}:{key_path} (mode 0600, owner 0:0)")
     echo(f"fingerprint SHA256 {result.fingerprint}")
@@ -130,29 +221,68 @@ def inject(key_file: Path, image: Path, out: Path | None, force: bool, key_path:
 @main.command()
 @base_input("target", "base")
 @click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--pubkey", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The public key the server expects (SPKI PEM); compared as DER.")
-@click.option("--fingerprint", "expected_fp", default=None, metavar="SHA256",
-              help="The expected SHA-256 fingerprint of the public key (hex, colons allowed).")
+@click.option(
+    "--pubkey",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The public key the server expects (SPKI PEM); compared as DER.",
+)
+@click.option(
+    "--fingerprint",
+    "expected_fp",
+    default=None,
+    metavar="SHA256",
+    help="The expected SHA-256 fingerprint of the public key (hex, colons allowed).",
+)
 @click.option("--no-fsck", is_flag=True, help="Skip e2fsck -fn on the data partition.")
 @click.option("--path", "key_path", default=KEY_PATH, show_default=True, help="Where the key should be.")
-@click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              metavar="FILE", help="An emit report.json to name the unit whose key the image holds on a "
-                                   "mismatch (default: report.json beside the image or two levels up).")
-@click.option("--base", "base", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Read the card back against this base: every mapped range of it (and, with "
-                   "--unit, the unit's blocks) must hold what a flash writes.")
-@click.option("--unit", "unit_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="With --base: the unit the card should hold (its public key is then the expected one).")
-@click.option("--trust", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="With --unit: the pinned batch public key its signature must verify against.")
+@click.option(
+    "--report",
+    "report_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="An emit report.json to name the unit whose key the image holds on a "
+    "mismatch (default: report.json beside the image or two levels up).",
+)
+@click.option(
+    "--base",
+    "base",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Read the card back against this base: every mapped range of it (and, with "
+    "--unit, the unit's blocks) must hold what a flash writes.",
+)
+@click.option(
+    "--unit",
+    "unit_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="With --base: the unit the card should hold (its public key is then the expected one).",
+)
+@click.option(
+    "--trust",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="With --unit: the pinned batch public key its signature must verify against.",
+)
 @layout_options
 @server_key_options
 @click.option("--json", "as_json", is_flag=True, help="Report the checks and the fingerprint as JSON.")
-def verify(target: Path, pubkey: Path | None, expected_fp: str | None, no_fsck: bool, key_path: str,
-           report_file: Path | None, base: Path | None, unit_dir: Path | None, trust: Path | None,
-           overrides: dict[str, int], server_key: Callable[[Path], keys.PublicKey] | None,
-           as_json: bool) -> None:
+def verify(
+    target: Path,
+    pubkey: Path | None,
+    expected_fp: str | None,
+    no_fsck: bool,
+    key_path: str,
+    report_file: Path | None,
+    base: Path | None,
+    unit_dir: Path | None,
+    trust: Path | None,
+    overrides: dict[str, int],
+    server_key: Callable[[Path], keys.PublicKey] | None,
+    as_json: bool,
+) -> None:
     """Check, read-only, that TARGET (an image file or a block device) will be accepted.
 
     Exit 0 if every check passed (warnings allowed), 1 if a check failed, 2 if TARGET or an
@@ -174,18 +304,35 @@ def verify(target: Path, pubkey: Path | None, expected_fp: str | None, no_fsck: 
     if unit_dir is not None and pubkey is None and expected_fp is None:
         pubkey = unit_dir / "public.key"
     expected, fingerprint = expected_key(pubkey, expected_fp, server_key, target)
-    report = verify_image(target, expected=expected, expected_fingerprint=fingerprint, fsck=not no_fsck,
-                          path=key_path, overrides=overrides or None)
+    report = verify_image(
+        target,
+        expected=expected,
+        expected_fingerprint=fingerprint,
+        fsck=not no_fsck,
+        path=key_path,
+        overrides=overrides or None,
+    )
     report_file = report_file or report_beside(target)
     if report_file is not None:
         explain_mismatch(report, report_file)
     if as_json:
         data = report.to_dict()
-        print_envelope("verify", report.ok, data.pop("checks"), report.summary(), target=data["target"],
-                       fingerprint=report.fingerprint, key_type=report.key_type, read_back=checked)
+        print_envelope(
+            "verify",
+            report.ok,
+            data.pop("checks"),
+            report.summary(),
+            target=data["target"],
+            fingerprint=report.fingerprint,
+            key_type=report.key_type,
+            read_back=checked,
+        )
     else:
-        print_table(["CHECK", "STATUS", "DETAIL"], [(c.name, c.status.upper(), c.detail) for c in report.checks],
-                    styles={1: status_style})
+        print_table(
+            ["CHECK", "STATUS", "DETAIL"],
+            [(c.name, c.status.upper(), c.detail) for c in report.checks],
+            styles={1: status_style},
+        )
         if report.fingerprint:
             echo()
             echo(f"key {report.key_type}, fingerprint SHA256 {report.fingerprint}")
@@ -209,9 +356,12 @@ def _read_card_back(target: Path, base: Path | None, unit_dir: Path | None, trus
     return checked
 
 
-def expected_key(pubkey: Path | None, fingerprint: str | None,
-                 server_key: Callable[[Path], keys.PublicKey] | None = None,
-                 target: Path | None = None) -> tuple[bytes | None, str | None]:
+def expected_key(
+    pubkey: Path | None,
+    fingerprint: str | None,
+    server_key: Callable[[Path], keys.PublicKey] | None = None,
+    target: Path | None = None,
+) -> tuple[bytes | None, str | None]:
     """Where the expected key comes from: (public key PEM bytes, fingerprint). `server_key` (from
     server_key_options) fetches the key the Mender Server holds for TARGET's unit."""
     if sum(source is not None for source in (pubkey, fingerprint, server_key)) > 1:

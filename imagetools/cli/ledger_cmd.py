@@ -18,12 +18,27 @@ from ..station.ledger import REPORT_STATES
 from .base import echo, main, print_envelope, print_table
 from .server_options import ServerAccess, server_options
 
-_LEDGER_HELP = ("The ledger: an SQLite file or a postgresql:// URL (default with --units: OUT/ledger.sqlite). "
-                "A password in the URL is never shown; PGPASSWORD or ~/.pgpass keep it off the command line.")
+_LEDGER_HELP = (
+    "The ledger: an SQLite file or a postgresql:// URL (default with --units: OUT/ledger.sqlite). "
+    "A password in the URL is never shown; PGPASSWORD or ~/.pgpass keep it off the command line."
+)
 _UNITS_HELP = "An emit OUT: its units are registered first (signature-checked), so never-flashed units show."
 _TRUST_HELP = "Check the units' signatures against this batch public key (a kept copy of OUT/batch.pub)."
-CSV_FIELDS = ("name", "identity", "fingerprint", "state", "unit_state", "serial", "station", "slot", "target",
-              "started", "ended", "bytes_written", "error")
+CSV_FIELDS = (
+    "name",
+    "identity",
+    "fingerprint",
+    "state",
+    "unit_state",
+    "serial",
+    "station",
+    "slot",
+    "target",
+    "started",
+    "ended",
+    "bytes_written",
+    "error",
+)
 
 
 @main.group("ledger")
@@ -44,8 +59,9 @@ def ledger_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as the JSON envelope (schema ledger-report).")
 @click.option("--csv", "as_csv", is_flag=True, help="Print a header and one CSV row per unit.")
 @server_options(optional=True)
-def report_command(server: ServerAccess | None, where: str | None, out: Path | None, trust: Path | None,
-                   as_json: bool, as_csv: bool) -> None:
+def report_command(
+    server: ServerAccess | None, where: str | None, out: Path | None, trust: Path | None, as_json: bool, as_csv: bool
+) -> None:
     """One row per unit: its state, and the card, station, slot and times of the attempt that
     decides it.
 
@@ -74,8 +90,11 @@ def report_command(server: ServerAccess | None, where: str | None, out: Path | N
         led.register(entries)
         rows, counts = led.report(), led.counts()
         path = led.path
-    summary = {"units": len(rows), **{s: sum(r["state"] == s for r in rows) for s in REPORT_STATES},
-               **{k: counts[k] for k in ("retired", "per_hour", "stations")}}
+    summary = {
+        "units": len(rows),
+        **{s: sum(r["state"] == s for r in rows) for s in REPORT_STATES},
+        **{k: counts[k] for k in ("retired", "per_hour", "stations")},
+    }
     facts: dict[str, Any] = {"ledger": path}
     if server is not None:
         facts["server"] = _mark_preauthorized(server, rows)
@@ -89,8 +108,14 @@ def report_command(server: ServerAccess | None, where: str | None, out: Path | N
 
 
 @ledger_group.command("register")
-@click.option("--units", "out", type=click.Path(file_okay=False, path_type=Path), metavar="OUT", required=True,
-              help="The emit OUT whose units go into the ledger (each signature-checked first).")
+@click.option(
+    "--units",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="OUT",
+    required=True,
+    help="The emit OUT whose units go into the ledger (each signature-checked first).",
+)
 @click.option("--ledger", "where", metavar="PATH|URL", help=_LEDGER_HELP)
 @click.option("--trust", type=click.Path(dir_okay=False, path_type=Path), metavar="BATCH.pub", help=_TRUST_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as the JSON envelope (ledger-register).")
@@ -112,8 +137,13 @@ def register_command(out: Path, where: str | None, trust: Path | None, as_json: 
         new = led.register(entries)
         path = led.path
     if as_json:
-        print_envelope("ledger-register", True, [{"name": e.name, "fingerprint": e.fingerprint} for e in entries],
-                       {"units": len(entries), "new": new}, ledger=path)
+        print_envelope(
+            "ledger-register",
+            True,
+            [{"name": e.name, "fingerprint": e.fingerprint} for e in entries],
+            {"units": len(entries), "new": new},
+            ledger=path,
+        )
     else:
         echo(f"registered {new} new unit(s) of {len(entries)} in {out} into ledger {path}")
 
@@ -128,8 +158,10 @@ def _opened(where: str | None, out: Path | None, trust: Path | None, *, create: 
             raise UsageError("give --ledger PATH|URL or --units OUT (whose ledger is OUT/ledger.sqlite)")
         where = str(out / "ledger.sqlite")
     if not create and not is_url(where) and not os.path.lexists(where):
-        raise UsageError(f"ledger {where} does not exist; name the ledger with --ledger, or give --units OUT "
-                         "to report on OUT's units")
+        raise UsageError(
+            f"ledger {where} does not exist; name the ledger with --ledger, or give --units OUT "
+            "to report on OUT's units"
+        )
     entries = Ledger.units_of(out, trust) if out is not None else []
     with open_ledger(where) as led:
         yield led, entries
@@ -154,15 +186,31 @@ def _said(mark: bool | None) -> str:
 
 def _print_human(rows: list[dict[str, Any]], summary: dict[str, Any], facts: dict[str, Any]) -> None:
     asked = "server" in facts
-    print_table(["UNIT", "STATE", "SERIAL", "STATION", "SLOT", "ENDED", "BYTES", "KEY", "IDENTITY"]
-                + (["PREAUTHORIZED"] if asked else []),
-                [[r["name"], r["state"], r["serial"], r["station"], r["slot"], r["ended"] or r["started"],
-                  r["bytes_written"], (r["fingerprint"] or "")[:16] or None, _identity(r["identity"])]
-                 + ([_said(r["preauthorized"])] if asked else []) for r in rows])
-    echo(f"{summary['units']} unit(s) in ledger {facts['ledger']}: {summary['passed']} passed, "
-         f"{summary['free']} free, {summary['writing']} writing, {summary['failed']} failed, "
-         f"{summary['interrupted']} interrupted; {summary['per_hour']} cards/hour over the last 10 minutes"
-         + (f"; {summary['preauthorized']} preauthorized on {facts['server']}" if asked else ""))
+    print_table(
+        ["UNIT", "STATE", "SERIAL", "STATION", "SLOT", "ENDED", "BYTES", "KEY", "IDENTITY"]
+        + (["PREAUTHORIZED"] if asked else []),
+        [
+            [
+                r["name"],
+                r["state"],
+                r["serial"],
+                r["station"],
+                r["slot"],
+                r["ended"] or r["started"],
+                r["bytes_written"],
+                (r["fingerprint"] or "")[:16] or None,
+                _identity(r["identity"]),
+            ]
+            + ([_said(r["preauthorized"])] if asked else [])
+            for r in rows
+        ],
+    )
+    echo(
+        f"{summary['units']} unit(s) in ledger {facts['ledger']}: {summary['passed']} passed, "
+        f"{summary['free']} free, {summary['writing']} writing, {summary['failed']} failed, "
+        f"{summary['interrupted']} interrupted; {summary['per_hour']} cards/hour over the last 10 minutes"
+        + (f"; {summary['preauthorized']} preauthorized on {facts['server']}" if asked else "")
+    )
 
 
 def _identity(identity: dict[str, Any] | None) -> str | None:
@@ -179,7 +227,13 @@ def _print_csv(rows: list[dict[str, Any]], asked: bool) -> None:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(fields)
     for r in rows:
-        cells = [json.dumps(r[f], sort_keys=True) if f == "identity" and r[f] is not None
-                 else _said(r[f]) if f == "preauthorized" else r[f] for f in fields]
+        cells = [
+            json.dumps(r[f], sort_keys=True)
+            if f == "identity" and r[f] is not None
+            else _said(r[f])
+            if f == "preauthorized"
+            else r[f]
+            for f in fields
+        ]
         writer.writerow([spreadsheet_safe("" if c is None else str(c)) for c in cells])
     click.echo(buf.getvalue(), nl=False)

@@ -27,7 +27,7 @@ from ..errors import UsageError
 from ..strict import read_regular
 
 ENV_CONFIG = "IMAGETOOLS_CONFIG"
-MAX_CONFIG_BYTES = 64 * 1024     # a few lines; anything larger is not a config file
+MAX_CONFIG_BYTES = 64 * 1024  # a few lines; anything larger is not a config file
 _TYPES: dict[str, type] = {"url": str, "token_file": str, "ca_cert": str, "retries": int}
 
 
@@ -39,7 +39,7 @@ class Profile:
     token_file: str | None = None
     ca_cert: str | None = None
     retries: int | None = None
-    source: str | None = None       # the file it came from, for messages
+    source: str | None = None  # the file it came from, for messages
 
 
 def config_path(env: Mapping[str, str] | None = None) -> tuple[Path, bool]:
@@ -70,16 +70,23 @@ def _profile(data: dict[str, Any], path: Path) -> Profile:
     unknown = sorted(set(data) - {"server"})
     server = data.get("server", {})
     if unknown or not isinstance(server, dict):
-        raise UsageError(f"config file {path}: only a [server] table is known"
-                         + (f" (found {', '.join(unknown)})" if unknown else ""))
+        raise UsageError(
+            f"config file {path}: only a [server] table is known"
+            + (f" (found {', '.join(unknown)})" if unknown else "")
+        )
     problems = [f"unknown key server.{key} (known: {', '.join(_TYPES)})" for key in server if key not in _TYPES]
-    problems += [f"server.{key} must be {'an integer' if kind is int else 'a string'}"
-                 for key, kind in _TYPES.items()
-                 if key in server and (type(server[key]) is not kind)]
+    problems += [
+        f"server.{key} must be {'an integer' if kind is int else 'a string'}"
+        for key, kind in _TYPES.items()
+        if key in server and (type(server[key]) is not kind)
+    ]
     if isinstance(server.get("retries"), int) and server["retries"] < 0:
         problems.append("server.retries must be 0 or more")
     if problems:
         raise UsageError(f"config file {path}: " + "; ".join(problems))
-    paths = {key: str((path.parent / Path(server[key]).expanduser()).absolute())
-             for key in ("token_file", "ca_cert") if key in server}
+    paths = {
+        key: str((path.parent / Path(server[key]).expanduser()).absolute())
+        for key in ("token_file", "ca_cert")
+        if key in server
+    }
     return Profile(url=server.get("url"), retries=server.get("retries"), source=str(path), **paths)

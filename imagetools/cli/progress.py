@@ -11,14 +11,15 @@ import collections
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import Callable, TextIO
+from typing import TextIO
 
 from .base import is_tty
 
 SPINNER = "|/-\\"
-WINDOW = 20          # finished units the rate is taken over
-TICK = 0.2           # seconds between redraws while nothing finishes (the spinner, the clock)
+WINDOW = 20  # finished units the rate is taken over
+TICK = 0.2  # seconds between redraws while nothing finishes (the spinner, the clock)
 
 
 class Rate:
@@ -67,14 +68,13 @@ class ProgressLine:
             self._ticker.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if not self.enabled:
             return
         self._stop.set()
         self._ticker.join()
         with self._lock:
-            self.stream.write("\r\x1b[K")      # leave the line empty for the table or the error
+            self.stream.write("\r\x1b[K")  # leave the line empty for the table or the error
             self.stream.flush()
 
     def advance(self, _result: object = None, *, worked: bool = True) -> None:

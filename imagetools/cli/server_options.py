@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import click
 
 from ..errors import UsageError
-from ..mender import ENV_SERVER_URL, ENV_TOKEN as TOKEN_ENV
+from ..mender import ENV_SERVER_URL
+from ..mender import ENV_TOKEN as TOKEN_ENV
 from .base import echo, quiet, warn
 from .base import verbose as global_verbose
 
@@ -53,14 +55,20 @@ class ServerAccess:
     def client(self, connections: int = 4) -> MenderClient:
         from ..server import MenderClient
 
-        return MenderClient(self.settings(), connections=connections,
-                            on_retry=None if quiet() else show_retry,
-                            on_request=show_request if self.verbose else None)
+        return MenderClient(
+            self.settings(),
+            connections=connections,
+            on_retry=None if quiet() else show_retry,
+            on_request=show_request if self.verbose else None,
+        )
 
 
 def show_retry(retry: Retry) -> None:
-    echo(f"imagetools: {retry.what}: attempt {retry.attempt} of {retry.attempts} failed: {retry.reason}; "
-         f"retrying in {retry.wait:.2f} s", err=True)
+    echo(
+        f"imagetools: {retry.what}: attempt {retry.attempt} of {retry.attempts} failed: {retry.reason}; "
+        f"retrying in {retry.wait:.2f} s",
+        err=True,
+    )
 
 
 def show_request(method: str, url: str) -> None:
@@ -69,23 +77,44 @@ def show_request(method: str, url: str) -> None:
 
 # The connection options after --server and --token-file, as decorators (applied in order).
 _CONNECTION_OPTIONS = [
-    click.option("--ca-cert", type=click.Path(dir_okay=False), metavar="FILE",
-                 help="Trust this CA certificate (PEM) for the server's TLS certificate."),
+    click.option(
+        "--ca-cert",
+        type=click.Path(dir_okay=False),
+        metavar="FILE",
+        help="Trust this CA certificate (PEM) for the server's TLS certificate.",
+    ),
     click.option("--insecure", is_flag=True, help="Do not verify the server's TLS certificate (test setups only)."),
-    click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-                 metavar="SECONDS",
-                 help="Time allowed for each HTTP request, connect to the end of the answer "
-                      "(each retry gets its own)."),
-    click.option("--retries", type=click.IntRange(min=0), default=4, show_default=True,
-                 envvar="IMAGETOOLS_RETRIES",
-                 help="Retries on connection errors, 5xx and 429 (env IMAGETOOLS_RETRIES)."),
-    click.option("--backoff", type=click.FloatRange(min=0), default=0.5, show_default=True,
-                 envvar="IMAGETOOLS_BACKOFF", metavar="SECONDS",
-                 help="First retry wait, doubled on each retry; Retry-After wins when longer "
-                      "(env IMAGETOOLS_BACKOFF)."),
-    click.option("--verbose", "-v", is_flag=True,
-                 help="Show each request's method and URL on stderr (as `imagetools -v`; retries are "
-                      "shown unless -q)."),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.1),
+        default=30.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="Time allowed for each HTTP request, connect to the end of the answer (each retry gets its own).",
+    ),
+    click.option(
+        "--retries",
+        type=click.IntRange(min=0),
+        default=4,
+        show_default=True,
+        envvar="IMAGETOOLS_RETRIES",
+        help="Retries on connection errors, 5xx and 429 (env IMAGETOOLS_RETRIES).",
+    ),
+    click.option(
+        "--backoff",
+        type=click.FloatRange(min=0),
+        default=0.5,
+        show_default=True,
+        envvar="IMAGETOOLS_BACKOFF",
+        metavar="SECONDS",
+        help="First retry wait, doubled on each retry; Retry-After wins when longer (env IMAGETOOLS_BACKOFF).",
+    ),
+    click.option(
+        "--verbose",
+        "-v",
+        is_flag=True,
+        help="Show each request's method and URL on stderr (as `imagetools -v`; retries are shown unless -q).",
+    ),
 ]
 
 
@@ -103,20 +132,41 @@ def server_options(require_token: bool = True, optional: bool = False) -> Callab
     has no environment default and `server` is None when --server is absent: the command stays
     offline.
     """
-    def decorate(func: Callable) -> Callable:
-        token_option = click.option(
-            "--token-file", type=click.Path(dir_okay=False), metavar="FILE",
-            help="File holding a Personal Access Token (default: env MENDER_TOKEN, then the "
-                 "token cached by `imagetools login`).") if require_token else (lambda f: f)
 
-        @click.option("--server", "server_url", envvar=None if optional else URL_ENV, metavar="URL",
-                      help="Mender Server URL, e.g. https://hosted.mender.io"
-                           + (" (nothing is fetched without it)." if optional else f" (env {URL_ENV})."))
+    def decorate(func: Callable) -> Callable:
+        token_option = (
+            click.option(
+                "--token-file",
+                type=click.Path(dir_okay=False),
+                metavar="FILE",
+                help="File holding a Personal Access Token (default: env MENDER_TOKEN, then the "
+                "token cached by `imagetools login`).",
+            )
+            if require_token
+            else (lambda f: f)
+        )
+
+        @click.option(
+            "--server",
+            "server_url",
+            envvar=None if optional else URL_ENV,
+            metavar="URL",
+            help="Mender Server URL, e.g. https://hosted.mender.io"
+            + (" (nothing is fetched without it)." if optional else f" (env {URL_ENV})."),
+        )
         @token_option
         @_with_connection_options
         @functools.wraps(func)
-        def wrapper(server_url: str | None, ca_cert: str | None, insecure: bool,
-                    timeout: float, retries: int, backoff: float, verbose: bool, **kwargs: Any) -> Any:
+        def wrapper(
+            server_url: str | None,
+            ca_cert: str | None,
+            insecure: bool,
+            timeout: float,
+            retries: int,
+            backoff: float,
+            verbose: bool,
+            **kwargs: Any,
+        ) -> Any:
             token_file = kwargs.pop("token_file", None)
             verbose = verbose or global_verbose()
             if optional and not server_url and verbose and not global_verbose():
@@ -129,17 +179,25 @@ def server_options(require_token: bool = True, optional: bool = False) -> Callab
 
                 profile = load_profile()
                 url = server_url or ("" if optional else profile.url) or ""
-                s = ServerSettings(url, ca_cert=ca_cert or profile.ca_cert, insecure=insecure, timeout=timeout,
-                                   retries=retries if retries_given or profile.retries is None else profile.retries,
-                                   backoff=backoff)
+                s = ServerSettings(
+                    url,
+                    ca_cert=ca_cert or profile.ca_cert,
+                    insecure=insecure,
+                    timeout=timeout,
+                    retries=retries if retries_given or profile.retries is None else profile.retries,
+                    backoff=backoff,
+                )
                 if require_token:
                     from_profile = None if os.environ.get(TOKEN_ENV, "").strip() else profile.token_file
                     s.token, s.token_source = resolve_token(s.url, token_file or from_profile)
                 _warn_about_transport(s)
                 return s
+
             access = ServerAccess(settings, verbose) if server_url or not optional else None
             return func(server=access, **kwargs)
+
         return wrapper
+
     return decorate
 
 
@@ -150,9 +208,13 @@ def server_key_options(func: Callable) -> Callable:
     image-path → PublicKey preauthorized (or accepted) on the server for the unit's identity,
     taken from --identity or the identity.json written beside the image.
     """
-    @click.option("--identity", "identity_arg", metavar="JSON|FILE",
-                  help="The unit's identity for --server, as JSON or a JSON file "
-                       "(default: identity.json beside the image).")
+
+    @click.option(
+        "--identity",
+        "identity_arg",
+        metavar="JSON|FILE",
+        help="The unit's identity for --server, as JSON or a JSON file (default: identity.json beside the image).",
+    )
     @server_options(optional=True)
     @functools.wraps(func)
     def wrapper(server: ServerAccess | None, identity_arg: str | None, **kwargs: Any) -> Any:
@@ -168,7 +230,9 @@ def server_key_options(func: Callable) -> Callable:
             identity = load_identity(identity_arg, Path(image).parent / "identity.json")
             with server.client() as client:
                 return expected_key_for_identity(client, identity)
+
         return func(server_key=server_key, **kwargs)
+
     return wrapper
 
 

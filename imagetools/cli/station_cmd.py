@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from ..errors import ImageToolsError, UsageError, VerifyFailed, from_oserror
 from ..envelope import envelope
+from ..errors import ImageToolsError, UsageError, VerifyFailed, from_oserror
 from .base import echo, is_tty, main, print_envelope, print_json_line, print_table
 from .bases import base_input
 
@@ -21,33 +21,72 @@ from .bases import base_input
 @base_input("base", remote=True)
 @click.argument("base", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("targets", nargs=-1)
-@click.option("--unit", "unit_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="The unit directory emit published for the one TARGET.")
-@click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="A private key to inject on the fly for the one TARGET, instead of a unit.")
-@click.option("--card", "cards", nargs=2, multiple=True, metavar="TARGET UNIT_DIR",
-              help="A target and its own unit; repeat for several slots (written in parallel).")
-@click.option("--trust", type=click.Path(dir_okay=False, path_type=Path),
-              help="Pin the batch's public key (a copy of OUT/batch.pub kept by the station): "
-                   "units signed by any other key are refused.")
-@click.option("--ledger", metavar="PATH|URL",
-              help="The ledger of every attempt (default: ledger.sqlite in the unit's OUT; "
-                   "name one when OUT is read-only; postgresql://... for a line's shared ledger).")
-@click.option("--log", "log", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also append each attempt's record to this JSON-lines file.")
+@click.option(
+    "--unit",
+    "unit_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The unit directory emit published for the one TARGET.",
+)
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A private key to inject on the fly for the one TARGET, instead of a unit.",
+)
+@click.option(
+    "--card",
+    "cards",
+    nargs=2,
+    multiple=True,
+    metavar="TARGET UNIT_DIR",
+    help="A target and its own unit; repeat for several slots (written in parallel).",
+)
+@click.option(
+    "--trust",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Pin the batch's public key (a copy of OUT/batch.pub kept by the station): "
+    "units signed by any other key are refused.",
+)
+@click.option(
+    "--ledger",
+    metavar="PATH|URL",
+    help="The ledger of every attempt (default: ledger.sqlite in the unit's OUT; "
+    "name one when OUT is read-only; postgresql://... for a line's shared ledger).",
+)
+@click.option(
+    "--log",
+    "log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also append each attempt's record to this JSON-lines file.",
+)
 @click.option("--again", is_flag=True, help="Flash a unit the ledger shows as passed once more.")
 @click.option("--no-fsck", is_flag=True, help="Skip e2fsck in the final verify.")
 @click.option("--no-readback", is_flag=True, help="Skip reading the card back after writing.")
 @click.option("--allow-fixed-disk", is_flag=True, help="Allow a non-removable disk as a target.")
-@click.option("--station", "station_name", metavar="NAME", help="This station's name in the ledger "
-              "(default: the host name).")
+@click.option(
+    "--station", "station_name", metavar="NAME", help="This station's name in the ledger (default: the host name)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option("--serve", is_flag=True,
-              help="Stay up: read one request per line on stdin, answer each with a JSON line.")
-def flash_command(base: Path, targets: tuple[str, ...], unit_dir: Path | None, key_file: Path | None,
-                  cards: tuple[tuple[str, str], ...], trust: Path | None, ledger: str | None,
-                  log: Path | None, again: bool, no_fsck: bool, no_readback: bool, allow_fixed_disk: bool,
-                  station_name: str | None, as_json: bool, serve: bool) -> None:
+@click.option(
+    "--serve", is_flag=True, help="Stay up: read one request per line on stdin, answer each with a JSON line."
+)
+def flash_command(
+    base: Path,
+    targets: tuple[str, ...],
+    unit_dir: Path | None,
+    key_file: Path | None,
+    cards: tuple[tuple[str, str], ...],
+    trust: Path | None,
+    ledger: str | None,
+    log: Path | None,
+    again: bool,
+    no_fsck: bool,
+    no_readback: bool,
+    allow_fixed_disk: bool,
+    station_name: str | None,
+    as_json: bool,
+    serve: bool,
+) -> None:
     """Write BASE and a unit onto each card, then read it back and verify it.
 
     Each TARGET (a card's block device, or an image file, created if missing) gets its own unit:
@@ -78,8 +117,13 @@ def flash_command(base: Path, targets: tuple[str, ...], unit_dir: Path | None, k
     """
     from ..station import flash as station
 
-    options: dict[str, Any] = dict(ledger=ledger, fsck=not no_fsck, readback=not no_readback,
-                                   allow_fixed_disk=allow_fixed_disk, station=station_name)
+    options: dict[str, Any] = dict(
+        ledger=ledger,
+        fsck=not no_fsck,
+        readback=not no_readback,
+        allow_fixed_disk=allow_fixed_disk,
+        station=station_name,
+    )
     if serve:
         if targets or unit_dir or key_file or cards or as_json:
             raise UsageError("--serve takes the targets and the units from its requests: give BASE only")
@@ -94,12 +138,14 @@ def flash_command(base: Path, targets: tuple[str, ...], unit_dir: Path | None, k
     _report(records, as_json)
     failed = [r for r in records if not r["ok"]]
     if failed:
-        raise VerifyFailed(f"{len(failed)} of {len(records)} card(s) failed, e.g. {failed[0]['target']}: "
-                           f"{failed[0]['error']}")
+        raise VerifyFailed(
+            f"{len(failed)} of {len(records)} card(s) failed, e.g. {failed[0]['target']}: {failed[0]['error']}"
+        )
 
 
-def _pairs(targets: tuple[str, ...], unit_dir: Path | None, key_file: Path | None,
-           cards: tuple[tuple[str, str], ...]) -> list[tuple[str, str | None, str | None]]:
+def _pairs(
+    targets: tuple[str, ...], unit_dir: Path | None, key_file: Path | None, cards: tuple[tuple[str, str], ...]
+) -> list[tuple[str, str | None, str | None]]:
     """(target, unit, key) per card: one unit goes onto one card."""
     if cards:
         if targets or unit_dir or key_file:
@@ -110,8 +156,10 @@ def _pairs(targets: tuple[str, ...], unit_dir: Path | None, key_file: Path | Non
     if (unit_dir is None) == (key_file is None):
         raise UsageError("give exactly one of --unit UNIT_DIR and --key KEY")
     if len(targets) > 1:
-        raise UsageError(f"{len(targets)} targets for one unit: one unit goes onto one card; pair each "
-                         "target with its own unit: --card TARGET UNIT_DIR --card TARGET2 UNIT_DIR2")
+        raise UsageError(
+            f"{len(targets)} targets for one unit: one unit goes onto one card; pair each "
+            "target with its own unit: --card TARGET UNIT_DIR --card TARGET2 UNIT_DIR2"
+        )
     return [(targets[0], str(unit_dir) if unit_dir else None, str(key_file) if key_file else None)]
 
 
@@ -130,9 +178,20 @@ def _report(records: list[dict], as_json: bool) -> None:
     if as_json:
         print_envelope("flash", all(r["ok"] for r in records), records, summary(records))
         return
-    print_table(["target", "unit", "fingerprint", "serial", "seconds", "result"],
-                [(r["target"], r["unit"], r["fingerprint"][:16], r["serial"], (r["times"] or {}).get("total"),
-                  "ok" if r["ok"] else r["error"]) for r in records])
+    print_table(
+        ["target", "unit", "fingerprint", "serial", "seconds", "result"],
+        [
+            (
+                r["target"],
+                r["unit"],
+                r["fingerprint"][:16],
+                r["serial"],
+                (r["times"] or {}).get("total"),
+                "ok" if r["ok"] else r["error"],
+            )
+            for r in records
+        ],
+    )
 
 
 def _stop_on_signals() -> threading.Event:
@@ -163,8 +222,9 @@ def _serve(base: Path, trust: Path | None, log: Path | None, again: bool, option
         try:
             request = parse_request(line)
             plans = [(c.target, _plan(base, c.unit, c.key, trust)) for c in request.cards]
-            records = station.flash(plans, again=again or request.again, progress=_progress_lines(count),
-                                    stop=stop, **options)
+            records = station.flash(
+                plans, again=again or request.again, progress=_progress_lines(count), stop=stop, **options
+            )
             if log is not None:
                 station.export(records, log)
         except Exception as exc:  # every request gets its one reply, whatever went wrong
@@ -202,8 +262,18 @@ def _progress_lines(request: int):
             return
         last[(target, phase)] = now
         rate = done / max(now - started, 1e-6) / 1e6
-        print_json_line({"progress": {"request": request, "target": target, "phase": phase,
-                                      "bytes": done, "total": total, "mb_per_s": round(rate, 1)}})
+        print_json_line(
+            {
+                "progress": {
+                    "request": request,
+                    "target": target,
+                    "phase": phase,
+                    "bytes": done,
+                    "total": total,
+                    "mb_per_s": round(rate, 1),
+                }
+            }
+        )
 
     return tell
 
@@ -240,21 +310,29 @@ class _Bars:
         rate = done / max(time.monotonic() - self.started, 1e-6)
         eta = f"{(total - done) / rate:4.0f}s" if rate and done < total else "   -"
         filled = int(30 * done / total)
-        return (f"{target[-24:]:<24} {phase:<12} [{'#' * filled}{'-' * (30 - filled)}] "
-                f"{100 * done // total:3d}% {rate / 1e6:6.1f} MB/s ETA {eta}")
+        return (
+            f"{target[-24:]:<24} {phase:<12} [{'#' * filled}{'-' * (30 - filled)}] "
+            f"{100 * done // total:3d}% {rate / 1e6:6.1f} MB/s ETA {eta}"
+        )
 
 
 @main.command("materialize")
 @base_input("base")
 @click.argument("unit_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("out_image", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--base", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The base the unit was made from (default: the one its emit run recorded).")
+@click.option(
+    "--base",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The base the unit was made from (default: the one its emit run recorded).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing OUT_IMAGE.")
-@click.option("--trust", type=click.Path(dir_okay=False, path_type=Path),
-              help="Pin the batch's public key instead of the unit's OUT/batch.pub.")
-def materialize_command(unit_dir: Path, out_image: Path, base: Path | None, force: bool,
-                        trust: Path | None) -> None:
+@click.option(
+    "--trust",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Pin the batch's public key instead of the unit's OUT/batch.pub.",
+)
+def materialize_command(unit_dir: Path, out_image: Path, base: Path | None, force: bool, trust: Path | None) -> None:
     """Write a delta unit's full sparse image and its .bmap (verified, e2fsck included). The
     unit's signature is checked first; OUT_IMAGE may not be the base or one of the unit's files.
 
@@ -268,8 +346,13 @@ def materialize_command(unit_dir: Path, out_image: Path, base: Path | None, forc
 
 @click.command("merge")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The merged preauth file to write.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The merged preauth file to write.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 def merge_command(inputs: tuple[Path, ...], output: Path, force: bool) -> None:
     """Join shards' preauth files (or OUT directories holding preauth.json) into one; refuses

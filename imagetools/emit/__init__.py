@@ -30,11 +30,23 @@ from typing import Any
 
 # Each public name and the module it lives in.
 _EXPORTS = {
-    "emit": ".emitter", "dry_run": ".emitter", "shard": ".plan",
-    "EmitOptions": ".model", "EmitResult": ".model", "UnitResult": ".model", "Status": ".model",
-    "UnitFormat": ".model", "KeySource": ".model", "UnitFile": ".model", "DryRun": ".model",
-    "PlannedUnit": ".model", "Progress": ".model",
-    "STATE_FILE": ".state", "UNIT_FILE": "..unitformat", "LOCK_FILE": ".outdir", "TMP_DIR": ".outdir",
+    "emit": ".emitter",
+    "dry_run": ".emitter",
+    "shard": ".plan",
+    "EmitOptions": ".model",
+    "EmitResult": ".model",
+    "UnitResult": ".model",
+    "Status": ".model",
+    "UnitFormat": ".model",
+    "KeySource": ".model",
+    "UnitFile": ".model",
+    "DryRun": ".model",
+    "PlannedUnit": ".model",
+    "Progress": ".model",
+    "STATE_FILE": ".state",
+    "UNIT_FILE": "..unitformat",
+    "LOCK_FILE": ".outdir",
+    "TMP_DIR": ".outdir",
     "BATCH_FILES": ".batch",
 }
 __all__ = list(_EXPORTS)

@@ -21,8 +21,10 @@ def write_preauth_files(out: Path, units: list[UnitResult]) -> None:
     listed = [(u.name, u.identity, u.fingerprint) for u in units if u.status != Status.FAILED]
     others = other_units(out, {u.name for u in units})
     listed += [(unit_dir.name, r.identity, r.fingerprint) for unit_dir, r in others]
-    entries = [preauth.Entry(name, identity, (out / name / "public.key").read_text(), fingerprint)
-               for name, identity, fingerprint in listed]
+    entries = [
+        preauth.Entry(name, identity, (out / name / "public.key").read_text(), fingerprint)
+        for name, identity, fingerprint in listed
+    ]
     write_text(out / "preauth.json", preauth.render(entries))
     write_text(out / "preauth.csv", preauth.render_csv(entries))
 

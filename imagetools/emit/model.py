@@ -5,8 +5,9 @@ they compare equal to, and are written to JSON as, their plain strings."""
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .. import keys
 from ..errors import FilesystemError, UsageError
@@ -17,16 +18,16 @@ from ..unitformat import KeySource  # noqa: F401 (part of emit's vocabulary)
 if TYPE_CHECKING:  # an annotation only: unit.json's readers (emit.state) need no config module
     from ..menderconf.plan import ModifyPlan
 
-MAX_UNIT_FILE_VALUE = 4096   # one identity value, one line
+MAX_UNIT_FILE_VALUE = 4096  # one identity value, one line
 
 
 class Status(enum.StrEnum):
     """A unit's outcome in a run."""
 
     EMITTED = "emitted"
-    SKIPPED = "skipped"     # published by an earlier run, still as recorded
+    SKIPPED = "skipped"  # published by an earlier run, still as recorded
     FAILED = "failed"
-    BUILT = "built"         # internal: built and verified, not yet published
+    BUILT = "built"  # internal: built and verified, not yet published
 
 
 class UnitFormat(enum.StrEnum):
@@ -41,7 +42,7 @@ class UnitFile:
     """A file written into every unit with that unit's value of a device-list column (plus a
     newline): e.g. a serial number an identity script reads. `name` is the unit's output name."""
 
-    path: str                 # device path: /data/... on the data partition, else rootfs A and B
+    path: str  # device path: /data/... on the data partition, else rootfs A and B
     column: str
     mode: int = 0o644
     uid: int = 0
@@ -63,8 +64,10 @@ class UnitFile:
         path, sep, rest = text.partition("=")
         parts = rest.split(":")
         if not sep or len(parts) not in (1, 2, 4) or not all(p.isdigit() for p in parts[1:]):
-            raise UsageError(f"--unit-file {text!r}: expected IMAGE_PATH=COLUMN[:MODE[:UID:GID]], "
-                             "e.g. /data/serial=sn:0644:0:0 (mode octal, owner numeric)")
+            raise UsageError(
+                f"--unit-file {text!r}: expected IMAGE_PATH=COLUMN[:MODE[:UID:GID]], "
+                "e.g. /data/serial=sn:0644:0:0 (mode octal, owner numeric)"
+            )
         if len(parts) > 1 and any(c not in "01234567" for c in parts[1]):
             raise UsageError(f"--unit-file {text!r}: mode {parts[1]!r} is not octal")
         mode = int(parts[1], 8) if len(parts) > 1 else 0o644
@@ -76,29 +79,30 @@ class UnitFile:
         return name if self.column.casefold() == "name" else identity.get(self.column)
 
     def to_json(self) -> dict[str, str]:
-        return {"path": self.path, "column": self.column, "mode": f"{self.mode:04o}",
-                "owner": f"{self.uid}:{self.gid}"}
+        return {"path": self.path, "column": self.column, "mode": f"{self.mode:04o}", "owner": f"{self.uid}:{self.gid}"}
 
 
 @dataclass(frozen=True)
 class EmitOptions:
     key_spec: keys.KeySpec = field(default_factory=keys.KeySpec)
-    jobs: int | None = None           # worker processes; None = all cores
+    jobs: int | None = None  # worker processes; None = all cores
     bmap: bool = True
     discard_private_keys: bool = False
     force: bool = False
     format: UnitFormat = UnitFormat.IMAGE
     modify: ModifyPlan | None = None  # applied to every unit after its key, before verify
     unit_files: tuple[UnitFile, ...] = ()
-    image_sha256: bool = False        # image units: record the whole image's SHA-256 (see hashes_image)
+    image_sha256: bool = False  # image units: record the whole image's SHA-256 (see hashes_image)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", UnitFormat(self.format))  # a plain string is fine too
         object.__setattr__(self, "unit_files", tuple(self.unit_files))
         if self.configures and self.format == UnitFormat.DELTA:
-            raise UsageError("--format delta cannot carry per-unit configuration yet (a delta covers "
-                             "the data partition only): drop the modify options and --unit-file, or "
-                             "use --format image, or modify the base once with imagetools modify --out")
+            raise UsageError(
+                "--format delta cannot carry per-unit configuration yet (a delta covers "
+                "the data partition only): drop the modify options and --unit-file, or "
+                "use --format image, or modify the base once with imagetools modify --out"
+            )
         paths = [f.path for f in self.unit_files]
         if len(set(paths)) != len(paths):
             raise UsageError("--unit-file: the same path is given twice")
@@ -150,7 +154,7 @@ class UnitResult:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     disk_full: bool = False
-    tmp: str | None = None            # a built unit's directory until it is published
+    tmp: str | None = None  # a built unit's directory until it is published
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -176,10 +180,17 @@ class EmitResult:
         return sum(u.status == status for u in self.units)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"out_dir": self.out_dir, "base": self.base, "settings": self.settings,
-                "copy_mode": self.copy_mode, "elapsed": round(self.elapsed, 3), "ok": self.ok,
-                "summary": {s: self.count(s) for s in (Status.EMITTED, Status.SKIPPED, Status.FAILED)},
-                "warnings": self.warnings, "units": [u.to_dict() for u in self.units]}
+        return {
+            "out_dir": self.out_dir,
+            "base": self.base,
+            "settings": self.settings,
+            "copy_mode": self.copy_mode,
+            "elapsed": round(self.elapsed, 3),
+            "ok": self.ok,
+            "summary": {s: self.count(s) for s in (Status.EMITTED, Status.SKIPPED, Status.FAILED)},
+            "warnings": self.warnings,
+            "units": [u.to_dict() for u in self.units],
+        }
 
 
 @dataclass
@@ -187,7 +198,7 @@ class PlannedUnit:
     """A unit as a dry run sees it: what a real run would do with it, and why."""
 
     name: str
-    action: str        # "emit", "re-emit" (force), "skip" (published, as recorded), "fail"
+    action: str  # "emit", "re-emit" (force), "skip" (published, as recorded), "fail"
     detail: str | None = None
 
 
@@ -212,11 +223,19 @@ class DryRun:
         return sum(u.action == action for u in self.units)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dry_run": True, "out_dir": self.out_dir, "base": self.base, "settings": self.settings,
-                "copy_mode": self.copy_mode, "ok": self.ok, "need_bytes": self.need_bytes,
-                "free_bytes": self.free_bytes, "warnings": self.warnings,
-                "summary": {a: self.count(a) for a in ("emit", "re-emit", "skip", "fail")},
-                "units": [asdict(u) for u in self.units]}
+        return {
+            "dry_run": True,
+            "out_dir": self.out_dir,
+            "base": self.base,
+            "settings": self.settings,
+            "copy_mode": self.copy_mode,
+            "ok": self.ok,
+            "need_bytes": self.need_bytes,
+            "free_bytes": self.free_bytes,
+            "warnings": self.warnings,
+            "summary": {a: self.count(a) for a in ("emit", "re-emit", "skip", "fail")},
+            "units": [asdict(u) for u in self.units],
+        }
 
 
 Progress = Callable[[UnitResult, int, int], None]
@@ -228,7 +247,7 @@ class Job:
 
     name: str
     identity: dict[str, str]
-    key_path: str | None        # key file to use (device list, or a published unit's key)
+    key_path: str | None  # key file to use (device list, or a published unit's key)
     key_from_image: str | None  # published image holding the only copy of the key
     key_source: KeySource
     base: str
@@ -237,7 +256,7 @@ class Job:
     options: EmitOptions
     base_sha256: str
     replace: bool
-    data_part: PartInfo            # the base's data partition (every unit has the base's table)
+    data_part: PartInfo  # the base's data partition (every unit has the base's table)
     window: tuple[int, int] = (0, 0)  # bytes a unit may differ from the base in (personal_window)
     first_copy: tuple[tuple[int, int], ...] = ()  # byte spans stage 1 copies (unit.first_copy)
     unit_files: tuple[tuple[UnitFile, str], ...] = ()  # each with this unit's value

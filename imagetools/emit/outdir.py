@@ -9,8 +9,8 @@ import fcntl
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .. import atomic
 from ..errors import EnvironmentProblem
@@ -45,8 +45,8 @@ def clean_temp(out: Path) -> None:
     if not tmp.is_dir():
         return
     for entry in tmp.iterdir():
-        if entry.name.startswith(_REPLACED) and not (out / entry.name[len(_REPLACED):]).exists():
-            os.rename(entry, out / entry.name[len(_REPLACED):])
+        if entry.name.startswith(_REPLACED) and not (out / entry.name[len(_REPLACED) :]).exists():
+            os.rename(entry, out / entry.name[len(_REPLACED) :])
         elif entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:

@@ -10,22 +10,23 @@ import json
 import os
 import shlex
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .. import keys
 from ..devices import Device
 from ..errors import EnvironmentProblem, SettingsMismatch, UsageError
+from ..image import delta as delta_format
+from ..image import overlay
+from ..image.overlay import Overlay
 from ..layout import PartInfo
 from ..mender import canonical_identity
 from ..sparse import allocated_bytes, clone, clone_into
+from ..unitformat import UNIT_FILE, UnitRecord
 from ..units import MiB, human_size
-from ..image import delta as delta_format, overlay
-from ..image.overlay import Overlay
 from ..verify import VerifyReport, verify_image
 from .model import MAX_UNIT_FILE_VALUE, EmitOptions, Job, KeySource, Status, UnitResult
 from .outdir import TMP_DIR, private_dir
-from ..unitformat import UNIT_FILE, UnitRecord
 from .state import BaseIdentity, EmitState, setting_changes, settings_options
 
 
@@ -55,19 +56,24 @@ def published_units(out: Path, devices: list[Device]) -> dict[str, UnitRecord]:
             problems.append(f"{unit_dir} exists but was not written by imagetools emit; move it away")
             continue
         if record.identity != device.identity:
-            problems.append(f"{unit_dir} was emitted for identity {json.dumps(record.identity)}, the device "
-                            f"list (line {device.line}) now says {json.dumps(device.identity)}; a published unit "
-                            f"keeps its identity: remove {unit_dir} or rename the unit")
+            problems.append(
+                f"{unit_dir} was emitted for identity {json.dumps(record.identity)}, the device "
+                f"list (line {device.line}) now says {json.dumps(device.identity)}; a published unit "
+                f"keeps its identity: remove {unit_dir} or rename the unit"
+            )
         elif device.key_fingerprint and device.key_fingerprint != record.fingerprint:
-            problems.append(f"{unit_dir} holds key {record.fingerprint[:16]}…, the device list "
-                            f"(line {device.line}) gives {device.key_path} ({device.key_fingerprint[:16]}…); "
-                            f"remove {unit_dir} to re-emit it with that key")
+            problems.append(
+                f"{unit_dir} holds key {record.fingerprint[:16]}…, the device list "
+                f"(line {device.line}) gives {device.key_path} ({device.key_fingerprint[:16]}…); "
+                f"remove {unit_dir} to re-emit it with that key"
+            )
         else:
             found[device.name] = record
     problems += _conflicts_elsewhere(out, devices)
     if problems:
-        raise EnvironmentProblem(f"{out}: {len(problems)} published unit(s) conflict with the device list: "
-                                 + "; ".join(problems))
+        raise EnvironmentProblem(
+            f"{out}: {len(problems)} published unit(s) conflict with the device list: " + "; ".join(problems)
+        )
     return found
 
 
@@ -92,17 +98,27 @@ def _conflicts_elsewhere(out: Path, devices: list[Device]) -> list[str]:
     for device in devices:
         other = identities.get(canonical_identity(device.identity))
         if other is not None:
-            problems.append(f"identity {json.dumps(device.identity)} (line {device.line}) was already emitted "
-                            f"as {other} with its own key; name the unit {other.name!r} again or remove {other}")
+            problems.append(
+                f"identity {json.dumps(device.identity)} (line {device.line}) was already emitted "
+                f"as {other} with its own key; name the unit {other.name!r} again or remove {other}"
+            )
         other = fingerprints.get(device.key_fingerprint) if device.key_fingerprint else None
         if other is not None:
-            problems.append(f"key {device.key_path} (line {device.line}) is already published for the unit "
-                            f"{other}: every unit needs a key of its own")
+            problems.append(
+                f"key {device.key_path} (line {device.line}) is already published for the unit "
+                f"{other}: every unit needs a key of its own"
+            )
     return problems
 
 
-def check_changes(state: EmitState | None, base_id: BaseIdentity, options: EmitOptions,
-                  published: dict[str, UnitRecord], out: Path, content_sha256: Callable[[], str]) -> None:
+def check_changes(
+    state: EmitState | None,
+    base_id: BaseIdentity,
+    options: EmitOptions,
+    published: dict[str, UnitRecord],
+    out: Path,
+    content_sha256: Callable[[], str],
+) -> None:
     """Published units must come from this base with these settings, unless force."""
     if not published or options.force:
         return
@@ -118,7 +134,8 @@ def check_changes(state: EmitState | None, base_id: BaseIdentity, options: EmitO
         raise SettingsMismatch(
             f"the base image differs from the one {len(published)} unit(s) in {out} were made from "
             f"({old_path}, sha256 {str(old_sha256)[:16]}...); use --force to "
-            f"re-emit them from this base (their keys are kept) or a new output directory")
+            f"re-emit them from this base (their keys are kept) or a new output directory"
+        )
     if old_settings != options.settings():
         raise SettingsMismatch(_settings_refusal(out, old_settings, options.settings(), len(published)))
 
@@ -128,12 +145,15 @@ def _settings_refusal(out: Path, old: dict, new: dict, published: int) -> str:
     changes = setting_changes(old, new)
     was = " and ".join(f"{name} {value}" for name, value, _ in changes)
     asked = " and ".join(f"{name} {value}" for name, _, value in changes)
-    command = shlex.join(["imagetools", "emit", "--base", "BASE", "--devices", "DEVICES", "--out-dir", str(out),
-                          *settings_options(old)])
-    return (f"the settings differ from the run that made {published} unit(s) in {out}: it was emitted with "
-            f"{was}, this run asks for {asked}; to go on with that batch, give its settings ({command}), "
-            f"or add --force to re-emit the published units with this run's settings (they keep their "
-            f"keys; new keys follow the new settings), or use a new output directory")
+    command = shlex.join(
+        ["imagetools", "emit", "--base", "BASE", "--devices", "DEVICES", "--out-dir", str(out), *settings_options(old)]
+    )
+    return (
+        f"the settings differ from the run that made {published} unit(s) in {out}: it was emitted with "
+        f"{was}, this run asks for {asked}; to go on with that batch, give its settings ({command}), "
+        f"or add --force to re-emit the published units with this run's settings (they keep their "
+        f"keys; new keys follow the new settings), or use a new output directory"
+    )
 
 
 def check_unit_files(devices: list[Device], options: EmitOptions) -> None:
@@ -144,18 +164,29 @@ def check_unit_files(devices: list[Device], options: EmitOptions) -> None:
         for device in devices:
             value = unit_file.value(device.name, device.identity)
             if value is None:
-                problems.append(f"line {device.line}: no column {unit_file.column!r} (--unit-file "
-                                f"{unit_file.path}; columns: {', '.join(sorted(device.identity))})")
+                problems.append(
+                    f"line {device.line}: no column {unit_file.column!r} (--unit-file "
+                    f"{unit_file.path}; columns: {', '.join(sorted(device.identity))})"
+                )
             elif not value.isprintable() or len(value.encode()) > MAX_UNIT_FILE_VALUE:
-                problems.append(f"line {device.line}: the {unit_file.column!r} value is not one printable "
-                                f"line of at most {MAX_UNIT_FILE_VALUE} bytes (--unit-file {unit_file.path})")
+                problems.append(
+                    f"line {device.line}: the {unit_file.column!r} value is not one printable "
+                    f"line of at most {MAX_UNIT_FILE_VALUE} bytes (--unit-file {unit_file.path})"
+                )
     if problems:
         raise UsageError(f"{len(problems)} device-list row(s) cannot fill --unit-file: " + "; ".join(problems[:20]))
 
 
-def plan(devices: list[Device], published: dict[str, UnitRecord], base: Path, out: Path,
-         options: EmitOptions, data_part: PartInfo, window: tuple[int, int],
-         first_copy: tuple[tuple[int, int], ...]) -> list[Job]:
+def plan(
+    devices: list[Device],
+    published: dict[str, UnitRecord],
+    base: Path,
+    out: Path,
+    options: EmitOptions,
+    data_part: PartInfo,
+    window: tuple[int, int],
+    first_copy: tuple[tuple[int, int], ...],
+) -> list[Job]:
     """A job per unit to emit: the unpublished ones, and with force the published ones too."""
     jobs = []
     for device in devices:
@@ -172,9 +203,25 @@ def plan(devices: list[Device], published: dict[str, UnitRecord], base: Path, ou
             else:
                 key_from_image = str(out / device.name / record.image)
         files = tuple((f, f.value(device.name, device.identity) or "") for f in options.unit_files)
-        jobs.append(Job(device.name, device.identity, key_path, key_from_image, source, str(base),
-                        base.suffix or ".img", str(out), options, "", record is not None, data_part,
-                        window, first_copy, files))
+        jobs.append(
+            Job(
+                device.name,
+                device.identity,
+                key_path,
+                key_from_image,
+                source,
+                str(base),
+                base.suffix or ".img",
+                str(out),
+                options,
+                "",
+                record is not None,
+                data_part,
+                window,
+                first_copy,
+                files,
+            )
+        )
     return jobs
 
 
@@ -229,7 +276,8 @@ def check_space(base: Path, out: Path, units: int, copy_mode: str) -> None:
         raise EnvironmentProblem(
             f"not enough space in {out}: {units} unit(s) need about {human_size(need)} "
             f"({human_size(per_unit)} each, {copy_mode} copies), {human_size(free)} free; free some space or "
-            f"emit fewer units per run")
+            f"emit fewer units per run"
+        )
 
 
 def shard(devices: list[Device], index: int, count: int) -> list[Device]:
@@ -238,20 +286,22 @@ def shard(devices: list[Device], index: int, count: int) -> list[Device]:
     and a unit stays in its slice when rows are added."""
     if not 1 <= index <= count:
         raise UsageError(f"shard {index}/{count}: K/N needs 1 <= K <= N")
-    return [d for d in devices
-            if int.from_bytes(hashlib.sha256(d.name.encode()).digest()[:8], "big") % count == index - 1]
+    return [
+        d for d in devices if int.from_bytes(hashlib.sha256(d.name.encode()).digest()[:8], "big") % count == index - 1
+    ]
 
 
-def recheck(out: Path, device: Device, record: UnitRecord, base: Path,
-            base_sha256: str | None = None) -> UnitResult:
+def recheck(out: Path, device: Device, record: UnitRecord, base: Path, base_sha256: str | None = None) -> UnitResult:
     """A published unit: its files are there and unchanged since publication (stat only); if the
     image was touched since, verify it again (without fsck) before counting it done."""
     unit_dir = out / device.name
     result = published_result(record, unit_dir, Status.SKIPPED)
     missing = [f for f in record.files if not (unit_dir / f).exists()]
     if missing:
-        result.status, result.error = Status.FAILED, (f"published unit lost {', '.join(missing)}; "
-                                                      f"use --force to re-emit it with its key")
+        result.status, result.error = (
+            Status.FAILED,
+            (f"published unit lost {', '.join(missing)}; use --force to re-emit it with its key"),
+        )
         return result
     image = unit_dir / record.image
     st = image.stat()
@@ -262,22 +312,33 @@ def recheck(out: Path, device: Device, record: UnitRecord, base: Path,
     report = _verify_published(image, pub, record, base, base_sha256)
     if not report.ok:
         result.status = Status.FAILED
-        result.error = ("published image changed and no longer verifies: "
-                        + "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
-                        + "; use --force to re-emit it with its key")
+        result.error = (
+            "published image changed and no longer verifies: "
+            + "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
+            + "; use --force to re-emit it with its key"
+        )
     return result
 
 
 def published_result(record: UnitRecord, unit_dir: Path, status: Status) -> UnitResult:
     """A published unit as this run reports it."""
-    return UnitResult(name=record.name, identity=record.identity, status=status,
-                      fingerprint=record.fingerprint, key_type=record.key_type,
-                      key_source=record.key_source, image=str(unit_dir / record.image),
-                      image_sha256=record.image_sha256, verify=record.verify, timings=record.timings)
+    return UnitResult(
+        name=record.name,
+        identity=record.identity,
+        status=status,
+        fingerprint=record.fingerprint,
+        key_type=record.key_type,
+        key_source=record.key_source,
+        image=str(unit_dir / record.image),
+        image_sha256=record.image_sha256,
+        verify=record.verify,
+        timings=record.timings,
+    )
 
 
-def _verify_published(image: Path, pub: keys.PublicKey, record: UnitRecord, base: Path,
-                      base_sha256: str | None) -> VerifyReport:
+def _verify_published(
+    image: Path, pub: keys.PublicKey, record: UnitRecord, base: Path, base_sha256: str | None
+) -> VerifyReport:
     """verify without fsck; a delta through its overlay on the base (which must be its own)."""
     if record.format != "delta":
         return verify_image(image, expected=pub, fsck=False)

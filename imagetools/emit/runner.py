@@ -10,10 +10,11 @@ import multiprocessing
 import os
 import shutil
 import signal
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .. import bmap
 from ..errors import EnvironmentProblem
@@ -24,15 +25,21 @@ from .model import Job, Progress, Status, UnitFormat, UnitResult
 from .outdir import publish
 from .unit import Stage, finish_unit, os_error, prepare_unit
 
-_CHUNK_UNITS = 128    # units per round of stage 1 then stage 2 (what a kill can cost)
+_CHUNK_UNITS = 128  # units per round of stage 1 then stage 2 (what a kill can cost)
 _SYNC_BYTES = 1 << 30  # written back per syncfs, at most (the batch is 1 to 4 units per worker)
 
 # In a worker process only: the base's bmap/SHA-256 state, set by the pool's initializer.
 _worker_reuse: bmap.Reuse | None = None
 
 
-def run(jobs: list[Job], workers: int | None, results: dict[str, UnitResult], total: int,
-        progress: Progress | None, reuse: bmap.Reuse | None) -> None:
+def run(
+    jobs: list[Job],
+    workers: int | None,
+    results: dict[str, UnitResult],
+    total: int,
+    progress: Progress | None,
+    reuse: bmap.Reuse | None,
+) -> None:
     """Units go in chunks through two stages. Stage 1 (key, data partition, debugfs, e2fsck) runs
     for a whole chunk first: debugfs and e2fsck fsync what they write (the scratch on tmpfs; the
     image itself with per-unit configuration), and on OUT's disk an fsync commits the journal,
@@ -43,20 +50,18 @@ def run(jobs: list[Job], workers: int | None, results: dict[str, UnitResult], to
     leaves a core idle until its last unit is done."""
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     chunk_units = len(jobs) if jobs[0].options.format == UnitFormat.DELTA else _CHUNK_UNITS
-    publisher = _Publisher(Path(jobs[0].out_dir), results, total, progress,
-                           batch=_sync_batch(jobs[0].base, workers))
+    publisher = _Publisher(Path(jobs[0].out_dir), results, total, progress, batch=_sync_batch(jobs[0].base, workers))
     with scratch_space() as scratch, _pool(workers, reuse) as pool:
         finish = functools.partial(finish_unit, reuse=reuse) if pool is None else _finish_in_worker
         for start in range(0, len(jobs), chunk_units):
             staged = []
-            chunk = [(job, scratch) for job in jobs[start:start + chunk_units]]
+            chunk = [(job, scratch) for job in jobs[start : start + chunk_units]]
             for (job, _), (result, stage) in _each(pool, prepare_unit, chunk, workers * 2, publisher.stopped):
                 if stage is None:
                     publisher.add(result, job)
                 else:
                     staged.append((job, result, stage))
-            for (job, *_), result in _each(pool, finish, staged, workers * 2 + publisher.batch,
-                                           publisher.stopped):
+            for (job, *_), result in _each(pool, finish, staged, workers * 2 + publisher.batch, publisher.stopped):
                 publisher.add(result, job)
             publisher.flush()
             if publisher.stopped():
@@ -67,7 +72,8 @@ def run(jobs: list[Job], workers: int | None, results: dict[str, UnitResult], to
         raise EnvironmentProblem(
             f"disk full in {jobs[0].out_dir} while emitting {full.name} ({full.error}); "
             f"{sum(r.status == Status.EMITTED for r in results.values())} unit(s) published completely, "
-            f"{left} not started or discarded; free some space and run the same command again to finish")
+            f"{left} not started or discarded; free some space and run the same command again to finish"
+        )
 
 
 @contextlib.contextmanager
@@ -77,8 +83,9 @@ def _pool(workers: int, reuse: bmap.Reuse | None) -> Iterator[ProcessPoolExecuto
     if workers == 1:
         yield None
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_worker_init, initargs=(reuse,))
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init, initargs=(reuse,)
+    )
     try:
         yield pool
     finally:
@@ -102,8 +109,9 @@ def _finish_in_worker(job: Job, result: UnitResult, stage: Stage) -> UnitResult:
     return finish_unit(job, result, stage, _worker_reuse)
 
 
-def _each(pool: ProcessPoolExecutor | None, fn: Callable, calls: list[tuple], inflight: int,
-          stopped: Callable[[], bool]) -> Iterator[tuple[tuple, Any]]:
+def _each(
+    pool: ProcessPoolExecutor | None, fn: Callable, calls: list[tuple], inflight: int, stopped: Callable[[], bool]
+) -> Iterator[tuple[tuple, Any]]:
     """(args, fn(*args)) for each argument tuple, as they complete, at most `inflight` submitted at
     a time; nothing new is started once stopped() (a full disk)."""
     if pool is None:
@@ -128,7 +136,8 @@ def _each(pool: ProcessPoolExecutor | None, fn: Callable, calls: list[tuple], in
             except BrokenProcessPool:
                 raise EnvironmentProblem(
                     "a worker process died (out of memory or killed); units published so far "
-                    "are complete: run the same command again to finish") from None
+                    "are complete: run the same command again to finish"
+                ) from None
 
 
 def _take(it: Iterator, n: int) -> list:
@@ -157,8 +166,7 @@ class _Publisher:
     for each image's writeback alone, which is several times slower and stalls its worker), and
     only then published by rename: a unit is never visible before its image is on disk."""
 
-    def __init__(self, out: Path, results: dict[str, UnitResult], total: int,
-                 progress: Progress | None, batch: int):
+    def __init__(self, out: Path, results: dict[str, UnitResult], total: int, progress: Progress | None, batch: int):
         self.out, self.results, self.total, self.progress, self.batch = out, results, total, progress, batch
         self.ready: list[tuple[UnitResult, Job]] = []
         self.disk_full: list[UnitResult] = []

@@ -15,8 +15,8 @@ from typing import Any
 
 from ..errors import EnvironmentProblem
 from ..image import ImageSource
-from ..units import MiB
 from ..unitformat import STATE_FILE, Fields
+from ..units import MiB
 from .outdir import write_text
 
 STATE_VERSION = 1
@@ -50,13 +50,25 @@ class EmitState:
     def from_json(cls, data: Any) -> EmitState:
         f = Fields(data, "state")
         base = Fields(f.get("base", dict), "base")
-        return cls(BaseIdentity(base.get("path", str), base.get("size", int), base.get("mtime_ns", int),
-                                base.get("table_sha256", str), base.get("sha256", str, optional=True)),
-                   f.get("settings", dict), f.get("complete", bool))
+        return cls(
+            BaseIdentity(
+                base.get("path", str),
+                base.get("size", int),
+                base.get("mtime_ns", int),
+                base.get("table_sha256", str),
+                base.get("sha256", str, optional=True),
+            ),
+            f.get("settings", dict),
+            f.get("complete", bool),
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "base": self.base.to_json(), "settings": self.settings,
-                "complete": self.complete}
+        return {
+            "version": STATE_VERSION,
+            "base": self.base.to_json(),
+            "settings": self.settings,
+            "complete": self.complete,
+        }
 
 
 def read_state(out: Path) -> EmitState | None:
@@ -65,8 +77,10 @@ def read_state(out: Path) -> EmitState | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise EnvironmentProblem(f"{out / STATE_FILE} is unreadable ({exc}); it records which base image "
-                                 f"the units were made from: restore it or use a new output directory") from None
+        raise EnvironmentProblem(
+            f"{out / STATE_FILE} is unreadable ({exc}); it records which base image "
+            f"the units were made from: restore it or use a new output directory"
+        ) from None
 
 
 def write_state(out: Path, state: EmitState) -> None:
@@ -79,8 +93,11 @@ def base_identity(base: ImageSource, state: EmitState | None) -> BaseIdentity:
     st = os.fstat(base.fd)
     ident = BaseIdentity(str(Path(base.path).resolve()), base.size, st.st_mtime_ns, _table_sha256(base))
     old = state.base if state is not None else None
-    if old is not None and (old.size, old.mtime_ns, old.table_sha256) == (ident.size, ident.mtime_ns,
-                                                                           ident.table_sha256):
+    if old is not None and (old.size, old.mtime_ns, old.table_sha256) == (
+        ident.size,
+        ident.mtime_ns,
+        ident.table_sha256,
+    ):
         ident.sha256 = old.sha256
     return ident
 
@@ -100,8 +117,11 @@ def setting_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str,
     """(setting, recorded value, this run's value) for each setting two runs differ in (named as
     an operator knows them; the tenant token, certificate and verification key by SHA-256 only)."""
     a, b = ({name: text for name, (text, _) in _described(s).items()} for s in (old, new))
-    changes = [(name, a.get(name, "none"), b.get(name, "none"))
-               for name in dict.fromkeys([*a, *b]) if a.get(name) != b.get(name)]
+    changes = [
+        (name, a.get(name, "none"), b.get(name, "none"))
+        for name in dict.fromkeys([*a, *b])
+        if a.get(name) != b.get(name)
+    ]
     return changes or [("settings", json.dumps(old, sort_keys=True), json.dumps(new, sort_keys=True))]
 
 
@@ -120,19 +140,29 @@ def _described(settings: dict[str, Any]) -> _Described:
         "key type": _key_type(key),
         "format": (unit_format, [] if unit_format == "image" else ["--format", unit_format]),
         "bmap": ("on", []) if settings.get("bmap", True) else ("off", ["--no-bmap"]),
-        "private keys": ("discarded", ["--discard-private-keys"]) if settings.get("discard_private_keys")
-        else ("kept", [])}
+        "private keys": ("discarded", ["--discard-private-keys"])
+        if settings.get("discard_private_keys")
+        else ("kept", []),
+    }
     files = settings["unit_files"] if isinstance(settings.get("unit_files"), list) else []
-    specs = [f"{f.get('path')}={f.get('column')}:{f.get('mode')}:{f.get('owner')}"
-             for f in files if isinstance(f, dict)]
+    specs = [
+        f"{f.get('path')}={f.get('column')}:{f.get('mode')}:{f.get('owner')}" for f in files if isinstance(f, dict)
+    ]
     if specs:
         out["unit files"] = (", ".join(specs), [o for spec in specs for o in ("--unit-file", spec)])
     if settings.get("image_sha256") is True:
         out["image sha256"] = ("on", ["--image-sha256"])
     modify = settings["modify"] if isinstance(settings.get("modify"), dict) else {}
     out.update(_modify_described(modify))
-    for name in settings.keys() - {"key", "format", "bmap", "discard_private_keys", "unit_files", "modify",
-                                   "image_sha256"}:
+    for name in settings.keys() - {
+        "key",
+        "format",
+        "bmap",
+        "discard_private_keys",
+        "unit_files",
+        "modify",
+        "image_sha256",
+    }:
         out[name] = (json.dumps(settings[name], sort_keys=True), [])
     return out
 
@@ -151,11 +181,14 @@ def _key_type(key: dict[str, Any]) -> tuple[str, list[str]]:
 
 
 _MODIFY = {  # summary field -> (setting, option, placeholder for what is recorded by SHA-256 only)
-    "server_uri": ("server URI", "-u", None), "tenant_token_sha256": ("tenant token", "-t", "@TOKEN_FILE"),
+    "server_uri": ("server URI", "-u", None),
+    "tenant_token_sha256": ("tenant token", "-t", "@TOKEN_FILE"),
     "server_cert_sha256": ("server certificate", "-c", "SERVER_CERT"),
     "verification_key_sha256": ("verification key", "-v", "VERIFY_KEY"),
-    "artifact_name": ("Artifact name", "-n", None), "static_key": ("static key", "--static-key", None),
-    "conf_mode": ("mender.conf mode", "--mode", None)}
+    "artifact_name": ("Artifact name", "-n", None),
+    "static_key": ("static key", "--static-key", None),
+    "conf_mode": ("mender.conf mode", "--mode", None),
+}
 
 
 def _modify_described(modify: dict[str, Any]) -> _Described:

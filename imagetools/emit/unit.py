@@ -13,33 +13,43 @@ goes through both stages in one call."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import errno
+import functools
 import hashlib
 import json
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .. import bmap, files, keys
 from ..errors import ImageToolsError
-from ..image import delta as delta_format, overlay
+from ..image import delta as delta_format
+from ..image import overlay
 from ..image.overlay import Overlay
-from ..personalize import Scratch, reused_scratch
 from ..inject import write_key
 from ..layout import Layout, open_layout
 from ..menderconf.modify import modify as modify_image
+from ..personalize import Scratch, reused_scratch
 from ..sparse import allocated_bytes, clone, copy_extents
+from ..unitformat import UNIT_FILE, UnitRecord
 from ..units import MiB
-from ..verify import (Check, DEFAULT_KEY_PATH, VerifyReport, data_path, fsck_check,
-                      read_key_in_image, rootfs_checks, verify_image)
+from ..verify import (
+    DEFAULT_KEY_PATH,
+    Check,
+    VerifyReport,
+    data_path,
+    fsck_check,
+    read_key_in_image,
+    rootfs_checks,
+    verify_image,
+)
 from .model import EmitOptions, Job, Status, UnitFormat, UnitResult
 from .outdir import TMP_DIR, private_dir
-from ..unitformat import UNIT_FILE, UnitRecord
 
 DATA_KEY_PATH = data_path(DEFAULT_KEY_PATH)
 DELTA_SUFFIX = ".delta"
@@ -152,12 +162,20 @@ def _configure(job: Job, image: Path) -> None:
     if job.options.modify is not None:
         modify_image(image, job.options.modify)
     for unit_file, value in job.unit_files:
-        files.install(image, unit_file.path, value.encode() + b"\n", mode=unit_file.mode,
-                      uid=unit_file.uid, gid=unit_file.gid, parents=True)
+        files.install(
+            image,
+            unit_file.path,
+            value.encode() + b"\n",
+            mode=unit_file.mode,
+            uid=unit_file.uid,
+            gid=unit_file.gid,
+            parents=True,
+        )
 
 
-def _prepare_delta(job: Job, tmp: Path, result: UnitResult, pem: bytes, files: list[str],
-                   t: float, scratch: Scratch) -> Stage:
+def _prepare_delta(
+    job: Job, tmp: Path, result: UnitResult, pem: bytes, files: list[str], t: float, scratch: Scratch
+) -> Stage:
     """Stage 1 of a delta unit: the blocks the key changes, taken from a scratch copy of the data
     partition alone (see personalize), and that copy's e2fsck."""
     delta, fsck = scratch.delta(pem, DATA_KEY_PATH, job.base_sha256)
@@ -175,8 +193,9 @@ def _verify(job: Job, stage: Stage) -> VerifyReport:
         return verify_image(stage.image, expected=expected, fsck=False)
     view = Overlay(job.base, delta_format.read(stage.image), job.base_sha256)
     with overlay.attached(stage.image, view):
-        return verify_image(stage.image, expected=expected, fsck=False,
-                            rootfs=_base_rootfs_checks(job.base, job.base_sha256))
+        return verify_image(
+            stage.image, expected=expected, fsck=False, rootfs=_base_rootfs_checks(job.base, job.base_sha256)
+        )
 
 
 @functools.lru_cache(maxsize=4)
@@ -215,12 +234,24 @@ def _finish(job: Job, stage: Stage, result: UnitResult, reuse: bmap.Reuse | None
     (stage.tmp / "identity.json").write_text(json.dumps(job.identity, indent=2) + "\n")
     st = image.stat()
     assert result.fingerprint is not None and result.key_type is not None  # _prepare set them, with the stage
-    UnitRecord(name=job.name, identity=job.identity, fingerprint=result.fingerprint,
-               key_type=result.key_type, key_source=job.key_source, image=image.name,
-               image_size=st.st_size, image_mtime_ns=st.st_mtime_ns, image_ctime_ns=st.st_ctime_ns,
-               image_sha256=result.image_sha256, base_sha256=job.base_sha256,
-               settings=job.options.settings(), files=sorted(files), verify=result.verify,
-               timings=result.timings, format=str(job.options.format)).write(stage.tmp / UNIT_FILE)
+    UnitRecord(
+        name=job.name,
+        identity=job.identity,
+        fingerprint=result.fingerprint,
+        key_type=result.key_type,
+        key_source=job.key_source,
+        image=image.name,
+        image_size=st.st_size,
+        image_mtime_ns=st.st_mtime_ns,
+        image_ctime_ns=st.st_ctime_ns,
+        image_sha256=result.image_sha256,
+        base_sha256=job.base_sha256,
+        settings=job.options.settings(),
+        files=sorted(files),
+        verify=result.verify,
+        timings=result.timings,
+        format=str(job.options.format),
+    ).write(stage.tmp / UNIT_FILE)
     return True
 
 

@@ -25,13 +25,13 @@ class Capabilities:
     """What a filesystem type supports: callers ask this (PartInfo.caps), never a list of types.
     Adding a type is one module and one row of KINDS."""
 
-    owner_mode: bool = False       # files carry an owner and permission bits (a rootfs can live on it)
-    fsck: bool = False             # checked in place at the partition's offset
-    data_partition: bool = False   # can be Mender's data partition (the datastore, the device key)
-    in_place: bool = False         # written in place at the offset, the image file edited as it is
+    owner_mode: bool = False  # files carry an owner and permission bits (a rootfs can live on it)
+    fsck: bool = False  # checked in place at the partition's offset
+    data_partition: bool = False  # can be Mender's data partition (the datastore, the device key)
+    in_place: bool = False  # written in place at the offset, the image file edited as it is
 
 
-NONE = Capabilities()   # no filesystem, or one imagetools cannot read
+NONE = Capabilities()  # no filesystem, or one imagetools cannot read
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,29 @@ def _open_fat(image_path: str | os.PathLike, offset: int, size: int, **kwargs: A
 
 
 KINDS = (
-    Kind(("ext2", "ext3", "ext4"), _open_ext,
-         Capabilities(owner_mode=True, fsck=True, data_partition=True, in_place=True)),
+    Kind(
+        ("ext2", "ext3", "ext4"),
+        _open_ext,
+        Capabilities(owner_mode=True, fsck=True, data_partition=True, in_place=True),
+    ),
     Kind(("vfat", "fat", "fat12", "fat16", "fat32"), _open_fat, Capabilities(in_place=True)),
 )
-EXT_TYPES, FAT_TYPES = KINDS[0].types, KINDS[1].types   # for code that parses these formats itself
+EXT_TYPES, FAT_TYPES = KINDS[0].types, KINDS[1].types  # for code that parses these formats itself
 
-__all__ = ["Entry", "Filesystem", "NoSpaceError", "NotFoundError", "SymlinkInPath", "Capabilities",
-           "capabilities", "open_filesystem", "fsck", "normalize", "EXT_TYPES", "FAT_TYPES"]
+__all__ = [
+    "Entry",
+    "Filesystem",
+    "NoSpaceError",
+    "NotFoundError",
+    "SymlinkInPath",
+    "Capabilities",
+    "capabilities",
+    "open_filesystem",
+    "fsck",
+    "normalize",
+    "EXT_TYPES",
+    "FAT_TYPES",
+]
 
 
 def kind(fs_type: str) -> Kind | None:
@@ -76,8 +91,15 @@ def capabilities(fs_type: str) -> Capabilities:
     return found.caps if found else NONE
 
 
-def open_filesystem(image_path: str | os.PathLike, offset: int, size: int, fs_type: str, *,
-                    writable: bool = False, label: str | None = None) -> Filesystem:
+def open_filesystem(
+    image_path: str | os.PathLike,
+    offset: int,
+    size: int,
+    fs_type: str,
+    *,
+    writable: bool = False,
+    label: str | None = None,
+) -> Filesystem:
     """The `fs_type` filesystem at `offset` (a partition of `size` bytes); writable checks up
     front that the image may be written. `label` names it in messages."""
     label = label or f"{fs_type or 'partition'} at offset {offset}"
@@ -98,8 +120,10 @@ def fsck(image_path: str | os.PathLike, offset: int, fs_type: str, label: str) -
         with tempfile.TemporaryDirectory(prefix="imagetools-fsck-") as tmp:
             image_path, offset = _fsck_input(image_path, offset, tmp)
             return e2fsprogs.e2fsck(e2fsprogs.device(image_path, offset, label, lambda: tmp))
-    raise FilesystemError(f"cannot check {label} in place: only ext2/3/4 can be checked at an "
-                          "offset (fsck.vfat needs the partition as its own file)")
+    raise FilesystemError(
+        f"cannot check {label} in place: only ext2/3/4 can be checked at an "
+        "offset (fsck.vfat needs the partition as its own file)"
+    )
 
 
 def _fsck_input(image_path: str | os.PathLike, offset: int, tmp: str) -> tuple[str | os.PathLike, int]:

@@ -20,36 +20,43 @@ from ..image.probe import probe
 
 # Characters debugfs' command parser cannot carry inside a quoted argument.
 UNSAFE_CHARACTERS = ('"', "\n", "\r", "\0")
-MAX_NAME_BYTES = 255      # one name in a directory: ext2/3/4's limit (FAT's is lower)
-MAX_PATH_BYTES = 4095     # PATH_MAX; also keeps every debugfs command line far below its 8 KiB buffer
+MAX_NAME_BYTES = 255  # one name in a directory: ext2/3/4's limit (FAT's is lower)
+MAX_PATH_BYTES = 4095  # PATH_MAX; also keeps every debugfs command line far below its 8 KiB buffer
 
 
 class EntryType(StrEnum):
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"
-    OTHER = "other"   # device, FIFO, socket
+    OTHER = "other"  # device, FIFO, socket
 
 
 @dataclass(frozen=True)
 class Entry:
-    path: str            # absolute path inside the partition
+    path: str  # absolute path inside the partition
     name: str
     type: EntryType
-    mode: int            # permission bits only (e.g. 0o600), plus setuid/setgid/sticky
+    mode: int  # permission bits only (e.g. 0o600), plus setuid/setgid/sticky
     uid: int
     gid: int
     size: int
-    target: str | None = None   # symlink target
+    target: str | None = None  # symlink target
     inode: int | None = field(default=None, compare=False)  # ext: to address it without its name
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "type", EntryType(self.type))
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "name": self.name, "type": self.type,
-                "mode": f"{self.mode:04o}", "uid": self.uid, "gid": self.gid,
-                "size": self.size, "target": self.target}
+        return {
+            "path": self.path,
+            "name": self.name,
+            "type": self.type,
+            "mode": f"{self.mode:04o}",
+            "uid": self.uid,
+            "gid": self.gid,
+            "size": self.size,
+            "target": self.target,
+        }
 
 
 class SymlinkInPath(FilesystemError):
@@ -57,9 +64,9 @@ class SymlinkInPath(FilesystemError):
 
     def __init__(self, link: str, target: str, rest: str):
         super().__init__(f"{link} is a symbolic link to {target}")
-        self.link = link        # the link's own path inside the partition
-        self.target = target    # its target, verbatim
-        self.rest = rest        # what followed the link in the requested path ("" or "a/b")
+        self.link = link  # the link's own path inside the partition
+        self.target = target  # its target, verbatim
+        self.rest = rest  # what followed the link in the requested path ("" or "a/b")
 
 
 class NotFoundError(FilesystemError):
@@ -82,10 +89,10 @@ class Filesystem(Protocol):
     def list(self, path: str) -> list[Entry]: ...
     def read(self, path: str) -> bytes: ...
     def readlink(self, path: str) -> str: ...
-    def write(self, path: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0,
-              parents: bool = False) -> None: ...
-    def mkdir(self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0,
-              parents: bool = False) -> None: ...
+    def write(
+        self, path: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0, parents: bool = False
+    ) -> None: ...
+    def mkdir(self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0, parents: bool = False) -> None: ...
     def remove(self, path: str, recursive: bool = False) -> None: ...
     def close(self) -> None: ...
     def __enter__(self) -> Filesystem: ...
@@ -160,11 +167,13 @@ def check_writable(image_path: str) -> None:
     if stat_mod.S_ISBLK(st.st_mode):
         where = mount_point(st.st_rdev)
         if where:
-            raise EnvironmentProblem(f"{image_path} (or one of its partitions) is mounted on {where}: "
-                                     "unmount it before writing to it")
+            raise EnvironmentProblem(
+                f"{image_path} (or one of its partitions) is mounted on {where}: unmount it before writing to it"
+            )
     if not os.access(image_path, os.W_OK) or (st.st_mode & 0o222) == 0:
-        raise EnvironmentProblem(f"image {image_path} is read-only (no write permission); "
-                                 "make it writable or write to a copy")
+        raise EnvironmentProblem(
+            f"image {image_path} is read-only (no write permission); make it writable or write to a copy"
+        )
     try:
         os.close(os.open(image_path, os.O_RDWR))
     except OSError as exc:
@@ -183,9 +192,11 @@ def check_geometry(image_path: str, offset: int, size: int | None, label: str) -
             os.close(fd)
     claimed = probe(image_path, offset, size).size
     if claimed > size:
-        raise ImageFormatError(f"{label}: the filesystem spans {claimed} bytes but its partition only "
-                               f"{size}; writing could overwrite the next partition (fix the "
-                               "partition table or resize the filesystem first)")
+        raise ImageFormatError(
+            f"{label}: the filesystem spans {claimed} bytes but its partition only "
+            f"{size}; writing could overwrite the next partition (fix the "
+            "partition table or resize the filesystem first)"
+        )
 
 
 def mount_point(rdev: int) -> str | None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FilesystemError, ToolMissingError
 from ..tools import find_tool
@@ -34,8 +35,7 @@ E2FSCK_TIMEOUT = 1800
 _VERBS = frozenset({"stat", "ls", "cat", "write", "mkdir", "sif", "rm", "rmdir", "ln", "unlink"})
 _TOKENS = frozenset({"-p", "mode", "uid", "gid"})
 _BANNER = re.compile(r"^debugfs \d[\w.\-]* \(.*\)$")
-_NO_SPACE = ("Could not allocate block", "No free space", "Could not allocate inode",
-             "No free inodes", "No space left")
+_NO_SPACE = ("Could not allocate block", "No free space", "Could not allocate inode", "No free inodes", "No space left")
 _STAT_HEAD = re.compile(r"Inode:\s+(\d+)\s+Type:\s+(.+?)\s+Mode:\s+(\d+)")
 _STAT_OWNER = re.compile(r"User:\s+(\d+)\s+Group:\s+(\d+).*?Size:\s+(\d+)")
 _FAST_LINK = re.compile(r'Fast link dest: "(.*)"', re.S)
@@ -46,8 +46,10 @@ class UnsafeName(FilesystemError):
     """A path that debugfs' command language cannot carry safely (or that ext4 cannot hold)."""
 
     def __init__(self, path: str, why: str, where: str):
-        super().__init__(f"cannot address {path!r} in {where}: {why}; nothing was changed "
-                         "(rename it with a tool that works on the mounted filesystem)")
+        super().__init__(
+            f"cannot address {path!r} in {where}: {why}; nothing was changed "
+            "(rename it with a tool that works on the mounted filesystem)"
+        )
         self.path = path
         self.where = where
 
@@ -75,8 +77,7 @@ class Device:
         return f"{self.path}?offset={self.offset}"
 
 
-def device(image_path: str | os.PathLike, offset: int, where: str,
-           alias_dir: Callable[[], str]) -> Device:
+def device(image_path: str | os.PathLike, offset: int, where: str, alias_dir: Callable[[], str]) -> Device:
     """The Device for a partition; a path holding '?' is aliased by a symlink in alias_dir()."""
     path = os.path.abspath(os.fspath(image_path))
     if "?" in path:
@@ -162,8 +163,7 @@ def run(dev: Device, commands: list[Command], *, write: bool = False) -> Result:
 
 def request(dev: Device, cmd: Command) -> Result:
     """One read-only command with -R (stdout carries raw bytes, no echo): for `cat`."""
-    proc = _exec([find_tool("debugfs", "e2fsprogs"), "-R", cmd.line, dev.spec], "debugfs",
-                 DEBUGFS_TIMEOUT)
+    proc = _exec([find_tool("debugfs", "e2fsprogs"), "-R", cmd.line, dev.spec], "debugfs", DEBUGFS_TIMEOUT)
     return Result(proc.stdout, _errors(proc.stderr))
 
 
@@ -174,8 +174,9 @@ def e2fsck(dev: Device) -> tuple[bool, str]:
     return proc.returncode == 0, (proc.stdout + proc.stderr).decode("utf-8", "replace").strip()
 
 
-def _exec(args: list[str], tool: str, timeout: int, check: bool = True,
-          stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def _exec(
+    args: list[str], tool: str, timeout: int, check: bool = True, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
     import subprocess  # here, not at the top: reads go through the ext4 package and run no tool
 
     feed: dict[str, Any] = {"stdin": subprocess.DEVNULL} if stdin is None else {"input": stdin}
@@ -211,10 +212,17 @@ def parse_stat(path: str, section: str) -> Entry | None:
     link = _FAST_LINK.search(section)
     if kind == "symlink" and link:
         target = link.group(1).split('"\n')[0]
-    return Entry(path=path, name=posixpath.basename(path) or "/",
-                 type=type_from_mode(_TYPE_BITS.get(kind, 0) | perm), mode=perm,
-                 uid=int(owner.group(1)), gid=int(owner.group(2)), size=int(owner.group(3)),
-                 target=target, inode=int(head.group(1)))
+    return Entry(
+        path=path,
+        name=posixpath.basename(path) or "/",
+        type=type_from_mode(_TYPE_BITS.get(kind, 0) | perm),
+        mode=perm,
+        uid=int(owner.group(1)),
+        gid=int(owner.group(2)),
+        size=int(owner.group(3)),
+        target=target,
+        inode=int(head.group(1)),
+    )
 
 
 @dataclass
@@ -234,8 +242,12 @@ def parse_ls(section: str) -> Listing:
         if not line:
             continue
         parts = line[1:-1].split("/") if line.startswith("/") and line.endswith("/") else []
-        if (len(parts) < 6 or not all(p.isdigit() for p in parts[:4])
-                or not set(parts[1]) <= set("01234567") or not (parts[-1].isdigit() or not parts[-1])):
+        if (
+            len(parts) < 6
+            or not all(p.isdigit() for p in parts[:4])
+            or not set(parts[1]) <= set("01234567")
+            or not (parts[-1].isdigit() or not parts[-1])
+        ):
             garbled = True
             continue
         name = "/".join(parts[4:-1])

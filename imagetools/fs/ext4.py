@@ -19,16 +19,28 @@ import io
 import os
 import posixpath
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import ext4
 
 from ..errors import FilesystemError, from_oserror
 from ..image import overlay
 from . import e2fsprogs, lock
-from .base import (Entry, NoSpaceError, NotFoundError, SymlinkInPath, check_geometry, check_mode,
-                   check_owner, check_writable, components, join, normalize, type_from_mode)
+from .base import (
+    Entry,
+    NoSpaceError,
+    NotFoundError,
+    SymlinkInPath,
+    check_geometry,
+    check_mode,
+    check_owner,
+    check_writable,
+    components,
+    join,
+    normalize,
+    type_from_mode,
+)
 from .e2fsprogs import Command, Inode
 
 _EXTENTS_FL = 0x80000
@@ -43,16 +55,34 @@ class _Unsupported(Exception):
 
 # What the ext4 package raises on structures it cannot parse (it reads untrusted bytes): those
 # fall back to debugfs. Anything else (AttributeError, TypeError, ...) is a bug and propagates.
-_PACKAGE_ERRORS = (_Unsupported, ext4.ChecksumError, ext4.ExtendedAttributeError, ext4.InodeError,
-                   ext4.InvalidStreamException, ext4.MagicError, struct.error, ValueError,
-                   IndexError, KeyError, EOFError, OverflowError)
+_PACKAGE_ERRORS = (
+    _Unsupported,
+    ext4.ChecksumError,
+    ext4.ExtendedAttributeError,
+    ext4.InodeError,
+    ext4.InvalidStreamException,
+    ext4.MagicError,
+    struct.error,
+    ValueError,
+    IndexError,
+    KeyError,
+    EOFError,
+    OverflowError,
+)
 
 
 class Ext4Filesystem:
     """One ext2/3/4 filesystem at a byte offset inside an image file or block device."""
 
-    def __init__(self, image_path: str | os.PathLike, offset: int, size: int | None = None, *,
-                 writable: bool = False, label: str | None = None):
+    def __init__(
+        self,
+        image_path: str | os.PathLike,
+        offset: int,
+        size: int | None = None,
+        *,
+        writable: bool = False,
+        label: str | None = None,
+    ):
         """`size` is the partition's size in bytes (None: up to the end of the image); a
         filesystem that claims more is refused for writing, since debugfs would write past it."""
         self.image_path = os.fspath(image_path)
@@ -69,8 +99,11 @@ class Ext4Filesystem:
             check_writable(self.image_path)
             check_geometry(self.image_path, offset, size, self.label)
             self._lock = lock.acquire(self.image_path)
-        self._device = (None if self._overlay is not None
-                        else e2fsprogs.device(self.image_path, offset, self.label, self._private_dir))
+        self._device = (
+            None
+            if self._overlay is not None
+            else e2fsprogs.device(self.image_path, offset, self.label, self._private_dir)
+        )
         self._file: io.BufferedReader | None = None
         self._vol: ext4.Volume | None = None
         try:
@@ -129,8 +162,7 @@ class Ext4Filesystem:
             self._file.close()
         self._children: dict[tuple[int, bytes], object] = {}  # of this reader only: debugfs reopens it
         try:
-            self._file = (self._overlay.reader() if self._overlay is not None
-                          else open(self.image_path, "rb"))  # noqa: SIM115 - kept open for the Volume
+            self._file = self._overlay.reader() if self._overlay is not None else open(self.image_path, "rb")  # noqa: SIM115 - kept open for the Volume
         except OSError as exc:
             raise from_oserror(exc, f"cannot open image {self.image_path}", FilesystemError) from exc
         try:
@@ -196,8 +228,14 @@ class Ext4Filesystem:
         key = (int(directory.i_no), wanted)
         if key not in self._children:
             _check_readable(directory)
-            self._children[key] = next((self._pkg_vol.inodes[int(dirent.inode)] for dirent, _ in directory.opendir()
-                                        if dirent.name_bytes == wanted), None)
+            self._children[key] = next(
+                (
+                    self._pkg_vol.inodes[int(dirent.inode)]
+                    for dirent, _ in directory.opendir()
+                    if dirent.name_bytes == wanted
+                ),
+                None,
+            )
         if self._children[key] is None:
             raise NotFoundError(f"{join(here, name)} does not exist in {self.label}")
         return self._children[key]
@@ -206,11 +244,16 @@ class Ext4Filesystem:
         mode = int(inode.i_mode)
         linux2 = inode.osd2.linux2
         kind = type_from_mode(mode)
-        return Entry(path=path, name=posixpath.basename(path) or "/", type=kind, mode=mode & 0o7777,
-                     uid=int(inode.i_uid) | int(linux2.l_i_uid_high) << 16,
-                     gid=int(inode.i_gid) | int(linux2.l_i_gid_high) << 16,
-                     size=int(inode.i_size),
-                     target=self._pkg_target(inode) if kind == "symlink" else None)
+        return Entry(
+            path=path,
+            name=posixpath.basename(path) or "/",
+            type=kind,
+            mode=mode & 0o7777,
+            uid=int(inode.i_uid) | int(linux2.l_i_uid_high) << 16,
+            gid=int(inode.i_gid) | int(linux2.l_i_gid_high) << 16,
+            size=int(inode.i_size),
+            target=self._pkg_target(inode) if kind == "symlink" else None,
+        )
 
     def _pkg_target(self, inode) -> str:
         _check_readable(inode)
@@ -260,7 +303,7 @@ class Ext4Filesystem:
                 return self._dbg_with_target(entry)
             if entry.type == "symlink":
                 entry = self._dbg_with_target(entry)
-                rest = path[len(prefix):].lstrip("/")
+                rest = path[len(prefix) :].lstrip("/")
                 raise SymlinkInPath(prefix, entry.target or "", rest)
             if entry.type != "dir":
                 raise FilesystemError(f"{prefix} is not a directory in {self.label}")
@@ -284,8 +327,9 @@ class Ext4Filesystem:
         ls = [self._cmd("ls", "-p", path)]
         listing = e2fsprogs.parse_ls(e2fsprogs.run(self.device, ls).sections(ls)[0])
         if listing.garbled:
-            raise FilesystemError(f"{path} in {self.label} holds a name with a line break, which "
-                                  "debugfs cannot list unambiguously")
+            raise FilesystemError(
+                f"{path} in {self.label} holds a name with a line break, which debugfs cannot list unambiguously"
+            )
         # by inode number: the names come from the image and need not be addressable
         commands = [self._cmd("stat", Inode(ino)) for ino, _, _ in listing.rows]
         sections = e2fsprogs.run(self.device, commands).sections(commands) if commands else []
@@ -303,11 +347,12 @@ class Ext4Filesystem:
         # debugfs 1.47 `cat` pads small inline_data files to the 60-byte i_block: trust the size
         if result.errors or len(result.stdout) < entry.size:
             raise FilesystemError(f"cannot read {path} in {self.label}: {'; '.join(result.errors) or 'short read'}")
-        return result.stdout[:entry.size]
+        return result.stdout[: entry.size]
 
     # -- writing ----------------------------------------------------------------------------
-    def write(self, path: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0,
-              parents: bool = False) -> None:
+    def write(
+        self, path: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0, parents: bool = False
+    ) -> None:
         """Create or replace a regular file with exactly this content, mode and owner."""
         self._require_writable()
         path = normalize(path)
@@ -322,19 +367,18 @@ class Ext4Filesystem:
         self._check_space(len(data), len(missing))
         with self._staged(data) as source:
             if existing is None:
-                self._run_or_undo(self._mkdirs(missing) + self._put(source, path, mode, uid, gid),
-                                  f"write {path}", [path], missing)
+                self._run_or_undo(
+                    self._mkdirs(missing) + self._put(source, path, mode, uid, gid), f"write {path}", [path], missing
+                )
             else:
                 tmp = join(parent, f".imagetools-new-{os.getpid()}")
                 stale = [self._cmd("rm", tmp)] if self._stat_or_none(tmp) else []
-                self._run_or_undo(stale + self._put(source, tmp, mode, uid, gid), f"write {path}",
-                                  [tmp], [])
+                self._run_or_undo(stale + self._put(source, tmp, mode, uid, gid), f"write {path}", [tmp], [])
                 swap = [self._cmd("rm", path), self._cmd("ln", tmp, path), self._cmd("unlink", tmp)]
                 self._run_or_raise(swap, f"replace {path} (new content kept as {tmp})")
         self._verify(path, "file", mode, uid, gid, data)
 
-    def mkdir(self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0,
-              parents: bool = False) -> None:
+    def mkdir(self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0, parents: bool = False) -> None:
         """Create a directory. With parents, like `install -d`: missing parents are created 0755
         root-owned, and an existing directory is given the requested mode and owner."""
         self._require_writable()
@@ -347,13 +391,11 @@ class Ext4Filesystem:
             if not parents:
                 raise FilesystemError(f"{path} already exists in {self.label}")
             if (existing.mode, existing.uid, existing.gid) != (mode, uid, gid):
-                self._run_or_raise(self._attrs(path, 0o040000 | mode, uid, gid),
-                                   f"set attributes of {path}")
+                self._run_or_raise(self._attrs(path, 0o040000 | mode, uid, gid), f"set attributes of {path}")
         else:
             missing = self._missing_dirs(posixpath.dirname(path), parents)
             self._check_space(0, len(missing) + 1)
-            commands = (self._mkdirs(missing) + [self._cmd("mkdir", path)]
-                        + self._attrs(path, 0o040000 | mode, uid, gid))
+            commands = self._mkdirs(missing) + [self._cmd("mkdir", path)] + self._attrs(path, 0o040000 | mode, uid, gid)
             self._run_or_undo(commands, f"create directory {path}", [], missing + [path])
         self._verify(path, "dir", mode, uid, gid, None)
 
@@ -390,8 +432,10 @@ class Ext4Filesystem:
             raise FilesystemError(f"{self.label} was opened read-only")
         if self._vol is not None and int(self._vol.superblock.s_feature_incompat) & _INCOMPAT_RECOVER:
             # the kernel would replay the journal over our changes at the first mount
-            raise FilesystemError(f"{self.label} has a journal that was never replayed (the image was "
-                                  "taken from a running system): run e2fsck -fy on it first")
+            raise FilesystemError(
+                f"{self.label} has a journal that was never replayed (the image was "
+                "taken from a running system): run e2fsck -fy on it first"
+            )
 
     def _stat_or_none(self, path: str) -> Entry | None:
         try:
@@ -408,11 +452,12 @@ class Ext4Filesystem:
             entry = None if missing else self._stat_or_none(here)
             if entry is None:
                 if not parents:
-                    raise NotFoundError(f"directory {here} does not exist in {self.label} "
-                                        "(use -p to create missing parent directories)")
+                    raise NotFoundError(
+                        f"directory {here} does not exist in {self.label} (use -p to create missing parent directories)"
+                    )
                 missing.append(here)
             elif entry.type == "symlink":
-                raise SymlinkInPath(here, entry.target or "", directory[len(here):].lstrip("/"))
+                raise SymlinkInPath(here, entry.target or "", directory[len(here) :].lstrip("/"))
             elif entry.type != "dir":
                 raise FilesystemError(f"{here} exists and is not a directory in {self.label}")
         return missing
@@ -429,8 +474,10 @@ class Ext4Filesystem:
         blocks = -(-nbytes // bs)
         need = blocks + blocks // 300 + new_dirs + 2  # data, extent blocks, dirs, a directory block
         if free < need:
-            raise NoSpaceError(f"no space left in {self.label}: {nbytes} bytes need about {need} "
-                               f"blocks of {bs} bytes, {free} are free; nothing was changed")
+            raise NoSpaceError(
+                f"no space left in {self.label}: {nbytes} bytes need about {need} "
+                f"blocks of {bs} bytes, {free} are free; nothing was changed"
+            )
         if int(sb.s_free_inodes_count) < new_dirs + 1:
             raise NoSpaceError(f"no free inodes left in {self.label}; nothing was changed")
 
@@ -450,8 +497,11 @@ class Ext4Filesystem:
         return e2fsprogs.command(verb, *args, where=self.label)
 
     def _attrs(self, path: str, full_mode: int, uid: int, gid: int) -> builtins.list[Command]:
-        return [self._cmd("sif", path, "mode", full_mode), self._cmd("sif", path, "uid", uid),
-                self._cmd("sif", path, "gid", gid)]
+        return [
+            self._cmd("sif", path, "mode", full_mode),
+            self._cmd("sif", path, "uid", uid),
+            self._cmd("sif", path, "gid", gid),
+        ]
 
     def _mkdirs(self, paths: builtins.list[str]) -> builtins.list[Command]:
         """Parents created by -p: 0755 root:root, like `install -D` / `mkdir -p`."""
@@ -475,8 +525,9 @@ class Ext4Filesystem:
         if result.errors:
             raise self._failure(what, result)
 
-    def _run_or_undo(self, commands: builtins.list[Command], what: str, files: builtins.list[str],
-                     dirs: builtins.list[str]) -> None:
+    def _run_or_undo(
+        self, commands: builtins.list[Command], what: str, files: builtins.list[str], dirs: builtins.list[str]
+    ) -> None:
         """Run; on any error remove what this batch may have created, then raise."""
         result = self._run(commands)
         if not result.errors:
@@ -486,8 +537,10 @@ class Ext4Filesystem:
         if undo:
             cleanup = self._run(undo)
             if cleanup.errors:
-                raise FilesystemError(f"could not {what} in {self.label} ({result.errors[0]}), and "
-                                      f"undoing it failed too ({cleanup.errors[0]}): run e2fsck")
+                raise FilesystemError(
+                    f"could not {what} in {self.label} ({result.errors[0]}), and "
+                    f"undoing it failed too ({cleanup.errors[0]}): run e2fsck"
+                )
         raise self._failure(what, result)
 
     def _exists_quietly(self, path: str) -> bool:
@@ -505,8 +558,10 @@ class Ext4Filesystem:
         entry = self.stat(path)
         got = (entry.type, entry.mode, entry.uid, entry.gid)
         if got != (kind, mode, uid, gid) or (data is not None and self.read(path) != data):
-            raise FilesystemError(f"{path} in {self.label} did not come out as written "
-                                  f"(got {entry.type} {entry.mode:04o} {entry.uid}:{entry.gid})")
+            raise FilesystemError(
+                f"{path} in {self.label} did not come out as written "
+                f"(got {entry.type} {entry.mode:04o} {entry.uid}:{entry.gid})"
+            )
 
 
 def _check_readable(inode) -> None:
@@ -529,4 +584,3 @@ def _require_file(entry: Entry, label: str) -> None:
         raise FilesystemError(f"{entry.path} is a directory in {label}")
     if entry.type != "file":
         raise FilesystemError(f"{entry.path} is not a regular file in {label} ({entry.type})")
-

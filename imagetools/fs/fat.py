@@ -20,7 +20,7 @@ import errno
 import os
 import posixpath
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 from fs.base import FS
 from pyfatfs.PyFat import PyFat
@@ -28,8 +28,19 @@ from pyfatfs.PyFatFS import PyFatFS
 
 from ..errors import FilesystemError
 from . import lock
-from .base import (Entry, EntryType, NoSpaceError, NotFoundError, check_geometry, check_mode, check_owner,
-                   check_writable, components, join, normalize)
+from .base import (
+    Entry,
+    EntryType,
+    NoSpaceError,
+    NotFoundError,
+    check_geometry,
+    check_mode,
+    check_owner,
+    check_writable,
+    components,
+    join,
+    normalize,
+)
 
 _LOWER_BASE, _LOWER_EXT = 0x08, 0x10
 
@@ -48,14 +59,15 @@ class _PyFatFS(PyFatFS):
         self.preserve_case = True
         self.fs = _PyFat(offset=offset, lazy_load=True)
         self.fs.open(filename, read_only=read_only)
-        self.tz = datetime.timezone.utc
+        self.tz = datetime.UTC
 
 
 class FatFilesystem:
     """One FAT filesystem at a byte offset inside an image file."""
 
-    def __init__(self, image_path: str | os.PathLike, offset: int, size: int, *,
-                 writable: bool = False, label: str | None = None):
+    def __init__(
+        self, image_path: str | os.PathLike, offset: int, size: int, *, writable: bool = False, label: str | None = None
+    ):
         self.image_path = os.fspath(image_path)
         self.offset = offset
         self.size = size
@@ -122,9 +134,15 @@ class FatFilesystem:
         if entry is None:
             return Entry(path="/", name="/", type=EntryType.DIR, mode=0o755, uid=0, gid=0, size=0)
         is_dir = entry.is_directory()
-        return Entry(path=path, name=_display_name(entry), type=EntryType.DIR if is_dir else EntryType.FILE,
-                     mode=0o755 if is_dir else 0o644, uid=0, gid=0,
-                     size=0 if is_dir else int(entry.filesize))
+        return Entry(
+            path=path,
+            name=_display_name(entry),
+            type=EntryType.DIR if is_dir else EntryType.FILE,
+            mode=0o755 if is_dir else 0o644,
+            uid=0,
+            gid=0,
+            size=0 if is_dir else int(entry.filesize),
+        )
 
     # -- reading ----------------------------------------------------------------------------
     def stat(self, path: str) -> Entry:
@@ -168,8 +186,9 @@ class FatFilesystem:
         raise FilesystemError(f"{normalize(path)} is not a symbolic link ({self.label} is FAT)")
 
     # -- writing ----------------------------------------------------------------------------
-    def write(self, path: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0,
-              parents: bool = False) -> None:
+    def write(
+        self, path: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0, parents: bool = False
+    ) -> None:
         """Create or replace a file (mode/uid/gid cannot be stored on FAT)."""
         path = normalize(path)
         check_mode(mode), check_owner(uid, "uid"), check_owner(gid, "gid")
@@ -195,8 +214,7 @@ class FatFilesystem:
         if self.read(path) != data:
             raise FilesystemError(f"{path} in {self.label} did not read back as written")
 
-    def mkdir(self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0,
-              parents: bool = False) -> None:
+    def mkdir(self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0, parents: bool = False) -> None:
         path = normalize(path)
         check_mode(mode), check_owner(uid, "uid"), check_owner(gid, "gid")
         if path == "/" or self.exists(path):
@@ -263,8 +281,10 @@ class FatFilesystem:
             found = _match_path(self, canonical, name)
             if found is None:
                 if not parents:
-                    raise NotFoundError(f"directory {join(canonical, name)} does not exist in "
-                                        f"{self.label} (use -p to create missing parent directories)")
+                    raise NotFoundError(
+                        f"directory {join(canonical, name)} does not exist in "
+                        f"{self.label} (use -p to create missing parent directories)"
+                    )
                 missing.append(join(canonical, name))
             elif not found[1].is_directory():
                 raise FilesystemError(f"{found[0]} exists and is not a directory in {self.label}")
@@ -279,10 +299,12 @@ class FatFilesystem:
     def _check_space(self, clusters: int) -> None:
         pyfat = self._opened.fs
         count = (pyfat._get_total_sectors() - pyfat.first_data_sector) // pyfat.bpb_header["BPB_SecPerClus"]
-        free = sum(1 for value in pyfat.fat[2:count + 2] if value == 0)
+        free = sum(1 for value in pyfat.fat[2 : count + 2] if value == 0)
         if clusters > free:
-            raise NoSpaceError(f"no space left in {self.label}: need {clusters} clusters of "
-                               f"{self._cluster} bytes, {free} are free; nothing was changed")
+            raise NoSpaceError(
+                f"no space left in {self.label}: need {clusters} clusters of "
+                f"{self._cluster} bytes, {free} are free; nothing was changed"
+            )
 
 
 def _clusters(nbytes: int, cluster: int) -> int:

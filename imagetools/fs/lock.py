@@ -15,7 +15,7 @@ import fcntl
 import os
 import stat
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..errors import EnvironmentProblem
 
@@ -47,8 +47,9 @@ def acquire(image_path: str | os.PathLike, wait: float | None = None) -> tuple[i
         fd = os.open(path, flags)
     except OSError as exc:
         if exc.errno == errno.EBUSY:
-            raise EnvironmentProblem(f"{path} is in use (mounted, or opened by another writer): "
-                                     "unmount it or wait for the other program") from None
+            raise EnvironmentProblem(
+                f"{path} is in use (mounted, or opened by another writer): unmount it or wait for the other program"
+            ) from None
         raise
     try:
         _flock(fd, path, WAIT_SECONDS if wait is None else wait)
@@ -77,5 +78,6 @@ def _flock(fd: int, path: str, wait: float) -> None:
             if time.monotonic() >= deadline:
                 raise EnvironmentProblem(
                     f"another imagetools process has been writing to {path} for over {wait:g} s; "
-                    "run again when it is done (one writer per image at a time)") from None
+                    "run again when it is done (one writer per image at a time)"
+                ) from None
             time.sleep(0.05)

@@ -28,7 +28,8 @@ def read_image(image: str | os.PathLike | ImageSource) -> DiskImage:
         what = "empty (0 bytes)" if image.size == 0 else f"only {image.size} byte" + "s" * (image.size > 1)
         raise ImageFormatError(
             f"{image.path} is {what}: a disk image starts with a 512-byte partition table; "
-            "check that the file was copied completely")
+            "check that the file was copied completely"
+        )
     disk = _parse(image)
     _check_bounds(disk)
     _check_overlaps(disk)
@@ -47,12 +48,13 @@ def _parse(src: ImageSource) -> DiskImage:
         return _gpt_image(src, gpt_sector, ["no protective MBR in front of the GPT; using the GPT"])
     if not is_mbr:
         why = "sector 0 has invalid MBR boot flags" if signed else "no MBR signature"
-        raise ImageFormatError(f"{src.path}: no partition table found ({why})"
-                               f"{_bare_filesystem_hint(src) or ': this is not a whole-disk image'}")
+        raise ImageFormatError(
+            f"{src.path}: no partition table found ({why})"
+            f"{_bare_filesystem_hint(src) or ': this is not a whole-disk image'}"
+        )
     parts, containers = mbr.read_mbr(src, table)
     if not parts:
-        raise ImageFormatError(f"{src.path}: the MBR partition table has no partitions"
-                               f"{_bare_filesystem_hint(src)}")
+        raise ImageFormatError(f"{src.path}: the MBR partition table has no partitions{_bare_filesystem_hint(src)}")
     return DiskImage(src.path, TableType.MBR, mbr.SECTOR, src.size, parts, [], containers)
 
 
@@ -68,8 +70,7 @@ def _hybrid_warning(table: list[mbr.MbrEntry]) -> list[str]:
     others = [e.slot for e in table if e.used and e.type != mbr.GPT_PROTECTIVE]
     if not others:
         return []
-    return [f"hybrid MBR: MBR entries {', '.join(map(str, others))} duplicate GPT partitions; "
-            "using the GPT"]
+    return [f"hybrid MBR: MBR entries {', '.join(map(str, others))} duplicate GPT partitions; using the GPT"]
 
 
 def _bare_filesystem_hint(src: ImageSource) -> str:
@@ -86,7 +87,8 @@ def _check_bounds(image: DiskImage) -> None:
             raise ImageFormatError(
                 f"{image.path}: partition {p.number} (bytes {p.start}-{p.end - 1}) extends past the "
                 f"end of the image ({image.size} bytes): the image is truncated; copy it again "
-                "completely")
+                "completely"
+            )
 
 
 def _check_overlaps(image: DiskImage) -> None:
@@ -99,4 +101,5 @@ def _check_overlaps(image: DiskImage) -> None:
                 raise ImageFormatError(
                     f"{image.path}: partitions {a.number} and {b.number} overlap (bytes "
                     f"{a.start}-{a.end - 1} and {b.start}-{b.end - 1}): the partition table is "
-                    "inconsistent; fix it with fdisk or rebuild the image")
+                    "inconsistent; fix it with fdisk or rebuild the image"
+                )

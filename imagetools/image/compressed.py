@@ -22,25 +22,25 @@ from typing import IO, Any
 
 from ..errors import EnvironmentProblem, ImageFormatError, ToolMissingError
 
-BLOCK = 4096                 # hole granularity, as cp --sparse=always and the filesystems use
-CHUNK = 1 << 20              # bytes read from a decoder at a time
-MAX_IMAGE = 1 << 40          # no disk image we take is larger than 1 TiB once decompressed
+BLOCK = 4096  # hole granularity, as cp --sparse=always and the filesystems use
+CHUNK = 1 << 20  # bytes read from a decoder at a time
+MAX_IMAGE = 1 << 40  # no disk image we take is larger than 1 TiB once decompressed
 _ZERO_BLOCK = bytes(BLOCK)
-_RUN = 16 * BLOCK            # zeros are skipped this many at a time first
+_RUN = 16 * BLOCK  # zeros are skipped this many at a time first
 _ZERO_RUN = bytes(_RUN)
 _STDERR_MAX = 4096
 
-Progress = Callable[[int, int], None]   # (compressed bytes read, compressed size)
+Progress = Callable[[int, int], None]  # (compressed bytes read, compressed size)
 
 
 @dataclass(frozen=True)
 class Format:
     name: str
     suffixes: tuple[str, ...]
-    package: str                         # the Debian package of the tool
-    decompress: tuple[str, ...]          # tool command reading stdin, writing stdout
+    package: str  # the Debian package of the tool
+    decompress: tuple[str, ...]  # tool command reading stdin, writing stdout
     compress: tuple[str, ...]
-    prefer_tool: bool                    # measured faster than the library (scripts/bench-bases)
+    prefer_tool: bool  # measured faster than the library (scripts/bench-bases)
 
 
 # The tool is preferred where scripts/bench-bases measured it faster (1.3 GiB base, 2 cores): xz
@@ -48,14 +48,17 @@ class Format:
 # (5.4 s against 15.6 s), zstandard (1.00 against 1.26 s) and lz4.frame (1.73 against 1.79 s) in
 # process beat their tools, which pay for a pipe in between; bz2 measured either way (58.6 against
 # 48.5 s, then the other way round on a quieter machine) and stays in process.
-FORMATS = {f.name: f for f in (
-    Format("gzip", (".gz",), "gzip", ("gzip", "-dc"), ("gzip", "-c"), False),
-    Format("bzip2", (".bz2",), "bzip2", ("bzip2", "-dc"), ("bzip2", "-c"), False),
-    Format("xz", (".xz",), "xz-utils", ("xz", "-dc", "-T0"), ("xz", "-c", "-T0"), True),
-    Format("lzma", (".lzma",), "xz-utils", ("xz", "-dc", "--format=lzma"), ("xz", "-c", "--format=lzma"), False),
-    Format("zstd", (".zst", ".zstd"), "zstd", ("zstd", "-dcq"), ("zstd", "-cq", "-T0"), False),
-    Format("lz4", (".lz4",), "lz4", ("lz4", "-dcq"), ("lz4", "-cq"), False),
-)}
+FORMATS = {
+    f.name: f
+    for f in (
+        Format("gzip", (".gz",), "gzip", ("gzip", "-dc"), ("gzip", "-c"), False),
+        Format("bzip2", (".bz2",), "bzip2", ("bzip2", "-dc"), ("bzip2", "-c"), False),
+        Format("xz", (".xz",), "xz-utils", ("xz", "-dc", "-T0"), ("xz", "-c", "-T0"), True),
+        Format("lzma", (".lzma",), "xz-utils", ("xz", "-dc", "--format=lzma"), ("xz", "-c", "--format=lzma"), False),
+        Format("zstd", (".zst", ".zstd"), "zstd", ("zstd", "-dcq"), ("zstd", "-cq", "-T0"), False),
+        Format("lz4", (".lz4",), "lz4", ("lz4", "-dcq"), ("lz4", "-cq"), False),
+    )
+}
 
 
 def detect(head: bytes) -> Format | None:
@@ -114,7 +117,7 @@ def strip_suffix(name: str) -> str:
     fmt = by_name(name)
     if fmt is None:
         return name
-    return next(name[:-len(s)] for s in fmt.suffixes if name.lower().endswith(s))
+    return next(name[: -len(s)] for s in fmt.suffixes if name.lower().endswith(s))
 
 
 def _is_regular(fd: int) -> bool:
@@ -127,8 +130,16 @@ def tool_path(fmt: Format) -> str | None:
     return shutil.which(fmt.decompress[0])
 
 
-def decompress_into(src_fd: int, fmt: Format, out_fd: int, *, what: str, limit: int = MAX_IMAGE,
-                    progress: Progress | None = None, use_tool: bool | None = None) -> int:
+def decompress_into(
+    src_fd: int,
+    fmt: Format,
+    out_fd: int,
+    *,
+    what: str,
+    limit: int = MAX_IMAGE,
+    progress: Progress | None = None,
+    use_tool: bool | None = None,
+) -> int:
     """Decompress the whole regular file `src_fd` (from offset 0) into `out_fd`, sparse: zero
     blocks are left as holes and the file is sized to the image at the end. Returns the image's
     size. ImageFormatError for corrupt or truncated input or an image over `limit` bytes."""
@@ -162,8 +173,9 @@ class SparseWriter:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.pos + len(self.pending) + len(data) > self.limit:
-            raise ImageFormatError(f"{self.what} decompresses to more than {self.limit} bytes: "
-                                   "not a disk image this tool takes")
+            raise ImageFormatError(
+                f"{self.what} decompresses to more than {self.limit} bytes: not a disk image this tool takes"
+            )
         buf = self.pending + bytes(data) if self.pending else bytes(data)
         usable = len(buf) - len(buf) % BLOCK
         self._blocks(buf, usable)
@@ -186,13 +198,13 @@ class SparseWriter:
             first = -(-hole // BLOCK) * BLOCK  # the only aligned block this run of zeros may fill
             if first + BLOCK > end:
                 break
-            if buf[first:first + BLOCK] != _ZERO_BLOCK:  # bytes slices: memcmp (memoryview's == is slow)
+            if buf[first : first + BLOCK] != _ZERO_BLOCK:  # bytes slices: memcmp (memoryview's == is slow)
                 search = first + 1
                 continue
             stop = first + BLOCK
-            while stop + _RUN <= end and buf[stop:stop + _RUN] == _ZERO_RUN:
+            while stop + _RUN <= end and buf[stop : stop + _RUN] == _ZERO_RUN:
                 stop += _RUN
-            while stop < end and buf[stop:stop + BLOCK] == _ZERO_BLOCK:
+            while stop < end and buf[stop : stop + BLOCK] == _ZERO_BLOCK:
                 stop += BLOCK
             self._pwrite(view[data_from:first], data_from)
             data_from = search = stop
@@ -205,8 +217,9 @@ class SparseWriter:
             data, offset = data[n:], offset + n
 
 
-def _with_library(src_fd: int, fmt: Format, writer: SparseWriter, what: str, size: int,
-                  progress: Progress | None) -> None:
+def _with_library(
+    src_fd: int, fmt: Format, writer: SparseWriter, what: str, size: int, progress: Progress | None
+) -> None:
     raw = os.fdopen(os.dup(src_fd), "rb", buffering=CHUNK)
     with raw:
         raw.seek(0)
@@ -238,8 +251,9 @@ def _library_reader(fmt: Format, raw: IO[bytes]) -> Iterator[IO[bytes]]:
     elif fmt.name == "zstd":
         import zstandard
 
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK, read_across_frames=True,
-                                                            closefd=False)
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            raw, read_size=CHUNK, read_across_frames=True, closefd=False
+        )
     else:
         import lz4.frame
 
@@ -288,8 +302,7 @@ def _zstd_blocks(raw: IO[bytes], pos: int, fhd: int, what: str) -> int:
             return pos + 4 * has_sum
 
 
-def _with_tool(src_fd: int, fmt: Format, writer: SparseWriter, what: str, size: int,
-               progress: Progress | None) -> None:
+def _with_tool(src_fd: int, fmt: Format, writer: SparseWriter, what: str, size: int, progress: Progress | None) -> None:
     """The system tool decodes in its own process (reading our fd: its position is our progress)
     while this one finds the holes and writes."""
     import subprocess  # only bases decoded by a system tool pay for it (verify never does)
@@ -297,11 +310,11 @@ def _with_tool(src_fd: int, fmt: Format, writer: SparseWriter, what: str, size: 
     os.lseek(src_fd, 0, os.SEEK_SET)
     command = [tool_path(fmt) or fmt.decompress[0], *fmt.decompress[1:]]
     try:
-        proc = subprocess.Popen(command, stdin=src_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                close_fds=True)
+        proc = subprocess.Popen(command, stdin=src_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True)
     except OSError as exc:
-        raise ToolMissingError(f"cannot run {command[0]}: {exc.strerror}; install the Debian package "
-                               f"{fmt.package}") from None
+        raise ToolMissingError(
+            f"cannot run {command[0]}: {exc.strerror}; install the Debian package {fmt.package}"
+        ) from None
     assert proc.stdout is not None and proc.stderr is not None
     errors = _drain(proc.stderr)
     try:
@@ -336,7 +349,7 @@ class _drain(threading.Thread):
         with self.stream:
             while chunk := self.stream.read(4096):
                 if len(self.data) < _STDERR_MAX:
-                    self.data += chunk[:_STDERR_MAX - len(self.data)]
+                    self.data += chunk[: _STDERR_MAX - len(self.data)]
 
 
 def _pipe_size(fd: int) -> None:
@@ -351,8 +364,7 @@ def _pipe_size(fd: int) -> None:
 
 def _corrupt(what: str, fmt: Format, detail: str) -> ImageFormatError:
     detail = " ".join(detail.split())[:200]
-    return ImageFormatError(f"{what}: corrupt or truncated {fmt.name} data ({detail}); "
-                            "download or copy it again")
+    return ImageFormatError(f"{what}: corrupt or truncated {fmt.name} data ({detail}); download or copy it again")
 
 
 def compress_to(src: str | os.PathLike, dst: str | os.PathLike, fmt: Format, *, exclusive: bool) -> None:
@@ -374,8 +386,9 @@ def compress_file(src: str | os.PathLike, dst_fd: int, fmt: Format, what: str) -
     with open(src, "rb") as fin:
         path = shutil.which(fmt.compress[0])
         if path:
-            proc = subprocess.run([path, *fmt.compress[1:]], stdin=fin, stdout=dst_fd,
-                                  stderr=subprocess.PIPE, check=False)
+            proc = subprocess.run(
+                [path, *fmt.compress[1:]], stdin=fin, stdout=dst_fd, stderr=subprocess.PIPE, check=False
+            )
             if proc.returncode != 0:
                 detail = proc.stderr.decode(errors="replace").strip()[-200:]
                 raise EnvironmentProblem(f"{what}: {fmt.compress[0]} failed: {detail}")

@@ -37,12 +37,12 @@ MAGIC = b"ITDELTA\n"
 VERSION = 1
 BLOCK = 4096
 MAX_EXTENTS = 4096
-MAX_DATA = 16 << 20           # a key changes a few dozen blocks; 16 MiB is far beyond that
+MAX_DATA = 16 << 20  # a key changes a few dozen blocks; 16 MiB is far beyond that
 MAX_FILE = 80 + 16 * MAX_EXTENTS + MAX_DATA + 32
 _HEADER = struct.Struct("<8sII Q 32s QQ II")
 _EXTENT = struct.Struct("<QII")
-_CHUNK = 1 << 20               # diff reads this much at a time
-_PIECE = 64 * 1024             # and compares pieces this big before single blocks
+_CHUNK = 1 << 20  # diff reads this much at a time
+_PIECE = 64 * 1024  # and compares pieces this big before single blocks
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,17 @@ class Delta:
         """The file's bytes (validated first: we never write what we would refuse to read)."""
         _check(self, "delta")
         table = b"".join(_EXTENT.pack(off, len(data) // BLOCK, 0) for off, data in self.extents)
-        head = _HEADER.pack(MAGIC, VERSION, BLOCK, self.base_size, bytes.fromhex(self.base_sha256),
-                            self.window[0], self.window[1], len(self.extents), 0)
+        head = _HEADER.pack(
+            MAGIC,
+            VERSION,
+            BLOCK,
+            self.base_size,
+            bytes.fromhex(self.base_sha256),
+            self.window[0],
+            self.window[1],
+            len(self.extents),
+            0,
+        )
         body = head + table + b"".join(data for _, data in self.extents)
         return body + hashlib.sha256(body).digest()
 
@@ -78,8 +87,10 @@ def parse(blob: bytes, what: str = "delta") -> Delta:
         raise ImageFormatError(f"{what}: not an imagetools delta (no {MAGIC!r} header)")
     magic, version, block, base_size, sha, w0, w1, count, _ = _HEADER.unpack_from(blob)
     if version != VERSION or block != BLOCK:
-        raise ImageFormatError(f"{what}: delta version {version}, block size {block}; this imagetools "
-                               f"reads version {VERSION} with {BLOCK}-byte blocks")
+        raise ImageFormatError(
+            f"{what}: delta version {version}, block size {block}; this imagetools "
+            f"reads version {VERSION} with {BLOCK}-byte blocks"
+        )
     if hashlib.sha256(blob[:-32]).digest() != blob[-32:]:
         raise ImageFormatError(f"{what}: checksum mismatch: the delta is damaged or truncated")
     if count > MAX_EXTENTS:
@@ -94,7 +105,7 @@ def parse(blob: bytes, what: str = "delta") -> Delta:
         n = blocks * BLOCK
         if n == 0 or data_pos + n > len(blob) - 32 or data_pos + n - table_end > MAX_DATA:
             raise ImageFormatError(f"{what}: extent at byte {off} has a bad length ({blocks} blocks)")
-        extents.append((off, blob[data_pos:data_pos + n]))
+        extents.append((off, blob[data_pos : data_pos + n]))
         data_pos += n
     if data_pos != len(blob) - 32:
         raise ImageFormatError(f"{what}: {len(blob) - 32 - data_pos} bytes beyond the last extent")
@@ -113,15 +124,18 @@ def _check(delta: Delta, what: str) -> None:
     """Extents sorted, aligned, disjoint, whole blocks, inside the window inside the base."""
     w0, w1 = delta.window
     if not (0 < w0 < w1 <= delta.base_size) or w0 % BLOCK or w1 % BLOCK:
-        raise ImageFormatError(f"{what}: window {w0}-{w1} is not a block-aligned range inside the "
-                               f"base ({delta.base_size} bytes)")
+        raise ImageFormatError(
+            f"{what}: window {w0}-{w1} is not a block-aligned range inside the base ({delta.base_size} bytes)"
+        )
     if len(delta.base_sha256) != 64 or len(delta.extents) > MAX_EXTENTS:
         raise ImageFormatError(f"{what}: bad base sha256 or too many extents")
     last = w0
     for off, data in delta.extents:
         if off % BLOCK or not data or len(data) % BLOCK or off < last or off + len(data) > w1:
-            raise ImageFormatError(f"{what}: extent at byte {off} ({len(data)} bytes) is unaligned, "
-                                   f"overlaps another or lies outside the window {w0}-{w1}")
+            raise ImageFormatError(
+                f"{what}: extent at byte {off} ({len(data)} bytes) is unaligned, "
+                f"overlaps another or lies outside the window {w0}-{w1}"
+            )
         last = off + len(data)
     if delta.data_bytes > MAX_DATA:
         raise ImageFormatError(f"{what}: {delta.data_bytes} bytes of blocks, more than {MAX_DATA}")
@@ -137,8 +151,9 @@ def apply(delta: Delta, image: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def diff(base_fd: int, scratch_fd: int, window: tuple[int, int],
-         ranges: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+def diff(
+    base_fd: int, scratch_fd: int, window: tuple[int, int], ranges: list[tuple[int, int]]
+) -> list[tuple[int, bytes]]:
     """Extents where the scratch differs from the base, looking only at `ranges` (the scratch's
     data ranges: everything else is the base's by construction). Block-aligned, merged. Read
     into two reused buffers: a fresh 1 MiB bytes object per read costs its page faults, more
@@ -160,11 +175,11 @@ def diff(base_fd: int, scratch_fd: int, window: tuple[int, int],
 def _changed_blocks(out: list[tuple[int, bytes]], pos: int, new: bytearray, old: bytearray) -> None:
     """Blocks only inside the 64 KiB pieces that differ: a unit changes a few blocks per MiB."""
     for piece in range(0, len(new), _PIECE):
-        if new[piece:piece + _PIECE] == old[piece:piece + _PIECE]:
+        if new[piece : piece + _PIECE] == old[piece : piece + _PIECE]:
             continue
         for i in range(piece, min(piece + _PIECE, len(new)), BLOCK):
-            block = bytes(new[i:i + BLOCK])
-            if block == old[i:i + BLOCK]:
+            block = bytes(new[i : i + BLOCK])
+            if block == old[i : i + BLOCK]:
                 continue
             off = pos + i
             if out and out[-1][0] + len(out[-1][1]) == off:

@@ -68,11 +68,13 @@ def read_gpt(src: ImageSource, sector_size: int | None) -> tuple[int, list[Parti
             continue
         warnings.append(
             f"primary GPT header is damaged ({primary_errors[0]}); using the backup header at "
-            f"sector {last} (rewrite the table to repair it, e.g. `sfdisk --dump IMG | sfdisk IMG`)")
+            f"sector {last} (rewrite the table to repair it, e.g. `sfdisk --dump IMG | sfdisk IMG`)"
+        )
         return ss, _partitions(src, ss, header, array), warnings
     raise ImageFormatError(
         f"{src.path}: no usable GPT: primary header: {primary_errors[0]}; backup header at the "
-        f"end of the image: {backup_errors[0]}")
+        f"end of the image: {backup_errors[0]}"
+    )
 
 
 def _load(src: ImageSource, ss: int, lba: int) -> tuple[Header, bytes]:
@@ -91,8 +93,9 @@ def _header(src: ImageSource, ss: int, lba: int) -> Header:
     if lba < 1 or (lba + 1) * ss > src.size:
         raise _Bad(f"sector {lba} is outside the image")
     raw = src.read(lba * ss, ss, "GPT header")
-    (sig, _rev, hsize, hcrc, _res, my_lba, alt_lba, first, last, _guid,
-     entries_lba, count, esize, ecrc) = _HEADER.unpack_from(raw)
+    (sig, _rev, hsize, hcrc, _res, my_lba, alt_lba, first, last, _guid, entries_lba, count, esize, ecrc) = (
+        _HEADER.unpack_from(raw)
+    )
     if sig != SIGNATURE:
         raise _Bad("no 'EFI PART' signature")
     if not _HEADER.size <= hsize <= ss:
@@ -113,13 +116,14 @@ def _check_backup(src: ImageSource, ss: int, primary: Header) -> list[str]:
     """The backup header is checked but its entries are not read: a CRC comparison suffices."""
     alt = primary.alternate_lba
     if (alt + 1) * ss > src.size:
-        return [f"backup GPT header (sector {alt}) lies past the end of the image: "
-                "the image may be truncated"]
+        return [f"backup GPT header (sector {alt}) lies past the end of the image: the image may be truncated"]
     try:
         backup = _header(src, ss, alt)
     except _Bad as exc:
-        return [f"backup GPT header at sector {alt} is damaged ({exc}); the primary is fine "
-                "(rewrite the table to repair it, e.g. `sfdisk --dump IMG | sfdisk IMG`)"]
+        return [
+            f"backup GPT header at sector {alt} is damaged ({exc}); the primary is fine "
+            "(rewrite the table to repair it, e.g. `sfdisk --dump IMG | sfdisk IMG`)"
+        ]
     if backup.entries_crc != primary.entries_crc:
         return ["backup GPT partition entries differ from the primary ones; using the primary"]
     return []
@@ -135,13 +139,23 @@ def _partitions(src: ImageSource, ss: int, header: Header, array: bytes) -> list
         if last < first:
             raise ImageFormatError(
                 f"{src.path}: GPT partition {number} ends (sector {last}) before it starts "
-                f"(sector {first}): the partition table is corrupt")
+                f"(sector {first}): the partition table is corrupt"
+            )
         if first < header.first_usable or (last > header.last_usable and (last + 1) * ss <= src.size):
             raise ImageFormatError(
                 f"{src.path}: GPT partition {number} (sectors {first}-{last}) lies outside the "
                 f"usable area (sectors {header.first_usable}-{header.last_usable}): "
-                "the partition table is corrupt")
+                "the partition table is corrupt"
+            )
         name = name_b.decode("utf-16-le", errors="replace").split("\0", 1)[0]
-        parts.append(Partition(number, first * ss, (last - first + 1) * ss,
-                               str(uuid.UUID(bytes_le=type_b)), name, str(uuid.UUID(bytes_le=uniq_b))))
+        parts.append(
+            Partition(
+                number,
+                first * ss,
+                (last - first + 1) * ss,
+                str(uuid.UUID(bytes_le=type_b)),
+                name,
+                str(uuid.UUID(bytes_le=uniq_b)),
+            )
+        )
     return parts

@@ -66,8 +66,8 @@ def read_mbr(src: ImageSource, table: list[MbrEntry]) -> tuple[list[Partition], 
             continue
         if e.lba == 0:
             raise ImageFormatError(
-                f"{src.path}: partition {e.slot} starts at sector 0, on top of the partition "
-                "table: the MBR is corrupt")
+                f"{src.path}: partition {e.slot} starts at sector 0, on top of the partition table: the MBR is corrupt"
+            )
         p = Partition(e.slot, e.lba * SECTOR, e.sectors * SECTOR, type_str(e.type))
         if e.type in EXTENDED_TYPES:
             containers.append(p)
@@ -85,7 +85,8 @@ def _follow_ebr_chain(src: ImageSource, ext: Partition, first_number: int) -> li
     if ext.end > src.size:
         raise ImageFormatError(
             f"{src.path}: extended partition {ext.number} (sectors {ext_lba}-{ext_end - 1}) extends "
-            f"past the end of the image ({src.size} bytes): the image is truncated")
+            f"past the end of the image ({src.size} bytes): the image is truncated"
+        )
     logicals: list[Partition] = []
     seen: set[int] = set()
     ebr_lba = ext_lba
@@ -93,15 +94,17 @@ def _follow_ebr_chain(src: ImageSource, ext: Partition, first_number: int) -> li
         if ebr_lba in seen:
             raise ImageFormatError(
                 f"{src.path}: the extended partition's EBR chain loops back to sector {ebr_lba}: "
-                "the partition table is corrupt")
+                "the partition table is corrupt"
+            )
         if len(seen) >= MAX_LOGICAL:
             raise ImageFormatError(
-                f"{src.path}: the EBR chain has more than {MAX_LOGICAL} links: "
-                "the partition table is corrupt")
+                f"{src.path}: the EBR chain has more than {MAX_LOGICAL} links: the partition table is corrupt"
+            )
         if not ext_lba <= ebr_lba < ext_end:
             raise ImageFormatError(
                 f"{src.path}: an EBR link points to sector {ebr_lba}, outside extended partition "
-                f"{ext.number} (sectors {ext_lba}-{ext_end - 1}): the partition table is corrupt")
+                f"{ext.number} (sectors {ext_lba}-{ext_end - 1}): the partition table is corrupt"
+            )
         seen.add(ebr_lba)
         sector = src.read(ebr_lba * SECTOR, SECTOR, f"extended boot record at sector {ebr_lba}")
         if ebr_lba == ext_lba and sector.count(0) == SECTOR:
@@ -109,7 +112,8 @@ def _follow_ebr_chain(src: ImageSource, ext: Partition, first_number: int) -> li
         if not has_signature(sector):
             raise ImageFormatError(
                 f"{src.path}: the extended boot record at sector {ebr_lba} has no 0x55AA signature: "
-                "the extended partition chain is corrupt")
+                "the extended partition chain is corrupt"
+            )
         first, *links = entries(sector)
         if first.used and first.type not in EXTENDED_TYPES:
             logicals.append(_logical(src, ext, ebr_lba, first, first_number + len(logicals)))
@@ -128,7 +132,8 @@ def _logical(src: ImageSource, ext: Partition, ebr_lba: int, e: MbrEntry, number
         raise ImageFormatError(
             f"{src.path}: logical partition {number} (sectors {start}-{end - 1}) is not inside "
             f"extended partition {ext.number} (sectors {ext.start // SECTOR}-{ext.end // SECTOR - 1}) "
-            "or overlaps its EBR: the partition table is corrupt")
+            "or overlaps its EBR: the partition table is corrupt"
+        )
     return Partition(number, start * SECTOR, e.sectors * SECTOR, type_str(e.type), logical=True)
 
 
@@ -139,4 +144,5 @@ def _check_ebrs_outside_logicals(src: ImageSource, ebrs: set[int], logicals: lis
             if p.start <= lba * SECTOR < p.end:
                 raise ImageFormatError(
                     f"{src.path}: the extended boot record at sector {lba} lies inside logical "
-                    f"partition {p.number}: the partition table is corrupt")
+                    f"partition {p.number}: the partition table is corrupt"
+                )

@@ -13,14 +13,15 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from ..errors import ImageFormatError, UsageError
 
 if TYPE_CHECKING:  # an annotation only: whoever makes an Overlay has its Delta, readers need neither
     from .delta import Delta
 
-_VIEWS: dict[str, "Overlay"] = {}
+_VIEWS: dict[str, Overlay] = {}
 
 
 class Overlay:
@@ -31,9 +32,11 @@ class Overlay:
         self.delta = delta
         self.size = os.stat(self.base).st_size
         if self.size != delta.base_size or base_sha256 != delta.base_sha256:
-            raise UsageError(f"{self.base} is not the base this delta was made from (its sha256 "
-                             f"{base_sha256[:16]}..., {self.size} bytes; the delta's base: "
-                             f"{delta.base_sha256[:16]}..., {delta.base_size} bytes)")
+            raise UsageError(
+                f"{self.base} is not the base this delta was made from (its sha256 "
+                f"{base_sha256[:16]}..., {self.size} bytes; the delta's base: "
+                f"{delta.base_sha256[:16]}..., {delta.base_size} bytes)"
+            )
 
     def pread(self, offset: int, n: int) -> bytes:
         """Up to n bytes at offset (short only at the end of the image)."""
@@ -44,7 +47,7 @@ class Overlay:
         for off, data in self.delta.extents:
             a, b = max(off, offset), min(off + len(data), offset + n)
             if a < b:
-                buf[a - offset:b - offset] = data[a - off:b - off]
+                buf[a - offset : b - offset] = data[a - off : b - off]
         return bytes(buf)
 
     def touches(self, start: int, end: int) -> bool:
@@ -91,7 +94,7 @@ class _Raw(io.RawIOBase):
 
     def readinto(self, buf) -> int:
         data = self.overlay.pread(self.pos, len(buf))
-        buf[:len(data)] = data
+        buf[: len(data)] = data
         self.pos += len(data)
         return len(data)
 

@@ -32,7 +32,7 @@ class FsType(StrEnum):
     VFAT = "vfat"
     SWAP = "swap"
     SQUASHFS = "squashfs"
-    EMPTY = "empty"      # all zeros: e.g. a never-formatted rootfs B
+    EMPTY = "empty"  # all zeros: e.g. a never-formatted rootfs B
     UNKNOWN = "unknown"
 
 
@@ -64,8 +64,7 @@ def probe(path: str | os.PathLike, offset: int, size: int) -> FsInfo:
     try:
         data = os.pread(fd, min(max(size, 0), PROBE_BYTES), offset)
     except OSError as exc:
-        raise from_oserror(exc, f"{os.fspath(path)}: cannot read at byte {offset}",
-                           ImageFormatError) from exc
+        raise from_oserror(exc, f"{os.fspath(path)}: cannot read at byte {offset}", ImageFormatError) from exc
     finally:
         os.close(fd)
     return probe_bytes(data)
@@ -88,8 +87,10 @@ def interrupted_flash(src: ImageSource) -> bool:
     if src.size <= TABLE_AREA or not _zeros(src.read(0, TABLE_AREA, "the partition table area")):
         return False
     end = min(src.size, TABLE_AREA + _FLASHED_WITHIN)
-    return not all(_zeros(src.read(pos, min(1 << 20, end - pos), f"the card at byte {pos}"))
-                   for pos in range(TABLE_AREA, end, 1 << 20))
+    return not all(
+        _zeros(src.read(pos, min(1 << 20, end - pos), f"the card at byte {pos}"))
+        for pos in range(TABLE_AREA, end, 1 << 20)
+    )
 
 
 def _zeros(data: bytes) -> bool:
@@ -97,19 +98,57 @@ def _zeros(data: bytes) -> bool:
 
 
 # --- ext2/3/4 ---------------------------------------------------------------------------------
-_COMPAT = {0x1: "dir_prealloc", 0x2: "imagic_inodes", 0x4: "has_journal", 0x8: "ext_attr",
-           0x10: "resize_inode", 0x20: "dir_index", 0x40: "lazy_bg", 0x80: "snapshot_bitmap",
-           0x200: "sparse_super2", 0x400: "fast_commit", 0x800: "stable_inodes",
-           0x1000: "orphan_file"}
-_INCOMPAT = {0x1: "compression", 0x2: "filetype", 0x4: "needs_recovery", 0x8: "journal_dev",
-             0x10: "meta_bg", 0x40: "extent", 0x80: "64bit", 0x100: "mmp", 0x200: "flex_bg",
-             0x400: "ea_inode", 0x1000: "dirdata", 0x2000: "metadata_csum_seed",
-             0x4000: "large_dir", 0x8000: "inline_data", 0x10000: "encrypt", 0x20000: "casefold"}
-_RO_COMPAT = {0x1: "sparse_super", 0x2: "large_file", 0x4: "btree_dir", 0x8: "huge_file",
-              0x10: "uninit_bg", 0x20: "dir_nlink", 0x40: "extra_isize", 0x80: "snapshot",
-              0x100: "quota", 0x200: "bigalloc", 0x400: "metadata_csum", 0x800: "replica",
-              0x1000: "read-only", 0x2000: "project", 0x4000: "shared_blocks", 0x8000: "verity",
-              0x10000: "orphan_present"}
+_COMPAT = {
+    0x1: "dir_prealloc",
+    0x2: "imagic_inodes",
+    0x4: "has_journal",
+    0x8: "ext_attr",
+    0x10: "resize_inode",
+    0x20: "dir_index",
+    0x40: "lazy_bg",
+    0x80: "snapshot_bitmap",
+    0x200: "sparse_super2",
+    0x400: "fast_commit",
+    0x800: "stable_inodes",
+    0x1000: "orphan_file",
+}
+_INCOMPAT = {
+    0x1: "compression",
+    0x2: "filetype",
+    0x4: "needs_recovery",
+    0x8: "journal_dev",
+    0x10: "meta_bg",
+    0x40: "extent",
+    0x80: "64bit",
+    0x100: "mmp",
+    0x200: "flex_bg",
+    0x400: "ea_inode",
+    0x1000: "dirdata",
+    0x2000: "metadata_csum_seed",
+    0x4000: "large_dir",
+    0x8000: "inline_data",
+    0x10000: "encrypt",
+    0x20000: "casefold",
+}
+_RO_COMPAT = {
+    0x1: "sparse_super",
+    0x2: "large_file",
+    0x4: "btree_dir",
+    0x8: "huge_file",
+    0x10: "uninit_bg",
+    0x20: "dir_nlink",
+    0x40: "extra_isize",
+    0x80: "snapshot",
+    0x100: "quota",
+    0x200: "bigalloc",
+    0x400: "metadata_csum",
+    0x800: "replica",
+    0x1000: "read-only",
+    0x2000: "project",
+    0x4000: "shared_blocks",
+    0x8000: "verity",
+    0x10000: "orphan_present",
+}
 # What ext3 understands (as blkid decides): anything beyond makes it ext4.
 _EXT3_INCOMPAT = 0x2 | 0x4 | 0x10
 _EXT3_RO_COMPAT = 0x1 | 0x2 | 0x4
@@ -117,7 +156,7 @@ _SB = 1024
 
 
 def _ext(data: bytes) -> FsInfo | None:
-    if len(data) < _SB + 256 or data[_SB + 0x38:_SB + 0x3A] != b"\x53\xef":
+    if len(data) < _SB + 256 or data[_SB + 0x38 : _SB + 0x3A] != b"\x53\xef":
         return None
     log_block = struct.unpack_from("<I", data, _SB + 0x18)[0]
     compat, incompat, ro_compat = struct.unpack_from("<III", data, _SB + 0x5C)
@@ -127,14 +166,18 @@ def _ext(data: bytes) -> FsInfo | None:
         kind = FsType.EXT4
     else:
         kind = FsType.EXT3 if compat & 0x4 else FsType.EXT2
-    features = (_names(compat, _COMPAT, "COMPAT") + _names(incompat, _INCOMPAT, "INCOMPAT")
-                + _names(ro_compat, _RO_COMPAT, "RO_COMPAT"))
-    fs_uuid = str(uuid.UUID(bytes=data[_SB + 0x68:_SB + 0x78]))
+    features = (
+        _names(compat, _COMPAT, "COMPAT")
+        + _names(incompat, _INCOMPAT, "INCOMPAT")
+        + _names(ro_compat, _RO_COMPAT, "RO_COMPAT")
+    )
+    fs_uuid = str(uuid.UUID(bytes=data[_SB + 0x68 : _SB + 0x78]))
     blocks = struct.unpack_from("<I", data, _SB + 0x04)[0]
     if incompat & 0x80:  # 64bit: the high half of the block count
         blocks |= struct.unpack_from("<I", data, _SB + 0x150)[0] << 32
-    return FsInfo(kind, _text(data[_SB + 0x78:_SB + 0x88]), fs_uuid, features, 1024 << log_block,
-                  blocks << (10 + log_block))
+    return FsInfo(
+        kind, _text(data[_SB + 0x78 : _SB + 0x88]), fs_uuid, features, 1024 << log_block, blocks << (10 + log_block)
+    )
 
 
 def _names(bits: int, table: dict[int, str], unknown: str) -> tuple[str, ...]:
@@ -151,11 +194,10 @@ def _squashfs(data: bytes) -> FsInfo | None:
 
 def _swap(data: bytes) -> FsInfo | None:
     for page in (4096, 8192, 16384, 65536):
-        if data[page - 10:page] in (b"SWAPSPACE2", b"SWAP-SPACE"):
+        if data[page - 10 : page] in (b"SWAPSPACE2", b"SWAP-SPACE"):
             label = _text(data[1052:1068])
             raw_uuid = data[1036:1052]
-            return FsInfo(FsType.SWAP, label, str(uuid.UUID(bytes=raw_uuid)) if any(raw_uuid) else "",
-                          block_size=page)
+            return FsInfo(FsType.SWAP, label, str(uuid.UUID(bytes=raw_uuid)) if any(raw_uuid) else "", block_size=page)
     return None
 
 
@@ -165,9 +207,15 @@ def _fat(data: bytes) -> FsInfo | None:
         return None
     bps, spc, reserved, nfats = struct.unpack_from("<HBHB", data, 11)
     media = data[21]
-    plausible = (bps in (512, 1024, 2048, 4096) and spc and spc & (spc - 1) == 0 and reserved
-                 and 1 <= nfats <= 4 and (media == 0xF0 or media >= 0xF8)
-                 and (data[0] in (0xEB, 0xE9) or data[510:512] == b"\x55\xaa"))
+    plausible = (
+        bps in (512, 1024, 2048, 4096)
+        and spc
+        and spc & (spc - 1) == 0
+        and reserved
+        and 1 <= nfats <= 4
+        and (media == 0xF0 or media >= 0xF8)
+        and (data[0] in (0xEB, 0xE9) or data[510:512] == b"\x55\xaa")
+    )
     if not plausible:
         return None
     fat16_sectors = struct.unpack_from("<H", data, 22)[0]
@@ -176,7 +224,7 @@ def _fat(data: bytes) -> FsInfo | None:
     if data[ext] not in (0x28, 0x29):
         return FsInfo(FsType.VFAT, size=total * bps)
     serial = struct.unpack_from("<I", data, ext + 1)[0]
-    label = _text(data[ext + 5:ext + 16]) if data[ext] == 0x29 else ""
+    label = _text(data[ext + 5 : ext + 16]) if data[ext] == 0x29 else ""
     volume_id = f"{serial >> 16:04X}-{serial & 0xFFFF:04X}"
     return FsInfo(FsType.VFAT, "" if label == "NO NAME" else label, volume_id, size=total * bps)
 

@@ -41,7 +41,8 @@ class ImageSource:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise ImageFormatError(
                 f"{self.path}: {what} at byte {offset} lies past the end of the image "
-                f"({self.size} bytes): the image is truncated or not a disk image")
+                f"({self.size} bytes): the image is truncated or not a disk image"
+            )
         if self._view is not None:
             return self._view.pread(offset, length)
         chunks, done = [], 0
@@ -59,7 +60,7 @@ class ImageSource:
     def close(self) -> None:
         os.close(self.fd)
 
-    def __enter__(self) -> "ImageSource":
+    def __enter__(self) -> ImageSource:
         return self
 
     def __exit__(self, *exc: object) -> None:

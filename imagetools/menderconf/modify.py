@@ -34,7 +34,7 @@ CONF_MODE, FILE_MODE = 0o600, 0o644  # new files: mender.conf may hold the tenan
 class RootfsChange:
     role: str
     partition: int
-    written: list[str] = field(default_factory=list)    # device paths replaced or created
+    written: list[str] = field(default_factory=list)  # device paths replaced or created
     unchanged: list[str] = field(default_factory=list)  # already exactly as planned
 
 
@@ -57,8 +57,15 @@ class _Write:
     gid: int
 
 
-def modify(image: str | Path, plan: ModifyPlan, *, out: str | Path | None = None, force: bool = False,
-           rootfs: str | None = None, overrides: dict[str, int] | None = None) -> ModifyResult:
+def modify(
+    image: str | Path,
+    plan: ModifyPlan,
+    *,
+    out: str | Path | None = None,
+    force: bool = False,
+    rootfs: str | None = None,
+    overrides: dict[str, int] | None = None,
+) -> ModifyResult:
     """Apply `plan` to rootfs A and B of `image` (only `rootfs` 'a' or 'b' if given), in place;
     with `out`, to a sparse/reflink copy published as `out` only once complete (an existing
     `out` is replaced only with force). An unformatted or empty rootfs B is skipped with a warning."""
@@ -77,15 +84,16 @@ def modify(image: str | Path, plan: ModifyPlan, *, out: str | Path | None = None
     return replace(result, image=str(out))
 
 
-def _modify(image: Path, plan: ModifyPlan, rootfs: str | None,
-            overrides: dict[str, int] | None) -> ModifyResult:
+def _modify(image: Path, plan: ModifyPlan, rootfs: str | None, overrides: dict[str, int] | None) -> ModifyResult:
     """Every file of every target rootfs is planned (read, parsed, checked) before any is written."""
     check_writable(str(image))
     result = ModifyResult(str(image), warnings=list(plan.warnings))
     with lock.exclusive(image), ImageSession(image, overrides=overrides) as session, ExitStack() as stack:
         data = session.data()
-        planned = [(part, fs, _planned(plan, part, DeviceView(fs, data, part.where), result))
-                   for part, fs in _targets(session.layout, image, rootfs, stack, result)]
+        planned = [
+            (part, fs, _planned(plan, part, DeviceView(fs, data, part.where), result))
+            for part, fs in _targets(session.layout, image, rootfs, stack, result)
+        ]
         for part, fs, writes in planned:
             result.rootfs.append(_write_all(fs, part, writes))
     return result
@@ -105,8 +113,9 @@ def preview(image: str | Path, plan: ModifyPlan, *, key_injected: bool = False) 
     return result.warnings
 
 
-def _targets(layout: Layout, image: Path, rootfs: str | None, stack: ExitStack,
-             result: ModifyResult, writable: bool = True) -> list[tuple[PartInfo, Filesystem]]:
+def _targets(
+    layout: Layout, image: Path, rootfs: str | None, stack: ExitStack, result: ModifyResult, writable: bool = True
+) -> list[tuple[PartInfo, Filesystem]]:
     """The root filesystems to change, opened for writing; an unformatted or empty B is skipped
     with a warning unless it was asked for."""
     targets = []
@@ -125,16 +134,17 @@ def _targets(layout: Layout, image: Path, rootfs: str | None, stack: ExitStack,
             assert fs is not None  # opened: it has a filesystem
             targets.append((part, fs))
         elif asked:
-            raise FilesystemError(f"rootfs {letter.upper()} ({part.where}) {state}: there is no "
-                                  "Mender configuration to modify")
+            raise FilesystemError(
+                f"rootfs {letter.upper()} ({part.where}) {state}: there is no Mender configuration to modify"
+            )
         else:
-            result.warnings.append(f"skipped rootfs B ({part.where}): it {state} (the first update "
-                                   "fills it)")
+            result.warnings.append(f"skipped rootfs B ({part.where}): it {state} (the first update fills it)")
     return targets
 
 
-def _planned(plan: ModifyPlan, part: PartInfo, device: DeviceView, result: ModifyResult, *,
-             key_injected: bool = False) -> list[_Write]:
+def _planned(
+    plan: ModifyPlan, part: PartInfo, device: DeviceView, result: ModifyResult, *, key_injected: bool = False
+) -> list[_Write]:
     """The files to write on one rootfs, checked: what the client will read must load."""
     fs, writes = device.rootfs, []
     if plan.changes_conf:
@@ -157,8 +167,10 @@ def _planned(plan: ModifyPlan, part: PartInfo, device: DeviceView, result: Modif
         if content is not None:
             writes.append(_write(path, content, _existing(fs, path, part)))
     if plan.static_key and not key_injected and device.read(m.CLIENT_KEY_PATH)[0] is None:
-        note = (f"no device key at {m.KEY_PATH} yet: with --static-key a unit without one does not "
-                "authenticate (inject one per unit: imagetools inject or emit)")
+        note = (
+            f"no device key at {m.KEY_PATH} yet: with --static-key a unit without one does not "
+            "authenticate (inject one per unit: imagetools inject or emit)"
+        )
         result.warnings += [] if note in result.warnings else [note]
     return writes
 
@@ -168,8 +180,10 @@ def _warn_token_readable(conf: dict[str, Any], mode: int, result: ModifyResult) 
     readers = " and ".join(who for who, bit in (("its group", 0o040), ("everyone", 0o004)) if mode & bit)
     if not readers or not lookup(conf, m.TENANT_TOKEN):
         return
-    note = (f"{m.CONF_PATH} holds the tenant token and is mode {mode:04o}, readable by {readers} on the "
-            "device: give --mode 0600 to keep it to its owner")
+    note = (
+        f"{m.CONF_PATH} holds the tenant token and is mode {mode:04o}, readable by {readers} on the "
+        "device: give --mode 0600 to keep it to its owner"
+    )
     result.warnings += [] if note in result.warnings else [note]
 
 
@@ -181,15 +195,19 @@ def _existing(fs: Filesystem, path: str, part: PartInfo) -> Entry | None:
     except NotFoundError:
         return None
     except FilesystemError as exc:  # a link on the way (SymlinkInPath), a name debugfs refuses
-        raise FilesystemError(f"{path} on {part.where}: {exc}; modify does not write through links: "
-                              "replace the link with the file itself") from None
+        raise FilesystemError(
+            f"{path} on {part.where}: {exc}; modify does not write through links: replace the link with the file itself"
+        ) from None
     if entry.type != "file":
         what = f"a symbolic link to {entry.target}" if entry.type == "symlink" else f"a {entry.type}"
-        raise FilesystemError(f"{path} on {part.where} is {what}, not a regular file; modify "
-                              "replaces files as a whole and does not write through links")
+        raise FilesystemError(
+            f"{path} on {part.where} is {what}, not a regular file; modify "
+            "replaces files as a whole and does not write through links"
+        )
     if path == m.CONF_PATH and entry.size > MAX_FILE:
-        raise FilesystemError(f"{path} on {part.where} is {entry.size} bytes: not a mender.conf "
-                              f"(at most {MAX_FILE} are read)")
+        raise FilesystemError(
+            f"{path} on {part.where} is {entry.size} bytes: not a mender.conf (at most {MAX_FILE} are read)"
+        )
     return entry
 
 
@@ -217,5 +235,10 @@ def _same(fs: Filesystem, w: _Write) -> bool:
         entry = fs.stat(w.path)
     except NotFoundError:
         return False
-    return ((entry.type, entry.size, entry.mode, entry.uid, entry.gid) == ("file", len(w.data), w.mode, w.uid, w.gid)
-            and fs.read(w.path) == w.data)
+    return (entry.type, entry.size, entry.mode, entry.uid, entry.gid) == (
+        "file",
+        len(w.data),
+        w.mode,
+        w.uid,
+        w.gid,
+    ) and fs.read(w.path) == w.data

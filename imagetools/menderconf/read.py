@@ -29,11 +29,11 @@ class RootfsConfig:
 
     role: str
     partition: int
-    state: str                                   # "ok", "empty", "no filesystem"
-    settings: dict[str, Any] = field(default_factory=dict)   # effective: fallback, then main over it
+    state: str  # "ok", "empty", "no filesystem"
+    settings: dict[str, Any] = field(default_factory=dict)  # effective: fallback, then main over it
     artifact_name: str | None = None
-    files: list[FileState] = field(default_factory=list)     # each file read, in the client's order
-    errors: list[str] = field(default_factory=list)    # why the client would not load mender.conf
+    files: list[FileState] = field(default_factory=list)  # each file read, in the client's order
+    errors: list[str] = field(default_factory=list)  # why the client would not load mender.conf
     warnings: list[str] = field(default_factory=list)  # what else would surprise on the device
     auth_key_target: str | None = None  # where Security.AuthPrivateKey leads, links followed
 
@@ -55,13 +55,20 @@ class RootfsConfig:
         value = settings.get(token) if token else None
         if token and not show_secrets:
             del settings[token]
-        return {"role": self.role, "partition": self.partition, "state": self.state,
-                "settings": settings,
-                "tenant_token": {"set": bool(value), "length": len(value) if isinstance(value, str) else None},
-                "artifact_name": self.artifact_name, "server_certificate": self.server_cert,
-                "verification_key": self.verification_key,
-                "auth_key_target": self.auth_key_target, "files": [asdict(f) for f in self.files],
-                "errors": self.errors, "warnings": self.warnings}
+        return {
+            "role": self.role,
+            "partition": self.partition,
+            "state": self.state,
+            "settings": settings,
+            "tenant_token": {"set": bool(value), "length": len(value) if isinstance(value, str) else None},
+            "artifact_name": self.artifact_name,
+            "server_certificate": self.server_cert,
+            "verification_key": self.verification_key,
+            "auth_key_target": self.auth_key_target,
+            "files": [asdict(f) for f in self.files],
+            "errors": self.errors,
+            "warnings": self.warnings,
+        }
 
 
 @dataclass
@@ -74,13 +81,16 @@ class ConfigReport:
 
     def to_dict(self, show_secrets: bool = False) -> dict[str, Any]:
         """The `config --json` document; the tenant token only with show_secrets."""
-        return {"image": self.image, "rootfs": [r.to_dict(show_secrets) for r in self.rootfs],
-                "device_type": self.device_type, "differences": self.differences,
-                "warnings": self.warnings}
+        return {
+            "image": self.image,
+            "rootfs": [r.to_dict(show_secrets) for r in self.rootfs],
+            "device_type": self.device_type,
+            "differences": self.differences,
+            "warnings": self.warnings,
+        }
 
 
-def read_rootfs(image: str | Path, layout: Layout, part: PartInfo, *,
-                settings_only: bool = False) -> RootfsConfig:
+def read_rootfs(image: str | Path, layout: Layout, part: PartInfo, *, settings_only: bool = False) -> RootfsConfig:
     """One rootfs's configuration, read-only (the data partition is opened for what lies behind
     /data); settings_only reads just the two mender.conf (what verify needs)."""
     with ImageSession(image, layout) as session:
@@ -188,8 +198,9 @@ def _read_trust_files(device: DeviceView, config: RootfsConfig) -> None:
             if path == used and not state.present:
                 config.warnings.append(f"{setting} is {path}, which is not in the image")
             elif path != used and state.present:
-                config.warnings.append(f"{path} is present but {setting} does not point to it: the "
-                                       "client does not use it")
+                config.warnings.append(
+                    f"{path} is present but {setting} does not point to it: the client does not use it"
+                )
 
 
 def differences(a: RootfsConfig, b: RootfsConfig) -> list[str]:

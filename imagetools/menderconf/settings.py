@@ -16,8 +16,8 @@ from .. import mender as m
 from ..errors import FilesystemError
 from ..strict import Duplicates, JsonError, JsonNumber, Numbers, Policy, json_type, parse
 
-INT_LIMIT = 2**31 - 1       # Go ints on 32-bit ARM devices
-MAX_CERT_FILE = 1 << 20     # a certificate chain (given to -c, or read from an image)
+INT_LIMIT = 2**31 - 1  # Go ints on 32-bit ARM devices
+MAX_CERT_FILE = 1 << 20  # a certificate chain (given to -c, or read from an image)
 # Strict JSON as the client needs it: a name given twice (also in another case: which one the
 # client takes is unclear) is refused; numbers stay exact.
 CONF_JSON = Policy(duplicates=Duplicates.REFUSE_ANY_CASE, numbers=Numbers.EXACT, max_depth=32)
@@ -146,8 +146,10 @@ def put(obj: dict[str, Any], dotted: str, value: Any, where: str) -> None:
         if key is None or obj[key] is None:
             key = _rename(obj, key, name, {})
         elif not isinstance(obj[key], dict):
-            raise FilesystemError(f"{where}: {'.'.join(names[:i + 1])} is {conf_type(obj[key])}, not an "
-                                  f"object, so {dotted} cannot be set: replace it with --set or --unset it")
+            raise FilesystemError(
+                f"{where}: {'.'.join(names[: i + 1])} is {conf_type(obj[key])}, not an "
+                f"object, so {dotted} cannot be set: replace it with --set or --unset it"
+            )
         obj = obj[key]
     _rename(obj, find_key(obj, names[-1]), names[-1], value)
 
@@ -205,6 +207,8 @@ def conf_problems(settings: dict[str, Any]) -> list[str]:
         if spelled is not None:
             problems += type_problems(spelled, value)
     if lookup(settings, m.SERVER_URL) and lookup(settings, m.SERVERS) is not None:
-        problems.append(f"both {m.SERVERS} and {m.SERVER_URL} are set, and the client refuses to "
-                        f"start with both (--unset {m.SERVERS}, or --unset {m.SERVER_URL})")
+        problems.append(
+            f"both {m.SERVERS} and {m.SERVER_URL} are set, and the client refuses to "
+            f"start with both (--unset {m.SERVERS}, or --unset {m.SERVER_URL})"
+        )
     return problems

@@ -14,8 +14,8 @@ from ..errors import KeyMaterialError, UsageError
 from ..strict import JsonError, JsonNumber, read_regular
 from .settings import MAX_CERT_FILE, known, parse_json
 
-MAX_TOKEN_FILE = 64 << 10   # a tenant token file given as -t @FILE
-MAX_NAME = 4096             # an Artifact name (one line)
+MAX_TOKEN_FILE = 64 << 10  # a tenant token file given as -t @FILE
+MAX_NAME = 4096  # an Artifact name (one line)
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 
@@ -53,10 +53,19 @@ def check_tenant_token(token: str, source: str = "-t/--tenant-token") -> str:
         raise UsageError(f"{source}: the tenant token is empty")
     for position, char in enumerate(token, 1):
         if not "!" <= char <= "~":
-            kind = ("a line break" if char in "\r\n" else "whitespace" if char.isspace()
-                    else "a control character" if char.isascii() else "a non-ASCII character")
-            raise UsageError(f"{source}: the tenant token has {kind} at character {position} "
-                             "(a tenant token is one line of printable ASCII)")
+            kind = (
+                "a line break"
+                if char in "\r\n"
+                else "whitespace"
+                if char.isspace()
+                else "a control character"
+                if char.isascii()
+                else "a non-ASCII character"
+            )
+            raise UsageError(
+                f"{source}: the tenant token has {kind} at character {position} "
+                "(a tenant token is one line of printable ASCII)"
+            )
     return token
 
 
@@ -64,10 +73,19 @@ def check_artifact_name(name: str) -> str:
     """What artifact_info can carry and every client reads back the same: one line, no control
     characters, no '=' (older clients split the line at every '='), no surrounding whitespace
     (the client strips it)."""
-    problem = ("is empty" if not name else f"is longer than {MAX_NAME} characters" if len(name) > MAX_NAME
-               else "is not one line of printable characters" if not name.isprintable()
-               else "has surrounding whitespace, which the client strips" if name != name.strip()
-               else "contains '=', at which older clients split artifact_info" if "=" in name else None)
+    problem = (
+        "is empty"
+        if not name
+        else f"is longer than {MAX_NAME} characters"
+        if len(name) > MAX_NAME
+        else "is not one line of printable characters"
+        if not name.isprintable()
+        else "has surrounding whitespace, which the client strips"
+        if name != name.strip()
+        else "contains '=', at which older clients split artifact_info"
+        if "=" in name
+        else None
+    )
     if problem:
         raise UsageError(f"-n/--artifact-name {name[:100]!r} {problem}")
     return name
@@ -76,8 +94,10 @@ def check_artifact_name(name: str) -> str:
 def parse_mode(text: str) -> int:
     """--mode: an octal permission mode (e.g. 0600), the permission bits only."""
     if not 1 <= len(text) <= 4 or any(c not in "01234567" for c in text) or int(text, 8) > 0o777:
-        raise UsageError(f"--mode {text[:20]!r}: not an octal permission mode of mender.conf "
-                         "(0000-0777, e.g. 0600: readable by root only)")
+        raise UsageError(
+            f"--mode {text[:20]!r}: not an octal permission mode of mender.conf "
+            "(0000-0777, e.g. 0600: readable by root only)"
+        )
     return int(text, 8)
 
 
@@ -85,8 +105,10 @@ def check_setting_name(dotted: str, option: str) -> str:
     """'Name' or 'Object.Name': names as Go fields are spelled, at most 4 levels."""
     names = dotted.split(".")
     if len(names) > 4 or not all(_NAME.fullmatch(n) for n in names):
-        raise UsageError(f"{option} {dotted[:100]!r}: not a setting name (letters, digits and '_', "
-                         "starting with a letter; '.' between the names of nested objects)")
+        raise UsageError(
+            f"{option} {dotted[:100]!r}: not a setting name (letters, digits and '_', "
+            "starting with a letter; '.' between the names of nested objects)"
+        )
     spelled = known(dotted)
     if spelled is not None and spelled != dotted:
         raise UsageError(f"{option} {dotted}: the Mender client's setting is spelled {spelled}")
@@ -121,8 +143,10 @@ def from_plain(value: Any, name: str) -> Any:
         raise UsageError(f"--set {name}: a {type(value).__name__} is not a JSON value")
     number = value if isinstance(value, JsonNumber) else JsonNumber(repr(value))
     if not number.exact:
-        raise UsageError(f"--set {name}: the number {number.text[:40]} changes when read as a double "
-                         "(as mender-artifact and most JSON readers read numbers)")
+        raise UsageError(
+            f"--set {name}: the number {number.text[:40]} changes when read as a double "
+            "(as mender-artifact and most JSON readers read numbers)"
+        )
     return number
 
 
@@ -141,11 +165,12 @@ def check_server_cert(pem: bytes, source: str) -> list[str]:
     warnings = []
     for number, block in enumerate(blocks, 1):
         if "PRIVATE KEY" in block.label:
-            raise KeyMaterialError(f"{source}: block {number} is a private key; the server certificate "
-                                   "is readable by everyone on the device: never put a key in it")
+            raise KeyMaterialError(
+                f"{source}: block {number} is a private key; the server certificate "
+                "is readable by everyone on the device: never put a key in it"
+            )
         if block.label != "CERTIFICATE" or block.headers:
-            raise KeyMaterialError(f"{source}: block {number} is {block.label[:40]!r}, not a plain "
-                                   "'CERTIFICATE' block")
+            raise KeyMaterialError(f"{source}: block {number} is {block.label[:40]!r}, not a plain 'CERTIFICATE' block")
         try:
             cert = x509.load_der_x509_certificate(block.der)
         except ValueError:
@@ -174,12 +199,16 @@ def check_verification_key(pem: bytes, source: str) -> str:
         raise KeyMaterialError(f"{source}: {len(pem)} bytes, more than a key file holds")
     labels = [block.label for block in keys.parse_pem(pem, source).blocks]
     if any("PRIVATE KEY" in label for label in labels):
-        raise KeyMaterialError(f"{source}: holds a private key; -v takes the public key that verifies "
-                               "Artifact signatures (openssl pkey -in KEY -pubout), and the signing key "
-                               "must never go into an image")
+        raise KeyMaterialError(
+            f"{source}: holds a private key; -v takes the public key that verifies "
+            "Artifact signatures (openssl pkey -in KEY -pubout), and the signing key "
+            "must never go into an image"
+        )
     if labels == ["RSA PUBLIC KEY"]:
-        raise KeyMaterialError(f"{source}: PKCS#1 'RSA PUBLIC KEY'; the client reads SPKI 'PUBLIC KEY' "
-                               "(convert with: openssl rsa -RSAPublicKey_in -pubout)")
+        raise KeyMaterialError(
+            f"{source}: PKCS#1 'RSA PUBLIC KEY'; the client reads SPKI 'PUBLIC KEY' "
+            "(convert with: openssl rsa -RSAPublicKey_in -pubout)"
+        )
     key = keys.load_public(pem, source)
     keys.check_acceptable(key, source)
     return keys.describe(key)

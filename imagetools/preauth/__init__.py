@@ -18,5 +18,15 @@ from __future__ import annotations
 from .identity import identity_problems, load_identity
 from .units import Entry, Unit, load_target_units, load_units, parse_units, render, render_csv, spreadsheet_safe
 
-__all__ = ["Entry", "Unit", "identity_problems", "load_identity", "load_target_units", "load_units",
-           "parse_units", "render", "render_csv", "spreadsheet_safe"]
+__all__ = [
+    "Entry",
+    "Unit",
+    "identity_problems",
+    "load_identity",
+    "load_target_units",
+    "load_units",
+    "parse_units",
+    "render",
+    "render_csv",
+    "spreadsheet_safe",
+]

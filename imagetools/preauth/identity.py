@@ -30,8 +30,11 @@ def load_identity(arg: str | None, default: Path | None = None) -> dict[str, str
         given = Path(arg) if arg is not None else default
         assert given is not None  # refused above when neither is there
         path = given.absolute()
-        hint = "" if arg is not None else (" (the unit's identity.json is looked for beside the image); "
-                                           "pass --identity JSON|FILE")
+        hint = (
+            ""
+            if arg is not None
+            else (" (the unit's identity.json is looked for beside the image); pass --identity JSON|FILE")
+        )
         text, source = read_text(path, "identity file", MAX_IDENTITY_BYTES, hint), str(path)
     try:
         data = parse(text, PREAUTH_JSON)
@@ -55,8 +58,10 @@ def identity_problems(identity: Any) -> Iterable[str]:
     for attr, value in identity.items():
         if not isinstance(value, str):
             fix = f": write {json.dumps(_literal(value))}" if isinstance(value, (JsonNumber, bool)) else ""
-            yield (f"identity attribute {attr!r} is {json_type(value, article=True)} ({_literal(value)}); the "
-                   f"Mender client sends every identity value as a string, so it would never match{fix}")
+            yield (
+                f"identity attribute {attr!r} is {json_type(value, article=True)} ({_literal(value)}); the "
+                f"Mender client sends every identity value as a string, so it would never match{fix}"
+            )
         elif not _is_unicode(attr) or not _is_unicode(value):
             yield f"identity attribute {attr!r} is not valid Unicode text (a lone surrogate escape)"
 

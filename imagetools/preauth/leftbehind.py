@@ -24,7 +24,7 @@ class LeftBehind:
 
     device_id: str
     identity: dict[str, str]
-    unit: str                        # the file's unit it looks like
+    unit: str  # the file's unit it looks like
     reason: str
 
     @property
@@ -57,8 +57,11 @@ def left_behind(devices: list[dict], units: list[Unit]) -> list[LeftBehind]:
     would name every not-yet-booted unit of earlier batches on every push. The cost: a typo in a
     single-attribute identity, fixed and pushed with a new key, goes unnoticed here."""
     in_file = {canonical_identity(u.identity) for u in units}
-    strays = [d for d in devices if _all_strings(d.get("identity_data"))
-              and canonical_identity(d["identity_data"]) not in in_file]
+    strays = [
+        d
+        for d in devices
+        if _all_strings(d.get("identity_data")) and canonical_identity(d["identity_data"]) not in in_file
+    ]
     by_key = {spki_der(u.pubkey): u for u in units}
     file_values = Counter(item for u in units for item in u.identity.items())
     sole = {item: u for u in units for item in u.identity.items() if file_values[item] == 1}
@@ -83,8 +86,9 @@ def _unit_by_key(sets: list[dict], by_key: dict[bytes, Unit]) -> tuple[Unit, str
     return None
 
 
-def _one_value_apart(identity: dict[str, str], sole: dict[tuple[str, str], Unit],
-                     stray_values: Counter) -> tuple[Unit, str] | None:
+def _one_value_apart(
+    identity: dict[str, str], sole: dict[tuple[str, str], Unit], stray_values: Counter
+) -> tuple[Unit, str] | None:
     for item in identity.items():
         unit = sole.get(item)
         if unit is None or stray_values[item] != 1 or unit.identity.keys() != identity.keys():
@@ -92,11 +96,12 @@ def _one_value_apart(identity: dict[str, str], sole: dict[tuple[str, str], Unit]
         differ = [a for a in identity if identity[a] != unit.identity[a]]
         if len(differ) == 1:
             attr = differ[0]
-            return unit, (f"its identity differs from unit {unit.name}'s only in {attr} ({json.dumps(identity[attr])} "
-                          f"on the server, {json.dumps(unit.identity[attr])} in the file)")
+            return unit, (
+                f"its identity differs from unit {unit.name}'s only in {attr} ({json.dumps(identity[attr])} "
+                f"on the server, {json.dumps(unit.identity[attr])} in the file)"
+            )
     return None
 
 
 def _all_strings(identity: Any) -> bool:
-    return (isinstance(identity, dict) and bool(identity)
-            and all(isinstance(v, str) for v in identity.values()))
+    return isinstance(identity, dict) and bool(identity) and all(isinstance(v, str) for v in identity.values())

@@ -16,10 +16,10 @@ from .units import Unit
 
 
 class Outcome(StrEnum):
-    PREAUTHORIZED = "preauthorized"   # 201
-    ALREADY = "already"               # 409, and the server holds our key for the identity
-    CONFLICT = "conflict"             # 409 with another key
-    FAILED = "failed"                 # the server refused this unit
+    PREAUTHORIZED = "preauthorized"  # 201
+    ALREADY = "already"  # 409, and the server holds our key for the identity
+    CONFLICT = "conflict"  # 409 with another key
+    FAILED = "failed"  # the server refused this unit
     DRY_RUN = "dry-run"
 
 
@@ -43,9 +43,16 @@ class PushResult:
         return asdict(self)
 
 
-def push(client: MenderClient | None, units: list[Unit], *, force: bool = False, api: str = "v2",
-         jobs: int = 4, dry_run: bool = False,
-         progress: Callable[[PushResult], None] | None = None) -> list[PushResult]:
+def push(
+    client: MenderClient | None,
+    units: list[Unit],
+    *,
+    force: bool = False,
+    api: str = "v2",
+    jobs: int = 4,
+    dry_run: bool = False,
+    progress: Callable[[PushResult], None] | None = None,
+) -> list[PushResult]:
     """One POST per unit, at most ``jobs`` at a time. Unit-level refusals become 'failed' results;
     authentication failures and an unreachable server abort the run (ServerError)."""
     version = preauth_api(api)
@@ -53,8 +60,16 @@ def push(client: MenderClient | None, units: list[Unit], *, force: bool = False,
         with_force = " or ".join(a.name for a in APIS.values() if a.force)
         raise UsageError(f"--force needs the {with_force} API; the {version.long_name} has no force flag")
     if dry_run:
-        return [PushResult(u.name, u.identity, u.fingerprint, Outcome.DRY_RUN,
-                           f"would POST {version.title}" + (" with force" if force else "")) for u in units]
+        return [
+            PushResult(
+                u.name,
+                u.identity,
+                u.fingerprint,
+                Outcome.DRY_RUN,
+                f"would POST {version.title}" + (" with force" if force else ""),
+            )
+            for u in units
+        ]
     if client is None:
         raise UsageError("preauthorizing needs a server connection (only a dry run works without)")
     return run_all(lambda unit: _guarded(version, client, unit, force), units, jobs, progress)
@@ -74,8 +89,15 @@ def _guarded(version: PreauthApi, client: MenderClient, unit: Unit, force: bool)
             raise
         return PushResult(unit.name, unit.identity, unit.fingerprint, Outcome.FAILED, str(exc))
     if isinstance(answer, Created):
-        return PushResult(unit.name, unit.identity, unit.fingerprint, Outcome.PREAUTHORIZED, answer.detail,
-                          answer.device_id, "preauthorized")
+        return PushResult(
+            unit.name,
+            unit.identity,
+            unit.fingerprint,
+            Outcome.PREAUTHORIZED,
+            answer.detail,
+            answer.device_id,
+            "preauthorized",
+        )
     return _judge_conflict(unit, answer)
 
 
@@ -88,10 +110,14 @@ def _judge_conflict(unit: Unit, taken: Taken) -> PushResult:
     if good:
         return PushResult(*base, Outcome.ALREADY, f"same key already {good[0]}", device_id, device_status)
     if mine:
-        detail = (f"our key is on device {device_id} but its auth set is {mine[0]}; "
-                  f"accept it on the server or push again with --force")
+        detail = (
+            f"our key is on device {device_id} but its auth set is {mine[0]}; "
+            f"accept it on the server or push again with --force"
+        )
     else:
         theirs = ", ".join(short_fingerprint(pem) for pem, _ in taken.sets) or "none readable"
-        detail = (f"device {device_id or '?'} ({device_status or 'unknown status'}) already has this identity "
-                  f"with a different key ({theirs}); push with --force to replace it")
+        detail = (
+            f"device {device_id or '?'} ({device_status or 'unknown status'}) already has this identity "
+            f"with a different key ({theirs}); push with --force to replace it"
+        )
     return PushResult(*base, Outcome.CONFLICT, detail, device_id, device_status)

@@ -22,11 +22,11 @@ from .units import Unit
 
 
 class Removal(StrEnum):
-    REMOVED = "removed"              # our auth sets (with decommission: the device) are gone
-    NOT_FOUND = "not-found"          # nothing of ours on the server: nothing to do
-    REFUSED = "refused"              # accepted with a key we do not know: a device in use (--force)
-    FAILED = "failed"                # the server refused a removal
-    WOULD_REMOVE = "would-remove"    # dry run
+    REMOVED = "removed"  # our auth sets (with decommission: the device) are gone
+    NOT_FOUND = "not-found"  # nothing of ours on the server: nothing to do
+    REFUSED = "refused"  # accepted with a key we do not know: a device in use (--force)
+    FAILED = "failed"  # the server refused a removal
+    WOULD_REMOVE = "would-remove"  # dry run
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,11 @@ def removal_targets(units: Iterable[Unit], identities: Iterable[dict[str, str]])
 @dataclass
 class RemoveResult:
     identity: dict[str, str]
-    name: str | None                 # the unit's name when a preauth file gave the identity
+    name: str | None  # the unit's name when a preauth file gave the identity
     outcome: Removal
     detail: str = ""
     device_id: str | None = None
-    auth_sets: list[str] = field(default_factory=list)   # ids of the auth sets removed (or to remove)
+    auth_sets: list[str] = field(default_factory=list)  # ids of the auth sets removed (or to remove)
     decommission: bool = False
 
     def __post_init__(self) -> None:
@@ -79,9 +79,16 @@ class RemoveResult:
         return asdict(self)
 
 
-def remove(client: MenderClient, targets: list[Target], *, decommission: bool = False, force: bool = False,
-           dry_run: bool = False, jobs: int = 4,
-           progress: Callable[[RemoveResult], None] | None = None) -> list[RemoveResult]:
+def remove(
+    client: MenderClient,
+    targets: list[Target],
+    *,
+    decommission: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    jobs: int = 4,
+    progress: Callable[[RemoveResult], None] | None = None,
+) -> list[RemoveResult]:
     """Take our auth sets for ``targets`` off the server (with ``decommission``: their devices).
 
     One walk over the device list decides for every target (_plan_removal), then the DELETEs run,
@@ -124,8 +131,11 @@ def _plan_removal(target: Target, device: dict | None, decommission: bool, force
         return result
     result.device_id = device_id
     if not isinstance(sets, list) or not all(isinstance(s, dict) for s in sets):
-        what = (json_type(sets, article=True) if not isinstance(sets, list)
-                else "a list holding something other than objects")
+        what = (
+            json_type(sets, article=True)
+            if not isinstance(sets, list)
+            else "a list holding something other than objects"
+        )
         result.outcome = Removal.FAILED
         result.detail = f"device {device_id}: the server lists its auth_sets as {what}; cannot tell which are ours"
         return result
@@ -135,20 +145,23 @@ def _plan_removal(target: Target, device: dict | None, decommission: bool, force
     if not ours:
         only = "" if target.keyed else "; for an identity given on its own only preauthorized ones are ours"
         in_use = "; it is accepted with a key we do not know: in use, left alone" if strangers else ""
-        result.detail = (f"device {device_id} holds no auth set of ours ({_sets_text(sets) or 'none'}{only})"
-                         f"{in_use}")
+        result.detail = f"device {device_id} holds no auth set of ours ({_sets_text(sets) or 'none'}{only}){in_use}"
     elif strangers and not force:
         result.outcome = Removal.REFUSED
-        result.detail = (f"device {device_id} is accepted with a key we do not know "
-                         f"({short_fingerprint(_pem_text(strangers[0]))}): it is in use; --force "
-                         + ("decommissions it anyway" if decommission else "removes our auth sets anyway"))
+        result.detail = (
+            f"device {device_id} is accepted with a key we do not know "
+            f"({short_fingerprint(_pem_text(strangers[0]))}): it is in use; --force "
+            + ("decommissions it anyway" if decommission else "removes our auth sets anyway")
+        )
     elif decommission:
         result.outcome = Removal.WOULD_REMOVE
         result.detail = f"device {device_id} with {_sets_text(sets)}"
     elif not all(_set_id(s) for s in ours):
         result.outcome = Removal.FAILED
-        result.detail = (f"device {device_id}: the server lists an auth set of ours without an id, so it cannot "
-                         f"be removed ({_sets_text(ours)})")
+        result.detail = (
+            f"device {device_id}: the server lists an auth set of ours without an id, so it cannot "
+            f"be removed ({_sets_text(ours)})"
+        )
     else:
         result.outcome = Removal.WOULD_REMOVE
         result.auth_sets = [s["id"] for s in ours]
@@ -167,8 +180,9 @@ def _carry_out(client: MenderClient, plan: RemoveResult) -> RemoveResult:
     if plan.decommission:
         steps = [(f"device {device_id}", lambda: decommission(client, device_id))]
     else:
-        steps = [(f"auth set {auth_id}", partial(remove_auth_set, client, device_id, auth_id))
-                 for auth_id in plan.auth_sets]
+        steps = [
+            (f"auth set {auth_id}", partial(remove_auth_set, client, device_id, auth_id)) for auth_id in plan.auth_sets
+        ]
     removed: list[str] = []
     gone: list[str] = []
     for label, step in steps:
@@ -182,8 +196,9 @@ def _carry_out(client: MenderClient, plan: RemoveResult) -> RemoveResult:
     if not removed:
         return replace(plan, outcome=Removal.NOT_FOUND, detail=f"{plan.detail}: already gone (HTTP 404)")
     if gone:
-        return replace(plan, outcome=Removal.REMOVED,
-                       detail=f"{plan.detail}; {', '.join(gone)} already gone (HTTP 404)")
+        return replace(
+            plan, outcome=Removal.REMOVED, detail=f"{plan.detail}; {', '.join(gone)} already gone (HTTP 404)"
+        )
     return replace(plan, outcome=Removal.REMOVED)
 
 
@@ -207,8 +222,9 @@ def _pem_text(auth_set: dict) -> str | None:
 
 def _sets_text(sets: list[dict]) -> str:
     """'auth set ID (preauthorized, key 3f9a…)' for each set, for messages."""
-    return ", ".join(f"auth set {_set_id(s) or '?'} ({s.get('status')}, key {short_fingerprint(_pem_text(s))})"
-                     for s in sets)
+    return ", ".join(
+        f"auth set {_set_id(s) or '?'} ({s.get('status')}, key {short_fingerprint(_pem_text(s))})" for s in sets
+    )
 
 
 def _set_id(auth_set: dict) -> str | None:

@@ -26,7 +26,7 @@ def run_all(fn: Callable[[T], R], items: list[T], jobs: int, progress: Callable[
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    results[futures[fut]] = fut.result()   # re-raises an abort
+                    results[futures[fut]] = fut.result()  # re-raises an abort
                     if progress:
                         progress(results[futures[fut]])
         except BaseException:

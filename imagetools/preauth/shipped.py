@@ -25,7 +25,7 @@ from .units import Unit
 class LedgerKeys:
     """A ledger's view of its units' keys, by fingerprint; `rows` are its report rows."""
 
-    where: str                       # the ledger as messages name it (a URL without its password)
+    where: str  # the ledger as messages name it (a URL without its password)
     passed: frozenset[str]
     retired: frozenset[str]
     rows: tuple[dict[str, Any], ...]
@@ -36,7 +36,7 @@ class Selection:
     """The units of a push, and those left out, by why."""
 
     push: list[Unit]
-    not_flashed: list[Unit]          # no card passed with its key yet (only with shipped_only)
+    not_flashed: list[Unit]  # no card passed with its key yet (only with shipped_only)
     retired: list[Unit]
 
     def counts(self) -> dict[str, int]:
@@ -49,8 +49,10 @@ def read_ledger(where: str | os.PathLike) -> LedgerKeys:
     from ..station.ledger import is_url, open_ledger
 
     if not is_url(where) and not os.path.lexists(where):
-        raise UsageError(f"ledger {where} does not exist; name the ledger the stations write "
-                         "(OUT/ledger.sqlite, or the line's postgresql:// URL)")
+        raise UsageError(
+            f"ledger {where} does not exist; name the ledger the stations write "
+            "(OUT/ledger.sqlite, or the line's postgresql:// URL)"
+        )
     with open_ledger(where) as led:
         rows = tuple(led.report())
         path = led.path
@@ -97,8 +99,9 @@ def retired_targets(keys: LedgerKeys, units: list[Unit] | None = None) -> tuple[
             continue
         known = found.get(canonical_identity(identity))
         fingerprints = (known.fingerprints if known else ()) + (row["fingerprint"],)
-        found[canonical_identity(identity)] = Target(dict(identity), name=known.name if known else row["name"],
-                                                     fingerprints=fingerprints)
+        found[canonical_identity(identity)] = Target(
+            dict(identity), name=known.name if known else row["name"], fingerprints=fingerprints
+        )
     return list(found.values()), unknown
 
 

@@ -18,8 +18,10 @@ from ..strict import json_type
 from .runs import GOOD_STATUSES
 from .units import Unit
 
-REGENERATED = ("the device is not using the injected key — the Mender client generated a new one because "
-               "the injected key was missing, unreadable or at the wrong path")
+REGENERATED = (
+    "the device is not using the injected key — the Mender client generated a new one because "
+    "the injected key was missing, unreadable or at the wrong path"
+)
 
 
 @dataclass
@@ -27,9 +29,9 @@ class UnitStatus:
     name: str
     identity: dict[str, str]
     fingerprint: str
-    status: str                      # preauthorized|accepted|pending|rejected|noauth|missing
+    status: str  # preauthorized|accepted|pending|rejected|noauth|missing
     device_id: str | None = None
-    key_status: str | None = None    # status of the auth set holding our key, None if absent
+    key_status: str | None = None  # status of the auth set holding our key, None if absent
     diagnosis: list[str] = field(default_factory=list)
 
     @property
@@ -58,15 +60,15 @@ def status(client: MenderClient, units: list[Unit]) -> list[UnitStatus]:
     return results
 
 
-def preauthorized(client: MenderClient,
-                  wanted: Sequence[tuple[Mapping[str, Any] | None, str | None]]) -> list[bool | None]:
+def preauthorized(
+    client: MenderClient, wanted: Sequence[tuple[Mapping[str, Any] | None, str | None]]
+) -> list[bool | None]:
     """For each (identity, key fingerprint): whether the server holds that identity with an auth
     set of that key, preauthorized or accepted (a preauthorized device that booted is accepted),
     from one walk over the device list as status makes. None where there is nothing to ask
     about: no identity or no fingerprint (a ledger's unit flashed with --key)."""
     exact = _by_identity(iter_devices(client))
-    return [_holds(exact.get(canonical_identity(identity)), fp) if identity and fp else None
-            for identity, fp in wanted]
+    return [_holds(exact.get(canonical_identity(identity)), fp) if identity and fp else None for identity, fp in wanted]
 
 
 def _by_identity(devices: Iterable[dict]) -> dict[str, dict]:
@@ -92,18 +94,23 @@ def _device_status(unit: Unit, device: dict | None) -> UnitStatus:
     mine = [s for s in sets if matches(s.get("pubkey"), unit.pubkey)]
     others = [s for s in sets if not matches(s.get("pubkey"), unit.pubkey)]
     key_status = mine[0].get("status") if mine else None
-    result = UnitStatus(unit.name, unit.identity, unit.fingerprint, device.get("status") or "unknown",
-                        device.get("id"), key_status)
+    result = UnitStatus(
+        unit.name, unit.identity, unit.fingerprint, device.get("status") or "unknown", device.get("id"), key_status
+    )
     pending = [s for s in others if s.get("status") == "pending"]
     if pending:
         theirs = ", ".join(short_fingerprint(s.get("pubkey"), full=True) for s in pending)
-        result.diagnosis.append(f"the device connected with a different key (pending): {REGENERATED}; "
-                                f"device key {theirs}, preauthorized key {unit.fingerprint}; "
-                                f"check the image with imagetools verify")
+        result.diagnosis.append(
+            f"the device connected with a different key (pending): {REGENERATED}; "
+            f"device key {theirs}, preauthorized key {unit.fingerprint}; "
+            f"check the image with imagetools verify"
+        )
     if not mine:
         known = ", ".join(f"{short_fingerprint(s.get('pubkey'))} ({s.get('status')})" for s in sets) or "none"
-        result.diagnosis.append(f"the server has no auth set with the preauthorized key {unit.fingerprint} "
-                                f"(it has: {known}); push again with --force to replace it")
+        result.diagnosis.append(
+            f"the server has no auth set with the preauthorized key {unit.fingerprint} "
+            f"(it has: {known}); push again with --force to replace it"
+        )
     elif key_status == "rejected":
         result.diagnosis.append("the preauthorized key was rejected on the server")
     return result
@@ -119,9 +126,11 @@ def _near_miss(unit: Unit, other: dict) -> str:
         if k != our_k or v != our_v:
             kind = "" if isinstance(v, str) else f" ({json_type(v, article=True)})"
             diffs.append(f"{k}={json.dumps(v)}{kind} vs ours {our_k}={json.dumps(our_v)}")
-    return (f"device {other.get('id')} ({other.get('status')}) has an identity that differs only in value "
-            f"types or formatting: {'; '.join(diffs)}; the server matches identities exactly, so the "
-            f"preauthorization does not apply to it — make identity_data match what the device sends")
+    return (
+        f"device {other.get('id')} ({other.get('status')}) has an identity that differs only in value "
+        f"types or formatting: {'; '.join(diffs)}; the server matches identities exactly, so the "
+        f"preauthorization does not apply to it — make identity_data match what the device sends"
+    )
 
 
 def _norm_attr(name: str) -> str:

@@ -65,14 +65,17 @@ def parse_units(entries: list[Any], source: str) -> list[Unit]:
     PEM text) must each be unique: the server would hold one device for two units."""
     units: list[Unit] = []
     problems: list[str] = []
-    first: dict[tuple[str, str], str] = {}      # (what, value) → the entry that had it first
+    first: dict[tuple[str, str], str] = {}  # (what, value) → the entry that had it first
     for number, entry in enumerate(entries, 1):
         unit, where, errors = _parse_entry(number, entry)
         if unit is None:
             problems += [f"{where}: {e}" for e in errors]
             continue
-        for label, value in (("name", unit.name), ("identity", canonical_identity(unit.identity)),
-                             ("public key", unit.fingerprint)):
+        for label, value in (
+            ("name", unit.name),
+            ("identity", canonical_identity(unit.identity)),
+            ("public key", unit.fingerprint),
+        ):
             earlier = first.setdefault((label, value), where)
             if earlier != where:
                 also = f" (fingerprint {value[:16]}…)" if label == "public key" else ""
@@ -116,7 +119,7 @@ class Entry:
 
     name: str
     identity: dict[str, str]
-    pem: str                         # SPKI PEM text, as in the unit's public.key
+    pem: str  # SPKI PEM text, as in the unit's public.key
     fingerprint: str | None
 
     def to_json(self) -> dict[str, Any]:

@@ -26,8 +26,17 @@ from .transport import BadResponse, MenderClient, Retry
 
 APIS = {api.name: api for api in (deviceauth.API, admission.API)}
 
-__all__ = ["APIS", "BadResponse", "MenderClient", "PreauthApi", "Retry", "ServerSettings", "preauth_api",
-           "resolve_token", "save_token"]
+__all__ = [
+    "APIS",
+    "BadResponse",
+    "MenderClient",
+    "PreauthApi",
+    "Retry",
+    "ServerSettings",
+    "preauth_api",
+    "resolve_token",
+    "save_token",
+]
 
 
 def preauth_api(name: str) -> PreauthApi:

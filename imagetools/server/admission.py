@@ -35,8 +35,9 @@ def _identity_text(text: object) -> str | None:
         return None
 
 
-def _preauthorize_unit(client: MenderClient, identity: Mapping[str, str], pem: str, key: PublicKey,
-                       force: bool) -> Created | Taken:
+def _preauthorize_unit(
+    client: MenderClient, identity: Mapping[str, str], pem: str, key: PublicKey, force: bool
+) -> Created | Taken:
     """One unit through v1: on 409 the admission sets of this identity are found in the list."""
     if admission_preauthorize(client, identity, pem) == 201:
         return Created(None, "admission v1")
@@ -44,9 +45,17 @@ def _preauthorize_unit(client: MenderClient, identity: Mapping[str, str], pem: s
     sets = [s for s in iter_admission_sets(client) if _identity_text(s.get("device_identity")) == wanted]
     device_id = sets[0].get("device_id") if sets else None
     status = next((s.get("status") for s in sets if matches(s.get("key"), key)), None)
-    return Taken(device_id, status or (sets[0].get("status") if sets else None),
-                 [(s.get("key"), s.get("status")) for s in sets])
+    return Taken(
+        device_id, status or (sets[0].get("status") if sets else None), [(s.get("key"), s.get("status")) for s in sets]
+    )
 
 
-API = PreauthApi("v1", "admission v1", "Mender 1.4–1.7", "legacy admission API", force=False, lists_devices=False,
-                 preauthorize=_preauthorize_unit)
+API = PreauthApi(
+    "v1",
+    "admission v1",
+    "Mender 1.4–1.7",
+    "legacy admission API",
+    force=False,
+    lists_devices=False,
+    preauthorize=_preauthorize_unit,
+)

@@ -33,10 +33,10 @@ class Taken:
 class PreauthApi:
     """One API version as preauth push uses it."""
 
-    name: str            # --api value: "v2"
-    title: str           # what a dry run says it would POST to: "deviceauth v2"
-    servers: str         # which Mender Servers have it: "Mender 2.x and later"
-    long_name: str       # for messages: "legacy admission API"
-    force: bool          # has the force flag (replace an identity's keys)
+    name: str  # --api value: "v2"
+    title: str  # what a dry run says it would POST to: "deviceauth v2"
+    servers: str  # which Mender Servers have it: "Mender 2.x and later"
+    long_name: str  # for messages: "legacy admission API"
+    force: bool  # has the force flag (replace an identity's keys)
     lists_devices: bool  # its devices can be listed (status, remove, left-behind checks)
     preauthorize: Callable[[MenderClient, Mapping[str, str], str, PublicKey, bool], Created | Taken]

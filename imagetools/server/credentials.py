@@ -31,8 +31,9 @@ def token_cache_path(url: str) -> Path:
     return cache_dir() / f"jwt-{digest}"
 
 
-def resolve_token(url: str, token_file: str | os.PathLike | None = None,
-                  env: Mapping[str, str] = os.environ) -> tuple[str, str]:
+def resolve_token(
+    url: str, token_file: str | os.PathLike | None = None, env: Mapping[str, str] = os.environ
+) -> tuple[str, str]:
     """(token, where it came from): --token-file, then MENDER_TOKEN, then the cached login."""
     if token_file is not None:
         return _read_token_file(token_file, "token file", UsageError), f"--token-file {token_file}"
@@ -43,12 +44,15 @@ def resolve_token(url: str, token_file: str | os.PathLike | None = None,
         raise AuthError(
             f"no credentials for {normalize_url(url)}: set {TOKEN_ENV} to a Personal Access Token, "
             f"pass --token-file FILE, or run: imagetools login --server {normalize_url(url)} "
-            f"--username USER")
+            f"--username USER"
+        )
     token = _read_token_file(cached, "the cached login token", AuthError)
     expiry = jwt_expiry(token)
     if expiry is not None and expiry <= datetime.now(UTC):
-        raise AuthError(f"the cached login for {normalize_url(url)} expired at {expiry:%Y-%m-%d %H:%M} UTC; "
-                        f"run: imagetools login --server {normalize_url(url)} --username USER")
+        raise AuthError(
+            f"the cached login for {normalize_url(url)} expired at {expiry:%Y-%m-%d %H:%M} UTC; "
+            f"run: imagetools login --server {normalize_url(url)} --username USER"
+        )
     return token, f"cached login ({cached})"
 
 
@@ -68,16 +72,24 @@ def check_token(token: str, source: str) -> str:
         raise AuthError(f"{source} is empty")
     problem = token_problem(token)
     if problem:
-        raise AuthError(f"{source} does not hold a token: {problem} (a token is one line of printable "
-                        f"ASCII without spaces)")
+        raise AuthError(
+            f"{source} does not hold a token: {problem} (a token is one line of printable ASCII without spaces)"
+        )
     return token
 
 
 def token_problem(token: str) -> str | None:
     for position, char in enumerate(token, 1):
         if not "!" <= char <= "~":
-            kind = ("a line break" if char in "\r\n" else "whitespace" if char.isspace()
-                    else "a control character" if char.isascii() else "a non-ASCII character")
+            kind = (
+                "a line break"
+                if char in "\r\n"
+                else "whitespace"
+                if char.isspace()
+                else "a control character"
+                if char.isascii()
+                else "a non-ASCII character"
+            )
             return f"{kind} at character {position}"
     return None
 

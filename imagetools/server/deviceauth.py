@@ -28,8 +28,9 @@ class PreauthAnswer:
     device: dict | None = None
 
 
-def preauthorize(client: MenderClient, identity: Mapping[str, str], pubkey_pem: str, *,
-                 force: bool = False) -> PreauthAnswer:
+def preauthorize(
+    client: MenderClient, identity: Mapping[str, str], pubkey_pem: str, *, force: bool = False
+) -> PreauthAnswer:
     """POST one preauthorization: 201 or 409; any other answer raises."""
     body: dict[str, Any] = {"identity_data": dict(identity), "pubkey": pubkey_pem}
     if force:
@@ -55,8 +56,7 @@ def get_device(client: MenderClient, device_id: str) -> dict | None:
 
 def iter_devices(client: MenderClient, per_page: int = MAX_PER_PAGE) -> Iterator[dict]:
     """Every device, following the Link header's 'next' page; each one checked (device_problem)."""
-    yield from client.paged(DEVICES_V2, {"per_page": min(per_page, MAX_PER_PAGE)}, "list devices",
-                            device_problem)
+    yield from client.paged(DEVICES_V2, {"per_page": min(per_page, MAX_PER_PAGE)}, "list devices", device_problem)
 
 
 def find_device(client: MenderClient, identity: Mapping[str, Any]) -> dict | None:
@@ -96,8 +96,10 @@ def expected_key_for_identity(client: MenderClient, identity: Mapping[str, Any])
     preauthorized one. Raises ServerError when the server has neither."""
     device = find_device(client, identity)
     if device is None:
-        raise ServerError(f"no device with identity {canonical_identity(identity)} on {client.url}; "
-                          f"preauthorize it first (imagetools preauth push)")
+        raise ServerError(
+            f"no device with identity {canonical_identity(identity)} on {client.url}; "
+            f"preauthorize it first (imagetools preauth push)"
+        )
     sets = device.get("auth_sets") or []
     for wanted in (ACCEPTED, PREAUTHORIZED):
         for auth_set in sets:
@@ -106,12 +108,15 @@ def expected_key_for_identity(client: MenderClient, identity: Mapping[str, Any])
                     return load_public(auth_set["pubkey"].encode(), f"key of device {device['id']} on the server")
                 except KeyMaterialError as exc:
                     raise ServerError(str(exc)) from None
-    raise ServerError(f"device {device['id']} with identity {canonical_identity(identity)} has no "
-                      f"accepted or preauthorized key on {client.url} (device status: {device.get('status')})")
+    raise ServerError(
+        f"device {device['id']} with identity {canonical_identity(identity)} has no "
+        f"accepted or preauthorized key on {client.url} (device status: {device.get('status')})"
+    )
 
 
-def _preauthorize_unit(client: MenderClient, identity: Mapping[str, str], pem: str, key: PublicKey,
-                       force: bool) -> Created | Taken:
+def _preauthorize_unit(
+    client: MenderClient, identity: Mapping[str, str], pem: str, key: PublicKey, force: bool
+) -> Created | Taken:
     """One unit through v2: on 409 the device is read again (its full auth sets), or found by
     walking the list when the answer did not name it."""
     answer = preauthorize(client, identity, pem, force=force)
@@ -122,9 +127,19 @@ def _preauthorize_unit(client: MenderClient, identity: Mapping[str, str], pem: s
         device = get_device(client, device["id"]) or device
     if not device.get("auth_sets"):
         device = find_device(client, identity) or device
-    return Taken(device.get("id"), device.get("status"),
-                 [(s.get("pubkey"), s.get("status")) for s in device.get("auth_sets") or []])
+    return Taken(
+        device.get("id"),
+        device.get("status"),
+        [(s.get("pubkey"), s.get("status")) for s in device.get("auth_sets") or []],
+    )
 
 
-API = PreauthApi("v2", "deviceauth v2", "Mender 2.x and later", "deviceauth API", force=True, lists_devices=True,
-                 preauthorize=_preauthorize_unit)
+API = PreauthApi(
+    "v2",
+    "deviceauth v2",
+    "Mender 2.x and later",
+    "deviceauth API",
+    force=True,
+    lists_devices=True,
+    preauthorize=_preauthorize_unit,
+)

@@ -18,8 +18,8 @@ from ..keys import PublicKey, fingerprint, load_public, parse_pem, same_key, spk
 from .settings import one_line
 from .transport import NOT_JSON, Reply, bad_response, checked, kind
 
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")   # device and auth set ids: UUIDs, hex ObjectIds
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")       # statuses: pending, accepted, ...
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # device and auth set ids: UUIDs, hex ObjectIds
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")  # statuses: pending, accepted, ...
 
 
 def device_problem(item: Any) -> str | None:
@@ -30,8 +30,11 @@ def device_problem(item: Any) -> str | None:
     device_id = item.get("id")
     if not isinstance(device_id, str) or not _ID.fullmatch(device_id):
         return f"device id {show(device_id)} is not an id"
-    found = (_identity_problem(item.get("identity_data")) or _word_problem(item.get("status"), "status")
-             or _auth_sets_problem(item.get("auth_sets")))
+    found = (
+        _identity_problem(item.get("identity_data"))
+        or _word_problem(item.get("status"), "status")
+        or _auth_sets_problem(item.get("auth_sets"))
+    )
     return f"device {device_id}: {found}" if found else None
 
 
@@ -102,8 +105,13 @@ def location_id(reply: Reply, what: str) -> str:
     except ValueError:
         device_id = ""
     if not _ID.fullmatch(device_id):
-        raise bad_response(reply, what, f"Location {reply.quote(location, 80)!r} does not name a device"
-                           if location else "201 without a Location header")
+        raise bad_response(
+            reply,
+            what,
+            f"Location {reply.quote(location, 80)!r} does not name a device"
+            if location
+            else "201 without a Location header",
+        )
     return device_id
 
 
@@ -123,6 +131,7 @@ def show(value: Any) -> str:
 
 
 # --- keys the server lists ------------------------------------------------------------------------
+
 
 def matches(pem: Any, key: PublicKey) -> bool:
     """Whether a server-listed PEM is ``key`` (compared as DER); False for anything unreadable."""

@@ -37,12 +37,12 @@ from ..strict import STRICT, JsonError, json_type, parse, size_text
 from .credentials import check_token
 from .settings import TOKEN_ENV, ServerSettings, one_line
 
-MAX_BODY = 16 * 1024 * 1024      # a page of 500 devices with RSA-4096 keys is about 2 MiB
+MAX_BODY = 16 * 1024 * 1024  # a page of 500 devices with RSA-4096 keys is about 2 MiB
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # OpenSSL's reasons when the other side answered a TLS hello with something that is not TLS
 # (a plain http server's "HTTP/1.1 400"): 1.x/3.0, 3.2 and later, and a long non-TLS record.
 PLAIN_HTTP_REASONS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"})
-NOT_JSON = object()                                       # Reply.data of a body that is not JSON
+NOT_JSON = object()  # Reply.data of a body that is not JSON
 # The server's answers under the strict policy: a key given twice, NaN or a document nested
 # deeper than any API answer is no JSON we read (a BadResponse wherever a shape is expected).
 ANSWER_JSON = STRICT
@@ -94,11 +94,11 @@ class Reply:
 class Retry:
     """A failed attempt that is about to be retried, as MenderClient's ``on_retry`` hears of it."""
 
-    what: str          # the request, e.g. "list devices"
-    attempt: int       # the attempt that failed, counted from 1
-    attempts: int      # how many there are at most (1 + retries)
-    reason: str        # why it failed, one line: "cannot reach the Mender Server at URL: ...", "HTTP 503: ..."
-    wait: float        # seconds until the next attempt
+    what: str  # the request, e.g. "list devices"
+    attempt: int  # the attempt that failed, counted from 1
+    attempts: int  # how many there are at most (1 + retries)
+    reason: str  # why it failed, one line: "cannot reach the Mender Server at URL: ...", "HTTP 503: ..."
+    wait: float  # seconds until the next attempt
 
 
 class _Bearer(httpx.Auth):
@@ -122,9 +122,14 @@ class MenderClient:
     each attempt is sent (the URL as sent, never with credentials). Both are called from the
     thread doing the request (push and remove run several), and must not raise."""
 
-    def __init__(self, settings: ServerSettings, *, connections: int = 4,
-                 on_retry: Callable[[Retry], None] | None = None,
-                 on_request: Callable[[str, str], None] | None = None):
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        connections: int = 4,
+        on_retry: Callable[[Retry], None] | None = None,
+        on_request: Callable[[str, str], None] | None = None,
+    ):
         self.settings = settings
         self.url = settings.url
         self.on_retry = on_retry
@@ -200,8 +205,12 @@ class MenderClient:
         timeout = self.settings.timeout
         outcome: Future[Reply] = Future()
         deadline = time.monotonic() + timeout
-        threading.Thread(target=_fulfil, args=(outcome, self._exchange, method, path, what, deadline, kwargs),
-                         name="imagetools-http", daemon=True).start()
+        threading.Thread(
+            target=_fulfil,
+            args=(outcome, self._exchange, method, path, what, deadline, kwargs),
+            name="imagetools-http",
+            daemon=True,
+        ).start()
         try:
             return outcome.result(timeout=timeout)
         except TimeoutError:
@@ -210,7 +219,7 @@ class MenderClient:
     def _exchange(self, method: str, path: str, what: str, deadline: float, kwargs: dict[str, Any]) -> Reply:
         """Send and read the whole body, at most MAX_BODY bytes (in the helper thread of _attempt)."""
         with self._http.stream(method, path, **kwargs) as resp:
-            head = Reply(resp.status_code, resp.headers, b"", resp.request)   # for error messages
+            head = Reply(resp.status_code, resp.headers, b"", resp.request)  # for error messages
             declared = resp.headers.get("Content-Length", "")
             if re.fullmatch(r"[0-9]{1,30}", declared) and int(declared) > MAX_BODY:
                 raise bad_response(head, what, f"it announces more than {size_text(MAX_BODY)}; not reading it")
@@ -239,11 +248,12 @@ class MenderClient:
             return None
         reason = self._reason(exc)
         if isinstance(tls, ssl.SSLCertVerificationError) or tls.reason == "CERTIFICATE_VERIFY_FAILED":
-            return (f"TLS certificate of {self.url} not trusted ({reason}); use --ca-cert FILE for a private CA "
-                    f"(--insecure skips the check, test setups only)")
+            return (
+                f"TLS certificate of {self.url} not trusted ({reason}); use --ca-cert FILE for a private CA "
+                f"(--insecure skips the check, test setups only)"
+            )
         if tls.reason in PLAIN_HTTP_REASONS:
-            return (f"TLS handshake with {self.url} failed ({reason}): the server speaks plain http: "
-                    f"use an http:// URL")
+            return f"TLS handshake with {self.url} failed ({reason}): the server speaks plain http: use an http:// URL"
         return f"TLS handshake with {self.url} failed ({reason}); check the URL's port and the server's TLS setup"
 
     def _reason(self, exc: BaseException) -> str:
@@ -258,14 +268,16 @@ class MenderClient:
     def _auth_error(self, reply: Reply, what: str) -> AuthError:
         err = server_error(reply, what)
         source = self.settings.token_source or "the token"
-        hint = ("log in again (imagetools login), or check "
-                f"{TOKEN_ENV} / --token-file" if reply.status_code == 401 else
-                "the user or token lacks the permission for this")
-        return AuthError(f"{err}; credentials from {source} were refused: {hint}",
-                         err.status, err.request_id)
+        hint = (
+            f"log in again (imagetools login), or check {TOKEN_ENV} / --token-file"
+            if reply.status_code == 401
+            else "the user or token lacks the permission for this"
+        )
+        return AuthError(f"{err}; credentials from {source} were refused: {hint}", err.status, err.request_id)
 
-    def paged(self, path: str, params: dict[str, Any], what: str,
-              problem: Callable[[Any], str | None]) -> Iterator[dict]:
+    def paged(
+        self, path: str, params: dict[str, Any], what: str, problem: Callable[[Any], str | None]
+    ) -> Iterator[dict]:
         """Follow rel="next" links, each item checked with ``problem``.
 
         Only the link's query is used (the path stays ours), and a link to another scheme or host
@@ -288,8 +300,12 @@ class MenderClient:
                 raise bad_response(reply, what, f"more than {number} pages; the list does not end")
             query = self._next_query(reply, what, link)
             if _query_key(query) in seen:
-                raise bad_response(reply, what, f"the next-page link leads back to a page already read "
-                                                f"({one_line(_query_key(query), 80)}); the list would never end")
+                raise bad_response(
+                    reply,
+                    what,
+                    f"the next-page link leads back to a page already read "
+                    f"({one_line(_query_key(query), 80)}); the list would never end",
+                )
             seen.add(_query_key(query))
 
     def _next_query(self, reply: Reply, what: str, link: str) -> dict[str, str]:
@@ -302,8 +318,11 @@ class MenderClient:
         except ValueError:
             raise bad_response(reply, what, f"next-page link {reply.quote(link, 80)!r} is not a URL") from None
         if scheme != ours.scheme or origin not in (None, (ours.hostname, ours.port or _default_port(scheme))):
-            raise bad_response(reply, what, f"next-page link points to {reply.quote(link, 80)!r}, not to "
-                                            f"{self.url}; not sending the token there")
+            raise bad_response(
+                reply,
+                what,
+                f"next-page link points to {reply.quote(link, 80)!r}, not to {self.url}; not sending the token there",
+            )
         return dict(parse_qsl(parts.query))
 
 
@@ -359,7 +378,7 @@ def _answer_text(reply: Reply) -> str:
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         detail = body["error"]
     elif body is NOT_JSON:
-        detail = reply.content[:4096].decode("utf-8", "replace")   # e.g. a proxy's HTML error page
+        detail = reply.content[:4096].decode("utf-8", "replace")  # e.g. a proxy's HTML error page
     else:
         detail = ""
     if reply.is_redirect:
@@ -370,8 +389,12 @@ def _answer_text(reply: Reply) -> str:
 
 def bad_response(reply: Reply, what: str, problem: str) -> BadResponse:
     rid = reply.request_id
-    return BadResponse(f"{what}: unexpected answer from the Mender Server (HTTP {reply.status_code}): "
-                       f"{problem}" + (f" (request_id {rid})" if rid else ""), reply.status_code, rid)
+    return BadResponse(
+        f"{what}: unexpected answer from the Mender Server (HTTP {reply.status_code}): "
+        f"{problem}" + (f" (request_id {rid})" if rid else ""),
+        reply.status_code,
+        rid,
+    )
 
 
 def _fulfil(future: Future, fn: Callable[..., Any], *args: Any) -> None:

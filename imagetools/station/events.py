@@ -11,13 +11,24 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 MAX_EVENTS = 20
 # A tile's state; "done" is a card found holding a passed unit of this ledger (never rewritten).
-TILE_STATES = ("empty", "mounted", "waiting", "writing", "reading back", "verifying", "passed",
-               "failed", "interrupted", "done")
+TILE_STATES = (
+    "empty",
+    "mounted",
+    "waiting",
+    "writing",
+    "reading back",
+    "verifying",
+    "passed",
+    "failed",
+    "interrupted",
+    "done",
+)
 
 
 @dataclass(frozen=True)
@@ -32,7 +43,7 @@ class Tile:
     serial: str | None = None
     done: int = 0
     total: int = 0
-    rate: float = 0.0          # bytes per second of the current phase
+    rate: float = 0.0  # bytes per second of the current phase
     reason: str | None = None  # why a card failed, or why the slot waits
     since: float = field(default_factory=time.time)
 
@@ -47,14 +58,13 @@ class Event:
     kind: str
     unit: str | None = None
     message: str = ""
-    detail: dict[str, Any] | None = None   # numbers for programs (a card's seconds, ...)
+    detail: dict[str, Any] | None = None  # numbers for programs (a card's seconds, ...)
 
 
 class Board:
     """Tiles and events of one station; thread-safe, with a version that grows on every change."""
 
-    def __init__(self, station: str, slots: list[str],
-                 counts: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(self, station: str, slots: list[str], counts: Callable[[], dict[str, Any]] | None = None) -> None:
         self.station = station
         self._tiles = {slot: Tile(slot, station) for slot in slots}
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
@@ -83,8 +93,9 @@ class Board:
             self._tiles[slot] = replace(self._tiles[slot], done=done, total=total, rate=rate)
             self._changed()
 
-    def event(self, slot: str, kind: str, unit: str | None = None, message: str = "",
-              detail: dict[str, Any] | None = None) -> Event:
+    def event(
+        self, slot: str, kind: str, unit: str | None = None, message: str = "", detail: dict[str, Any] | None = None
+    ) -> Event:
         event = Event(time.time(), self.station, slot, kind, unit, message, detail)
         with self._cond:
             self._events.append(event)
@@ -103,8 +114,7 @@ class Board:
             events = [asdict(e) for e in reversed(self._events)]
             version = self.version
         counts = self._counts() if self._counts else {}
-        return {"station": self.station, "version": version, "tiles": tiles, "events": events,
-                "counts": counts}
+        return {"station": self.station, "version": version, "tiles": tiles, "events": events, "counts": counts}
 
     def _changed(self) -> None:
         self.version += 1

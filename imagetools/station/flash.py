@@ -9,9 +9,10 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import EnvironmentProblem, ImageToolsError, UsageError
 from ..verify import verify_image
@@ -21,7 +22,7 @@ from .readback import expected_of, read_back
 from .targets import TargetInfo, check_targets
 from .writer import Interrupted, write_plan
 
-Progress = Callable[[str, str, int, int], None]   # (target, phase, bytes done, bytes total)
+Progress = Callable[[str, str, int, int], None]  # (target, phase, bytes done, bytes total)
 
 
 @dataclass
@@ -42,10 +43,18 @@ class Card:
     times: dict[str, float] = field(default_factory=dict)
 
 
-def flash(pairs: list[tuple[str, Plan]], *, ledger: str | os.PathLike | None = None, again: bool = False,
-          fsck: bool = True, readback: bool = True, progress: Progress | None = None,
-          allow_fixed_disk: bool = False, stop: threading.Event | None = None,
-          station: str | None = None) -> list[dict[str, Any]]:
+def flash(
+    pairs: list[tuple[str, Plan]],
+    *,
+    ledger: str | os.PathLike | None = None,
+    again: bool = False,
+    fsck: bool = True,
+    readback: bool = True,
+    progress: Progress | None = None,
+    allow_fixed_disk: bool = False,
+    stop: threading.Event | None = None,
+    station: str | None = None,
+) -> list[dict[str, Any]]:
     """Each (target, plan) written, read back, verified, recorded; returns the ledger's records
     of these attempts. Refusals (UsageError, EnvironmentProblem) come before any byte is written
     to any target; a card that fails is its record, not an exception."""
@@ -55,8 +64,9 @@ def flash(pairs: list[tuple[str, Plan]], *, ledger: str | os.PathLike | None = N
     try:
         protected += [lg.path for lg in ledgers.values()]
         try:
-            infos = check_targets([t for t, _ in pairs], protected, max(plan.size for _, plan in pairs),
-                                  allow_fixed_disk=allow_fixed_disk)
+            infos = check_targets(
+                [t for t, _ in pairs], protected, max(plan.size for _, plan in pairs), allow_fixed_disk=allow_fixed_disk
+            )
         except ImageToolsError as exc:
             for target, plan in pairs:
                 _refused(ledgers[_ledger_path(plan, ledger)], target, plan, exc)
@@ -71,15 +81,23 @@ def flash(pairs: list[tuple[str, Plan]], *, ledger: str | os.PathLike | None = N
             lg.close()
 
 
-def flash_allocated(target: str, plan: Plan, ledger: Ledger, attempt: int, *, fsck: bool = True,
-                    readback: bool = True, progress: Progress | None = None, allow_fixed_disk: bool = False,
-                    stop: threading.Event | None = None) -> dict[str, Any]:
+def flash_allocated(
+    target: str,
+    plan: Plan,
+    ledger: Ledger,
+    attempt: int,
+    *,
+    fsck: bool = True,
+    readback: bool = True,
+    progress: Progress | None = None,
+    allow_fixed_disk: bool = False,
+    stop: threading.Event | None = None,
+) -> dict[str, Any]:
     """One card for an attempt the ledger has already begun (the station service allocates the
     unit and its attempt in one transaction): checked, written, read back, verified, ended.
     A refused target ends the attempt as refused (the unit stays free) and raises."""
     try:
-        info, = check_targets([target], plan.inputs + (ledger.path,), plan.size,
-                              allow_fixed_disk=allow_fixed_disk)
+        (info,) = check_targets([target], plan.inputs + (ledger.path,), plan.size, allow_fixed_disk=allow_fixed_disk)
         card = Card(info, plan, ledger, attempt)
         card.fd, card.fresh = _open_for_writing(info, plan.size)
     except BaseException as exc:
@@ -96,8 +114,10 @@ def _one_unit_one_card(pairs: list[tuple[str, Plan]]) -> None:
     for target, plan in pairs:
         other = seen.setdefault(plan.unit.fingerprint, target)
         if other != target:
-            raise UsageError(f"unit {plan.unit.name} is given for {other} and {target}: one unit goes onto "
-                             "one card; pair each target with its own unit (--card TARGET UNIT_DIR)")
+            raise UsageError(
+                f"unit {plan.unit.name} is given for {other} and {target}: one unit goes onto "
+                "one card; pair each target with its own unit (--card TARGET UNIT_DIR)"
+            )
 
 
 def _ledger_path(plan: Plan, ledger: str | os.PathLike | None) -> str:
@@ -107,8 +127,7 @@ def _ledger_path(plan: Plan, ledger: str | os.PathLike | None) -> str:
     return os.fspath(path) if is_url(path) else os.path.abspath(path)
 
 
-def _ledgers(pairs: list[tuple[str, Plan]], ledger: str | os.PathLike | None,
-             station: str | None) -> dict[str, Ledger]:
+def _ledgers(pairs: list[tuple[str, Plan]], ledger: str | os.PathLike | None, station: str | None) -> dict[str, Ledger]:
     opened: dict[str, Ledger] = {}
     try:
         for _, plan in pairs:
@@ -126,8 +145,10 @@ def _open_ledger(path: str, station: str | None) -> Ledger:
     try:
         return open_ledger(path, station=station)
     except OSError as exc:
-        raise EnvironmentProblem(f"cannot write the ledger {path}: {exc.strerror or exc}; a station whose "
-                                 "OUT is read-only names its own with --ledger PATH") from None
+        raise EnvironmentProblem(
+            f"cannot write the ledger {path}: {exc.strerror or exc}; a station whose "
+            "OUT is read-only names its own with --ledger PATH"
+        ) from None
 
 
 def _begin_all(cards: list[Card], again: bool) -> None:
@@ -146,16 +167,28 @@ def _begin_all(cards: list[Card], again: bool) -> None:
 def _refused(ledger: Ledger, target: str, plan: Plan, exc: ImageToolsError) -> None:
     """A refusal is an attempt too: the ledger shows every card a station was asked to write."""
     unit = plan.unit
-    ledger.refuse(unit=unit.name, fingerprint=unit.fingerprint, base_sha256=unit.base_sha256,
-                  target=target, error=str(exc), pinned=unit.pinned)
+    ledger.refuse(
+        unit=unit.name,
+        fingerprint=unit.fingerprint,
+        base_sha256=unit.base_sha256,
+        target=target,
+        error=str(exc),
+        pinned=unit.pinned,
+    )
 
 
 def _begin(card: Card, again: bool) -> None:
     unit = card.plan.unit
-    card.attempt = card.ledger.begin(unit=unit.name, fingerprint=unit.fingerprint,
-                                     base_sha256=unit.base_sha256, target=card.info.path,
-                                     serial=card.info.serial, pinned=unit.pinned,
-                                     identity=unit.identity, again=again)
+    card.attempt = card.ledger.begin(
+        unit=unit.name,
+        fingerprint=unit.fingerprint,
+        base_sha256=unit.base_sha256,
+        target=card.info.path,
+        serial=card.info.serial,
+        pinned=unit.pinned,
+        identity=unit.identity,
+        again=again,
+    )
 
 
 def _open_all(cards: list[Card]) -> None:
@@ -185,7 +218,8 @@ def _open_for_writing(info: TargetInfo, size: int) -> tuple[int, bool]:
         raise EnvironmentProblem(f"cannot open {info.path} for writing: {exc.strerror} (in use or mounted?)") from None
     st = os.fstat(fd)
     if (info.kind == "block" and st.st_rdev != info.rdev) or (
-            info.kind == "file" and (st.st_dev, st.st_ino) != info.dev_ino):
+        info.kind == "file" and (st.st_dev, st.st_ino) != info.dev_ino
+    ):
         os.close(fd)
         raise UsageError(f"{info.path} changed between its check and its opening: give the target again")
     if info.kind == "file":
@@ -196,19 +230,18 @@ def _open_for_writing(info: TargetInfo, size: int) -> tuple[int, bool]:
     return fd, fresh
 
 
-def _run_all(cards: list[Card], *, fsck: bool, readback: bool, progress: Progress | None,
-             stop: threading.Event | None) -> None:
+def _run_all(
+    cards: list[Card], *, fsck: bool, readback: bool, progress: Progress | None, stop: threading.Event | None
+) -> None:
     """A plain thread per card: a pool would add ~4 ms to every flash's start."""
-    threads = [threading.Thread(target=_flash_one, args=(card, fsck, readback, progress, stop))
-               for card in cards]
+    threads = [threading.Thread(target=_flash_one, args=(card, fsck, readback, progress, stop)) for card in cards]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
 
 
-def _flash_one(card: Card, fsck: bool, readback: bool, progress: Progress | None,
-               stop: threading.Event | None) -> None:
+def _flash_one(card: Card, fsck: bool, readback: bool, progress: Progress | None, stop: threading.Event | None) -> None:
     """Write, flush, read back, verify; the attempt ends passed, failed or interrupted whatever
     happens (a card's failure never escapes as an exception)."""
     target, plan = card.info.path, card.plan
@@ -231,8 +264,13 @@ def _flash_one(card: Card, fsck: bool, readback: bool, progress: Progress | None
         if not report.ok:
             card.error = "verify failed: " + "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
     except Interrupted:
-        card.state, card.error = "interrupted", (f"interrupted: {target} is not finished and unit "
-                                                f"{plan.unit.name} is retired; flash the card again with another unit")
+        card.state, card.error = (
+            "interrupted",
+            (
+                f"interrupted: {target} is not finished and unit "
+                f"{plan.unit.name} is retired; flash the card again with another unit"
+            ),
+        )
     except ImageToolsError as exc:
         card.error = str(exc)
     except OSError as exc:
@@ -240,8 +278,15 @@ def _flash_one(card: Card, fsck: bool, readback: bool, progress: Progress | None
     except BaseException as exc:  # the attempt must end whatever happened; never a lost record
         card.error = f"{target}: unexpected {type(exc).__name__}: {exc}"
     card.times["total"] = _lap(started)
-    card.ledger.end(card.attempt, card.state, error=card.error, bytes_written=card.bytes_written,
-                    zeroing=card.zeroing, checks=card.checks, times=card.times)
+    card.ledger.end(
+        card.attempt,
+        card.state,
+        error=card.error,
+        bytes_written=card.bytes_written,
+        zeroing=card.zeroing,
+        checks=card.checks,
+        times=card.times,
+    )
 
 
 def _read_back(card: Card, progress: Progress | None) -> None:
@@ -255,8 +300,7 @@ def _lap(since: float) -> float:
 
 
 def summary(records: list[dict[str, Any]]) -> dict[str, int]:
-    return {"cards": len(records), "ok": sum(r["ok"] for r in records),
-            "failed": sum(not r["ok"] for r in records)}
+    return {"cards": len(records), "ok": sum(r["ok"] for r in records), "failed": sum(not r["ok"] for r in records)}
 
 
 def export(records: list[dict[str, Any]], log: Path) -> None:

@@ -27,15 +27,14 @@ from ..errors import EnvironmentProblem, UsageError, from_oserror
 from ..keys import normalize_fingerprint
 
 DPI = 300
-WIDTH, HEIGHT = 696, 342          # 58.9 x 29 mm: the printable width of 62 mm tape at 300 dpi
+WIDTH, HEIGHT = 696, 342  # 58.9 x 29 mm: the printable width of 62 mm tape at 300 dpi
 MARGIN = 12
-QR_SIDE = HEIGHT - 2 * MARGIN     # the code's square, quiet zone included, at the right
-QUIET = 4                         # modules of white around the code (the QR standard's minimum)
-MAX_QR_BYTES = 2953               # what any QR code (version 40, level L) holds
-MIN_MODULE = 3                    # px per module: 0.25 mm, what handheld scanners read reliably
-MAX_TEXT = 200                    # characters of any one text looked at before fitting
-FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
-         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+QR_SIDE = HEIGHT - 2 * MARGIN  # the code's square, quiet zone included, at the right
+QUIET = 4  # modules of white around the code (the QR standard's minimum)
+MAX_QR_BYTES = 2953  # what any QR code (version 40, level L) holds
+MIN_MODULE = 3  # px per module: 0.25 mm, what handheld scanners read reliably
+MAX_TEXT = 200  # characters of any one text looked at before fitting
+FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 NAME_SIZE, LINE_SIZE, SMALL_SIZE = 52, 28, 22
 
 
@@ -60,18 +59,25 @@ def label_payload(identity: dict[str, Any], fingerprint: str) -> str:
     if not isinstance(identity, dict) or not all(isinstance(k, str) for k in identity):
         raise UsageError("a label's identity must be a JSON object with string keys")
     try:
-        return json.dumps({"fingerprint": fingerprint, "identity": identity}, sort_keys=True,
-                          separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        return json.dumps(
+            {"fingerprint": fingerprint, "identity": identity},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=True,
+            allow_nan=False,
+        )
     except (TypeError, ValueError, RecursionError):
         raise UsageError("a label's identity must hold only JSON values (strings, numbers, lists)") from None
 
 
 def _code(payload: str, unit: str) -> Image.Image:
     """The QR code as a QR_SIDE square, with whole pixels per module."""
-    most = (QR_SIDE // MIN_MODULE - 2 * QUIET - 17) // 4   # the largest version still readable
+    most = (QR_SIDE // MIN_MODULE - 2 * QUIET - 17) // 4  # the largest version still readable
     code = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, border=QUIET, box_size=1)
-    too_long = UsageError(f"the identity of unit {_clean(unit)[:40]!r} is too long for a label's QR code "
-                          f"({len(payload)} bytes of JSON); shorten the identity or print without --labels")
+    too_long = UsageError(
+        f"the identity of unit {_clean(unit)[:40]!r} is too long for a label's QR code "
+        f"({len(payload)} bytes of JSON); shorten the identity or print without --labels"
+    )
     if len(payload) > MAX_QR_BYTES:
         raise too_long
     code.add_data(payload.encode("ascii"))
@@ -102,7 +108,7 @@ def _text(draw: ImageDraw.ImageDraw, unit: str, identity: dict[str, Any], finger
     room = (bottom - 8 - top) // step
     lines = [f"{_clean(k)}: {_value(v)}"[:MAX_TEXT] for k, v in sorted(identity.items())]
     if len(lines) > room:
-        lines = lines[:room - 1] + [f"+{len(lines) - room + 1} more in the code"]
+        lines = lines[: room - 1] + [f"+{len(lines) - room + 1} more in the code"]
     for n, text in enumerate(lines):
         draw.text((MARGIN, top + n * step), _fit(draw, text, line, width), font=line, fill=0)
 
@@ -116,8 +122,7 @@ def _value(value: Any) -> str:
 def _clean(text: str) -> str:
     """TEXT as it may be printed: bounded, control and formatting characters (bidi overrides,
     line breaks, zero-width ones) shown as '?'."""
-    return "".join("?" if unicodedata.category(c)[0] == "C" or c in "\u2028\u2029" else c
-                   for c in str(text)[:MAX_TEXT])
+    return "".join("?" if unicodedata.category(c)[0] == "C" or c in "\u2028\u2029" else c for c in str(text)[:MAX_TEXT])
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:

@@ -14,8 +14,7 @@ from typing import TypeGuard
 from .ledger_base import KILLED, SCHEMA_VERSION, Allocation, Ledger, UnitEntry
 from .ledger_rules import REPORT_STATES, _line
 
-__all__ = ["KILLED", "REPORT_STATES", "SCHEMA_VERSION", "Allocation", "Ledger", "UnitEntry", "is_url",
-           "open_ledger"]
+__all__ = ["KILLED", "REPORT_STATES", "SCHEMA_VERSION", "Allocation", "Ledger", "UnitEntry", "is_url", "open_ledger"]
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 

@@ -32,21 +32,36 @@ from pathlib import Path
 from typing import Any, Protocol, Self
 
 from ..errors import UsageError
-from .ledger_rules import (ENDINGS, _alive, _digest, _json, _line, _now, _own_start, _parsed, _str,
-                           derive_unit_state, export, refuse_taken, report_rows)
+from .ledger_rules import (
+    ENDINGS,
+    _alive,
+    _digest,
+    _json,
+    _line,
+    _now,
+    _own_start,
+    _parsed,
+    _str,
+    derive_unit_state,
+    export,
+    refuse_taken,
+    report_rows,
+)
 
-BUSY_SECONDS = 10.0     # how long a station waits for another one's transaction
+BUSY_SECONDS = 10.0  # how long a station waits for another one's transaction
 KILLED = "the station process ended while writing (killed?)"
-SCHEMA_VERSION = 2      # each backend has one migration step per version (MIGRATIONS)
+SCHEMA_VERSION = 2  # each backend has one migration step per version (MIGRATIONS)
 MAX_REGISTER = 200_000  # units in one register call (one transaction)
 MAX_OUT_ENTRIES = 200_000
 MAX_RECENT = 1000
-RATE_WINDOW = timedelta(minutes=10)   # cards per hour = passed in the last 10 minutes x 6
+RATE_WINDOW = timedelta(minutes=10)  # cards per hour = passed in the last 10 minutes x 6
 
 _TOKEN = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 # Whether a unit (its key: the placeholder) has an attempt that counts: units.taken caches it.
-_TAKEN = "CASE WHEN EXISTS (SELECT 1 FROM attempts WHERE attempts.fingerprint = ? AND attempts.state <> 'refused')" \
-         " THEN 1 ELSE 0 END"
+_TAKEN = (
+    "CASE WHEN EXISTS (SELECT 1 FROM attempts WHERE attempts.fingerprint = ? AND attempts.state <> 'refused')"
+    " THEN 1 ELSE 0 END"
+)
 
 
 @dataclass(frozen=True)
@@ -77,58 +92,6 @@ class Db(Protocol):
     def one(self, sql: str, params: Sequence[Any] = ()) -> Mapping[str, Any] | None: ...
 
     def many(self, sql: str, params: Iterable[Sequence[Any]]) -> None: ...
-
-
-def migrations(*, identity: str, bigint: str, collate: str = "") -> list[tuple[str, ...]]:
-    """The schema's steps, one per version (step n takes a ledger from version n to n + 1), in a
-    backend's words: its identity column, its 64-bit integer, the collation that orders unit
-    names by code point (PostgreSQL's "C"; SQLite's default already does)."""
-    return [
-        (
-            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-            "INSERT INTO meta (key, value) VALUES ('schema_version', '1')",
-            f"""CREATE TABLE attempts (
-    id {identity},
-    unit TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    identity TEXT,
-    base_sha256 TEXT NOT NULL,
-    target TEXT NOT NULL,
-    serial TEXT,
-    station TEXT NOT NULL,
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    pid_start {bigint} NOT NULL,
-    pinned INTEGER NOT NULL CHECK (pinned IN (0, 1)),
-    started TEXT NOT NULL,
-    ended TEXT,
-    state TEXT NOT NULL CHECK (state IN ('writing', 'passed', 'failed', 'interrupted', 'refused')),
-    error TEXT,
-    bytes_written {bigint} NOT NULL DEFAULT 0,
-    zeroing TEXT,
-    checks TEXT,
-    times TEXT,
-    CHECK ((state = 'writing') = (ended IS NULL))
-)""",
-            "CREATE INDEX attempts_by_fingerprint ON attempts (fingerprint)",
-            "CREATE INDEX attempts_writing ON attempts (host) WHERE state = 'writing'",
-        ),
-        (
-            f"""CREATE TABLE units (
-    name TEXT{collate} PRIMARY KEY,
-    fingerprint TEXT NOT NULL UNIQUE,
-    identity TEXT,
-    base_sha256 TEXT NOT NULL,
-    registered TEXT NOT NULL,
-    taken INTEGER NOT NULL DEFAULT 0 CHECK (taken IN (0, 1))
-)""",
-            "CREATE INDEX units_free ON units (base_sha256, name) WHERE taken = 0",
-            "ALTER TABLE attempts ADD COLUMN slot TEXT",
-            "ALTER TABLE attempts ADD COLUMN token TEXT",
-            "CREATE UNIQUE INDEX attempts_by_token ON attempts (token)",
-            "CREATE INDEX attempts_passed ON attempts (ended) WHERE state = 'passed'",
-        ),
-    ]
 
 
 class Ledger:
@@ -178,8 +141,18 @@ class Ledger:
 
     # --- one card, named by the operator (flash) -----------------------------------------------
 
-    def begin(self, *, unit: str, fingerprint: str, base_sha256: str, target: str, serial: str | None,
-              pinned: bool, identity: dict | None = None, again: bool = False) -> int:
+    def begin(
+        self,
+        *,
+        unit: str,
+        fingerprint: str,
+        base_sha256: str,
+        target: str,
+        serial: str | None,
+        pinned: bool,
+        identity: dict | None = None,
+        again: bool = False,
+    ) -> int:
         """Take the unit for one card, or refuse (UsageError): retired, passed without `again`, or
         being written now. Decided and committed in one write transaction, so of two stations
         racing for a unit exactly one gets it, and the row survives a crash right after."""
@@ -190,45 +163,85 @@ class Ledger:
             self._lock_unit(db, fingerprint)
             rows = db.rows("SELECT * FROM attempts WHERE fingerprint = ? ORDER BY id", (fingerprint,))
             refuse_taken(unit, fingerprint, [export(row) for row in rows], again)
-            attempt = self._insert(db, "writing", unit=unit, fingerprint=fingerprint, base_sha256=base_sha256,
-                                   target=target, serial=serial, pinned=pinned, identity=identity)
+            attempt = self._insert(
+                db,
+                "writing",
+                unit=unit,
+                fingerprint=fingerprint,
+                base_sha256=base_sha256,
+                target=target,
+                serial=serial,
+                pinned=pinned,
+                identity=identity,
+            )
             db.rows("UPDATE units SET taken = 1 WHERE fingerprint = ?", (fingerprint,))
             assert attempt is not None
             return attempt
 
-    def refuse(self, *, unit: str, fingerprint: str, base_sha256: str, target: str, error: str,
-               pinned: bool, serial: str | None = None) -> int:
+    def refuse(
+        self,
+        *,
+        unit: str,
+        fingerprint: str,
+        base_sha256: str,
+        target: str,
+        error: str,
+        pinned: bool,
+        serial: str | None = None,
+    ) -> int:
         """Record an attempt refused before any byte was written (it does not retire the unit).
         Its digests are stored as given, not checked: a refusal is recorded whatever its input."""
         with self._transaction() as db:
-            attempt = self._insert(db, "refused", unit=unit, fingerprint=fingerprint, base_sha256=base_sha256,
-                                   target=target, serial=serial, pinned=pinned, identity=None, error=error)
+            attempt = self._insert(
+                db,
+                "refused",
+                unit=unit,
+                fingerprint=fingerprint,
+                base_sha256=base_sha256,
+                target=target,
+                serial=serial,
+                pinned=pinned,
+                identity=None,
+                error=error,
+            )
             assert attempt is not None
             return attempt
 
-    def end(self, attempt: int, state: str, *, error: str | None = None, bytes_written: int = 0,
-            zeroing: str | None = None, checks: list[dict] | None = None, times: dict | None = None) -> None:
+    def end(
+        self,
+        attempt: int,
+        state: str,
+        *,
+        error: str | None = None,
+        bytes_written: int = 0,
+        zeroing: str | None = None,
+        checks: list[dict] | None = None,
+        times: dict | None = None,
+    ) -> None:
         """End an attempt in 'writing' as passed, failed or interrupted, or as refused when not a
         byte was written after all (another card of its request was refused); else UsageError.
         Ending it again as the same state does nothing: a retry after a lost connection."""
         if state not in ENDINGS + ("refused",):
             raise UsageError(f"an attempt ends as passed, failed, interrupted or refused, not {state!r}")
         with self._statements() as db:
-            done = db.one("UPDATE attempts SET state = ?, ended = ?, error = ?, bytes_written = ?, zeroing = ?,"
-                          " checks = ?, times = ? WHERE id = ? AND state = 'writing' RETURNING fingerprint",
-                          (state, _now(), _line(error), int(bytes_written), _line(zeroing), _json(checks),
-                           _json(times), attempt))
+            done = db.one(
+                "UPDATE attempts SET state = ?, ended = ?, error = ?, bytes_written = ?, zeroing = ?,"
+                " checks = ?, times = ? WHERE id = ? AND state = 'writing' RETURNING fingerprint",
+                (state, _now(), _line(error), int(bytes_written), _line(zeroing), _json(checks), _json(times), attempt),
+            )
             if done is not None:
-                if state == "refused":   # not a byte written: the unit may be free again
+                if state == "refused":  # not a byte written: the unit may be free again
                     _refresh_taken(db, done["fingerprint"])
                 return
             row = db.one("SELECT state, fingerprint FROM attempts WHERE id = ?", (attempt,))
             if row is None:
                 raise UsageError(f"ledger {self.path} has no attempt {attempt}")
             if row["state"] != state:
-                raise UsageError(f"attempt {attempt} in ledger {self.path} has already ended as "
-                                 f"{_str(row['state'])}, not {state}; an attempt ends once")
-            if state == "refused":      # a repeat: its first call may have been cut before this
+                raise UsageError(
+                    f"attempt {attempt} in ledger {self.path} has already ended as "
+                    f"{_str(row['state'])}, not {state}; an attempt ends once"
+                )
+            if state == "refused":  # a repeat: its first call may have been cut before this
                 _refresh_taken(db, row["fingerprint"])
 
     def reap(self) -> list[int]:
@@ -254,15 +267,20 @@ class Ledger:
             for n, entry in enumerate(it):
                 if n >= MAX_OUT_ENTRIES:
                     raise UsageError(f"{out} holds more than {MAX_OUT_ENTRIES} entries: not an emit OUT")
-                if (not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)
-                        and os.path.lexists(os.path.join(entry.path, UNIT_FILE))):
+                if (
+                    not entry.name.startswith(".")
+                    and entry.is_dir(follow_symlinks=False)
+                    and os.path.lexists(os.path.join(entry.path, UNIT_FILE))
+                ):
                     entries.append(entry.name)
         units = []
         for name in sorted(entries):
             unit = load_unit(out / name, trust)
             if unit.name != name:
-                raise UsageError(f"{out / name} holds unit {unit.name!r}: a unit directory keeps its unit's "
-                                 "name; run emit again or rename it back")
+                raise UsageError(
+                    f"{out / name} holds unit {unit.name!r}: a unit directory keeps its unit's "
+                    "name; run emit again or rename it back"
+                )
             units.append(UnitEntry(unit.name, unit.fingerprint, dict(unit.identity or {}), unit.base_sha256))
         return units
 
@@ -283,13 +301,17 @@ class Ledger:
                     new.append((e.name, e.fingerprint, _json(e.identity), e.base_sha256, _now(), e.fingerprint))
                 elif (row["identity"], row["base_sha256"]) != (_json(e.identity), e.base_sha256):
                     changed.append((_json(e.identity), e.base_sha256, e.name))
-            db.many(f"INSERT INTO units (name, fingerprint, identity, base_sha256, registered, taken)"
-                    f" SELECT ?, ?, ?, ?, ?, {_TAKEN}", new)
+            db.many(
+                f"INSERT INTO units (name, fingerprint, identity, base_sha256, registered, taken)"
+                f" SELECT ?, ?, ?, ?, ?, {_TAKEN}",
+                new,
+            )
             db.many("UPDATE units SET identity = ?, base_sha256 = ? WHERE name = ?", changed)
             return len(new)
 
-    def allocate(self, *, slot: str, target: str, serial: str | None, base_sha256: str, pinned: bool,
-                 token: str) -> Allocation | None:
+    def allocate(
+        self, *, slot: str, target: str, serial: str | None, base_sha256: str, pinned: bool, token: str
+    ) -> Allocation | None:
         """Take the first free registered unit (by name) of this base for one card, and begin
         its attempt, in one transaction: exactly once across every station of the ledger. A
         token seen before gives back its attempt (a retry after a lost connection); None when
@@ -299,22 +321,36 @@ class Ledger:
         with self._transaction() as db:
             after = ""
             while True:
-                unit = db.one("UPDATE units SET taken = 1 WHERE name = (SELECT name FROM units WHERE base_sha256 = ?"
-                              f" AND taken = 0 AND name > ? ORDER BY name LIMIT 1{self._SKIP_LOCKED})"
-                              " RETURNING name, fingerprint, identity", (base_sha256, after))
+                unit = db.one(
+                    "UPDATE units SET taken = 1 WHERE name = (SELECT name FROM units WHERE base_sha256 = ?"
+                    f" AND taken = 0 AND name > ? ORDER BY name LIMIT 1{self._SKIP_LOCKED})"
+                    " RETURNING name, fingerprint, identity",
+                    (base_sha256, after),
+                )
                 if unit is None:
                     return _by_token(db, token, base_sha256, slot, self.path)
                 identity = _parsed(unit["identity"], dict)
-                attempt = self._insert(db, "writing", unit=unit["name"], fingerprint=unit["fingerprint"],
-                                       base_sha256=base_sha256, target=target, serial=serial, pinned=pinned,
-                                       identity=identity, slot=slot, token=token, if_free=True)
+                attempt = self._insert(
+                    db,
+                    "writing",
+                    unit=unit["name"],
+                    fingerprint=unit["fingerprint"],
+                    base_sha256=base_sha256,
+                    target=target,
+                    serial=serial,
+                    pinned=pinned,
+                    identity=identity,
+                    slot=slot,
+                    token=token,
+                    if_free=True,
+                )
                 if attempt is not None:
                     return Allocation(attempt, _str(unit["name"]) or "", _str(unit["fingerprint"]) or "", identity)
                 again = _by_token(db, token, base_sha256, slot, self.path)
-                if again is not None:   # a retry: its first call took a unit (this one is not taken)
+                if again is not None:  # a retry: its first call took a unit (this one is not taken)
                     _refresh_taken(db, unit["fingerprint"])
                     return again
-                after = unit["name"]    # its attempts say taken (and now so does units.taken)
+                after = unit["name"]  # its attempts say taken (and now so does units.taken)
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -366,15 +402,20 @@ class Ledger:
         minutes; the stations that have written to this ledger."""
         since = (datetime.now(UTC) - RATE_WINDOW).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         with self._reading() as db:
-            states = {r["state"]: int(r["n"])
-                      for r in db.rows("SELECT state, COUNT(*) AS n FROM attempts GROUP BY state")}
+            states = {
+                r["state"]: int(r["n"]) for r in db.rows("SELECT state, COUNT(*) AS n FROM attempts GROUP BY state")
+            }
             lately = db.one("SELECT COUNT(*) AS n FROM attempts WHERE state = 'passed' AND ended >= ?", (since,))
             free = db.one("SELECT COUNT(*) AS n FROM units WHERE taken = 0")
             retired = len(_retired(db))
             stations = db.rows("SELECT DISTINCT station FROM attempts ORDER BY station")
-        return {**{s: states.get(s, 0) for s in ENDINGS + ("writing",)}, "retired": retired,
-                "free": int(free["n"]) if free else 0, "per_hour": 6 * (int(lately["n"]) if lately else 0),
-                "stations": [name for name in (_str(r["station"]) for r in stations) if name]}
+        return {
+            **{s: states.get(s, 0) for s in ENDINGS + ("writing",)},
+            "retired": retired,
+            "free": int(free["n"]) if free else 0,
+            "per_hour": 6 * (int(lately["n"]) if lately else 0),
+            "stations": [name for name in (_str(r["station"]) for r in stations) if name],
+        }
 
     def report(self) -> list[dict[str, Any]]:
         """One row per unit (registered, or seen only in attempts), by name: see report_rows."""
@@ -390,22 +431,55 @@ class Ledger:
         gone = []
         for row in rows:
             if not _alive(row["pid"], row["pid_start"]):
-                done = db.rows("UPDATE attempts SET state = 'interrupted', ended = ?, error = ?"
-                               " WHERE id = ? AND state = 'writing' RETURNING id", (_now(), KILLED, row["id"]))
+                done = db.rows(
+                    "UPDATE attempts SET state = 'interrupted', ended = ?, error = ?"
+                    " WHERE id = ? AND state = 'writing' RETURNING id",
+                    (_now(), KILLED, row["id"]),
+                )
                 gone += [r["id"] for r in done]
         return gone
 
-    def _insert(self, db: Db, state: str, *, unit: str, fingerprint: str, base_sha256: str, target: str,
-                serial: str | None, pinned: bool, identity: dict | None, error: str | None = None,
-                slot: str | None = None, token: str | None = None, if_free: bool = False) -> int | None:
+    def _insert(
+        self,
+        db: Db,
+        state: str,
+        *,
+        unit: str,
+        fingerprint: str,
+        base_sha256: str,
+        target: str,
+        serial: str | None,
+        pinned: bool,
+        identity: dict | None,
+        error: str | None = None,
+        slot: str | None = None,
+        token: str | None = None,
+        if_free: bool = False,
+    ) -> int | None:
         """The attempt's id. With if_free (allocate), None and nothing inserted when the unit has
         an attempt that counts (a commit this transaction's snapshot missed, or a stale
         units.taken), or when the token is in the ledger already (a retry's first call)."""
         pid = os.getpid()
         started = _now()
-        values: tuple[Any, ...] = (_line(unit), _line(fingerprint), _json(identity), _line(base_sha256), _line(target),
-                  _line(serial), self.station, self.host, pid, _own_start(pid), int(bool(pinned)), started,
-                  None if state == "writing" else started, state, _line(error), _line(slot), token)
+        values: tuple[Any, ...] = (
+            _line(unit),
+            _line(fingerprint),
+            _json(identity),
+            _line(base_sha256),
+            _line(target),
+            _line(serial),
+            self.station,
+            self.host,
+            pid,
+            _own_start(pid),
+            int(bool(pinned)),
+            started,
+            None if state == "writing" else started,
+            state,
+            _line(error),
+            _line(slot),
+            token,
+        )
         guard = ""
         if if_free:
             guard = f" WHERE {_TAKEN} = 0 ON CONFLICT (token) DO NOTHING"
@@ -413,7 +487,9 @@ class Ledger:
         row = db.one(
             "INSERT INTO attempts (unit, fingerprint, identity, base_sha256, target, serial, station, host, pid,"
             " pid_start, pinned, started, ended, state, error, slot, token)"
-            " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?" + guard + " RETURNING id", values)
+            " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?" + guard + " RETURNING id",
+            values,
+        )
         return None if row is None else int(row["id"])
 
 
@@ -424,8 +500,10 @@ def _refresh_taken(db: Db, fingerprint: str) -> None:
 
 def _retired(db: Db) -> set[str]:
     states: dict[str, list[str]] = {}
-    for row in db.rows("SELECT fingerprint, state FROM attempts WHERE state IN ('passed', 'failed', 'interrupted')"
-                       " GROUP BY fingerprint, state"):
+    for row in db.rows(
+        "SELECT fingerprint, state FROM attempts WHERE state IN ('passed', 'failed', 'interrupted')"
+        " GROUP BY fingerprint, state"
+    ):
         states.setdefault(_str(row["fingerprint"]) or "", []).append(row["state"])
     return {fp for fp, seen in states.items() if derive_unit_state(seen) == "retired"}
 
@@ -436,10 +514,13 @@ def _by_token(db: Db, token: str, base_sha256: str, slot: str, path: str) -> All
     if row is None:
         return None
     if (row["base_sha256"], _str(row["slot"])) != (base_sha256, _line(slot)):
-        raise UsageError(f"allocation token of attempt {row['id']} in ledger {path} was used for slot "
-                         f"{_str(row['slot'])} and another base or slot now; give each allocation its own token")
-    return Allocation(int(row["id"]), _str(row["unit"]) or "", _str(row["fingerprint"]) or "",
-                      _parsed(row["identity"], dict))
+        raise UsageError(
+            f"allocation token of attempt {row['id']} in ledger {path} was used for slot "
+            f"{_str(row['slot'])} and another base or slot now; give each allocation its own token"
+        )
+    return Allocation(
+        int(row["id"]), _str(row["unit"]) or "", _str(row["fingerprint"]) or "", _parsed(row["identity"], dict)
+    )
 
 
 def _entries(entries: Iterable[UnitEntry]) -> list[UnitEntry]:
@@ -454,8 +535,10 @@ def _entries(entries: Iterable[UnitEntry]) -> list[UnitEntry]:
         if other is not None and other != e:
             raise UsageError(f"unit {e.name} is given twice, with two keys or identities; one unit, one entry")
         if keys.setdefault(e.fingerprint, e.name) != e.name:
-            raise UsageError(f"units {keys[e.fingerprint]} and {e.name} have the same key "
-                             f"({e.fingerprint[:16]}...): one key, one unit")
+            raise UsageError(
+                f"units {keys[e.fingerprint]} and {e.name} have the same key "
+                f"({e.fingerprint[:16]}...): one key, one unit"
+            )
         out[e.name] = e
     return list(out.values())
 
@@ -466,18 +549,26 @@ def _entry(e: UnitEntry) -> UnitEntry:
         raise UsageError(f"unit name {_str(name)!r:.80} is not a name of up to 255 printable characters")
     if not isinstance(e.identity, dict):
         raise UsageError(f"unit {name}: its identity is not an object")
-    return UnitEntry(name, _digest(e.fingerprint, f"unit {name}: fingerprint"), e.identity,
-                     _digest(e.base_sha256, f"unit {name}: base sha256"))
+    return UnitEntry(
+        name,
+        _digest(e.fingerprint, f"unit {name}: fingerprint"),
+        e.identity,
+        _digest(e.base_sha256, f"unit {name}: base sha256"),
+    )
 
 
 def _refuse_conflict(e: UnitEntry, row: Mapping[str, Any] | None, name_of_key: str | None, path: str) -> None:
     if row is not None and row["fingerprint"] != e.fingerprint:
-        raise UsageError(f"unit {e.name} is in ledger {path} with key {_str(row['fingerprint'])!s:.16}..., "
-                         f"not {e.fingerprint[:16]}...: two units of one name; give each OUT its own unit names "
-                         "or its own ledger")
+        raise UsageError(
+            f"unit {e.name} is in ledger {path} with key {_str(row['fingerprint'])!s:.16}..., "
+            f"not {e.fingerprint[:16]}...: two units of one name; give each OUT its own unit names "
+            "or its own ledger"
+        )
     if name_of_key is not None and name_of_key != e.name:
-        raise UsageError(f"unit {e.name} has the key of unit {name_of_key} in ledger {path} "
-                         f"({e.fingerprint[:16]}...): one key, one unit; was the unit renamed?")
+        raise UsageError(
+            f"unit {e.name} has the key of unit {name_of_key} in ledger {path} "
+            f"({e.fingerprint[:16]}...): one key, one unit; was the unit renamed?"
+        )
 
 
 def _token(token: Any) -> str:

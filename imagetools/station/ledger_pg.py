@@ -29,20 +29,27 @@ from ..errors import EnvironmentProblem, ImageToolsError, LedgerUnavailable, Usa
 from . import ledger_base as common
 from .ledger_base import SCHEMA_VERSION, Db, Ledger
 from .ledger_rules import _line
+from .ledger_schema import migrations
 from .ledger_sqlite import check_version, expected_columns
 
-CONNECT_SECONDS = 5         # libpq's connect_timeout (at least 2)
+CONNECT_SECONDS = 5  # libpq's connect_timeout (at least 2)
 STATEMENT_SECONDS = 30
-IDLE_SECONDS = 60           # a station frozen inside a transaction lets go of its locks
+IDLE_SECONDS = 60  # a station frozen inside a transaction lets go of its locks
 # A peer that vanished (cable pulled) is noticed within about 15 s, reading or writing.
-_NETWORK: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
-            "tcp_user_timeout": 15000}
+_NETWORK: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15000,
+}
 _SECRET_PARAMS = ("password", "sslpassword")
 _GONE = (pg_errors.AdminShutdown, pg_errors.CrashShutdown, pg_errors.CannotConnectNow)
 _WAITED = (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)
 
-MIGRATIONS = common.migrations(identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", bigint="BIGINT",
-                        collate=' COLLATE "C"')
+MIGRATIONS = migrations(
+    identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", bigint="BIGINT", collate=' COLLATE "C"'
+)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -98,9 +105,11 @@ class PostgresLedger(Ledger):
     def _check_url(self) -> None:
         try:
             conninfo_to_dict(self._url)
-        except (psycopg.Error, ValueError) as exc:   # ValueError: %-escapes that are not UTF-8
-            raise UsageError(f"ledger {self.path} is not a PostgreSQL URL libpq reads "
-                             f"({self._scrub(exc)}); see docs/line-postgresql.md") from None
+        except (psycopg.Error, ValueError) as exc:  # ValueError: %-escapes that are not UTF-8
+            raise UsageError(
+                f"ledger {self.path} is not a PostgreSQL URL libpq reads "
+                f"({self._scrub(exc)}); see docs/line-postgresql.md"
+            ) from None
 
     def _prepare(self) -> None:
         with self._transaction() as db:
@@ -153,16 +162,25 @@ class PostgresLedger(Ledger):
 
     def _dial(self) -> psycopg.Connection[Any]:
         try:
-            conn = psycopg.connect(self._url, autocommit=True, row_factory=dict_row,
-                                   connect_timeout=CONNECT_SECONDS, application_name="imagetools ledger",
-                                   **_NETWORK)
+            conn = psycopg.connect(
+                self._url,
+                autocommit=True,
+                row_factory=dict_row,
+                connect_timeout=CONNECT_SECONDS,
+                application_name="imagetools ledger",
+                **_NETWORK,
+            )
         except psycopg.Error as exc:
-            raise LedgerUnavailable(f"cannot reach ledger {self.path} ({self._scrub(exc)}); new cards wait: "
-                                    "check that PostgreSQL runs and the network, then try again") from None
+            raise LedgerUnavailable(
+                f"cannot reach ledger {self.path} ({self._scrub(exc)}); new cards wait: "
+                "check that PostgreSQL runs and the network, then try again"
+            ) from None
         try:
-            conn.execute("SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false),"
-                         " set_config('idle_in_transaction_session_timeout', %s, false)",
-                         (f"{int(common.BUSY_SECONDS * 1000)}ms", f"{STATEMENT_SECONDS}s", f"{IDLE_SECONDS}s"))
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false),"
+                " set_config('idle_in_transaction_session_timeout', %s, false)",
+                (f"{int(common.BUSY_SECONDS * 1000)}ms", f"{STATEMENT_SECONDS}s", f"{IDLE_SECONDS}s"),
+            )
         except BaseException:
             conn.close()
             raise
@@ -183,26 +201,35 @@ class PostgresLedger(Ledger):
             raise
         except psycopg.Error as exc:
             if isinstance(exc, (psycopg.ProgrammingError, psycopg.DataError)) and exc.sqlstate is None:
-                raise   # refused by the driver, not the server: a bug of the caller, as on SQLite
+                raise  # refused by the driver, not the server: a bug of the caller, as on SQLite
             lost = isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) and (
-                self._conn is None or self._conn.closed or self._conn.broken or isinstance(exc, _GONE))
+                self._conn is None or self._conn.closed or self._conn.broken or isinstance(exc, _GONE)
+            )
             if lost:
                 self._drop()
-                raise LedgerUnavailable(f"lost the connection to ledger {self.path} ({self._scrub(exc)}); "
-                                        "new cards wait: the next call connects again") from None
+                raise LedgerUnavailable(
+                    f"lost the connection to ledger {self.path} ({self._scrub(exc)}); "
+                    "new cards wait: the next call connects again"
+                ) from None
             raise self._error(exc) from None
 
     def _error(self, exc: psycopg.Error) -> ImageToolsError:
         text = self._scrub(exc)
         if isinstance(exc, _WAITED):
-            return EnvironmentProblem(f"ledger {self.path} is locked by another station for more than "
-                                      f"{common.BUSY_SECONDS:g} s ({text}); run again, or look for a stuck "
-                                      "session in pg_stat_activity")
+            return EnvironmentProblem(
+                f"ledger {self.path} is locked by another station for more than "
+                f"{common.BUSY_SECONDS:g} s ({text}); run again, or look for a stuck "
+                "session in pg_stat_activity"
+            )
         if isinstance(exc, (pg_errors.InsufficientPrivilege, psycopg.OperationalError)):
-            return EnvironmentProblem(f"ledger {self.path} refuses this station ({text}); "
-                                      "see docs/line-postgresql.md for the role and database a line needs")
-        return UsageError(f"ledger {self.path} does not hold the ledger this imagetools expects ({text}); "
-                          "give the line's ledger its own database")
+            return EnvironmentProblem(
+                f"ledger {self.path} refuses this station ({text}); "
+                "see docs/line-postgresql.md for the role and database a line needs"
+            )
+        return UsageError(
+            f"ledger {self.path} does not hold the ledger this imagetools expects ({text}); "
+            "give the line's ledger its own database"
+        )
 
     def _scrub(self, exc: BaseException) -> str:
         """The server's or driver's message as one line (not the statement it quotes), without
@@ -235,7 +262,7 @@ def _secrets(url: str) -> tuple[str, ...]:
     try:
         found |= {str(conninfo_to_dict(url).get(k) or "") for k in _SECRET_PARAMS}
     except (psycopg.Error, ValueError):
-        pass    # refused by _check_url; the written forms below are scrubbed still
+        pass  # refused by _check_url; the written forms below are scrubbed still
     rest = url.partition("://")[2]
     at = rest.rfind("@")
     if at >= 0:
@@ -261,13 +288,19 @@ def _lock_key(name: str) -> int:
 def _schema_version(db: _Db, path: str) -> int:
     """0 for a database without our tables, else meta's schema_version; a database that holds
     tables of these names but no meta is someone else's."""
-    tables = {r["relname"] for r in db.rows(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = current_schema() AND c.relname IN ('meta', 'units', 'attempts')")}
+    tables = {
+        r["relname"]
+        for r in db.rows(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = current_schema() AND c.relname IN ('meta', 'units', 'attempts')"
+        )
+    }
     if "meta" not in tables:
         if tables:
-            raise UsageError(f"ledger {path} holds table(s) {', '.join(sorted(tables))} but no meta table: "
-                             "not an imagetools ledger; give the line's ledger its own database")
+            raise UsageError(
+                f"ledger {path} holds table(s) {', '.join(sorted(tables))} but no meta table: "
+                "not an imagetools ledger; give the line's ledger its own database"
+            )
         return 0
     row = db.one("SELECT value FROM meta WHERE key = 'schema_version'")
     return check_version(row["value"] if row else None, path)
@@ -276,10 +309,14 @@ def _schema_version(db: _Db, path: str) -> int:
 def _check_schema(db: _Db, path: str) -> None:
     """Each table holds exactly the columns of the SQLite ledger, in its order."""
     found: dict[str, list[str]] = {}
-    for r in db.rows("SELECT table_name, column_name FROM information_schema.columns WHERE table_schema ="
-                     " current_schema() AND table_name IN ('meta', 'units', 'attempts') ORDER BY ordinal_position"):
+    for r in db.rows(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema ="
+        " current_schema() AND table_name IN ('meta', 'units', 'attempts') ORDER BY ordinal_position"
+    ):
         found.setdefault(r["table_name"], []).append(r["column_name"])
     differ = sorted(t for t, cols in expected_columns().items() if tuple(found.get(t, ())) != cols)
     if differ:
-        raise UsageError(f"ledger {path} is not an imagetools ledger (schema version {SCHEMA_VERSION}, but "
-                         f"table(s) {', '.join(differ)} differ from it); give the line's ledger its own database")
+        raise UsageError(
+            f"ledger {path} is not an imagetools ledger (schema version {SCHEMA_VERSION}, but "
+            f"table(s) {', '.join(differ)} differ from it); give the line's ledger its own database"
+        )

@@ -15,8 +15,8 @@ from ..errors import EnvironmentProblem, ImageToolsError, UsageError
 from ..strict import loads
 
 ENDINGS = ("passed", "failed", "interrupted")
-RETIRING = frozenset({"failed", "interrupted"})   # the key went onto a card that did not pass
-MAX_TEXT = 2000         # one-line text columns (error, target, ...) are cut here
+RETIRING = frozenset({"failed", "interrupted"})  # the key went onto a card that did not pass
+MAX_TEXT = 2000  # one-line text columns (error, target, ...) are cut here
 # What a report row says about a unit: the state of the attempt that decides it, or free.
 REPORT_STATES = ("free", "writing", "passed", "failed", "interrupted")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -70,16 +70,28 @@ def report_rows(units: Iterable[Mapping[str, Any]], attempts: list[dict[str, Any
     return sorted(rows, key=lambda r: (r["name"] or "", r["fingerprint"] or ""))
 
 
-def _report_row(name: str | None, fingerprint: str | None, identity: dict | None,
-                attempts: list[dict[str, Any]]) -> dict[str, Any]:
+def _report_row(
+    name: str | None, fingerprint: str | None, identity: dict | None, attempts: list[dict[str, Any]]
+) -> dict[str, Any]:
     state, decider = deciding_attempt(attempts)
     a = decider or {}
-    return {"name": name, "identity": identity, "fingerprint": fingerprint, "state": state,
-            "unit_state": derive_unit_state(x["state"] for x in attempts), "serial": a.get("serial"),
-            "station": a.get("station"), "slot": a.get("slot"), "target": a.get("target"),
-            "started": a.get("started"), "ended": a.get("ended"), "bytes_written": a.get("bytes_written"),
-            "error": a.get("error"), "attempt": a.get("attempt"),
-            "attempts": sum(x["state"] != "refused" for x in attempts)}
+    return {
+        "name": name,
+        "identity": identity,
+        "fingerprint": fingerprint,
+        "state": state,
+        "unit_state": derive_unit_state(x["state"] for x in attempts),
+        "serial": a.get("serial"),
+        "station": a.get("station"),
+        "slot": a.get("slot"),
+        "target": a.get("target"),
+        "started": a.get("started"),
+        "ended": a.get("ended"),
+        "bytes_written": a.get("bytes_written"),
+        "error": a.get("error"),
+        "attempt": a.get("attempt"),
+        "attempts": sum(x["state"] != "refused" for x in attempts),
+    }
 
 
 def refuse_taken(unit: str, fingerprint: str, attempts: list[dict[str, Any]], again: bool) -> None:
@@ -88,18 +100,24 @@ def refuse_taken(unit: str, fingerprint: str, attempts: list[dict[str, Any]], ag
     state = derive_unit_state(a["state"] for a in attempts)
     if state == "retired":
         first = next(a for a in attempts if a["state"] in RETIRING)
-        raise UsageError(f"{key} is retired: attempt {first['attempt']} onto {first['target']} at "
-                         f"{first['started']} ended {first['state']} ({first['error'] or 'no error text'}); "
-                         "its key must never ship on another card, even with --again; flash another unit, "
-                         "and `imagetools preauth remove` can take this key off the server")
+        raise UsageError(
+            f"{key} is retired: attempt {first['attempt']} onto {first['target']} at "
+            f"{first['started']} ended {first['state']} ({first['error'] or 'no error text'}); "
+            "its key must never ship on another card, even with --again; flash another unit, "
+            "and `imagetools preauth remove` can take this key off the server"
+        )
     if state == "passed" and not again:
         last = [a for a in attempts if a["state"] == "passed"][-1]
-        raise UsageError(f"{key} was already flashed to {last['target']} at {last['started']} "
-                         f"(attempt {last['attempt']}, station {last['station']}); --again to flash it once more")
+        raise UsageError(
+            f"{key} was already flashed to {last['target']} at {last['started']} "
+            f"(attempt {last['attempt']}, station {last['station']}); --again to flash it once more"
+        )
     live = next((a for a in attempts if a["state"] == "writing"), None)
     if live is not None:
-        raise UsageError(f"{key} is being written by station {live['station']} on host {live['host']} since "
-                         f"{live['started']} (attempt {live['attempt']}); flash another unit or wait for it")
+        raise UsageError(
+            f"{key} is being written by station {live['station']} on host {live['host']} since "
+            f"{live['started']} (attempt {live['attempt']}); flash another unit or wait for it"
+        )
 
 
 def export(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -109,13 +127,26 @@ def export(row: Mapping[str, Any]) -> dict[str, Any]:
     state = _str(row["state"])
     started = _str(row["started"])
     return {
-        "attempt": _int(row["id"]), "unit": _str(row["unit"]), "fingerprint": _str(row["fingerprint"]),
-        "identity": _parsed(row["identity"], dict), "base_sha256": _str(row["base_sha256"]),
-        "target": _str(row["target"]), "serial": _str(row["serial"]), "station": _str(row["station"]),
-        "host": _str(row["host"]), "slot": _str(row["slot"]), "pinned": row["pinned"] == 1, "started": started,
-        "ended": _str(row["ended"]), "time": started, "state": state, "ok": state == "passed",
-        "error": _str(row["error"]), "bytes_written": _int(row["bytes_written"]),
-        "zeroing": _str(row["zeroing"]), "checks": _parsed(row["checks"], list),
+        "attempt": _int(row["id"]),
+        "unit": _str(row["unit"]),
+        "fingerprint": _str(row["fingerprint"]),
+        "identity": _parsed(row["identity"], dict),
+        "base_sha256": _str(row["base_sha256"]),
+        "target": _str(row["target"]),
+        "serial": _str(row["serial"]),
+        "station": _str(row["station"]),
+        "host": _str(row["host"]),
+        "slot": _str(row["slot"]),
+        "pinned": row["pinned"] == 1,
+        "started": started,
+        "ended": _str(row["ended"]),
+        "time": started,
+        "state": state,
+        "ok": state == "passed",
+        "error": _str(row["error"]),
+        "bytes_written": _int(row["bytes_written"]),
+        "zeroing": _str(row["zeroing"]),
+        "checks": _parsed(row["checks"], list),
         "times": _parsed(row["times"], dict),
     }
 
@@ -140,8 +171,9 @@ def _start_time(pid: int) -> int | None:
 def _own_start(pid: int) -> int:
     start = _start_time(pid)
     if start is None:
-        raise EnvironmentProblem(f"cannot read /proc/{pid}/stat; the ledger needs /proc to tell a running "
-                                 "flash from a killed one")
+        raise EnvironmentProblem(
+            f"cannot read /proc/{pid}/stat; the ledger needs /proc to tell a running flash from a killed one"
+        )
     return start
 
 

@@ -20,14 +20,22 @@ from ..strict import require_regular
 from . import ledger_base as common
 from .ledger_base import SCHEMA_VERSION, Ledger
 from .ledger_rules import _line, _str
+from .ledger_schema import migrations
 
-MIGRATIONS = common.migrations(identity="INTEGER PRIMARY KEY AUTOINCREMENT", bigint="INTEGER")
+MIGRATIONS = migrations(identity="INTEGER PRIMARY KEY AUTOINCREMENT", bigint="INTEGER")
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 _VERSION_TEXT = frozenset("0123456789")
 _LOCKED_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
-_HOST_CODES = {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN,
-               sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH, sqlite3.SQLITE_PROTOCOL}
+_HOST_CODES = {
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_PERM,
+    sqlite3.SQLITE_AUTH,
+    sqlite3.SQLITE_PROTOCOL,
+}
 
 
 class _Db:
@@ -60,8 +68,7 @@ class SqliteLedger(Ledger):
         host's attempts whose process has gone."""
         _check_path(path)
         with _mapped(path):
-            conn = sqlite3.connect(path, timeout=common.BUSY_SECONDS, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(path, timeout=common.BUSY_SECONDS, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         ledger = cls(path, conn, station)
         try:
@@ -83,8 +90,10 @@ class SqliteLedger(Ledger):
             _schema_version(self._conn, self.path)
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
-                raise EnvironmentProblem(f"ledger {self.path} cannot use WAL mode (it stays in {mode!r}); "
-                                         "put the ledger on a local filesystem")
+                raise EnvironmentProblem(
+                    f"ledger {self.path} cannot use WAL mode (it stays in {mode!r}); "
+                    "put the ledger on a local filesystem"
+                )
             self._conn.execute("PRAGMA synchronous=FULL")
         with self._transaction() as db:
             conn = db._conn
@@ -127,8 +136,9 @@ def _check_path(path: str) -> None:
     except FileNotFoundError:
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
-            raise UsageError(f"the directory of ledger {path} does not exist; create {parent} "
-                             "or name another ledger path") from None
+            raise UsageError(
+                f"the directory of ledger {path} does not exist; create {parent} or name another ledger path"
+            ) from None
         return
     except OSError as exc:
         raise from_oserror(exc, f"cannot use ledger {path}", UsageError) from None
@@ -144,7 +154,7 @@ def _mapped(path: str) -> Iterator[None]:
     try:
         yield
     except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
-        raise   # a bug of the caller (a closed ledger, a value sqlite cannot store), not of the file
+        raise  # a bug of the caller (a closed ledger, a value sqlite cannot store), not of the file
     except sqlite3.Error as exc:
         raise _error(path, exc) from None
 
@@ -153,12 +163,16 @@ def _error(path: str, exc: sqlite3.Error) -> ImageToolsError:
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     text = _line(str(exc))
     if code in _LOCKED_CODES:
-        return EnvironmentProblem(f"ledger {path} is locked by another station for more than "
-                                  f"{common.BUSY_SECONDS:g} s; run again, or find the process holding it "
-                                  f"(fuser {path})")
+        return EnvironmentProblem(
+            f"ledger {path} is locked by another station for more than "
+            f"{common.BUSY_SECONDS:g} s; run again, or find the process holding it "
+            f"(fuser {path})"
+        )
     if code in _HOST_CODES:
-        return EnvironmentProblem(f"cannot write ledger {path} ({text}); the station writes the ledger and its "
-                                  "-wal and -shm files beside it: name a ledger path in a writable directory")
+        return EnvironmentProblem(
+            f"cannot write ledger {path} ({text}); the station writes the ledger and its "
+            "-wal and -shm files beside it: name a ledger path in a writable directory"
+        )
     if code == sqlite3.SQLITE_CORRUPT:
         return UsageError(f"ledger {path} is damaged ({text}); keep it for inspection and name a new ledger file")
     return UsageError(f"{path} is not an imagetools ledger ({text}); name another ledger file")
@@ -171,8 +185,9 @@ def _schema_version(db: sqlite3.Connection, path: str) -> int:
     if not names:
         return 0
     if "meta" not in names:
-        raise UsageError(f"{path} is not an imagetools ledger (an SQLite database without a meta table); "
-                         "name another ledger file")
+        raise UsageError(
+            f"{path} is not an imagetools ledger (an SQLite database without a meta table); name another ledger file"
+        )
     row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     return check_version(row[0] if row else None, path)
 
@@ -181,11 +196,14 @@ def check_version(value: Any, path: str) -> int:
     """meta's schema_version as a number (both backends): refused when it is none, or newer
     than this code knows."""
     if not isinstance(value, str) or not 0 < len(value) <= 9 or not set(value) <= _VERSION_TEXT or int(value) < 1:
-        raise UsageError(f"{path} is not an imagetools ledger (schema_version {_str(value)!r:.40}); "
-                         "name another ledger")
+        raise UsageError(
+            f"{path} is not an imagetools ledger (schema_version {_str(value)!r:.40}); name another ledger"
+        )
     if int(value) > SCHEMA_VERSION:
-        raise UsageError(f"ledger {path} has schema version {value}, newer than this imagetools knows "
-                         f"({SCHEMA_VERSION}); use the imagetools that wrote it, or a newer one")
+        raise UsageError(
+            f"ledger {path} has schema version {value}, newer than this imagetools knows "
+            f"({SCHEMA_VERSION}); use the imagetools that wrote it, or a newer one"
+        )
     return int(value)
 
 
@@ -201,14 +219,18 @@ def _check_schema(db: sqlite3.Connection, path: str) -> None:
     altered table would change what an insert does."""
     differ = sorted({obj[1] for obj in _objects(db) ^ _expected_objects()})
     if differ:
-        raise UsageError(f"{path} is not an imagetools ledger (schema version {SCHEMA_VERSION}, but "
-                         f"{', '.join(differ[:5])} differ from it); name another ledger file")
+        raise UsageError(
+            f"{path} is not an imagetools ledger (schema version {SCHEMA_VERSION}, but "
+            f"{', '.join(differ[:5])} differ from it); name another ledger file"
+        )
 
 
 def _objects(db: sqlite3.Connection) -> frozenset[tuple[Any, ...]]:
     """Tables, indexes and triggers (not the statistics an operator's ANALYZE may add)."""
-    return frozenset(tuple(row) for row in db.execute(
-        "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_stat%'"))
+    return frozenset(
+        tuple(row)
+        for row in db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_stat%'")
+    )
 
 
 @functools.cache
@@ -218,8 +240,10 @@ def _reference() -> tuple[frozenset[tuple[Any, ...]], dict[str, tuple[str, ...]]
     db = sqlite3.connect(":memory:", isolation_level=None)
     try:
         _migrate(db, 0)
-        columns = {table: tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
-                   for table in ("meta", "units", "attempts")}
+        columns = {
+            table: tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
+            for table in ("meta", "units", "attempts")
+        }
         return _objects(db), columns
     finally:
         db.close()

@@ -16,7 +16,7 @@ from ..verify import DEFAULT_KEY_PATH, data_path
 from .zeroing import Needs, must_zero
 
 BLOCK = 4096
-LEDGER_FILE = "ledger.sqlite"   # beside the units: OUT/ledger.sqlite
+LEDGER_FILE = "ledger.sqlite"  # beside the units: OUT/ledger.sqlite
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Plan:
     unit: Unit
     zeros: tuple[tuple[int, int], ...] = ()
     inputs: tuple[str, ...] = field(default=())
-    ledger: str | None = None    # the ledger beside the unit's OUT (or the key file)
+    ledger: str | None = None  # the ledger beside the unit's OUT (or the key file)
     journals: tuple[tuple[int, int], ...] = ()
 
     @property
@@ -42,16 +42,17 @@ class Plan:
         return mapped + sum(len(d) for _, d in self.patches) + sum(b - a for a, b in self.zeros)
 
 
-def plan_unit(base: str | os.PathLike, unit_dir: str | os.PathLike,
-              trust: str | os.PathLike | None = None) -> Plan:
+def plan_unit(base: str | os.PathLike, unit_dir: str | os.PathLike, trust: str | os.PathLike | None = None) -> Plan:
     """A published unit over BASE: its signature checked, the base the one it was made from,
     a delta bound to the base's own data partition."""
     require_base(base)
     unit = load_unit(unit_dir, trust)
     base_map = block_map(base)
     if base_map.sha256 != unit.base_sha256:
-        raise UsageError(f"{base} (sha256 {base_map.sha256[:16]}...) is not the base {unit_dir} was "
-                         f"made from (sha256 {unit.base_sha256[:16]}...)")
+        raise UsageError(
+            f"{base} (sha256 {base_map.sha256[:16]}...) is not the base {unit_dir} was "
+            f"made from (sha256 {unit.base_sha256[:16]}...)"
+        )
     unit_dir = Path(unit_dir)
     inputs = (str(base), *(str(unit_dir / n) for n in sorted(os.listdir(unit_dir))))
     ledger = str(unit_dir.resolve().parent / LEDGER_FILE)
@@ -63,8 +64,9 @@ def plan_unit(base: str | os.PathLike, unit_dir: str | os.PathLike,
         return Plan(str(unit.image), size, tuple(ranges), (), unit, needs.zeros, inputs, ledger, needs.journals)
     bound_to_base(unit.delta, base, base_map, str(unit_dir))
     needs = _needs(str(base), base_map.ranges, base_map.size)
-    return Plan(str(base), base_map.size, base_map.ranges, unit.delta.extents, unit, needs.zeros, inputs, ledger,
-                needs.journals)
+    return Plan(
+        str(base), base_map.size, base_map.ranges, unit.delta.extents, unit, needs.zeros, inputs, ledger, needs.journals
+    )
 
 
 def _unmapped_image(unit: Unit) -> tuple[BlockRange, ...]:
@@ -74,8 +76,10 @@ def _unmapped_image(unit: Unit) -> tuple[BlockRange, ...]:
     image_map = block_map(unit.image, use_bmap=False)
     want = unit.record.image_sha256 if unit.record else None
     if want is None or image_map.sha256 != want:
-        raise UsageError(f"{unit.image} has no signed bmap and does not match the SHA-256 its unit.json records "
-                         f"({(want or 'none')[:16]}...): the unit is damaged or was altered; emit it again")
+        raise UsageError(
+            f"{unit.image} has no signed bmap and does not match the SHA-256 its unit.json records "
+            f"({(want or 'none')[:16]}...): the unit is damaged or was altered; emit it again"
+        )
     return image_map.ranges
 
 
@@ -92,12 +96,22 @@ def plan_key(base: str | os.PathLike, key_file: str | os.PathLike) -> Plan:
     delta, fsck = make_delta(base, data, pem, data_path(DEFAULT_KEY_PATH), base_map.sha256)
     if fsck.status != "pass":
         raise UsageError(f"{base}: the data partition with the key injected fails e2fsck: {fsck.detail}")
-    unit = Unit(key_unit_name(Path(key_file)), keys.fingerprint(private), private.public_key(),
-                base_map.sha256, delta=delta)
+    unit = Unit(
+        key_unit_name(Path(key_file)), keys.fingerprint(private), private.public_key(), base_map.sha256, delta=delta
+    )
     ledger = str(Path(key_file).resolve().parent / LEDGER_FILE)
     needs = _needs(str(base), base_map.ranges, base_map.size)
-    return Plan(str(base), base_map.size, base_map.ranges, delta.extents, unit, needs.zeros,
-                (str(base), str(key_file)), ledger, needs.journals)
+    return Plan(
+        str(base),
+        base_map.size,
+        base_map.ranges,
+        delta.extents,
+        unit,
+        needs.zeros,
+        (str(base), str(key_file)),
+        ledger,
+        needs.journals,
+    )
 
 
 def key_unit_name(key_file: Path) -> str:

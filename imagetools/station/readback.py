@@ -40,11 +40,11 @@ if TYPE_CHECKING:
 
 BLOCK = bmap.BLOCK_SIZE
 _CHUNK = 4 << 20
-_GAP = 64 << 10      # a gap this small between checked bytes is read through: one request, not two
-_AHEAD = 3           # read-back buffers in turn: one being checked, the next ones being read
+_GAP = 64 << 10  # a gap this small between checked bytes is read through: one request, not two
+_AHEAD = 3  # read-back buffers in turn: one being checked, the next ones being read
 _ZEROS = bytes(_CHUNK)
-JBD2_MAGIC = b"\xc0\x3b\x39\x98"   # journal_header_t.h_magic, big-endian on disk
-_SECTOR = 512        # every fs block starts at a multiple of it: so may a journal header
+JBD2_MAGIC = b"\xc0\x3b\x39\x98"  # journal_header_t.h_magic, big-endian on disk
+_SECTOR = 512  # every fs block starts at a multiple of it: so may a journal header
 Span = tuple[int, int]
 
 
@@ -60,12 +60,12 @@ class Expected:
     """What a card must read back: the layout a flash wrote, in the order it wrote it (zeros,
     then the ranges over them, then the patches over both)."""
 
-    size: int                                    # image size in bytes
-    ranges: Sequence[bmap.BlockRange]            # the source's mapped ranges with sha256
-    patches: Sequence[tuple[int, bytes]]         # (byte offset, bytes) written over the ranges; disjoint
-    zeros: Sequence[tuple[int, int]] = ()        # byte ranges [start, end) written as zeros
-    source: str | None = None                    # the ranges' file: needed only where a patch overlaps one
-    journals: Sequence[tuple[int, int]] = ()     # byte ranges [start, end) where no JBD2 header may be
+    size: int  # image size in bytes
+    ranges: Sequence[bmap.BlockRange]  # the source's mapped ranges with sha256
+    patches: Sequence[tuple[int, bytes]]  # (byte offset, bytes) written over the ranges; disjoint
+    zeros: Sequence[tuple[int, int]] = ()  # byte ranges [start, end) written as zeros
+    source: str | None = None  # the ranges' file: needed only where a patch overlaps one
+    journals: Sequence[tuple[int, int]] = ()  # byte ranges [start, end) where no JBD2 header may be
 
     @property
     def total(self) -> int:
@@ -96,8 +96,9 @@ class _Check:
         return f"blocks {self.start // BLOCK}-{(self.end - 1) // BLOCK}"
 
 
-def read_back(target: str | os.PathLike | int, expected: Expected,
-              progress: Callable[[int], object] = lambda n: None) -> int:
+def read_back(
+    target: str | os.PathLike | int, expected: Expected, progress: Callable[[int], object] = lambda n: None
+) -> int:
     """Check what TARGET holds against what a flash wrote, reading the medium (not the page
     cache). Returns the bytes checked (expected.total); VerifyFailed naming the first bad range.
     An int TARGET is an open fd, used as it is (cached pages dropped, not closed)."""
@@ -118,12 +119,17 @@ def expected_of(plan: Plan, zeroing: str | None) -> Expected:
     """What a card flashed with PLAN must read back. The zeros and the journals only where a flash
     wrote them (writer.make_zeros: "written", "write-zeroes"): a file's holes were punched."""
     card = zeroing in ("written", "write-zeroes")
-    return Expected(plan.size, plan.ranges, plan.patches, plan.zeros if card else (), plan.source,
-                    plan.journals if card else ())
+    return Expected(
+        plan.size, plan.ranges, plan.patches, plan.zeros if card else (), plan.source, plan.journals if card else ()
+    )
 
 
-def check_card(target: str | os.PathLike, base: str | os.PathLike, unit_dir: str | os.PathLike | None = None,
-               trust: str | os.PathLike | None = None) -> int:
+def check_card(
+    target: str | os.PathLike,
+    base: str | os.PathLike,
+    unit_dir: str | os.PathLike | None = None,
+    trust: str | os.PathLike | None = None,
+) -> int:
     """Read-only check of a card flashed with BASE (and UNIT_DIR), e.g. at a QA station: every
     mapped range of the image and the unit's blocks (its signature checked, its delta bound to
     BASE, as for a flash), and no stale header in the journals. Returns bytes checked;
@@ -136,8 +142,7 @@ def check_card(target: str | os.PathLike, base: str | os.PathLike, unit_dir: str
         journals = must_zero(base, base_map.ranges, base_map.size).journals
         return read_back(target, Expected(base_map.size, base_map.ranges, (), journals=journals))
     plan = plan_unit(base, unit_dir, trust)
-    return read_back(target, Expected(plan.size, plan.ranges, plan.patches, source=plan.source,
-                                      journals=plan.journals))
+    return read_back(target, Expected(plan.size, plan.ranges, plan.patches, source=plan.source, journals=plan.journals))
 
 
 def _checks(expected: Expected) -> list[_Check]:
@@ -153,11 +158,12 @@ def _checks(expected: Expected) -> list[_Check]:
         raise UsageError("patches overlap: they must be disjoint (a delta's extents are)")
     checks = [_range_check(r, span, patches, patch_spans) for r, span in ranges]
     for (off, data), span in zip(patches, patch_spans):
-        checks += [_Check(a, b, data[a - off:b - off], "the unit's blocks") for a, b in _minus([span], extents)]
+        checks += [_Check(a, b, data[a - off : b - off], "the unit's blocks") for a, b in _minus([span], extents)]
     zeros = _minus(_minus(_merged((max(a, 0), min(b, size)) for a, b in expected.zeros), extents), patch_spans)
     checks += [_Check(a, b, None, "zeros") for a, b in zeros]
-    journals = _minus(_minus(_minus(_merged((max(a, 0), min(b, size)) for a, b in expected.journals), extents),
-                             patch_spans), zeros)
+    journals = _minus(
+        _minus(_minus(_merged((max(a, 0), min(b, size)) for a, b in expected.journals), extents), patch_spans), zeros
+    )
     checks += [_Check(a, b, _NO_HEADER, "a stale journal header") for a, b in journals]
     return sorted(checks, key=lambda c: c.start)
 
@@ -178,7 +184,7 @@ def stale_headers(fd: int, spans: Sequence[Span]) -> list[Span]:
     try:
         for a, b in _merged(spans):
             for pos in range(a, b, _CHUNK):
-                piece = view[:_fill(fd, view[:min(_CHUNK, b - pos)], pos)]
+                piece = view[: _fill(fd, view[: min(_CHUNK, b - pos)], pos)]
                 found += [(at // BLOCK * BLOCK, min(at // BLOCK * BLOCK + BLOCK, b)) for at in headers(pos, piece)]
     finally:
         fcntl.fcntl(fd, fcntl.F_SETFL, flags)
@@ -190,7 +196,7 @@ def headers(pos: int, piece: memoryview) -> list[int]:
     with the JBD2 magic: one 4-byte word per sector, searched as one string."""
     skip = -pos % _SECTOR
     sectors = max(0, len(piece) - skip) // _SECTOR
-    words = piece[skip:skip + sectors * _SECTOR].cast("I")[::_SECTOR // 4].tobytes()
+    words = piece[skip : skip + sectors * _SECTOR].cast("I")[:: _SECTOR // 4].tobytes()
     hits = []
     i = words.find(JBD2_MAGIC)
     while i != -1:
@@ -198,13 +204,12 @@ def headers(pos: int, piece: memoryview) -> list[int]:
             hits.append(pos + skip + i // 4 * _SECTOR)
         i = words.find(JBD2_MAGIC, i + 1)
     tail = skip + sectors * _SECTOR
-    if len(piece) - tail >= len(JBD2_MAGIC) and piece[tail:tail + 4] == JBD2_MAGIC:
+    if len(piece) - tail >= len(JBD2_MAGIC) and piece[tail : tail + 4] == JBD2_MAGIC:
         hits.append(pos + tail)
     return hits
 
 
-def _range_check(r: bmap.BlockRange, span: Span, patches: list[tuple[int, bytes]],
-                 patch_spans: list[Span]) -> _Check:
+def _range_check(r: bmap.BlockRange, span: Span, patches: list[tuple[int, bytes]], patch_spans: list[Span]) -> _Check:
     a, b = span
     over = []
     for i in range(max(bisect.bisect_right(patch_spans, (a, a)) - 1, 0), len(patches)):
@@ -260,8 +265,12 @@ def _resolve(checks: list[_Check], expected: Expected, view: memoryview) -> list
     except OSError as exc:
         raise from_oserror(exc, f"cannot read {expected.source}", UsageError) from None
     try:
-        return [_Check(c.start, c.end, _patched_sha(src, expected.source, c, c.want, view), c.why)
-                if isinstance(c.want, _Patched) else c for c in checks]
+        return [
+            _Check(c.start, c.end, _patched_sha(src, expected.source, c, c.want, view), c.why)
+            if isinstance(c.want, _Patched)
+            else c
+            for c in checks
+        ]
     finally:
         os.close(src)
 
@@ -271,23 +280,26 @@ def _patched_sha(src: int, source: str, check: _Check, patched: _Patched, view: 
     must match the bmap (else the source changed since, and the card cannot be judged by it)."""
     raw, new = hashlib.sha256(), hashlib.sha256()
     for pos in range(check.start, check.end, _CHUNK):
-        piece = view[:min(_CHUNK, check.end - pos)]
+        piece = view[: min(_CHUNK, check.end - pos)]
         if _fill(src, piece, pos) < len(piece):
             raise UsageError(f"{source} is shorter than its block map says (at byte {pos})")
         raw.update(piece)
         for off, data in patched.patches:
             a, b = max(off, pos), min(off + len(data), pos + len(piece))
             if a < b:
-                piece[a - pos:b - pos] = memoryview(data)[a - off:b - off]
+                piece[a - pos : b - pos] = memoryview(data)[a - off : b - off]
         new.update(piece)
     if raw.hexdigest() != patched.sha256:
-        raise UsageError(f"{source}: {check.blocks} do not match their bmap checksum: the image changed "
-                         "after its bmap was made (make a new one)")
+        raise UsageError(
+            f"{source}: {check.blocks} do not match their bmap checksum: the image changed "
+            "after its bmap was made (make a new one)"
+        )
     return new.hexdigest()
 
 
-def _run(fd: int, name: str, checks: list[_Check], view: memoryview, size: int,
-         progress: Callable[[int], object]) -> int:
+def _run(
+    fd: int, name: str, checks: list[_Check], view: memoryview, size: int, progress: Callable[[int], object]
+) -> int:
     """One pass in offset order: aligned reads of up to _CHUNK, each fed to the checks it covers."""
     done, i, state = 0, 0, None
     for ws, we, chunk in _read_ahead(fd, name, _windows(checks), size, view):
@@ -296,9 +308,11 @@ def _run(fd: int, name: str, checks: list[_Check], view: memoryview, size: int,
             if state is None or state.check is not c:
                 state = _State(c)
             a, b = max(c.start, ws), min(c.end, we)
-            if not state.feed(a, chunk[a - ws:b - ws]) or (c.end <= we and not state.passed()):
-                raise VerifyFailed(f"{name}: {c.blocks} read back differently from what was written "
-                                   f"({c.why}); the card is bad or fake-capacity: replace it")
+            if not state.feed(a, chunk[a - ws : b - ws]) or (c.end <= we and not state.passed()):
+                raise VerifyFailed(
+                    f"{name}: {c.blocks} read back differently from what was written "
+                    f"({c.why}); the card is bad or fake-capacity: replace it"
+                )
             if c.end > we:
                 break
             done += c.end - c.start
@@ -307,8 +321,9 @@ def _run(fd: int, name: str, checks: list[_Check], view: memoryview, size: int,
     return done
 
 
-def _read_ahead(fd: int, name: str, windows: Iterator[Span], size: int,
-                view: memoryview) -> Iterator[tuple[int, int, memoryview]]:
+def _read_ahead(
+    fd: int, name: str, windows: Iterator[Span], size: int, view: memoryview
+) -> Iterator[tuple[int, int, memoryview]]:
     """The windows' bytes in order, read by a thread of its own one buffer ahead (preadv and
     hashlib release the GIL): a read-back costs max(read, hash), not their sum. _AHEAD buffers in
     turn (VIEW and more of its size), so memory stays bounded; each chunk yielded is valid until
@@ -359,7 +374,7 @@ class _State:
             return not headers(pos, piece)
         assert not isinstance(want, (str, _Patched))  # a str is hashed above; patches are resolved first
         a = pos - self.check.start
-        expect = _ZEROS[:len(piece)] if want is None else want[a:a + len(piece)]
+        expect = _ZEROS[: len(piece)] if want is None else want[a : a + len(piece)]
         return piece.tobytes() == expect  # bytes == bytes is a memcmp; memoryview == is per item
 
     def passed(self) -> bool:
@@ -389,10 +404,12 @@ def _split(span: Span) -> Iterator[Span]:
 def _read(fd: int, name: str, view: memoryview, ws: int, we: int, size: int) -> memoryview:
     """Bytes [ws, we) of the card (the last block may end at the image's end)."""
     try:
-        got = _fill(fd, view[:we - ws], ws)
+        got = _fill(fd, view[: we - ws], ws)
     except OSError as exc:
-        raise VerifyFailed(f"{name}: cannot read blocks {ws // BLOCK}-{(we - 1) // BLOCK} "
-                           f"({exc.strerror or exc}); the card is bad or was removed: replace it") from None
+        raise VerifyFailed(
+            f"{name}: cannot read blocks {ws // BLOCK}-{(we - 1) // BLOCK} "
+            f"({exc.strerror or exc}); the card is bad or was removed: replace it"
+        ) from None
     if got < min(we, size) - ws:
         raise VerifyFailed(_short(name, ws + got, size))
     return view[:got]

@@ -15,9 +15,10 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import Any, cast
 
 from ..errors import ImageToolsError, LedgerUnavailable, UsageError
 from ..published import block_map, require_base
@@ -29,12 +30,12 @@ from .plan import LEDGER_FILE, Plan, plan_unit
 from .targets import device_serial, slot_busy, slot_card
 from .watcher import Watcher
 
-FINAL = frozenset({"passed", "failed", "interrupted", "done"})   # shown until the card is pulled
+FINAL = frozenset({"passed", "failed", "interrupted", "done"})  # shown until the card is pulled
 PHASES = {"writing": "writing", "reading back": "reading back", "verifying": "verifying"}
-RETRY_MAX = 5.0          # seconds between two tries of an unreachable ledger
-NO_UNIT_RETRY = 2.0      # seconds before a waiting card asks the ledger again
-COUNTS_TTL = 1.0         # the line's counts are read from the ledger at most this often
-PROGRESS_EVERY = 0.25    # seconds between two progress updates of a tile
+RETRY_MAX = 5.0  # seconds between two tries of an unreachable ledger
+NO_UNIT_RETRY = 2.0  # seconds before a waiting card asks the ledger again
+COUNTS_TTL = 1.0  # the line's counts are read from the ledger at most this often
+PROGRESS_EVERY = 0.25  # seconds between two progress updates of a tile
 _UNIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -51,7 +52,7 @@ class Config:
     fsck: bool = True
     readback: bool = True
     labels: str | None = None
-    drain: float = 120.0          # seconds in-flight cards get to finish after a stop
+    drain: float = 120.0  # seconds in-flight cards get to finish after a stop
     allow_fixed_disk: bool = False
 
 
@@ -64,11 +65,12 @@ class Station:
         self.config = config
         self.base_sha256 = block_map(config.base).sha256
         self._on_event = on_event
-        self.closing = threading.Event()     # no new cards
-        self.abort = threading.Event()       # cards in flight stop (recorded as interrupted)
+        self.closing = threading.Event()  # no new cards
+        self.abort = threading.Event()  # cards in flight stop (recorded as interrupted)
         self.watcher = Watcher()
-        self.ledger = _Patient(open_ledger(config.ledger or os.path.join(config.units, LEDGER_FILE),
-                                           station=config.name), self)
+        self.ledger = _Patient(
+            open_ledger(config.ledger or os.path.join(config.units, LEDGER_FILE), station=config.name), self
+        )
         try:
             self.registered = self.ledger.register(Ledger.units_of(config.units, config.trust))
         except BaseException:
@@ -76,17 +78,16 @@ class Station:
             raise
         self._counts: tuple[float, dict[str, Any]] = (0.0, {})
         self._retry_at: dict[str, float] = {}
-        self._card_seq: dict[str, int | None] = {}    # the disk sequence of the card each tile shows
+        self._card_seq: dict[str, int | None] = {}  # the disk sequence of the card each tile shows
         self.board = Board(config.name, list(config.slots), self.counts)
 
     def run(self) -> None:
         """Serve the slots until `closing` is set, then let cards in flight finish (or be
         interrupted after the drain bound) and return."""
-        workers = [threading.Thread(target=self._slot, args=(slot,), name=f"slot {slot}")
-                   for slot in self.config.slots]
+        workers = [threading.Thread(target=self._slot, args=(slot,), name=f"slot {slot}") for slot in self.config.slots]
         for worker in workers:
             worker.start()
-        while not self.closing.wait(0.5):   # a timed wait lets signal handlers run
+        while not self.closing.wait(0.5):  # a timed wait lets signal handlers run
             pass
         deadline = time.monotonic() + self.config.drain
         for worker in workers:
@@ -111,8 +112,9 @@ class Station:
             self._counts = (time.monotonic(), counts)
         return counts
 
-    def event(self, slot: str, kind: str, unit: str | None = None, message: str = "",
-              detail: dict[str, Any] | None = None) -> None:
+    def event(
+        self, slot: str, kind: str, unit: str | None = None, message: str = "", detail: dict[str, Any] | None = None
+    ) -> None:
         event = self.board.event(slot, kind, unit, message, detail)
         if self._on_event is not None:
             self._on_event(event)
@@ -171,14 +173,21 @@ class Station:
         """The next free unit onto the card in SLOT."""
         started = time.monotonic()
         serial = _serial(slot)
-        allocation = self.ledger.allocate(slot=slot, target=slot, serial=serial, base_sha256=self.base_sha256,
-                                          pinned=self.config.trust is not None, token=uuid.uuid4().hex)
+        allocation = self.ledger.allocate(
+            slot=slot,
+            target=slot,
+            serial=serial,
+            base_sha256=self.base_sha256,
+            pinned=self.config.trust is not None,
+            token=uuid.uuid4().hex,
+        )
         if allocation is None:
             self._retry_at[slot] = time.monotonic() + NO_UNIT_RETRY
             if self.board.tile(slot).state != "waiting":
                 self.event(slot, "waiting", None, "no free unit left in the ledger")
-            self.board.set(slot, "waiting", reason="no free unit left in the ledger", serial=serial, unit=None,
-                           identity=None)
+            self.board.set(
+                slot, "waiting", reason="no free unit left in the ledger", serial=serial, unit=None, identity=None
+            )
             return
         unit = allocation.unit
         self.board.set(slot, "writing", unit=unit, identity=allocation.identity, serial=serial)
@@ -186,9 +195,17 @@ class Station:
         plan = self._plan(slot, allocation)
         if plan is None:
             return
-        record = flash_allocated(slot, plan, cast(Ledger, self.ledger), allocation.attempt, fsck=self.config.fsck,
-                                 readback=self.config.readback, progress=self._progress(slot),
-                                 allow_fixed_disk=self.config.allow_fixed_disk, stop=self.abort)
+        record = flash_allocated(
+            slot,
+            plan,
+            cast(Ledger, self.ledger),
+            allocation.attempt,
+            fsck=self.config.fsck,
+            readback=self.config.readback,
+            progress=self._progress(slot),
+            allow_fixed_disk=self.config.allow_fixed_disk,
+            stop=self.abort,
+        )
         self._ended(slot, unit, record, time.monotonic() - started)
 
     def _plan(self, slot: str, allocation: Any) -> Plan | None:
@@ -216,17 +233,30 @@ class Station:
         reason = record.get("error")
         flash_seconds = float((record.get("times") or {}).get("total") or 0.0)
         self.board.set(slot, state if state in FINAL else "failed", reason=reason)
-        self.event(slot, state, unit, reason or f"unit {unit} passed",
-                   {"seconds": round(seconds, 3), "station_seconds": round(seconds - flash_seconds, 3),
-                    "bytes_written": record.get("bytes_written")})
+        self.event(
+            slot,
+            state,
+            unit,
+            reason or f"unit {unit} passed",
+            {
+                "seconds": round(seconds, 3),
+                "station_seconds": round(seconds - flash_seconds, 3),
+                "bytes_written": record.get("bytes_written"),
+            },
+        )
         if state == "passed" and self.config.labels:
             self._label(slot, unit, record)
 
     def _label(self, slot: str, unit: str, record: dict[str, Any]) -> None:
         from .labels import make_label  # Pillow and qrcode only for stations that print
+
         try:
-            make_label(os.path.join(self.config.labels or "", f"{unit}.png"), unit=unit,
-                       identity=record.get("identity") or {}, fingerprint=record.get("fingerprint", ""))
+            make_label(
+                os.path.join(self.config.labels or "", f"{unit}.png"),
+                unit=unit,
+                identity=record.get("identity") or {},
+                fingerprint=record.get("fingerprint", ""),
+            )
         except (ImageToolsError, OSError) as exc:
             self.event(slot, "label", unit, f"no label: {exc}")
 
@@ -245,6 +275,7 @@ class Station:
             told = now
             elapsed = now - start
             self.board.progress(slot, done, total, done / elapsed if elapsed > 0 else 0.0)
+
         return tell
 
 
@@ -275,6 +306,7 @@ class _Patient:
                     self._waiting(str(exc))
                     time.sleep(wait)
                     wait = min(wait * 2, RETRY_MAX)
+
         return patient
 
     def _waiting(self, why: str) -> None:
@@ -299,8 +331,9 @@ def _check_slots(slots: tuple[str, ...]) -> None:
     seen: dict[int, str] = {}
     for slot in slots:
         if slot_card(slot) is None:
-            raise UsageError(f"--slot {slot}: not a block device node (a card reader's /dev/sdX, "
-                             "or a loop device for tests)")
+            raise UsageError(
+                f"--slot {slot}: not a block device node (a card reader's /dev/sdX, or a loop device for tests)"
+            )
         rdev = os.stat(slot).st_rdev
         if rdev in seen:
             raise UsageError(f"--slot {slot} is the same device as --slot {seen[rdev]}: give each slot once")

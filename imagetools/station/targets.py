@@ -14,25 +14,26 @@ from dataclasses import dataclass
 
 from ..errors import EnvironmentProblem, UsageError, from_oserror
 
-_ATTR_LIMIT = 64 << 10    # one sysfs attribute or udev record
-_TABLE_LIMIT = 4 << 20    # /proc/self/mountinfo, /proc/swaps (a host with thousands of mounts)
+_ATTR_LIMIT = 64 << 10  # one sysfs attribute or udev record
+_TABLE_LIMIT = 4 << 20  # /proc/self/mountinfo, /proc/swaps (a host with thousands of mounts)
 FileId = tuple[int, int]  # (st_dev, st_ino)
 
 
 @dataclass(frozen=True)
 class TargetInfo:
-    path: str                 # as given
-    kind: str                 # "block", "file" (existing regular file) or "new" (to be created)
-    size: int                 # bytes the target holds now (0 for "new")
-    rdev: int | None          # block devices
-    dev_ino: FileId | None    # regular files
-    serial: str | None        # block devices: the card/reader serial
+    path: str  # as given
+    kind: str  # "block", "file" (existing regular file) or "new" (to be created)
+    size: int  # bytes the target holds now (0 for "new")
+    rdev: int | None  # block devices
+    dev_ino: FileId | None  # regular files
+    serial: str | None  # block devices: the card/reader serial
     write_zeroes_max_bytes: int | None  # the whole disk's queue limit; None if unknown
     discard_max_bytes: int | None
 
 
-def check_targets(targets: Sequence[str], protected: Sequence[str | os.PathLike], need: int, *,
-                  allow_fixed_disk: bool = False) -> list[TargetInfo]:
+def check_targets(
+    targets: Sequence[str], protected: Sequence[str | os.PathLike], need: int, *, allow_fixed_disk: bool = False
+) -> list[TargetInfo]:
     """Every target checked, or the first refusal raised (UsageError / EnvironmentProblem)."""
     files, disks = _protected(protected)
     seen: dict[object, str] = {}
@@ -40,8 +41,9 @@ def check_targets(targets: Sequence[str], protected: Sequence[str | os.PathLike]
     for target in targets:
         info, identity = _check(target, files, disks, need, allow_fixed_disk)
         if identity in seen:
-            raise UsageError(f"{_q(target)} and {_q(seen[identity])} are the same target (or the same disk): "
-                             "give each card once")
+            raise UsageError(
+                f"{_q(target)} and {_q(seen[identity])} are the same target (or the same disk): give each card once"
+            )
         seen[identity] = target
         infos.append(info)
     return infos
@@ -51,8 +53,9 @@ def device_serial(rdev: int) -> str | None:
     """The device's serial as udev recorded it (or the kernel's sysfs attribute)."""
     major, minor = os.major(rdev), os.minor(rdev)
     record = _read(f"/run/udev/data/b{major}:{minor}") or ""
-    props = dict(line[2:].strip().split("=", 1) for line in record.splitlines()
-                 if line.startswith("E:") and "=" in line)
+    props = dict(
+        line[2:].strip().split("=", 1) for line in record.splitlines() if line.startswith("E:") and "=" in line
+    )
     if props.get("ID_SERIAL_SHORT") or props.get("ID_SERIAL"):
         return props.get("ID_SERIAL_SHORT") or props.get("ID_SERIAL")
     return (_read(f"/sys/dev/block/{major}:{minor}/device/serial", 256) or "").strip() or None
@@ -97,8 +100,9 @@ def _protected(paths: Sequence[str | os.PathLike]) -> tuple[dict[FileId, str], d
     return files, disks
 
 
-def _check(target: str, files: dict[FileId, str], disks: dict[int, str], need: int,
-           allow_fixed: bool) -> tuple[TargetInfo, object]:
+def _check(
+    target: str, files: dict[FileId, str], disks: dict[int, str], need: int, allow_fixed: bool
+) -> tuple[TargetInfo, object]:
     """One target's info, and the identity that makes two targets the same."""
     path = os.path.abspath(target)
     try:
@@ -112,8 +116,10 @@ def _check(target: str, files: dict[FileId, str], disks: dict[int, str], need: i
         return _check_block(target, st.st_rdev, files, disks, need, allow_fixed)
     if stat.S_ISREG(st.st_mode):
         return _check_file(target, st, files, need), ("file", st.st_dev, st.st_ino)
-    raise UsageError(f"{_q(target)} is neither a block device nor a regular file: give a card's device "
-                     "(e.g. /dev/sdX) or an image file")
+    raise UsageError(
+        f"{_q(target)} is neither a block device nor a regular file: give a card's device "
+        "(e.g. /dev/sdX) or an image file"
+    )
 
 
 def _check_new(target: str, path: str) -> None:
@@ -121,31 +127,37 @@ def _check_new(target: str, path: str) -> None:
     file there), never through a dangling link, and only in an existing directory."""
     real = os.path.realpath(path)
     if any(("/" + p.lstrip("/") + "/").startswith("/dev/") for p in (path, real)):
-        raise UsageError(f"{_q(target)} does not exist: check the device name and that the card reader is "
-                         "plugged in (nothing is created under /dev)")
+        raise UsageError(
+            f"{_q(target)} does not exist: check the device name and that the card reader is "
+            "plugged in (nothing is created under /dev)"
+        )
     if os.path.lexists(path):
-        raise UsageError(f"{_q(target)} is a symbolic link to {_q(real)}, which does not exist: fix or remove "
-                         "the link")
+        raise UsageError(f"{_q(target)} is a symbolic link to {_q(real)}, which does not exist: fix or remove the link")
     if not os.path.isdir(os.path.dirname(real)):
-        raise UsageError(f"{_q(target)}: directory {_q(os.path.dirname(real))} does not exist: create it or "
-                         "fix the path")
+        raise UsageError(
+            f"{_q(target)}: directory {_q(os.path.dirname(real))} does not exist: create it or fix the path"
+        )
 
 
-def _check_block(target: str, rdev: int, files: dict[FileId, str], disks: dict[int, str], need: int,
-                 allow_fixed: bool) -> tuple[TargetInfo, object]:
+def _check_block(
+    target: str, rdev: int, files: dict[FileId, str], disks: dict[int, str], need: int, allow_fixed: bool
+) -> tuple[TargetInfo, object]:
     q, disk = _q(target), _disk(rdev)
     if disk is None:
-        raise EnvironmentProblem(f"{q}: the kernel has no block device {os.major(rdev)}:{os.minor(rdev)} "
-                                 "(reader unplugged?): plug it in and try again")
+        raise EnvironmentProblem(
+            f"{q}: the kernel has no block device {os.major(rdev)}:{os.minor(rdev)} "
+            "(reader unplugged?): plug it in and try again"
+        )
     disk_rdev = _devno(disk) or rdev
     backing = _backing(disk)
     hit = disks.get(disk_rdev) or (files.get(backing) if backing else None)
     if hit:
-        raise UsageError(f"{q} is (or is a loop device over) {_q(hit)}, an input of this flash: "
-                         "choose another target")
+        raise UsageError(f"{q} is (or is a loop device over) {_q(hit)}, an input of this flash: choose another target")
     if not allow_fixed and _fixed(disk):
-        raise UsageError(f"{q} is a fixed disk (not removable): a station writes cards; "
-                         "--allow-fixed-disk if this really is a card writer")
+        raise UsageError(
+            f"{q} is a fixed disk (not removable): a station writes cards; "
+            "--allow-fixed-disk if this really is a card writer"
+        )
     busy = _busy(_members(disk))
     if busy:
         raise EnvironmentProblem(f"{q} is in use ({busy[0]}): {busy[1]}")
@@ -153,8 +165,16 @@ def _check_block(target: str, rdev: int, files: dict[FileId, str], disks: dict[i
     if size == 0:
         raise EnvironmentProblem(f"{q} has no medium (0 bytes): insert a card")
     _check_size(q, size, need)
-    info = TargetInfo(target, "block", size, rdev, None, device_serial(rdev),
-                      _int(f"{disk}/queue/write_zeroes_max_bytes"), _int(f"{disk}/queue/discard_max_bytes"))
+    info = TargetInfo(
+        target,
+        "block",
+        size,
+        rdev,
+        None,
+        device_serial(rdev),
+        _int(f"{disk}/queue/write_zeroes_max_bytes"),
+        _int(f"{disk}/queue/discard_max_bytes"),
+    )
     return info, ("disk", disk_rdev)
 
 
@@ -166,8 +186,9 @@ def _check_file(target: str, st: os.stat_result, files: dict[FileId, str], need:
         if name.startswith("loop") and _backing(f"/sys/block/{name}") == identity:
             busy, dev = _busy(_members(os.path.realpath(f"/sys/block/{name}"))), f"/dev/{name}"
             if busy:
-                raise EnvironmentProblem(f"{q} backs {dev}, in use ({busy[0]}): {busy[1]}, then detach the "
-                                         f"loop device (losetup -d {dev})")
+                raise EnvironmentProblem(
+                    f"{q} backs {dev}, in use ({busy[0]}): {busy[1]}, then detach the loop device (losetup -d {dev})"
+                )
             raise EnvironmentProblem(f"{q} backs {dev}: detach it with losetup -d {dev}")
     for path in _swaps():
         if _file_id(path) == identity:
@@ -194,8 +215,10 @@ def _busy(members: dict[int, str]) -> tuple[str, str] | None:
     for rdev, name in members.items():
         holders = _listdir(f"{_sysdev(rdev)}/holders")
         if holders:
-            return (f"{name} is held by {', '.join(holders)}",
-                    "remove that first (dmsetup remove, vgchange -an or mdadm --stop)")
+            return (
+                f"{name} is held by {', '.join(holders)}",
+                "remove that first (dmsetup remove, vgchange -an or mdadm --stop)",
+            )
     return None
 
 
@@ -204,12 +227,14 @@ def _mounts() -> Iterator[tuple[int, str]]:
     (a btrfs mount shows an anonymous major:minor)."""
     text = _read("/proc/self/mountinfo", _TABLE_LIMIT)
     if text is None:
-        raise EnvironmentProblem("cannot read /proc/self/mountinfo (missing or over 4 MiB), so cannot tell "
-                                 "whether a target is mounted: mount /proc and try again")
+        raise EnvironmentProblem(
+            "cannot read /proc/self/mountinfo (missing or over 4 MiB), so cannot tell "
+            "whether a target is mounted: mount /proc and try again"
+        )
     for fields in (line.split(" ") for line in text.splitlines()):
         if "-" not in fields[6:]:
             continue
-        point, source = _unescape(fields[4]), fields[fields.index("-", 6) + 2:][:1]
+        point, source = _unescape(fields[4]), fields[fields.index("-", 6) + 2 :][:1]
         major, _, minor = fields[2].partition(":")
         if major.isdigit() and minor.isdigit():
             yield os.makedev(int(major), int(minor)), point

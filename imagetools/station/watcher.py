@@ -14,7 +14,7 @@ import select
 import threading
 from typing import Any
 
-POLL = 0.1                       # seconds between two looks at a slot without udev (a sysfs read)
+POLL = 0.1  # seconds between two looks at a slot without udev (a sysfs read)
 UDEV_CONTROL = "/run/udev/control"
 
 
@@ -67,6 +67,7 @@ def _udev_monitor() -> Any:
         return None
     try:
         import pyudev
+
         monitor = pyudev.Monitor.from_netlink(pyudev.Context())
         monitor.filter_by("block")
         monitor.start()

@@ -40,15 +40,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import EnvironmentProblem, UsageError, from_oserror
 from .events import Board
 
-POLL = 0.2                # seconds between looks at the board's version, per stream
-COUNTS_EVERY = 2.0        # a snapshot is taken again this often even if the board did not change
-HEARTBEAT = 15.0          # a comment line on an idle stream, so proxies and browsers keep it
-MAX_STREAMS = 16          # open event streams (pages) at once
-MAX_CONNECTIONS = 64      # uvicorn answers 503 beyond this
+POLL = 0.2  # seconds between looks at the board's version, per stream
+COUNTS_EVERY = 2.0  # a snapshot is taken again this often even if the board did not change
+HEARTBEAT = 15.0  # a comment line on an idle stream, so proxies and browsers keep it
+MAX_STREAMS = 16  # open event streams (pages) at once
+MAX_CONNECTIONS = 64  # uvicorn answers 503 beyond this
 START_SECONDS = 10.0
 STOP_SECONDS = 5.0
-RETRY_MS = 2000           # what the page's EventSource waits before reconnecting
-TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")   # URL-safe, so ?token= needs no escaping
+RETRY_MS = 2000  # what the page's EventSource waits before reconnecting
+TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")  # URL-safe, so ?token= needs no escaping
 METHODS = ("GET", "HEAD")
 SILENT = logging.CRITICAL + 1
 
@@ -63,22 +63,29 @@ def _page() -> tuple[bytes, str]:
             raise RuntimeError(f"page.html must hold exactly one <{tag}> element")
         return "'sha256-" + base64.b64encode(hashlib.sha256(found[0].encode()).digest()).decode() + "'"
 
-    csp = (f"default-src 'self'; script-src {digest('script')}; style-src {digest('style')}; "
-           "img-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+    csp = (
+        f"default-src 'self'; script-src {digest('script')}; style-src {digest('style')}; "
+        "img-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    )
     return text.encode("utf-8"), csp
 
 
 PAGE, CSP = _page()
-HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-frame-options", b"DENY"),
-           (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-           (b"cache-control", b"no-store")]
+HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+]
 
 
 class WebServer:
     """A running dashboard; `stop()` ends it (and its open streams) within a few seconds."""
 
-    def __init__(self, server: uvicorn.Server, thread: threading.Thread, stopping: threading.Event,
-                 host: str, port: int) -> None:
+    def __init__(
+        self, server: uvicorn.Server, thread: threading.Thread, stopping: threading.Event, host: str, port: int
+    ) -> None:
         self._server, self._thread, self._stopping = server, thread, stopping
         self.host, self.port = host, port
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
@@ -98,8 +105,9 @@ class WebServer:
         self.stop()
 
 
-def serve_board(board: Board, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-                heartbeat: float = HEARTBEAT) -> WebServer:
+def serve_board(
+    board: Board, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None, heartbeat: float = HEARTBEAT
+) -> WebServer:
     """Serve BOARD's dashboard from a background thread; port 0 takes a free port."""
     if token is not None and not TOKEN.fullmatch(token):
         raise UsageError("the dashboard token must be 16 to 256 characters of A-Z a-z 0-9 . _ ~ -")
@@ -107,14 +115,24 @@ def serve_board(board: Board, *, host: str = "127.0.0.1", port: int = 0, token: 
         raise UsageError(f"dashboard port {port} is not between 0 and 65535")
     family, address = _resolve(host, port)
     if token is None and not ipaddress.ip_address(address[0]).is_loopback:
-        raise UsageError(f"the dashboard on {host} would be reachable from the network: give it a token "
-                         "or bind it to 127.0.0.1")
+        raise UsageError(
+            f"the dashboard on {host} would be reachable from the network: give it a token or bind it to 127.0.0.1"
+        )
     sock = _listen(family, address, host)
     stopping = threading.Event()
-    config = uvicorn.Config(_app(board, token, stopping, heartbeat), http="h11", ws="none", lifespan="off",
-                            log_config=None, log_level=SILENT, access_log=False, server_header=False,
-                            proxy_headers=False, limit_concurrency=MAX_CONNECTIONS,
-                            timeout_graceful_shutdown=int(STOP_SECONDS / 2))
+    config = uvicorn.Config(
+        _app(board, token, stopping, heartbeat),
+        http="h11",
+        ws="none",
+        lifespan="off",
+        log_config=None,
+        log_level=SILENT,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        limit_concurrency=MAX_CONNECTIONS,
+        timeout_graceful_shutdown=int(STOP_SECONDS / 2),
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=_run, args=(server, sock), name="imagetools-dashboard", daemon=True)
     thread.start()
@@ -145,8 +163,9 @@ def _listen(family: socket.AddressFamily, address: tuple[Any, ...], host: str) -
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise from_oserror(exc, f"cannot listen on {host} port {address[1]} for the dashboard",
-                           EnvironmentProblem) from None
+        raise from_oserror(
+            exc, f"cannot listen on {host} port {address[1]} for the dashboard", EnvironmentProblem
+        ) from None
     return sock
 
 
@@ -163,8 +182,11 @@ def _app(board: Board, token: str | None, stopping: threading.Event, heartbeat: 
     async def state(request: Request) -> Response:
         return Response(await feed.current(), media_type="application/json")
 
-    routes = [Route("/", page, methods=["GET"]), Route("/api/state", state, methods=["GET"]),
-              Route("/api/events", _Stream(feed, stopping, heartbeat), methods=["GET"])]
+    routes = [
+        Route("/", page, methods=["GET"]),
+        Route("/api/state", state, methods=["GET"]),
+        Route("/api/events", _Stream(feed, stopping, heartbeat), methods=["GET"]),
+    ]
     return _Guard(Starlette(routes=routes), token)
 
 
@@ -187,15 +209,17 @@ class _Guard:
 
     def _refusal(self, request: Request) -> Response | None:
         if request.method not in METHODS:
-            return PlainTextResponse("the dashboard is read-only: only GET is answered", 405,
-                                     headers={"Allow": ", ".join(METHODS)})
+            return PlainTextResponse(
+                "the dashboard is read-only: only GET is answered", 405, headers={"Allow": ", ".join(METHODS)}
+            )
         if self._token is None:
             if not _loopback_host(request.headers.get("host", "")):
                 return PlainTextResponse("open the dashboard as http://127.0.0.1:PORT/", 403)
             return None
         if not hmac.compare_digest(_given_token(request), self._token):
-            return PlainTextResponse("this dashboard needs its token: open it as /?token=TOKEN", 401,
-                                     headers={"WWW-Authenticate": "Bearer"})
+            return PlainTextResponse(
+                "this dashboard needs its token: open it as /?token=TOKEN", 401, headers={"WWW-Authenticate": "Bearer"}
+            )
         return None
 
 
@@ -221,6 +245,7 @@ def _with_headers(send: Send) -> Send:
         if message["type"] == "http.response.start":
             message = {**message, "headers": [*message.get("headers", []), *HEADERS]}
         await send(message)
+
     return secured
 
 
@@ -268,15 +293,22 @@ class _Stream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._open >= MAX_STREAMS:
-            busy = PlainTextResponse(f"{MAX_STREAMS} dashboard pages are open already; close one and reload",
-                                     503, headers={"Retry-After": "10"})
+            busy = PlainTextResponse(
+                f"{MAX_STREAMS} dashboard pages are open already; close one and reload",
+                503,
+                headers={"Retry-After": "10"},
+            )
             await busy(scope, receive, send)
             return
         self._open += 1
         try:
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/event-stream; charset=utf-8"),
-                                    (b"x-accel-buffering", b"no")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"x-accel-buffering", b"no")],
+                }
+            )
             if scope["method"] == "HEAD":
                 await send({"type": "http.response.body", "body": b""})
                 return

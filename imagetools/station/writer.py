@@ -20,7 +20,8 @@ import os
 import stat
 import struct
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .. import strict
 from ..bmap import BlockRange
@@ -40,8 +41,13 @@ class Interrupted(ImageToolsError):
     exit_code = 1
 
 
-def write_plan(plan: Plan, fd: int, progress: Callable[[int], Any] = lambda n: None,
-               fresh: bool = False, stop: threading.Event | None = None) -> tuple[int, str]:
+def write_plan(
+    plan: Plan,
+    fd: int,
+    progress: Callable[[int], Any] = lambda n: None,
+    fresh: bool = False,
+    stop: threading.Event | None = None,
+) -> tuple[int, str]:
     """Table areas zeroed and flushed; the mapped ranges (checked) and patches written, except
     the table areas; flushed; the table areas written; flushed. Returns bytes written and how
     the zeros were made. `stop`: checked between chunks (Interrupted). `fresh`:
@@ -134,7 +140,7 @@ def _has_write_zeroes(fd: int) -> bool:
 def _write_zeros(fd: int, offset: int, length: int) -> None:
     zeros = bytes(min(_CHUNK, length))
     for pos in range(offset, offset + length, len(zeros)):
-        os.pwrite(fd, zeros[:offset + length - pos], pos)
+        os.pwrite(fd, zeros[: offset + length - pos], pos)
 
 
 def _write_range(src: int, fd: int, plan: Plan, r, areas, held: dict[int, bytes]) -> int:
@@ -184,7 +190,7 @@ class _Hasher(threading.Thread):
             for r in self.plan.ranges:
                 h, pos, end = hashlib.sha256(), r.first * 4096, min((r.last + 1) * 4096, self.plan.size)
                 while pos < end:
-                    n = os.preadv(self.src, [buf[:min(_CHUNK, end - pos)]], pos)
+                    n = os.preadv(self.src, [buf[: min(_CHUNK, end - pos)]], pos)
                     if not n:
                         break
                     h.update(buf[:n])
@@ -201,15 +207,17 @@ class _Hasher(threading.Thread):
             raise self.error
         if self.bad is not None:
             r = self.bad
-            raise UsageError(f"{self.plan.source}: blocks {r.first}-{r.last} do not match their bmap checksum: "
-                             "the image changed after its bmap was made (make a new one)")
+            raise UsageError(
+                f"{self.plan.source}: blocks {r.first}-{r.last} do not match their bmap checksum: "
+                "the image changed after its bmap was made (make a new one)"
+            )
 
 
 def _put(fd: int, pos: int, data: bytes, areas, held: dict[int, bytes]) -> int:
     """Write data at pos, keeping back what falls in a table area (written last)."""
     cuts = sorted({pos, pos + len(data)} | {x for a, b in areas for x in (a, b) if pos < x < pos + len(data)})
     for a, b in zip(cuts, cuts[1:]):
-        piece = data[a - pos:b - pos]
+        piece = data[a - pos : b - pos]
         if any(x <= a and b <= y for x, y in areas):
             held[a] = piece
         else:

@@ -56,7 +56,7 @@ import itertools
 import os
 import re
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .. import bmap
@@ -64,11 +64,10 @@ from ..errors import ImageFormatError
 from ..fs import EXT_TYPES, FAT_TYPES
 from ..image import ImageSource, Partition, read_image
 from ..image.probe import probe_source
+from .spans import Span, clip, holes, intersect, merge, outside, subtract
 
-Span = tuple[int, int]  # [start, end): bytes, or blocks inside one filesystem
-ALIGN = bmap.BLOCK_SIZE
-MAX_GROUPS = 1 << 17      # a 16 TiB ext4 with 4 KiB blocks; more is not a card's filesystem
-MAX_SPANS = 1 << 18       # allocated runs in one filesystem; more and it is zeroed whole
+MAX_GROUPS = 1 << 17  # a 16 TiB ext4 with 4 KiB blocks; more is not a card's filesystem
+MAX_SPANS = 1 << 18  # allocated runs in one filesystem; more and it is zeroed whole
 MIN_BLOCKS_PER_GROUP = 256  # mke2fs refuses fewer (-g)
 _FAT_CHUNK = 1 << 20
 _NONZERO = re.compile(rb"[^\x00]+")
@@ -91,7 +90,7 @@ class Needs:
     """What a card must get besides the mapped blocks: byte ranges [start, end) of the image,
     disjoint, sorted, 4096-aligned where possible, all holes of the image."""
 
-    zeros: tuple[Span, ...]     # must read as zeros
+    zeros: tuple[Span, ...]  # must read as zeros
     journals: tuple[Span, ...]  # journal blocks: only those that start with a JBD2 header on the card need zeroing
 
 
@@ -102,15 +101,15 @@ def must_zero(image: str | os.PathLike, ranges: Sequence[bmap.BlockRange], size:
     journals: list[Span] = []
     with ImageSource(image) as src:
         disk = read_image(src)
-        need += _outside(disk.partitions, size)
+        need += outside(disk.partitions, size)
         for part in disk.partitions:
             end = min(part.end, size)
             if part.start < end:
                 spans, journal = _partition_needs(src, part)
-                need += _clip(spans, part.start, end)
-                journals += _clip(journal, part.start, end)
-    holes, need = _holes(ranges, size), _merge(need)
-    return Needs(tuple(_intersect(need, holes)), tuple(_intersect(_subtract(_merge(journals), need), holes)))
+                need += clip(spans, part.start, end)
+                journals += clip(journal, part.start, end)
+    unmapped, need = holes(ranges, size), merge(need)
+    return Needs(tuple(intersect(need, unmapped)), tuple(intersect(subtract(merge(journals), need), unmapped)))
 
 
 def _partition_needs(src: ImageSource, part: Partition) -> tuple[list[Span], list[Span]]:
@@ -192,21 +191,28 @@ def _ext_needs(src: ImageSource, part: Partition) -> tuple[list[Span], list[Span
     for g, desc in enumerate(groups):
         static += _group_static(sb, g)
         used = -(-_used_inodes(sb, desc) * sb.inode_size // sb.block_size)
-        static += [(desc.block_bitmap, desc.block_bitmap + 1), (desc.inode_bitmap, desc.inode_bitmap + 1),
-                   (desc.inode_table, desc.inode_table + used)]
+        static += [
+            (desc.block_bitmap, desc.block_bitmap + 1),
+            (desc.inode_bitmap, desc.inode_bitmap + 1),
+            (desc.inode_table, desc.inode_table + used),
+        ]
         tails.append((desc.inode_table + used, desc.inode_table + sb.itable_blocks))
     journal = _journal_blocks(src, part, sb, groups)
-    in_use = _subtract(_subtract(_merge(_allocated(src, part, sb, groups)), _merge(tails)), journal)
-    return _ext_bytes(part, sb, _merge(static + in_use)), _ext_bytes(part, sb, journal)
+    in_use = subtract(subtract(merge(_allocated(src, part, sb, groups)), merge(tails)), journal)
+    return _ext_bytes(part, sb, merge(static + in_use)), _ext_bytes(part, sb, journal)
 
 
 def _ext_bytes(part: Partition, sb: _ExtSuper, blocks: list[Span]) -> list[Span]:
-    return [(part.start + a * sb.block_size, part.start + min(b, sb.blocks) * sb.block_size)
-            for a, b in blocks if a < sb.blocks]
+    return [
+        (part.start + a * sb.block_size, part.start + min(b, sb.blocks) * sb.block_size)
+        for a, b in blocks
+        if a < sb.blocks
+    ]
 
 
 def _ext_super(raw: bytes, part_size: int) -> _ExtSuper:
     """The superblock's geometry, each value checked against what libext2fs accepts."""
+
     def u32(off: int) -> int:
         return struct.unpack_from("<I", raw, off)[0]
 
@@ -237,17 +243,39 @@ def _ext_super(raw: bytes, part_size: int) -> _ExtSuper:
     ipg = u32(0x28)
     inode_size = u16(0x58) if u32(0x4C) >= 1 else 128
     desc_size = u16(0xFE) if incompat & _INCOMPAT_64BIT else 32
-    if (groups > MAX_GROUPS or not 0 < ipg <= 8 * bs or not _pow2_between(inode_size, 128, bs)
-            or not _pow2_between(desc_size, 64 if incompat & _INCOMPAT_64BIT else 32, 1024)
-            or desc_size > bs):
+    if (
+        groups > MAX_GROUPS
+        or not 0 < ipg <= 8 * bs
+        or not _pow2_between(inode_size, 128, bs)
+        or not _pow2_between(desc_size, 64 if incompat & _INCOMPAT_64BIT else 32, 1024)
+        or desc_size > bs
+    ):
         raise _Unreadable("group geometry")
     backups = (u32(0x24C), u32(0x250)) if compat & _COMPAT_SPARSE_SUPER2 else None
     journal = u32(0xE0) if compat & _COMPAT_HAS_JOURNAL and not compat & _COMPAT_FAST_COMMIT else 0
-    sb = _ExtSuper(bs, blocks, first_data_block, bpg, ratio, ipg, inode_size, groups, desc_size,
-                   bool(ro_compat & (_RO_GDT_CSUM | _RO_METADATA_CSUM)), bool(ro_compat & _RO_SPARSE_SUPER),
-                   backups, bool(incompat & _INCOMPAT_META_BG), u32(0x104), u16(0xCE), journal)
-    if (sb.itable_blocks >= bpg or (sb.meta_bg and sb.first_meta_bg > sb.desc_blocks)
-            or (not sb.meta_bg and 1 + sb.desc_blocks + sb.reserved_gdt > bpg)):
+    sb = _ExtSuper(
+        bs,
+        blocks,
+        first_data_block,
+        bpg,
+        ratio,
+        ipg,
+        inode_size,
+        groups,
+        desc_size,
+        bool(ro_compat & (_RO_GDT_CSUM | _RO_METADATA_CSUM)),
+        bool(ro_compat & _RO_SPARSE_SUPER),
+        backups,
+        bool(incompat & _INCOMPAT_META_BG),
+        u32(0x104),
+        u16(0xCE),
+        journal,
+    )
+    if (
+        sb.itable_blocks >= bpg
+        or (sb.meta_bg and sb.first_meta_bg > sb.desc_blocks)
+        or (not sb.meta_bg and 1 + sb.desc_blocks + sb.reserved_gdt > bpg)
+    ):
         raise _Unreadable("inode table or descriptor blocks do not fit a group")
     return sb
 
@@ -259,8 +287,9 @@ def _journal_blocks(src: ImageSource, part: Partition, sb: _ExtSuper, groups: li
     if not 0 < ino <= sb.groups * sb.inodes_per_group:
         return []
     group, index = divmod(ino - 1, sb.inodes_per_group)
-    raw = src.read(part.start + groups[group].inode_table * sb.block_size + index * sb.inode_size, 128,
-                   "the journal inode")
+    raw = src.read(
+        part.start + groups[group].inode_table * sb.block_size + index * sb.inode_size, 128, "the journal inode"
+    )
     size = struct.unpack_from("<I", raw, 0x4)[0] | struct.unpack_from("<I", raw, 0x6C)[0] << 32
     count = size // sb.block_size
     if not 0 < count <= min(sb.blocks, _MAX_JOURNAL_BLOCKS):
@@ -272,7 +301,7 @@ def _journal_blocks(src: ImageSource, part: Partition, sb: _ExtSuper, groups: li
             runs = _mapped_runs(src, part, sb, raw[0x28:0x64], count)
     except _Unreadable:
         return []
-    runs = _merge(runs)
+    runs = merge(runs)
     if sum(b - a for a, b in runs) > count or any(a < sb.first_data_block or b > sb.blocks for a, b in runs):
         return []
     return runs
@@ -298,8 +327,12 @@ def _extent_runs(src: ImageSource, part: Partition, sb: _ExtSuper, root: bytes) 
             reads += 1
             if not sb.first_data_block <= (lo | hi << 32) < sb.blocks or reads > _MAX_EXTENT_NODES:
                 raise _Unreadable("journal extent index")
-            pending.append((src.read(part.start + (lo | hi << 32) * sb.block_size, sb.block_size,
-                                     "a journal extent block"), depth - 1))
+            pending.append(
+                (
+                    src.read(part.start + (lo | hi << 32) * sb.block_size, sb.block_size, "a journal extent block"),
+                    depth - 1,
+                )
+            )
     return runs
 
 
@@ -318,10 +351,11 @@ def _mapped_runs(src: ImageSource, part: Partition, sb: _ExtSuper, i_block: byte
         budget -= 1
         if not sb.first_data_block <= block < sb.blocks or budget < 0:
             raise _Unreadable("journal indirect block")
-        entries = struct.unpack(f"<{per_block}I", src.read(part.start + block * sb.block_size, sb.block_size,
-                                                            "a journal indirect block"))
+        entries = struct.unpack(
+            f"<{per_block}I", src.read(part.start + block * sb.block_size, sb.block_size, "a journal indirect block")
+        )
         if depth == 1:
-            found += [p for p in entries if p][:count - len(found)]
+            found += [p for p in entries if p][: count - len(found)]
         else:
             pending += [(p, depth - 1) for p in reversed(entries)]
     return [(b, b + 1) for b in found]
@@ -357,11 +391,14 @@ def _descriptor(sb: _ExtSuper, raw: bytes, off: int) -> _Group:
     wide = sb.desc_size >= 64
     hi = struct.unpack_from("<III", raw, off + 0x20) if wide else (0, 0, 0)
     unused_hi = struct.unpack_from("<H", raw, off + 0x32)[0] if wide else 0
-    desc = _Group(lo[0] | hi[0] << 32, lo[1] | hi[1] << 32, lo[2] | hi[2] << 32, lo[6],
-                  lo[10] | unused_hi << 16)
+    desc = _Group(lo[0] | hi[0] << 32, lo[1] | hi[1] << 32, lo[2] | hi[2] << 32, lo[6], lo[10] | unused_hi << 16)
     low = sb.first_data_block
-    if not (low <= desc.block_bitmap < sb.blocks and low <= desc.inode_bitmap < sb.blocks
-            and low <= desc.inode_table and desc.inode_table + sb.itable_blocks <= sb.blocks):
+    if not (
+        low <= desc.block_bitmap < sb.blocks
+        and low <= desc.inode_bitmap < sb.blocks
+        and low <= desc.inode_table
+        and desc.inode_table + sb.itable_blocks <= sb.blocks
+    ):
         raise _Unreadable("group metadata outside the filesystem")
     return desc
 
@@ -445,8 +482,14 @@ def _fat_needs(src: ImageSource, part: Partition) -> list[Span]:
     bps, spc, reserved, nfats, root_entries, total16, _media, fatsz16 = struct.unpack_from("<HBHBHHBH", boot, 11)
     total = total16 or struct.unpack_from("<I", boot, 32)[0]
     fat_sectors = fatsz16 or struct.unpack_from("<I", boot, 36)[0]
-    if (bps not in (512, 1024, 2048, 4096) or not _pow2_between(spc, 1, 128) or not reserved
-            or not 1 <= nfats <= 4 or not fat_sectors or total * bps > part.size):
+    if (
+        bps not in (512, 1024, 2048, 4096)
+        or not _pow2_between(spc, 1, 128)
+        or not reserved
+        or not 1 <= nfats <= 4
+        or not fat_sectors
+        or total * bps > part.size
+    ):
         raise _Unreadable("FAT boot sector")
     data_start = reserved + nfats * fat_sectors + -(-root_entries * 32 // bps)
     if data_start >= total:
@@ -458,8 +501,12 @@ def _fat_needs(src: ImageSource, part: Partition) -> list[Span]:
     fat_start, cluster_bytes = part.start + reserved * bps, spc * bps
     spans = [(part.start, part.start + data_start * bps)]
     for a, b in _fat_used(src, fat_start, bits, clusters):
-        spans.append((part.start + data_start * bps + (a - 2) * cluster_bytes,
-                      part.start + data_start * bps + (b - 2) * cluster_bytes))
+        spans.append(
+            (
+                part.start + data_start * bps + (a - 2) * cluster_bytes,
+                part.start + data_start * bps + (b - 2) * cluster_bytes,
+            )
+        )
         if len(spans) > MAX_SPANS:
             raise _Unreadable("too many allocated runs")
     return spans
@@ -484,7 +531,7 @@ def _fat_entries(src: ImageSource, fat_start: int, bits: int, count: int) -> Ite
     if bits == 12:  # at most 4086 entries: one read
         raw = src.read(fat_start, (count * 3 + 1) // 2, "the FAT")
         for n in range(count):
-            pair = int.from_bytes(raw[n * 3 // 2:n * 3 // 2 + 2].ljust(2, b"\0"), "little")
+            pair = int.from_bytes(raw[n * 3 // 2 : n * 3 // 2 + 2].ljust(2, b"\0"), "little")
             yield (pair >> 4) if n & 1 else (pair & 0xFFF)
         return
     width, mask = bits // 8, 0xFFFF if bits == 16 else 0x0FFFFFFF
@@ -494,69 +541,3 @@ def _fat_entries(src: ImageSource, fat_start: int, bits: int, count: int) -> Ite
         raw = src.read(fat_start + first * width, n * width, "the FAT")
         for value in memoryview(raw).cast("H" if width == 2 else "I"):
             yield value & mask
-
-
-# --- byte spans ---------------------------------------------------------------------------------
-def _outside(parts: Iterable[Partition], size: int) -> list[Span]:
-    """Everything of [0, size) no usable partition covers (extended containers are outside)."""
-    return _subtract([(0, size)], _merge([(p.start, p.end) for p in parts]))
-
-
-def _holes(ranges: Sequence[bmap.BlockRange], size: int) -> list[Span]:
-    """[0, size) less the mapped blocks."""
-    mapped = [(r.first * ALIGN, min((r.last + 1) * ALIGN, size)) for r in ranges]
-    return _subtract([(0, size)], _merge(mapped))
-
-
-def _clip(spans: Iterable[Span], low: int, high: int) -> list[Span]:
-    """Spans rounded out to ALIGN, then cut to [low, high)."""
-    out = []
-    for a, b in spans:
-        a, b = max(a // ALIGN * ALIGN, low), min(-(-b // ALIGN) * ALIGN, high)
-        if a < b:
-            out.append((a, b))
-    return out
-
-
-def _merge(spans: Iterable[Span]) -> list[Span]:
-    """Sorted, with overlapping or touching spans joined."""
-    out: list[Span] = []
-    for a, b in sorted(s for s in spans if s[0] < s[1]):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
-
-
-def _subtract(spans: list[Span], cut: list[Span]) -> list[Span]:
-    """Merged `spans` less merged `cut`."""
-    out: list[Span] = []
-    i = 0
-    for a, b in spans:
-        while i < len(cut) and cut[i][1] <= a:
-            i += 1
-        j = i
-        while j < len(cut) and cut[j][0] < b:
-            if cut[j][0] > a:
-                out.append((a, cut[j][0]))
-            a = max(a, cut[j][1])
-            j += 1
-        if a < b:
-            out.append((a, b))
-    return out
-
-
-def _intersect(xs: list[Span], ys: list[Span]) -> list[Span]:
-    """Merged spans in both merged lists, touching results joined."""
-    out: list[Span] = []
-    i = j = 0
-    while i < len(xs) and j < len(ys):
-        a, b = max(xs[i][0], ys[j][0]), min(xs[i][1], ys[j][1])
-        if a < b:
-            out.append((a, b))
-        if xs[i][1] < ys[j][1]:
-            i += 1
-        else:
-            j += 1
-    return _merge(out)

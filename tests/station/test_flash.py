@@ -10,15 +10,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from support.inputs import devices_csv, random_file
 from support.tools import run_tool
+
 from imagetools import keys
 from imagetools.devices import load_devices
 from imagetools.emit import EmitOptions, emit
 from imagetools.errors import ImageFormatError, UsageError
-from imagetools.image import delta as delta_format, read_image
+from imagetools.image import delta as delta_format
+from imagetools.image import read_image
 from imagetools.layout import open_layout
 from imagetools.published import block_map, bound_to_base, load_unit, materialize
 from imagetools.station import flash as station
@@ -106,10 +108,21 @@ def test_a_pinned_batch_key_refuses_a_unit_re_signed_with_another(batch, tmp_pat
     forged.mkdir()
     shutil.copytree(out / "u1", forged / "u1")
     from imagetools.unitformat import batch_key
+
     sign_unit(forged / "u1", batch_key(forged))  # a whole new OUT: its own batch key
     assert cli("flash", base, card, "--unit", forged / "u1", "--ledger", tmp_path / "l.sqlite").returncode == 0
-    proc = cli("flash", base, tmp_path / "c2.img", "--unit", forged / "u1", "--trust", pinned, "--again",
-               "--ledger", tmp_path / "l.sqlite")
+    proc = cli(
+        "flash",
+        base,
+        tmp_path / "c2.img",
+        "--unit",
+        forged / "u1",
+        "--trust",
+        pinned,
+        "--again",
+        "--ledger",
+        tmp_path / "l.sqlite",
+    )
     assert proc.returncode == 2 and "not by" in proc.stderr and not (tmp_path / "c2.img").exists()
     ok = cli("flash", base, tmp_path / "c3.img", "--unit", out / "u2", "--trust", pinned, "--json")
     assert ok.returncode == 0 and json.loads(ok.stdout)["items"][0]["pinned"] is True
@@ -123,23 +136,28 @@ def test_a_delta_is_bound_to_the_base_data_partition(batch):
     base_map = block_map(base)
     layout = open_layout(base)
     rootfs = layout.require("rootfs-a").partition
-    evil = delta_format.Delta(unit.delta.base_size, unit.delta.base_sha256, (rootfs.start, rootfs.end),
-                              ((rootfs.start, bytes(4096)),))
+    evil = delta_format.Delta(
+        unit.delta.base_size, unit.delta.base_sha256, (rootfs.start, rootfs.end), ((rootfs.start, bytes(4096)),)
+    )
     with pytest.raises(UsageError, match="not the data partition"):
         bound_to_base(evil, base, base_map, "evil")
-    bigger = delta_format.Delta(unit.delta.base_size * 2, unit.delta.base_sha256, unit.delta.window,
-                                unit.delta.extents)
+    bigger = delta_format.Delta(unit.delta.base_size * 2, unit.delta.base_sha256, unit.delta.window, unit.delta.extents)
     with pytest.raises(UsageError, match="made over a base of"):
         bound_to_base(bigger, base, base_map, "bigger")
-    huge = delta_format.Delta(1 << 63, unit.delta.base_sha256, ((1 << 62), (1 << 62) + 8192),
-                              (((1 << 62), bytes(4096)),))
+    huge = delta_format.Delta(
+        1 << 63, unit.delta.base_sha256, ((1 << 62), (1 << 62) + 8192), (((1 << 62), bytes(4096)),)
+    )
     with pytest.raises(UsageError):
         bound_to_base(huge, base, base_map, "huge")
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(start=st.integers(0, 1 << 24), length=st.integers(1, 64), extra=st.integers(0, 1 << 40),
-       claim=st.integers(0, 1 << 41))
+@given(
+    start=st.integers(0, 1 << 24),
+    length=st.integers(1, 64),
+    extra=st.integers(0, 1 << 40),
+    claim=st.integers(0, 1 << 41),
+)
 def test_nothing_a_delta_says_writes_outside_the_data_partition(batch, start, length, extra, claim):
     base, out = batch
     base_map = block_map(base)
@@ -147,8 +165,7 @@ def test_nothing_a_delta_says_writes_outside_the_data_partition(batch, start, le
     w0 = start * 4096
     window = (w0, w0 + (length + extra // 4096) * 4096)
     try:
-        delta = delta_format.Delta(claim or base_map.size, base_map.sha256, window,
-                                   ((w0, bytes(length * 4096)),))
+        delta = delta_format.Delta(claim or base_map.size, base_map.sha256, window, ((w0, bytes(length * 4096)),))
         delta_format.parse(delta.render())
         bound_to_base(delta, base, base_map, "random")
     except (UsageError, ImageFormatError):
@@ -199,13 +216,19 @@ def test_paths_inside_a_unit_are_not_followed(batch, tmp_path, cli):
 def test_serve_answers_every_request_even_a_hostile_one(batch, tmp_path, cli):
     base, out = batch
     cards = [tmp_path / f"c{i}.img" for i in range(3)]
-    requests = [{"cards": [{"target": str(cards[0]), "unit": str(out / "u1")}]},
-                "[" * 20000 + "]" * 20000,
-                {"targets": [str(cards[1]), str(cards[2])], "unit": str(out / "u2")},
-                {"cards": [{"target": str(cards[1]), "unit": str(out / "u2")}], "again": "yes"},
-                {"cards": [{"target": str(base), "unit": str(out / "u2")}]},
-                {"cards": [{"target": str(cards[1]), "unit": str(out / "u2")},
-                           {"target": str(cards[2]), "unit": str(out / "u3")}]}]
+    requests = [
+        {"cards": [{"target": str(cards[0]), "unit": str(out / "u1")}]},
+        "[" * 20000 + "]" * 20000,
+        {"targets": [str(cards[1]), str(cards[2])], "unit": str(out / "u2")},
+        {"cards": [{"target": str(cards[1]), "unit": str(out / "u2")}], "again": "yes"},
+        {"cards": [{"target": str(base), "unit": str(out / "u2")}]},
+        {
+            "cards": [
+                {"target": str(cards[1]), "unit": str(out / "u2")},
+                {"target": str(cards[2]), "unit": str(out / "u3")},
+            ]
+        },
+    ]
     text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in requests)
     proc = cli("flash", base, "--serve", input=text)
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -274,8 +297,12 @@ def test_refusals_leave_no_target_open_and_nothing_written(batch, tmp_path):
     link = tmp_path / "card-link.img"
     link.symlink_to(tmp_path / "card.img")
     with pytest.raises(UsageError):
-        station.flash([(str(tmp_path / "card.img"), plan_unit(base, out / "u1")),
-                       (str(tmp_path / "./card.img"), plan_unit(base, out / "u2"))])
+        station.flash(
+            [
+                (str(tmp_path / "card.img"), plan_unit(base, out / "u1")),
+                (str(tmp_path / "./card.img"), plan_unit(base, out / "u2")),
+            ]
+        )
     with open_ledger(out / "ledger.sqlite") as ledger:
         assert {r["state"] for r in ledger.records()} == {"refused"}
 

@@ -34,11 +34,13 @@ def scanned(path: Path) -> list[str]:
 def printed_modules(path: Path, size: int) -> list[list[bool]]:
     """The dark modules of the label's code, sampled at each module's centre."""
     gray = Image.open(path).convert("L")
-    code = gray.crop((WIDTH - HEIGHT, 0, WIDTH, HEIGHT))   # the right-hand square
+    code = gray.crop((WIDTH - HEIGHT, 0, WIDTH, HEIGHT))  # the right-hand square
     left, top, right, _ = ImageOps.invert(code).getbbox()  # finder patterns mark the corners
     step = (right - left) / size
-    return [[code.getpixel((int(left + (x + 0.5) * step), int(top + (y + 0.5) * step))) < 128
-             for x in range(size)] for y in range(size)]
+    return [
+        [code.getpixel((int(left + (x + 0.5) * step), int(top + (y + 0.5) * step))) < 128 for x in range(size)]
+        for y in range(size)
+    ]
 
 
 def encoded_modules(payload: str) -> list[list[bool]]:
@@ -63,7 +65,7 @@ def test_label_for_the_printer_with_a_code_that_reads_back(tmp_path: Path) -> No
 
 
 def test_fingerprint_in_any_usual_spelling_and_never_a_bad_one(tmp_path: Path) -> None:
-    spaced = "SHA256:" + ":".join(FINGERPRINT[i:i + 2].upper() for i in range(0, 64, 2))
+    spaced = "SHA256:" + ":".join(FINGERPRINT[i : i + 2].upper() for i in range(0, 64, 2))
     make_label(tmp_path / "a.png", unit="unit0002", identity={}, fingerprint=spaced)
     assert scanned(tmp_path / "a.png") == ['{"fingerprint":"' + FINGERPRINT + '","identity":{}}']
     for bad in ("", "3f9a", FINGERPRINT + "00", "z" * 64):
@@ -108,10 +110,11 @@ SURELY_FITS = 500  # bytes of payload (the 29 mm code holds up to version 20: 66
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(unit=st.text(st.characters(codec="utf-8"), max_size=2000),
-       identity=st.dictionaries(texts, texts | st.lists(texts, max_size=3), max_size=4))
-def test_any_name_and_identity_make_a_label_whose_code_is_the_record(tmp_path: Path, unit: str,
-                                                                     identity: dict) -> None:
+@given(
+    unit=st.text(st.characters(codec="utf-8"), max_size=2000),
+    identity=st.dictionaries(texts, texts | st.lists(texts, max_size=3), max_size=4),
+)
+def test_any_name_and_identity_make_a_label_whose_code_is_the_record(tmp_path: Path, unit: str, identity: dict) -> None:
     path = tmp_path / "label.png"
     path.unlink(missing_ok=True)
     try:
@@ -149,8 +152,25 @@ def udev_properties(tmp_path: Path, id_path: str, action: str = "add") -> dict[s
     empty.mkdir()
     shutil.copy(RULE, rules)
     (rules / "50-slot.rules").write_text(f'SUBSYSTEM=="block", KERNEL=="{devices[0]}", ENV{{ID_PATH}}="{id_path}"\n')
-    run = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", SANDBOX, "sh",
-                          str(rules), str(empty), action, devices[0]], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            SANDBOX,
+            "sh",
+            str(rules),
+            str(empty),
+            action,
+            devices[0],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if run.returncode != 0 and "unshare" in run.stderr:
         pytest.skip(f"no mount namespace here: {run.stderr.strip()[:200]}")
     assert run.returncode == 0, run.stderr
@@ -164,7 +184,11 @@ def test_udev_rule_keeps_automounters_off_the_slots_only(tmp_path: Path) -> None
     for n, id_path in enumerate([examples[0], examples[2].replace("*", "1")]):
         found = udev_properties(tmp_path / f"slot{n}", id_path)
         assert found["ID_PATH"] == id_path
-        assert {k: found.get(k) for k in SET_BY_RULE} == {"UDISKS_AUTO": "0", "UDISKS_IGNORE": "1",
-                                                          "UDISKS_SYSTEM": "1", "SYSTEMD_READY": "0"}
+        assert {k: found.get(k) for k in SET_BY_RULE} == {
+            "UDISKS_AUTO": "0",
+            "UDISKS_IGNORE": "1",
+            "UDISKS_SYSTEM": "1",
+            "SYSTEMD_READY": "0",
+        }
     other = udev_properties(tmp_path / "other", examples[0].replace("usb-0:3.1", "usb-0:2"))
     assert not set(SET_BY_RULE) & set(other)

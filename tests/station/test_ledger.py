@@ -23,9 +23,29 @@ from imagetools.station.ledger import KILLED, SCHEMA_VERSION, open_ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = hashlib.sha256(b"base").hexdigest()
-EXPORT_FIELDS = {"attempt", "unit", "fingerprint", "identity", "base_sha256", "target", "serial", "station",
-                 "host", "slot", "pinned", "started", "ended", "time", "state", "ok", "error", "bytes_written",
-                 "zeroing", "checks", "times"}
+EXPORT_FIELDS = {
+    "attempt",
+    "unit",
+    "fingerprint",
+    "identity",
+    "base_sha256",
+    "target",
+    "serial",
+    "station",
+    "host",
+    "slot",
+    "pinned",
+    "started",
+    "ended",
+    "time",
+    "state",
+    "ok",
+    "error",
+    "bytes_written",
+    "zeroing",
+    "checks",
+    "times",
+}
 
 
 def fp(name: str) -> str:
@@ -34,8 +54,15 @@ def fp(name: str) -> str:
 
 def card(unit: str = "unit0001", **over) -> dict:
     """begin()'s arguments for one card of `unit`."""
-    return {"unit": unit, "fingerprint": fp(unit), "base_sha256": BASE, "target": "/dev/sdx",
-            "serial": "SN1", "pinned": True, **over}
+    return {
+        "unit": unit,
+        "fingerprint": fp(unit),
+        "base_sha256": BASE,
+        "target": "/dev/sdx",
+        "serial": "SN1",
+        "pinned": True,
+        **over,
+    }
 
 
 @contextlib.contextmanager
@@ -50,18 +77,29 @@ def raw(path: Path):
 
 def insert_row(path: Path, **over) -> None:
     """A row written by hand: another host's station, or a damaged one."""
-    row = {"unit": "u", "fingerprint": fp("u"), "base_sha256": BASE, "target": "/dev/sdz", "station": "s2",
-           "host": "elsewhere", "pid": 1 << 30, "pid_start": 1, "pinned": 0, "started": "2026-12-01T10:00:00.000Z",
-           "state": "writing", **over}
+    row = {
+        "unit": "u",
+        "fingerprint": fp("u"),
+        "base_sha256": BASE,
+        "target": "/dev/sdz",
+        "station": "s2",
+        "host": "elsewhere",
+        "pid": 1 << 30,
+        "pid_start": 1,
+        "pinned": 0,
+        "started": "2026-12-01T10:00:00.000Z",
+        "state": "writing",
+        **over,
+    }
     with raw(path) as db:
         db.execute("PRAGMA ignore_check_constraints = ON")
-        db.execute(f"INSERT INTO attempts ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                   tuple(row.values()))
+        db.execute(f"INSERT INTO attempts ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
 
 
 def spawn(script: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args], cwd=ROOT, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
 
 
 @pytest.fixture
@@ -79,7 +117,7 @@ def test_creates_the_schema_and_reopens(path):
     with open_ledger(path) as led:
         attempt = led.begin(**card())
         led.end(attempt, "passed", bytes_written=4096, zeroing="punched")
-    assert sorted(p.name for p in path.parent.iterdir()) == ["ledger.sqlite"]   # WAL checkpointed on close
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ledger.sqlite"]  # WAL checkpointed on close
     with raw(path) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -90,21 +128,27 @@ def test_creates_the_schema_and_reopens(path):
         assert led.unit_state(fp("unit0001")) == "passed"
 
 
-@pytest.mark.parametrize("state, unit_state", [("passed", "passed"), ("failed", "retired"),
-                                                ("interrupted", "retired")])
+@pytest.mark.parametrize("state, unit_state", [("passed", "passed"), ("failed", "retired"), ("interrupted", "retired")])
 def test_each_ending_and_the_unit_state_it_gives(ledger, state, unit_state):
     assert ledger.unit_state(fp("unit0001")) == "free"
     attempt = ledger.begin(**card(identity={"mac": "02:00:00:00:00:01"}))
-    assert ledger.unit_state(fp("unit0001")) == "free"          # being written is not a unit state
+    assert ledger.unit_state(fp("unit0001")) == "free"  # being written is not a unit state
     checks = [{"id": "V001", "name": "key", "status": "PASS", "detail": "matches"}]
-    ledger.end(attempt, state, error=None if state == "passed" else "read back\ndiffers", bytes_written=10,
-               zeroing="write-zeroes", checks=checks, times={"write": 1.5})
+    ledger.end(
+        attempt,
+        state,
+        error=None if state == "passed" else "read back\ndiffers",
+        bytes_written=10,
+        zeroing="write-zeroes",
+        checks=checks,
+        times={"write": 1.5},
+    )
     (record,) = ledger.records()
     assert record["state"] == state and record["ok"] is (state == "passed")
     assert record["ended"] >= record["started"] == record["time"]
     assert record["started"].endswith("Z") and record["identity"] == {"mac": "02:00:00:00:00:01"}
     assert (record["checks"], record["times"], record["zeroing"]) == (checks, {"write": 1.5}, "write-zeroes")
-    assert record["error"] in (None, "read back differs")        # one line
+    assert record["error"] in (None, "read back differs")  # one line
     assert ledger.unit_state(fp("unit0001")) == unit_state
     assert ledger.retired() == ({fp("unit0001")} if unit_state == "retired" else set())
 
@@ -114,7 +158,7 @@ def test_a_passed_unit_is_flashed_again_only_with_again(ledger):
     with pytest.raises(UsageError, match=r"unit unit0001 .* was already flashed to /dev/sdx at .*--again"):
         ledger.begin(**card(target="/dev/sdy"))
     ledger.end(ledger.begin(**card(target="/dev/sdy"), again=True), "failed", error="verify failed")
-    assert ledger.unit_state(fp("unit0001")) == "passed"         # a passed card exists: not retired
+    assert ledger.unit_state(fp("unit0001")) == "passed"  # a passed card exists: not retired
 
 
 def test_a_retired_unit_is_refused_even_with_again(ledger):
@@ -242,7 +286,7 @@ def test_a_killed_station_is_reaped_and_its_unit_retired(path):
     proc = spawn(SLEEPER, str(path), fp("unit0001"))
     try:
         attempt = int(proc.stdout.readline())
-        with open_ledger(path) as led:                       # the writer is alive: nothing to reap
+        with open_ledger(path) as led:  # the writer is alive: nothing to reap
             assert led.reap() == [] and led.records()[0]["state"] == "writing"
             with pytest.raises(UsageError, match="being written"):
                 led.begin(**card(), again=True)
@@ -316,17 +360,20 @@ def _missing_dir(path: Path) -> Path:
     return path.parent / "no-such-dir" / "ledger.sqlite"
 
 
-@pytest.mark.parametrize("make, message", [
-    (_random, r"is not an imagetools ledger \(file is not a database\)"),
-    (_fifo, "ledger .* is a FIFO, not a regular file"),
-    (_directory, "ledger .* is a directory, not a regular file"),
-    (_symlink, "ledger .* is a symbolic link, not a regular file"),
-    (_foreign, r"is not an imagetools ledger \(an SQLite database without a meta table\)"),
-    (_newer, f"has schema version {SCHEMA_VERSION + 1}, newer than this imagetools knows"),
-    (_bad_version, r"is not an imagetools ledger \(schema_version 'one'\)"),
-    (_trigger, rf"is not an imagetools ledger \(schema version {SCHEMA_VERSION}, but forget differ"),
-    (_missing_dir, "the directory of ledger .* does not exist"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (_random, r"is not an imagetools ledger \(file is not a database\)"),
+        (_fifo, "ledger .* is a FIFO, not a regular file"),
+        (_directory, "ledger .* is a directory, not a regular file"),
+        (_symlink, "ledger .* is a symbolic link, not a regular file"),
+        (_foreign, r"is not an imagetools ledger \(an SQLite database without a meta table\)"),
+        (_newer, f"has schema version {SCHEMA_VERSION + 1}, newer than this imagetools knows"),
+        (_bad_version, r"is not an imagetools ledger \(schema_version 'one'\)"),
+        (_trigger, rf"is not an imagetools ledger \(schema version {SCHEMA_VERSION}, but forget differ"),
+        (_missing_dir, "the directory of ledger .* does not exist"),
+    ],
+)
 def test_hostile_files_are_refused_in_one_line(path, make, message):
     path = make(path) or path
     with pytest.raises(UsageError, match=message) as exc:
@@ -344,9 +391,20 @@ def test_a_foreign_database_is_left_as_it_was(path):
 
 
 def test_damaged_rows_come_back_without_a_traceback(path, ledger):
-    insert_row(path, state="failed", ended="x", identity="{not json", checks='{"an": "object"}',
-               times="[" * 10000 + "]" * 10000, unit=b"\xffunit", pid="many", bytes_written="lots", pinned=7,
-               target="/dev/sdq\nFORGED LINE", error="x" * 100000)
+    insert_row(
+        path,
+        state="failed",
+        ended="x",
+        identity="{not json",
+        checks='{"an": "object"}',
+        times="[" * 10000 + "]" * 10000,
+        unit=b"\xffunit",
+        pid="many",
+        bytes_written="lots",
+        pinned=7,
+        target="/dev/sdq\nFORGED LINE",
+        error="x" * 100000,
+    )
     (record,) = ledger.records()
     assert record["identity"] is record["checks"] is record["times"] is record["bytes_written"] is None
     assert record["unit"] == "\ufffdunit" and record["pinned"] is False and len(record["error"]) == 2000
@@ -367,8 +425,9 @@ def test_an_empty_file_becomes_a_ledger(path):
 
 def test_records_and_export_lines_name_exactly_the_fields(ledger):
     attempt = ledger.begin(**card(identity={"serial": "1"}))
-    ledger.end(attempt, "passed", checks=[{"id": "V1", "name": "n", "status": "PASS", "detail": ""}],
-               times={"write": 0.5})
+    ledger.end(
+        attempt, "passed", checks=[{"id": "V1", "name": "n", "status": "PASS", "detail": ""}], times={"write": 0.5}
+    )
     refused = ledger.refuse(**card(unit="unit0002"), error="wrong base")
     records = ledger.records()
     assert [r["attempt"] for r in records] == [attempt, refused]
@@ -383,15 +442,24 @@ def test_records_and_export_lines_name_exactly_the_fields(ledger):
 
 
 def test_no_private_key_is_ever_stored(path):
-    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    pem = (
+        ed25519.Ed25519PrivateKey.generate()
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .decode()
+    )
     body = pem.splitlines()[1]
     with open_ledger(path) as led:
         attempt = led.begin(**card(identity={"note": pem}))
-        led.end(attempt, "failed", error=f"cannot load {pem}", zeroing=pem,
-                checks=[{"id": "V1", "name": "key", "status": "FAIL", "detail": pem}], times={pem: 1.0})
+        led.end(
+            attempt,
+            "failed",
+            error=f"cannot load {pem}",
+            zeroing=pem,
+            checks=[{"id": "V1", "name": "key", "status": "FAIL", "detail": pem}],
+            times={pem: 1.0},
+        )
         led.refuse(**card(unit="unit0002"), error="tail: " + pem[20:])
-        stored = b"".join(p.read_bytes() for p in path.parent.iterdir())     # the WAL holds them now
+        stored = b"".join(p.read_bytes() for p in path.parent.iterdir())  # the WAL holds them now
         records = led.records()
     after = b"".join(p.read_bytes() for p in path.parent.iterdir())
     for data in (stored, after):
@@ -433,13 +501,63 @@ CREATE INDEX attempts_writing ON attempts (host) WHERE state = 'writing';
 """
 _V1_ROW = ("cae662172fd450bb0cd710a769079c05bfc5d8e35efa6576edc7d0377afdd4a2", "bench1", "vm", 1668, 420858)
 V1_ROWS = [
-    (1, "unit0001", fp("unit0001"), '{"mac": "02:00:00:00:00:01"}', _V1_ROW[0], "/dev/sdx", "SN1", *_V1_ROW[1:], 1,
-     "2026-12-06T22:17:22.884Z", "2026-12-06T22:17:22.886Z", "passed", None, 4096, "punched",
-     '[{"detail": "", "id": "V001", "name": "key", "status": "PASS"}]', '{"write": 1.5}'),
-    (2, "unit0002", fp("unit0002"), None, _V1_ROW[0], "/dev/sdy", None, *_V1_ROW[1:], 0, "2026-12-06T22:17:22.892Z",
-     "2026-12-06T22:17:22.898Z", "failed", "verify failed", 0, None, None, None),
-    (3, "unit0003", fp("unit0003"), None, _V1_ROW[0], "/dev/sdz", None, *_V1_ROW[1:], 1, "2026-12-06T22:17:22.904Z",
-     "2026-12-06T22:17:22.904Z", "refused", "target is mounted", 0, None, None, None),
+    (
+        1,
+        "unit0001",
+        fp("unit0001"),
+        '{"mac": "02:00:00:00:00:01"}',
+        _V1_ROW[0],
+        "/dev/sdx",
+        "SN1",
+        *_V1_ROW[1:],
+        1,
+        "2026-12-06T22:17:22.884Z",
+        "2026-12-06T22:17:22.886Z",
+        "passed",
+        None,
+        4096,
+        "punched",
+        '[{"detail": "", "id": "V001", "name": "key", "status": "PASS"}]',
+        '{"write": 1.5}',
+    ),
+    (
+        2,
+        "unit0002",
+        fp("unit0002"),
+        None,
+        _V1_ROW[0],
+        "/dev/sdy",
+        None,
+        *_V1_ROW[1:],
+        0,
+        "2026-12-06T22:17:22.892Z",
+        "2026-12-06T22:17:22.898Z",
+        "failed",
+        "verify failed",
+        0,
+        None,
+        None,
+        None,
+    ),
+    (
+        3,
+        "unit0003",
+        fp("unit0003"),
+        None,
+        _V1_ROW[0],
+        "/dev/sdz",
+        None,
+        *_V1_ROW[1:],
+        1,
+        "2026-12-06T22:17:22.904Z",
+        "2026-12-06T22:17:22.904Z",
+        "refused",
+        "target is mounted",
+        0,
+        None,
+        None,
+        None,
+    ),
 ]
 
 
@@ -451,14 +569,17 @@ def test_a_schema_1_ledger_is_migrated_on_open_and_keeps_its_attempts(path):
     with open_ledger(path) as led:
         records = led.records()
         assert [(r["unit"], r["state"], r["slot"]) for r in records] == [
-            ("unit0001", "passed", None), ("unit0002", "failed", None), ("unit0003", "refused", None)]
+            ("unit0001", "passed", None),
+            ("unit0002", "failed", None),
+            ("unit0003", "refused", None),
+        ]
         assert records[0]["checks"][0]["id"] == "V001" and records[0]["identity"] == {"mac": "02:00:00:00:00:01"}
         assert led.retired() == {fp("unit0002")} and led.passed_units() == {"unit0001"}
-        assert led.counts()["free"] == 0 and len(led.report()) == 3     # units seen only in attempts
+        assert led.counts()["free"] == 0 and len(led.report()) == 3  # units seen only in attempts
         attempt = led.begin(**card("unit0004"))
-        assert attempt == 4                                               # ids go on where they were
+        assert attempt == 4  # ids go on where they were
     with raw(path) as db:
         assert db.execute("SELECT value FROM meta").fetchall() == [(str(SCHEMA_VERSION),)]
         assert [tuple(r)[:20] for r in db.execute("SELECT * FROM attempts WHERE id < 4 ORDER BY id")] == before
-    with open_ledger(path) as led:                                        # migrated once: opens as it is
+    with open_ledger(path) as led:  # migrated once: opens as it is
         assert len(led.records()) == 4

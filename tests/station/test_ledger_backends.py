@@ -16,7 +16,7 @@ import pytest
 from support.postgres import PostgresServer, unavailable
 
 from imagetools.errors import UsageError
-from imagetools.station.ledger import Allocation, KILLED, Ledger, UnitEntry, open_ledger
+from imagetools.station.ledger import KILLED, Allocation, Ledger, UnitEntry, open_ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = hashlib.sha256(b"base").hexdigest()
@@ -33,8 +33,14 @@ def entry(name: str, base: str = BASE, **identity: str) -> UnitEntry:
 
 
 def take(led: Ledger, slot: str = "st/1", token: str | None = None, base: str = BASE) -> Allocation | None:
-    return led.allocate(slot=slot, target="/dev/" + slot.replace("/", ""), serial="SN-" + slot, base_sha256=base,
-                        pinned=True, token=token or str(uuid.uuid4()))
+    return led.allocate(
+        slot=slot,
+        target="/dev/" + slot.replace("/", ""),
+        serial="SN-" + slot,
+        base_sha256=base,
+        pinned=True,
+        token=token or str(uuid.uuid4()),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,24 +77,29 @@ def test_register_is_idempotent_and_counts_the_new(ledger):
     assert take(ledger, base=OTHER_BASE).unit == "unit02"
 
 
-@pytest.mark.parametrize("clash, message", [
-    (UnitEntry("unit01", fp("other"), {}, BASE), r"unit unit01 is in ledger .* with key [0-9a-f]{16}\.\.\., not"),
-    (UnitEntry("renamed", fp("unit01"), {}, BASE), "unit renamed has the key of unit unit01"),
-])
+@pytest.mark.parametrize(
+    "clash, message",
+    [
+        (UnitEntry("unit01", fp("other"), {}, BASE), r"unit unit01 is in ledger .* with key [0-9a-f]{16}\.\.\., not"),
+        (UnitEntry("renamed", fp("unit01"), {}, BASE), "unit renamed has the key of unit unit01"),
+    ],
+)
 def test_register_refuses_a_name_with_another_key_and_a_key_under_another_name(ledger, clash, message):
     ledger.register([entry("unit01")])
     with pytest.raises(UsageError, match=message) as exc:
         ledger.register([entry("unit02"), clash])
     assert "\n" not in str(exc.value)
-    assert [r["name"] for r in ledger.report()] == ["unit01"]       # nothing of the refused call stays
+    assert [r["name"] for r in ledger.report()] == ["unit01"]  # nothing of the refused call stays
 
 
 def test_register_refuses_bad_entries_before_touching_the_ledger(ledger):
-    for bad, message in [([entry("a"), UnitEntry("a", fp("b"), {}, BASE)], "unit a is given twice"),
-                         ([UnitEntry("x", fp("k"), {}, BASE), UnitEntry("y", fp("k"), {}, BASE)], "same key"),
-                         ([UnitEntry("x", "ABC", {}, BASE)], "unit x: fingerprint 'ABC' is not a SHA-256"),
-                         ([UnitEntry("bad\nname", fp("k"), {}, BASE)], "is not a name of up to 255"),
-                         ([UnitEntry("x", fp("k"), {}, "nope")], "unit x: base sha256")]:
+    for bad, message in [
+        ([entry("a"), UnitEntry("a", fp("b"), {}, BASE)], "unit a is given twice"),
+        ([UnitEntry("x", fp("k"), {}, BASE), UnitEntry("y", fp("k"), {}, BASE)], "same key"),
+        ([UnitEntry("x", "ABC", {}, BASE)], "unit x: fingerprint 'ABC' is not a SHA-256"),
+        ([UnitEntry("bad\nname", fp("k"), {}, BASE)], "is not a name of up to 255"),
+        ([UnitEntry("x", fp("k"), {}, "nope")], "unit x: base sha256"),
+    ]:
         with pytest.raises(UsageError, match=message):
             ledger.register(bad)
     assert ledger.report() == []
@@ -96,19 +107,34 @@ def test_register_refuses_bad_entries_before_touching_the_ledger(ledger):
 
 def test_allocate_takes_free_units_of_the_base_in_name_order_then_none(ledger):
     ledger.register([entry("unit03"), entry("unit01"), entry("unit02"), entry("other1", base=OTHER_BASE)])
-    ledger.end(ledger.begin(unit="unit01", fingerprint=fp("unit01"), base_sha256=BASE, target="/dev/sdq",
-                            serial=None, pinned=True), "passed")         # flashed by hand: not free
+    ledger.end(
+        ledger.begin(
+            unit="unit01", fingerprint=fp("unit01"), base_sha256=BASE, target="/dev/sdq", serial=None, pinned=True
+        ),
+        "passed",
+    )  # flashed by hand: not free
     first = take(ledger, "st/1")
     assert (first.unit, first.fingerprint, first.identity) == ("unit02", fp("unit02"), {"mac": "02:00:02"})
     second = take(ledger, "st/2")
     assert second.unit == "unit03" and take(ledger) is None
     record = ledger.record(first.attempt)
-    assert (record["state"], record["slot"], record["target"], record["serial"]) == ("writing", "st/1", "/dev/st1",
-                                                                                    "SN-st/1")
+    assert (record["state"], record["slot"], record["target"], record["serial"]) == (
+        "writing",
+        "st/1",
+        "/dev/st1",
+        "SN-st/1",
+    )
     assert record["identity"] == {"mac": "02:00:02"} and record["station"] == "sta" and "token" not in record
     with pytest.raises(UsageError, match="being written by station sta"):
-        ledger.begin(unit="unit02", fingerprint=fp("unit02"), base_sha256=BASE, target="/dev/sdq", serial=None,
-                     pinned=True, again=True)
+        ledger.begin(
+            unit="unit02",
+            fingerprint=fp("unit02"),
+            base_sha256=BASE,
+            target="/dev/sdq",
+            serial=None,
+            pinned=True,
+            again=True,
+        )
 
 
 def test_a_unit_whose_card_was_not_written_goes_back_and_a_retired_one_never(ledger):
@@ -126,9 +152,9 @@ def test_the_same_token_gives_back_the_same_attempt(ledger):
     ledger.register([entry("unit01"), entry("unit02")])
     token = str(uuid.uuid4())
     first = take(ledger, token=token)
-    assert take(ledger, token=token) == first                     # a retry after a lost connection
+    assert take(ledger, token=token) == first  # a retry after a lost connection
     ledger.end(first.attempt, "passed")
-    assert take(ledger, token=token) == first                     # even once it ended, or none is left
+    assert take(ledger, token=token) == first  # even once it ended, or none is left
     assert take(ledger).unit == "unit02" and take(ledger, token=token) == first
     with pytest.raises(UsageError, match="was used for slot st/1 and another base or slot"):
         take(ledger, slot="st/9", token=token)
@@ -142,7 +168,7 @@ def test_end_is_idempotent_for_the_same_state_and_refuses_another(ledger):
     ledger.register([entry("unit01")])
     a = take(ledger)
     ledger.end(a.attempt, "passed", bytes_written=7)
-    ledger.end(a.attempt, "passed", bytes_written=99)              # a repeat changes nothing
+    ledger.end(a.attempt, "passed", bytes_written=99)  # a repeat changes nothing
     assert ledger.record(a.attempt)["bytes_written"] == 7
     with pytest.raises(UsageError, match="already ended as passed, not failed; an attempt ends once"):
         ledger.end(a.attempt, "failed")
@@ -159,23 +185,42 @@ def test_counts_recent_report_and_passed_units(ledger):
         ledger.end(a.attempt, state, error=None if state == "passed" else f"{state} here", bytes_written=512)
         ended[a.unit] = state
     live = take(ledger, slot="st/9")
-    ledger.refuse(unit="loose", fingerprint=fp("loose"), base_sha256=BASE, target="/dev/sdz", error="mounted",
-                  pinned=False)
+    ledger.refuse(
+        unit="loose", fingerprint=fp("loose"), base_sha256=BASE, target="/dev/sdz", error="mounted", pinned=False
+    )
     counts = ledger.counts()
-    assert counts == {"passed": 2, "failed": 1, "interrupted": 1, "writing": 1, "retired": 2, "free": 1,
-                      "per_hour": 12, "stations": ["sta"]}
+    assert counts == {
+        "passed": 2,
+        "failed": 1,
+        "interrupted": 1,
+        "writing": 1,
+        "retired": 2,
+        "free": 1,
+        "per_hour": 12,
+        "stations": ["sta"],
+    }
     recent = ledger.recent(3)
     assert [r["unit"] for r in recent] == ["loose", live.unit, "unit04"] and ledger.recent(0) == []
     assert len(ledger.recent()) == 6
     assert ledger.passed_units() == {"unit01", "unit02"}
     rows = ledger.report()
     assert [(r["name"], r["state"], r["unit_state"]) for r in rows] == [
-        ("loose", "free", "free"), ("unit01", "passed", "passed"), ("unit02", "passed", "passed"),
-        ("unit03", "failed", "retired"), ("unit04", "interrupted", "retired"), ("unit05", "writing", "free"),
-        ("unit06", "free", "free")]
+        ("loose", "free", "free"),
+        ("unit01", "passed", "passed"),
+        ("unit02", "passed", "passed"),
+        ("unit03", "failed", "retired"),
+        ("unit04", "interrupted", "retired"),
+        ("unit05", "writing", "free"),
+        ("unit06", "free", "free"),
+    ]
     unit03 = rows[3]
     assert (unit03["slot"], unit03["station"], unit03["serial"], unit03["bytes_written"], unit03["error"]) == (
-        "st/3", "sta", "SN-st/3", 512, "failed here")
+        "st/3",
+        "sta",
+        "SN-st/3",
+        512,
+        "failed here",
+    )
     assert unit03["identity"] == {"mac": "02:00:03"} and unit03["fingerprint"] == fp("unit03")
     assert unit03["ended"] >= unit03["started"] and rows[6]["started"] is None and rows[6]["attempts"] == 0
     json.dumps(rows)
@@ -209,8 +254,16 @@ print(json.dumps(got), flush=True)
 def test_two_processes_allocating_at_once_never_take_a_unit_twice(where):
     with open_ledger(where) as led:
         led.register([entry(f"unit{i:03d}") for i in range(50)])
-    procs = [subprocess.Popen([sys.executable, "-c", ALLOCATOR, where, name, "30", BASE], cwd=ROOT, text=True,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE) for name in ("sta", "stb")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", ALLOCATOR, where, name, "30", BASE],
+            cwd=ROOT,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        for name in ("sta", "stb")
+    ]
     try:
         assert [p.stdout.readline() for p in procs] == ["ready\n"] * 2
         for p in procs:
@@ -225,8 +278,8 @@ def test_two_processes_allocating_at_once_never_take_a_unit_twice(where):
     taken = [a for got in results for a in got if a is not None]
     assert len(taken) == 50 and sum(a is None for got in results for a in got) == 10
     assert len({unit for _, unit in taken}) == 50 and len({attempt for attempt, _ in taken}) == 50
-    for got in results:                                   # once none is left, none comes back
-        assert all(a is None for a in got[got.index(None):]) if None in got else len(got) == 30
+    for got in results:  # once none is left, none comes back
+        assert all(a is None for a in got[got.index(None) :]) if None in got else len(got) == 30
     with open_ledger(where) as led:
         records = led.records()
         assert len(records) == 50 and {r["unit"] for r in records} == {f"unit{i:03d}" for i in range(50)}
@@ -247,8 +300,7 @@ time.sleep(120)
 def test_an_allocating_station_killed_mid_card_is_reaped_on_this_host(where):
     with open_ledger(where) as led:
         led.register([entry("unit01"), entry("unit02")])
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, where, BASE], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, where, BASE], cwd=ROOT, text=True, stdout=subprocess.PIPE)
     try:
         attempt = int(proc.stdout.readline())
         with open_ledger(where) as led:
@@ -257,7 +309,7 @@ def test_an_allocating_station_killed_mid_card_is_reaped_on_this_host(where):
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         proc.stdout.close()
-    with open_ledger(where) as led:                       # the next open on this host reaps it
+    with open_ledger(where) as led:  # the next open on this host reaps it
         record = led.record(attempt)
         assert (record["state"], record["error"], record["slot"]) == ("interrupted", KILLED, "k/1")
         row = next(r for r in led.report() if r["name"] == "unit01")

@@ -64,8 +64,14 @@ def test_register_then_report_as_json_csv_and_a_table(out, cli):
     again = cli("ledger", "register", "--units", out, "--json")
     assert json.loads(again.stdout)["summary"] == {"units": 3, "new": 0}
     with open_ledger(out / "ledger.sqlite", station="bench") as led:
-        a = led.allocate(slot="bench/1", target="/dev/sdq", serial="SN9", base_sha256=load_unit(out / "u1").base_sha256,
-                         pinned=True, token=str(uuid.uuid4()))
+        a = led.allocate(
+            slot="bench/1",
+            target="/dev/sdq",
+            serial="SN9",
+            base_sha256=load_unit(out / "u1").base_sha256,
+            pinned=True,
+            token=str(uuid.uuid4()),
+        )
         led.end(a.attempt, "passed", bytes_written=4096)
     report = cli("ledger", "report", "--units", out, "--json")
     assert report.returncode == 0, report.stderr
@@ -77,8 +83,11 @@ def test_register_then_report_as_json_csv_and_a_table(out, cli):
     assert first["attempt"] == a.attempt and first["bytes_written"] == 4096
     assert doc["summary"]["passed"] == 1 and doc["summary"]["free"] == 2 and doc["summary"]["units"] == 3
     rows = list(csv.DictReader(io.StringIO(cli("ledger", "report", "--ledger", out / "ledger.sqlite", "--csv").stdout)))
-    assert [(r["name"], r["state"], r["bytes_written"]) for r in rows] == [("u1", "passed", "4096"), ("u2", "free", ""),
-                                                                          ("u3", "free", "")]
+    assert [(r["name"], r["state"], r["bytes_written"]) for r in rows] == [
+        ("u1", "passed", "4096"),
+        ("u2", "free", ""),
+        ("u3", "free", ""),
+    ]
     assert json.loads(rows[0]["identity"]) == {"mac": "02:00:00:00:01:01"} and rows[0]["fingerprint"] == a.fingerprint
     table = cli("ledger", "report", "--units", out).stdout.splitlines()
     assert table[0].split() == ["UNIT", "STATE", "SERIAL", "STATION", "SLOT", "ENDED", "BYTES", "KEY", "IDENTITY"]

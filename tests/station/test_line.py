@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-from imagetools.station.ledger import open_ledger
 from support.postgres import PostgresServer, unavailable
 from support.slots import Rig
 from support.station_proc import StationProcess
 from support.units import emit_units, holds_its_unit
 
+from imagetools.station.ledger import open_ledger
+
 pytestmark = pytest.mark.integration
 
-CARD_SECONDS = 10.0   # the bound per card of the line's run on a loaded 2-core machine
+CARD_SECONDS = 10.0  # the bound per card of the line's run on a loaded 2-core machine
 
 
 @dataclass
@@ -29,9 +29,9 @@ class Line:
     """The stations, their slots, and what the driver saw on each card."""
 
     args: list[str]
-    slots: dict[str, list[str]]                 # station name -> its slots
+    slots: dict[str, list[str]]  # station name -> its slots
     procs: dict[str, StationProcess] = field(default_factory=dict)
-    seen: dict[str, int] = field(default_factory=dict)   # slot -> events of its station consumed
+    seen: dict[str, int] = field(default_factory=dict)  # slot -> events of its station consumed
     results: list[tuple[Path, str, str | None]] = field(default_factory=list)  # card, state, unit
 
     def start(self, name: str) -> None:
@@ -50,7 +50,7 @@ class Line:
     def ending(self, slot: str) -> dict | None:
         """The next end event (passed, failed, interrupted) of SLOT's card, if there is one yet."""
         events = [e for e in self.procs[self.station_of(slot)].events if e["slot"] == slot]
-        for i, event in enumerate(events[self.seen[slot]:], self.seen[slot]):
+        for i, event in enumerate(events[self.seen[slot] :], self.seen[slot]):
             if event["event"] in ("passed", "failed", "interrupted"):
                 self.seen[slot] = i + 1
                 return event
@@ -66,8 +66,18 @@ class Line:
         return None
 
 
-def drive(rig: Rig, line: Line, cards: int, size: int, tmp_path: Path, *, kill: str, at_kill: int,
-          restart_db=None, at_restart: int = 0) -> str:
+def drive(
+    rig: Rig,
+    line: Line,
+    cards: int,
+    size: int,
+    tmp_path: Path,
+    *,
+    kill: str,
+    at_kill: int,
+    restart_db=None,
+    at_restart: int = 0,
+) -> str:
     """Insert and pull CARDS cards, killing station KILL mid-flash after AT_KILL cards (and
     restarting it), and calling RESTART_DB after AT_RESTART cards. Returns the killed card's slot."""
     inserted, killed_slot, deadline = 0, None, time.monotonic() + 120 + cards * CARD_SECONDS
@@ -87,7 +97,7 @@ def drive(rig: Rig, line: Line, cards: int, size: int, tmp_path: Path, *, kill: 
             line.procs[kill].stop(signal.SIGKILL)
             killed_slot = slot
             line.results.append((card_of[slot], "killed", None))
-            line.start(kill)                 # the same card stays in; the restarted station resumes
+            line.start(kill)  # the same card stays in; the restarted station resumes
         if restart_db is not None and inserted >= at_restart:
             restart_db()
             restart_db = None
@@ -129,19 +139,31 @@ def test_three_stations_share_a_postgresql_ledger(make_image, tmp_path):
     with PostgresServer() as pg, Rig(6) as rig:
         url = pg.create_database("line")
         s = rig.slots
-        line = Line(["--base", str(base), "--units", str(out), "--ledger", url, "--no-fsck"],
-                    {"st1": s[0:2], "st2": s[2:4], "st3": s[4:6]})
+        line = Line(
+            ["--base", str(base), "--units", str(out), "--ledger", url, "--no-fsck"],
+            {"st1": s[0:2], "st2": s[2:4], "st3": s[4:6]},
+        )
         try:
             for name in line.slots:
                 line.start(name)
-            killed = drive(rig, line, cards, base.stat().st_size, tmp_path, kill="st2", at_kill=12,
-                  restart_db=lambda: pg.restart(down=1.0), at_restart=30)
+            killed = drive(
+                rig,
+                line,
+                cards,
+                base.stat().st_size,
+                tmp_path,
+                kill="st2",
+                at_kill=12,
+                restart_db=lambda: pg.restart(down=1.0),
+                at_restart=30,
+            )
         finally:
             codes = {name: proc.stop() for name, proc in line.procs.items()}
         assert codes == {"st1": 0, "st2": 0, "st3": 0}
         check_line(line, out, url, killed)
-        assert any(e["event"] == "ledger" for p in line.procs.values() for e in p.events), \
+        assert any(e["event"] == "ledger" for p in line.procs.values() for e in p.events), (
             "the lost database was never shown"
+        )
 
 
 def test_one_station_with_the_sqlite_ledger(make_image, tmp_path):

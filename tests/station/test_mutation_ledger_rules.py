@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import sqlite3
+import subprocess
+import time
 
 import pytest
 
@@ -179,3 +183,67 @@ def test_the_ledger_stores_one_clean_line_per_text(tmp_path):
     assert record["checks"] == [{"detail": "[key material removed]", "[key material removed]": [1, None]}]
     assert json.loads(json.dumps(record)) == record
     assert record["started"].endswith("Z") and len(record["started"]) == len("2026-01-01T00:00:00.000Z")
+
+
+def test_report_rows_without_a_name_or_fingerprint_sort_first():
+    rows = report_rows([_unit("A", "f2"), _unit(None, "f1")], [])
+    assert [r["name"] for r in rows] == [None, "A"]
+    rows = report_rows([_unit("a", "A")], [_attempt(id=1, unit="a", fingerprint=None)])
+    assert [r["fingerprint"] for r in rows] == [None, "A"]
+
+
+def test_identities_are_stored_with_sorted_names(tmp_path):
+    with open_ledger(tmp_path / "ledger.db", station="st1") as ledger:
+        attempt = ledger.begin(unit="u1", fingerprint=FP, base_sha256=BASE, target="/dev/sdx", serial=None,
+                               pinned=False, identity={"b": "1", "a": "2"})  # fmt: skip
+        assert list(ledger.record(attempt)["identity"]) == ["a", "b"]
+
+
+def test_a_digest_that_is_not_lowercase_hex_is_quoted_in_the_refusal(tmp_path):
+    with open_ledger(tmp_path / "ledger.db", station="st1") as ledger, pytest.raises(UsageError) as refused:
+        ledger.begin(unit="u1", fingerprint=FP.upper(), base_sha256=BASE, target="/dev/sdx", serial=None, pinned=False)
+    assert str(refused.value) == f"fingerprint {FP.upper()!r} is not a SHA-256 digest in lowercase hex (64 digits)"
+
+
+def _start(pid: int) -> int:
+    """Field 22 of /proc/PID/stat, read after the last ')' (the name may hold anything)."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        return int(fh.read().rpartition(b")")[2].split()[19])
+
+
+def _writing_as(path, pid: int, start: int) -> list[int]:
+    """A 'writing' attempt of this host handed to process `pid` (started at `start`), then reaped."""
+    with open_ledger(path, station="st1") as ledger:
+        attempt = ledger.begin(unit="u1", fingerprint=FP, base_sha256=BASE, target="/dev/sdx", serial=None,
+                               pinned=False, again=True)  # fmt: skip
+        assert ledger.reap() == []  # our own process runs
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE attempts SET pid = ?, pid_start = ? WHERE id = ?", (pid, start, attempt))
+        db.close()
+        return ledger.reap()
+
+
+def test_a_running_process_keeps_its_attempt_whatever_its_name(tmp_path):
+    assert _writing_as(tmp_path / "a.db", 1, _start(1)) == []  # init, pid 1
+    assert _writing_as(tmp_path / "b.db", 1, _start(1) + 1) == [1]  # a reused pid: another start time
+    odd = tmp_path / "x) Z 1 2 3"
+    odd.symlink_to(shutil.which("sleep"))
+    proc = subprocess.Popen([str(odd), "30"])
+    try:
+        assert _writing_as(tmp_path / "c.db", proc.pid, _start(proc.pid)) == []
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_zombie_has_ended(tmp_path):
+    proc = subprocess.Popen(["true"])
+    try:
+        for _ in range(500):
+            with open(f"/proc/{proc.pid}/stat", "rb") as fh:
+                if fh.read().rpartition(b")")[2].split()[0] == b"Z":
+                    break
+            time.sleep(0.01)
+        assert _writing_as(tmp_path / "ledger.db", proc.pid, _start(proc.pid)) == [1]
+    finally:
+        proc.wait()

@@ -56,8 +56,7 @@ def loop():
     attached: list[str] = []
 
     def attach(path: Path) -> str:
-        proc = subprocess.run(["losetup", "-f", "--show", str(path)], capture_output=True, text=True,
-                              check=False)
+        proc = subprocess.run(["losetup", "-f", "--show", str(path)], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             pytest.skip(f"losetup cannot attach a loop device: {proc.stderr.strip()}")
         attached.append(proc.stdout.strip())
@@ -116,9 +115,12 @@ def test_a_corrupt_rootfs_byte_names_its_range(flashed):
     plan, card, expected = flashed
     r = _rootfs_range(plan)
     _flip(card, (r.first + r.last) // 2 * B + 123)
-    with pytest.raises(VerifyFailed, match=rf"{card}: blocks {r.first}-{r.last} read back differently "
-                                           r"from what was written \(bmap checksum\); the card is bad or "
-                                           "fake-capacity: replace it"):
+    with pytest.raises(
+        VerifyFailed,
+        match=rf"{card}: blocks {r.first}-{r.last} read back differently "
+        r"from what was written \(bmap checksum\); the card is bad or "
+        "fake-capacity: replace it",
+    ):
         read_back(card, expected)
 
 
@@ -147,8 +149,10 @@ def test_a_nonzero_byte_in_a_zeroed_range_fails(flashed):
 def test_a_short_card_fails(flashed, monkeypatch):
     plan, card, expected = flashed
     os.truncate(card, plan.size - 3 * B)
-    with pytest.raises(VerifyFailed, match=f"{card} ends at byte {plan.size - 3 * B}, the image needs "
-                                           f"{plan.size}: a fake-capacity or damaged card"):
+    with pytest.raises(
+        VerifyFailed,
+        match=f"{card} ends at byte {plan.size - 3 * B}, the image needs {plan.size}: a fake-capacity or damaged card",
+    ):
         read_back(card, expected)
     # A device that claims the full size and still stops short is caught by the read itself.
     monkeypatch.setattr("imagetools.station.readback._length", lambda fd, name: plan.size)
@@ -159,8 +163,12 @@ def test_a_short_card_fails(flashed, monkeypatch):
 def test_an_image_unit_is_checked_against_its_own_image(flashed, unit, tmp_path):
     _, delta_card, _ = flashed
     base, _ = unit
-    emit(base, load_devices(tmp_path / "d.csv"), tmp_path / "IMG",
-         EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=1))
+    emit(
+        base,
+        load_devices(tmp_path / "d.csv"),
+        tmp_path / "IMG",
+        EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=1),
+    )
     card = tmp_path / "image-card.img"
     _flash(base, tmp_path / "IMG" / "u1", card)
     assert check_card(card, base, tmp_path / "IMG" / "u1") > 0
@@ -175,8 +183,7 @@ def test_bad_inputs_are_usage_errors(flashed, unit, tmp_path):
         read_back(card, Expected(plan.size, plan.ranges, plan.patches))
     changed = tmp_path / "changed.sdimg"
     subprocess.run(["cp", "--sparse=always", str(base), str(changed)], check=True)
-    r = next(r for r in plan.ranges
-             if any(o < (r.last + 1) * B and r.first * B < o + len(d) for o, d in plan.patches))
+    r = next(r for r in plan.ranges if any(o < (r.last + 1) * B and r.first * B < o + len(d) for o, d in plan.patches))
     _flip(changed, r.first * B)
     with pytest.raises(UsageError, match=f"blocks {r.first}-{r.last} do not match their bmap checksum"):
         read_back(card, Expected(plan.size, plan.ranges, plan.patches, source=str(changed)))
@@ -280,7 +287,7 @@ def _images(draw):
             n = min(n, size - off)
             patches.append((off, rng.randbytes(n)))
             end = off + n
-    block_ranges = [bmap.BlockRange(a, b, _sha(source[a * B:(b + 1) * B])) for a, b in ranges]
+    block_ranges = [bmap.BlockRange(a, b, _sha(source[a * B : (b + 1) * B])) for a, b in ranges]
     return size, source, block_ranges, patches, draw(st.booleans())
 
 
@@ -310,7 +317,7 @@ def _exact_copy_passes_and_any_flip_fails(tmp_path, image, data):
         a, b = r.first * B, min((r.last + 1) * B, size)
         card[a:b], written[a:b] = source[a:b], b"\1" * (b - a)
     for off, blob in patches:
-        card[off:off + len(blob)], written[off:off + len(blob)] = blob, b"\1" * len(blob)
+        card[off : off + len(blob)], written[off : off + len(blob)] = blob, b"\1" * len(blob)
     if zeros:
         written = bytearray(b"\1" * size)
     (tmp_path / "source").write_bytes(source)
@@ -345,8 +352,7 @@ def test_a_cards_stale_journal_headers_are_zeroed_and_read_back(unit, tmp_path, 
     _plant_headers(card, [*planted, a + 2 * B + 7])  # not at a 512-byte boundary: no header
     dev = loop(card)
     with open(dev, "rb") as f:
-        assert readback.stale_headers(f.fileno(), plan.journals) == [(a, a + B), (a + 5 * B, a + 6 * B),
-                                                                     (b - B, b)]
+        assert readback.stale_headers(f.fileno(), plan.journals) == [(a, a + B), (a + 5 * B, a + 6 * B), (b - B, b)]
     [record] = station.flash([(dev, plan)], fsck=False)
     assert record["state"] == "passed", record["error"]
     assert record["zeroing"] in ("written", "write-zeroes")
@@ -364,12 +370,16 @@ def test_a_cards_stale_journal_headers_are_zeroed_and_read_back(unit, tmp_path, 
 
 
 @settings(max_examples=200, deadline=None)
-@given(pos=st.integers(0, 4 * B).map(lambda n: n * 4), length=st.integers(0, 6 * B),
-       at=st.lists(st.integers(0, 6 * B), max_size=8), seed=st.integers(0, 2**32))
+@given(
+    pos=st.integers(0, 4 * B).map(lambda n: n * 4),
+    length=st.integers(0, 6 * B),
+    at=st.lists(st.integers(0, 6 * B), max_size=8),
+    seed=st.integers(0, 2**32),
+)
 def test_headers_are_exactly_the_magics_at_sector_starts(pos, length, at, seed):
     piece = bytearray(random.Random(seed).choices(b"\x00\x39\xc0\x98\x3b", k=length))
     for i in at:
-        piece[i:i + 4] = JBD2_MAGIC[:max(0, length - i)]
+        piece[i : i + 4] = JBD2_MAGIC[: max(0, length - i)]
     del piece[length:]
-    want = [pos + i for i in range(length - 3) if (pos + i) % 512 == 0 and piece[i:i + 4] == JBD2_MAGIC]
+    want = [pos + i for i in range(length - 3) if (pos + i) % 512 == 0 and piece[i : i + 4] == JBD2_MAGIC]
     assert headers(pos, memoryview(bytes(piece))) == want

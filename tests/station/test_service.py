@@ -8,13 +8,14 @@ import signal
 import subprocess
 
 import pytest
-
-from imagetools.station.ledger import open_ledger
 from support.slots import Rig, random_card
 from support.station_proc import StationProcess, ended
 from support.units import emit_units, holds_its_unit
 
+from imagetools.station.ledger import open_ledger
+
 pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def rig():
@@ -26,8 +27,7 @@ def test_cards_take_the_next_free_units_and_stay_shown_until_pulled(make_image, 
     base, out = emit_units(make_image, tmp_path, 3)
     size = base.stat().st_size
     a, b = rig.slots
-    station = StationProcess("--base", base, "--units", out, "--slot", a, "--slot", b, "--name", "st1",
-                             "--no-fsck")
+    station = StationProcess("--base", base, "--units", out, "--slot", a, "--slot", b, "--name", "st1", "--no-fsck")
     try:
         cards = [random_card(tmp_path / f"card{i}.img", size) for i in range(4)]
         rig.insert(a, cards[0])
@@ -36,11 +36,11 @@ def test_cards_take_the_next_free_units_and_stay_shown_until_pulled(make_image, 
         assert [e["event"] for e in ended(station.events, a) + ended(station.events, b)] == ["passed", "passed"]
         rig.pull(a)
         station.wait_for(lambda ev: any(e["slot"] == a and e["event"] == "pulled" for e in ev))
-        assert len(ended(station.events, b)) == 1          # a card is written once while it stays
+        assert len(ended(station.events, b)) == 1  # a card is written once while it stays
         rig.insert(a, cards[2])
         station.wait_for(lambda ev: len(ended(ev, a)) == 2)
         rig.pull(b)
-        rig.insert(b, cards[3])                              # no unit left: the card waits
+        rig.insert(b, cards[3])  # no unit left: the card waits
         station.wait_for(lambda ev: any(e["slot"] == b and e["event"] == "waiting" for e in ev))
         rig.pull(a)
     finally:
@@ -60,8 +60,7 @@ def _units_in_order(events: list[dict], a: str, b: str) -> list[str]:
     return [on_a[0], on_b[0], on_a[1]]
 
 
-def test_a_restarted_station_shows_a_passed_card_as_done_and_a_mounted_card_is_not_written(
-        make_image, tmp_path, rig):
+def test_a_restarted_station_shows_a_passed_card_as_done_and_a_mounted_card_is_not_written(make_image, tmp_path, rig):
     base, out = emit_units(make_image, tmp_path, 2)
     a, b = rig.slots
     card = random_card(tmp_path / "card.img", base.stat().st_size)

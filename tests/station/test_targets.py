@@ -101,7 +101,7 @@ def test_accepts_a_loop_device_a_partition_files_and_a_new_path(host, tmp_path):
     assert full.size == 16 * MiB and full.dev_ino[1] == os.stat(full.path).st_ino and full.rdev is None
     assert zero.size == 0 and new.size == 0 and new.path == str(tmp_path / "new.img")
     assert not (tmp_path / "new.img").exists()
-    part, = check_targets([f"{dev}p1"], [], MiB)
+    (part,) = check_targets([f"{dev}p1"], [], MiB)
     assert part.size == 4 * MiB and part.write_zeroes_max_bytes == block.write_zeroes_max_bytes
 
 
@@ -184,8 +184,11 @@ def test_the_file_behind_a_loop_device_is_refused(host):
     dev = host.loop(card)
     refused(card, EnvironmentProblem, f"backs {dev}: detach it with losetup -d {dev}")
     point = host.mount(dev)
-    refused(card, EnvironmentProblem, f"backs {dev}, in use \\({dev} is mounted on {point}\\): unmount it .*"
-                                      "then detach the loop device")
+    refused(
+        card,
+        EnvironmentProblem,
+        f"backs {dev}, in use \\({dev} is mounted on {point}\\): unmount it .*then detach the loop device",
+    )
 
 
 def test_active_swap_is_refused(host):
@@ -240,8 +243,11 @@ def _fixed_disk() -> str | None:
         sysdir = f"/sys/block/{name}"
         if name.startswith("loop") or "/usb" in os.path.realpath(sysdir):
             continue
-        if Path(f"{sysdir}/removable").read_text().strip() == "0" and os.path.exists(f"/dev/{name}") \
-                and stat.S_ISBLK(os.stat(f"/dev/{name}").st_mode):
+        if (
+            Path(f"{sysdir}/removable").read_text().strip() == "0"
+            and os.path.exists(f"/dev/{name}")
+            and stat.S_ISBLK(os.stat(f"/dev/{name}").st_mode)
+        ):
             return f"/dev/{name}"
     return None
 

@@ -23,9 +23,18 @@ from imagetools.station.web import COUNTS_EVERY, MAX_STREAMS, serve_board
 TOKEN = "tok-3f9a.c0de_7e21~88aa41"
 MB = 1_000_000
 HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">"\'&amp; x'
-WORDS = {"empty": "EMPTY", "mounted": "MOUNTED", "waiting": "WAITING", "writing": "WRITING",
-         "reading back": "READING BACK", "verifying": "VERIFYING", "passed": "PASS", "failed": "FAIL",
-         "interrupted": "INTERRUPTED", "done": "DONE"}
+WORDS = {
+    "empty": "EMPTY",
+    "mounted": "MOUNTED",
+    "waiting": "WAITING",
+    "writing": "WRITING",
+    "reading back": "READING BACK",
+    "verifying": "VERIFYING",
+    "passed": "PASS",
+    "failed": "FAIL",
+    "interrupted": "INTERRUPTED",
+    "done": "DONE",
+}
 
 
 class Line:
@@ -74,14 +83,18 @@ def stream_status(client: httpx.Client, url: str) -> int:
 
 def test_tiles_and_counts_follow_the_board_live(board: Board, line: Line, web: Any) -> None:
     with open_page(web.url) as driver:
-        wait_until(driver, lambda d: tile_states(d) == dict.fromkeys(["/dev/sdb", "/dev/sdc", "/dev/sdd"], "empty"),
-                   what="three empty tiles")
+        wait_until(
+            driver,
+            lambda d: tile_states(d) == dict.fromkeys(["/dev/sdb", "/dev/sdc", "/dev/sdd"], "empty"),
+            what="three empty tiles",
+        )
         driver.execute_script("window.__samePage = 42;")
 
         board.set("/dev/sdb", "writing", unit="unit0001")
         board.progress("/dev/sdb", 50 * MB, 100 * MB, 12.5e6)
-        text = wait_until(driver, lambda d: "50 %" in tile_text(d, "/dev/sdb") and tile_text(d, "/dev/sdb"),
-                          what="writing 50 %")
+        text = wait_until(
+            driver, lambda d: "50 %" in tile_text(d, "/dev/sdb") and tile_text(d, "/dev/sdb"), what="writing 50 %"
+        )
         assert "WRITING\n" in text and "50 % · 12.5 MB/s" in text and "unit0001" in text
         board.set("/dev/sdb", "reading back", unit="unit0001")
         board.progress("/dev/sdb", 25 * MB, 100 * MB, 80e6)
@@ -89,8 +102,11 @@ def test_tiles_and_counts_follow_the_board_live(board: Board, line: Line, web: A
         board.set("/dev/sdb", "passed", unit="unit0001", serial="SER-0042")
         board.set("/dev/sdc", "failed", unit="unit0002", reason="read-back mismatch at byte 4096")
         board.set("/dev/sdd", "mounted")
-        wait_until(driver, lambda d: tile_states(d) == {"/dev/sdb": "passed", "/dev/sdc": "failed",
-                                                        "/dev/sdd": "mounted"}, what="pass, fail, mounted")
+        wait_until(
+            driver,
+            lambda d: tile_states(d) == {"/dev/sdb": "passed", "/dev/sdc": "failed", "/dev/sdd": "mounted"},
+            what="pass, fail, mounted",
+        )
         assert "PASS" in tile_text(driver, "/dev/sdb") and "card SER-0042" in tile_text(driver, "/dev/sdb")
         assert "FAIL" in tile_text(driver, "/dev/sdc") and "mismatch at byte 4096" in tile_text(driver, "/dev/sdc")
 
@@ -101,9 +117,12 @@ def test_tiles_and_counts_follow_the_board_live(board: Board, line: Line, web: A
 
         # counts change in the ledger (another station) without any change on this board
         line.values = {"passed": 17, "failed": 2, "interrupted": 1, "free": 40, "per_hour": 61.5}
-        wait_until(driver, lambda d: counts(d) == {"passed": 17, "failed": 2, "interrupted": 1, "free": 40,
-                                                   "per_hour": 61.5},
-                   timeout=COUNTS_EVERY + 5, what="the ledger's counts")
+        wait_until(
+            driver,
+            lambda d: counts(d) == {"passed": 17, "failed": 2, "interrupted": 1, "free": 40, "per_hour": 61.5},
+            timeout=COUNTS_EVERY + 5,
+            what="the ledger's counts",
+        )
         assert driver.execute_script("return window.__samePage;") == 42  # never reloaded
 
 
@@ -119,8 +138,11 @@ def test_outside_text_renders_as_text(line: Line) -> None:
         assert rows[0][2:] == [HOSTILE] * 4
         assert driver.execute_script("return document.getElementById('ledger').textContent;") == "ledger: " + HOSTILE
         assert counts(driver)["passed"] is None  # not a number: not shown as one
-        assert driver.execute_script("return [window.__pwned, document.images.length, document.scripts.length];") \
-            == [None, 0, 1]
+        assert driver.execute_script("return [window.__pwned, document.images.length, document.scripts.length];") == [
+            None,
+            0,
+            1,
+        ]
 
 
 def test_events_with_a_station_column_when_the_line_has_several(board: Board, line: Line, web: Any) -> None:
@@ -128,10 +150,23 @@ def test_events_with_a_station_column_when_the_line_has_several(board: Board, li
     with open_page(web.url) as driver:
         multi, rows = wait_until(driver, lambda d: events(d)[1] and events(d), what="the board's event")
         assert not multi and rows[0][2:] == ["/dev/sdb", "inserted", "", "card of 8 GB"]
-        line.values = {"stations": ["st1", "st2"], "recent": [
-            {"id": n, "unit": f"unit{n:04d}", "station": f"st{1 + n % 2}", "slot": "/dev/sdc",
-             "state": "failed" if n == 24 else "passed", "serial": f"S{n}", "error": "bad card" if n == 24 else None,
-             "started": "2026-12-06T10:00:00+00:00", "ended": None} for n in range(24, -1, -1)]}
+        line.values = {
+            "stations": ["st1", "st2"],
+            "recent": [
+                {
+                    "id": n,
+                    "unit": f"unit{n:04d}",
+                    "station": f"st{1 + n % 2}",
+                    "slot": "/dev/sdc",
+                    "state": "failed" if n == 24 else "passed",
+                    "serial": f"S{n}",
+                    "error": "bad card" if n == 24 else None,
+                    "started": "2026-12-06T10:00:00+00:00",
+                    "ended": None,
+                }
+                for n in range(24, -1, -1)
+            ],
+        }
         board.event("/dev/sdb", "pulled")
         multi, rows = wait_until(driver, lambda d: events(d)[0] and events(d), what="the ledger's attempts")
         assert len(rows) == 20
@@ -150,8 +185,12 @@ def test_token_and_reconnect_after_a_restart(board: Board) -> None:
             assert "disconnected — retrying" in driver.find_element("id", "link").text
             board.set("/dev/sdc", "writing", unit="unit0009")
             web = serve_board(board, port=web.port, token=TOKEN)
-            wait_until(driver, lambda d: link_state(d) == "connected" and tile_states(d)["/dev/sdc"] == "writing",
-                       timeout=20, what="the page back on the restarted server")
+            wait_until(
+                driver,
+                lambda d: link_state(d) == "connected" and tile_states(d)["/dev/sdc"] == "writing",
+                timeout=20,
+                what="the page back on the restarted server",
+            )
     finally:
         web.stop()
 
@@ -189,13 +228,18 @@ def test_network_bind_needs_a_token(board: Board) -> None:
         assert httpx.get(f"http://127.0.0.1:{web.port}/").status_code == 401
 
 
-def test_token_on_every_route_and_never_logged(board: Board, caplog: pytest.LogCaptureFixture,
-                                               capfd: pytest.CaptureFixture[str]) -> None:
+def test_token_on_every_route_and_never_logged(
+    board: Board, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
     caplog.set_level(logging.DEBUG)
     with serve_board(board, token=TOKEN) as web:
         for path in ("", "api/state", "api/events", "api/nowhere"):
-            for params, headers in (({}, {}), ({"token": TOKEN[:-1] + "X"}, {}), ({}, {"Authorization": "Bearer"}),
-                                    ({}, {"Authorization": "Basic " + TOKEN})):
+            for params, headers in (
+                ({}, {}),
+                ({"token": TOKEN[:-1] + "X"}, {}),
+                ({}, {"Authorization": "Bearer"}),
+                ({}, {"Authorization": "Basic " + TOKEN}),
+            ):
                 refused = httpx.get(web.url + path, params=params, headers=headers)
                 assert refused.status_code == 401 and TOKEN not in refused.text
         assert httpx.get(web.url, params={"token": TOKEN}).status_code == 200

@@ -17,15 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.tools import run_tool
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.tools import run_tool
 
 from imagetools import bmap
 from imagetools.errors import ImageFormatError
 from imagetools.fs import EXT_TYPES
 from imagetools.image import ImageSource
 from imagetools.layout import PartInfo, open_layout
+from imagetools.station import spans as span_math
 from imagetools.station import zeroing
 from imagetools.station.readback import stale_headers
 from imagetools.station.zeroing import must_zero
@@ -85,14 +86,14 @@ def flash_like_station(image: Path, card: Path) -> tuple[bmap.Scan, list[tuple[i
     needs = must_zero(image, scan.ranges, scan.size)
     write_card(image, card, needs.zeros, needs.journals)
     assert_in_holes(scan, needs.journals)
-    assert zeroing._intersect(list(needs.zeros), list(needs.journals)) == []
+    assert span_math.intersect(list(needs.zeros), list(needs.journals)) == []
     return scan, list(needs.zeros)
 
 
 def assert_in_holes(scan: bmap.Scan, spans) -> None:
     spans = list(spans)
-    holes = zeroing._subtract([(0, scan.size)], zeroing._merge(mapped_spans(scan)))
-    assert spans == zeroing._merge(spans) and zeroing._intersect(spans, holes) == spans
+    holes = span_math.subtract([(0, scan.size)], span_math.merge(mapped_spans(scan)))
+    assert spans == span_math.merge(spans) and span_math.intersect(spans, holes) == spans
     assert all(a % 4096 == 0 and (b % 4096 == 0 or b == scan.size) for a, b in spans)
 
 
@@ -101,8 +102,22 @@ def loop_device(path: Path, offset: int, size: int, read_only: bool = True) -> I
     """A loop device over [offset, offset + size) of path, detached afterwards."""
     if not os.access("/dev/loop-control", os.W_OK) or shutil.which("losetup") is None:
         pytest.skip("no usable /dev/loop-control or losetup (needs root)")
-    proc = subprocess.run(["losetup", "-f", "--show", *(["-r"] if read_only else []), "-o", str(offset),
-                           "--sizelimit", str(size), str(path)], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [
+            "losetup",
+            "-f",
+            "--show",
+            *(["-r"] if read_only else []),
+            "-o",
+            str(offset),
+            "--sizelimit",
+            str(size),
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         pytest.skip(f"losetup cannot attach a loop device: {proc.stderr.strip()}")
     dev = proc.stdout.strip()
@@ -134,11 +149,12 @@ def assert_card_sound(image: Path, card: Path, only: int | None = None) -> None:
             assert ok, f"{part.where} on the card: {out}"
             checked.append(part.fs.type)
     assert checked
-    inside = zeroing._merge([(p.partition.start, p.partition.end) for p in layout.parts])
+    inside = span_math.merge([(p.partition.start, p.partition.end) for p in layout.parts])
     with open(image, "rb") as a, open(card, "rb") as b:
-        for start, end in zeroing._subtract([(0, image.stat().st_size)], inside):
-            assert os.pread(a.fileno(), end - start, start) == os.pread(b.fileno(), end - start, start), \
+        for start, end in span_math.subtract([(0, image.stat().st_size)], inside):
+            assert os.pread(a.fileno(), end - start, start) == os.pread(b.fileno(), end - start, start), (
                 f"bytes {start}-{end} outside the partitions differ from the image"
+            )
 
 
 def assert_parsed(image: Path, part: PartInfo) -> None:
@@ -154,15 +170,23 @@ def replace_fs(image: Path, part: PartInfo, fs_file: Path) -> None:
     with open(image, "r+b") as out:
         punch(out.fileno(), part.partition.start, part.partition.size)
         for pos in range(0, len(fs_data), 4096):
-            block = fs_data[pos:pos + 4096]
+            block = fs_data[pos : pos + 4096]
             if block.count(0) != len(block):
                 os.pwrite(out.fileno(), block, part.partition.start + pos)
     fs_file.unlink()
 
 
 def punch(fd: int, offset: int, length: int) -> None:
-    run_tool("fallocate", "--punch-hole", "--offset", str(offset), "--length", str(length), f"/proc/self/fd/{fd}",
-             pass_fds=(fd,))
+    run_tool(
+        "fallocate",
+        "--punch-hole",
+        "--offset",
+        str(offset),
+        "--length",
+        str(length),
+        f"/proc/self/fd/{fd}",
+        pass_fds=(fd,),
+    )
 
 
 def make_tree(root: Path) -> Path:
@@ -185,8 +209,9 @@ def zero_file_blocks(image: Path, part: PartInfo, path: str) -> int:
     # "(0-11):1687-1698, (IND):1699, (12-255):1700-1943" or "(ETB0):1234, (0-255):1700-1955":
     # data runs only, never the blocks that map them
     runs = re.findall(r"\(\d+(?:-\d+)?\):(\d+)(?:-(\d+))?", re.split(r"\n(?:BLOCKS|EXTENTS):", stat, maxsplit=1)[1])
-    spans = zeroing._merge([(part.partition.start + int(a) * bs, part.partition.start + (int(b or a) + 1) * bs)
-                            for a, b in runs])
+    spans = span_math.merge(
+        [(part.partition.start + int(a) * bs, part.partition.start + (int(b or a) + 1) * bs) for a, b in runs]
+    )
     aligned = [(-(-a // 4096) * 4096, b // 4096 * 4096) for a, b in spans]
     with open(image, "r+b") as f:
         for a, b in aligned:
@@ -196,8 +221,9 @@ def zero_file_blocks(image: Path, part: PartInfo, path: str) -> int:
 
 
 def file_bytes(image: Path, part: PartInfo, path: str) -> bytes:
-    return subprocess.run(["debugfs", "-R", f"cat {path}", f"{image}?offset={part.partition.start}"],
-                          capture_output=True, check=True).stdout
+    return subprocess.run(
+        ["debugfs", "-R", f"cat {path}", f"{image}?offset={part.partition.start}"], capture_output=True, check=True
+    ).stdout
 
 
 # --- every layout -----------------------------------------------------------------------------
@@ -216,12 +242,13 @@ def test_swap_needs_nothing_and_extended_boot_records_are_zeroed(make_image):
     zero = list(must_zero(image, scan.ranges, scan.size).zeros)
     layout = open_layout(image)
     swap = layout.find("swap").partition
-    assert zeroing._intersect(zero, [(swap.start, swap.end)]) == []
+    assert span_math.intersect(zero, [(swap.start, swap.end)]) == []
     container = layout.image.extended[0]
-    gaps = zeroing._subtract([(container.start, container.end)],
-                             zeroing._merge([(p.start, p.end) for p in layout.image.partitions]))
-    holes = zeroing._subtract([(0, scan.size)], zeroing._merge(mapped_spans(scan)))
-    assert zeroing._intersect(gaps, holes) and zeroing._subtract(zeroing._intersect(gaps, holes), zero) == []
+    gaps = span_math.subtract(
+        [(container.start, container.end)], span_math.merge([(p.start, p.end) for p in layout.image.partitions])
+    )
+    holes = span_math.subtract([(0, scan.size)], span_math.merge(mapped_spans(scan)))
+    assert span_math.intersect(gaps, holes) and span_math.subtract(span_math.intersect(gaps, holes), zero) == []
 
 
 def test_an_unknown_partition_is_zeroed_whole(make_image):
@@ -231,8 +258,8 @@ def test_an_unknown_partition_is_zeroed_whole(make_image):
         os.pwrite(f.fileno(), b"\0\0", part.start + 1024 + 0x38)  # no ext magic: unknown contents
     scan = bmap.scan(image)
     zero = list(must_zero(image, scan.ranges, scan.size).zeros)
-    holes = zeroing._subtract([(part.start, part.end)], zeroing._merge(mapped_spans(scan)))
-    assert zeroing._subtract(holes, zero) == []
+    holes = span_math.subtract([(part.start, part.end)], span_math.merge(mapped_spans(scan)))
+    assert span_math.subtract(holes, zero) == []
 
 
 # --- the resize inode: what bmaptool copy alone gets wrong --------------------------------------
@@ -275,10 +302,10 @@ def test_a_reflashed_card_never_replays_the_old_cards_journal(make_image, tmp_pa
     scan = bmap.scan(image)
     needs = must_zero(image, scan.ranges, scan.size)
     jsb_at = journal_spans(image, data)[0][0]  # journal block 0, in logical order
-    journal = zeroing._merge(journal_spans(image, data))
-    holes = zeroing._subtract([(0, scan.size)], zeroing._merge(mapped_spans(scan)))
-    assert zeroing._intersect(journal, list(needs.zeros)) == []  # no longer zeroed whole
-    assert zeroing._subtract(zeroing._intersect(journal, holes), list(needs.journals)) == []
+    journal = span_math.merge(journal_spans(image, data))
+    holes = span_math.subtract([(0, scan.size)], span_math.merge(mapped_spans(scan)))
+    assert span_math.intersect(journal, list(needs.zeros)) == []  # no longer zeroed whole
+    assert span_math.subtract(span_math.intersect(journal, holes), list(needs.journals)) == []
     for clear, survives in ((False, True), (True, False)):
         card = tmp_path / "card.img"
         shutil.copyfile(old, card)
@@ -342,9 +369,21 @@ def test_ext_variants_pass_fsck_and_keep_file_contents(make_image, tmp_path, var
     image = make_image("noboot", data_mib=32, align_mib=1, rootfs_mib=4)
     data = open_layout(image).require("data")
     fs_file = tmp_path / "data.fs"
-    run_tool("mke2fs", "-q", "-F", "-L", "data", "-U", "f5f5f5f5-0000-4000-8000-000000000005",
-             *EXT_VARIANTS[variant], "-d", str(make_tree(tmp_path / "tree")), str(fs_file),
-             f"{data.partition.size // 1024}k", env=FAKE_TIME)
+    run_tool(
+        "mke2fs",
+        "-q",
+        "-F",
+        "-L",
+        "data",
+        "-U",
+        "f5f5f5f5-0000-4000-8000-000000000005",
+        *EXT_VARIANTS[variant],
+        "-d",
+        str(make_tree(tmp_path / "tree")),
+        str(fs_file),
+        f"{data.partition.size // 1024}k",
+        env=FAKE_TIME,
+    )
     replace_fs(image, data, fs_file)
     assert run_tool("e2fsck", "-fn", f"{image}?offset={data.partition.start}", check=False).returncode == 0
     assert zero_file_blocks(image, data, "/hole.bin") > 0
@@ -363,21 +402,21 @@ def assert_journal_found(image: Path, part: PartInfo, variant: str) -> None:
     scan = bmap.scan(image)
     needs = must_zero(image, scan.ranges, scan.size)
     inside = [(part.partition.start, part.partition.end)]
-    journals = zeroing._intersect(list(needs.journals), inside)
+    journals = span_math.intersect(list(needs.journals), inside)
     if variant == "ext2":
         assert journals == []
         return
-    holes = zeroing._subtract([(0, scan.size)], zeroing._merge(mapped_spans(scan)))
-    journal = zeroing._intersect(zeroing._merge(journal_spans(image, part)), holes)
+    holes = span_math.subtract([(0, scan.size)], span_math.merge(mapped_spans(scan)))
+    journal = span_math.intersect(span_math.merge(journal_spans(image, part)), holes)
     assert journal, "the journal has no holes: the test proves nothing"
     if variant == "ext4-fast-commit":
-        assert journals == [] and zeroing._subtract(journal, list(needs.zeros)) == []
+        assert journals == [] and span_math.subtract(journal, list(needs.zeros)) == []
         return
     # scanned or zeroed, every hole of it; mostly scanned (with 1 KiB blocks the 4 KiB holding an
     # indirect block is zeroed); and nothing else scanned
-    assert zeroing._subtract(journal, zeroing._merge(journals + list(needs.zeros))) == []
+    assert span_math.subtract(journal, span_math.merge(journals + list(needs.zeros))) == []
     assert spans_bytes(journals) >= 0.9 * spans_bytes(journal)
-    assert zeroing._subtract(journals, [(a // 4096 * 4096, -(-b // 4096) * 4096) for a, b in journal]) == []
+    assert span_math.subtract(journals, [(a // 4096 * 4096, -(-b // 4096) * 4096) for a, b in journal]) == []
 
 
 # --- FAT variants, put into the boot partition ---------------------------------------------------
@@ -387,15 +426,27 @@ def test_fat_variants_pass_fsck_and_keep_file_contents(make_image, tmp_path, fat
     boot = open_layout(image).require("boot")
     fs_file = tmp_path / "boot.vfat"
     one_sector_clusters = ["-s", "1"] if fat == 16 else []  # FAT16 needs 4085+ clusters in 8 MiB
-    run_tool("mkfs.vfat", "--invariant", "-F", str(fat), *one_sector_clusters, "-n", "BOOT", "-C", str(fs_file),
-             str(boot.partition.size // 1024), env=FAKE_TIME)
+    run_tool(
+        "mkfs.vfat",
+        "--invariant",
+        "-F",
+        str(fat),
+        *one_sector_clusters,
+        "-n",
+        "BOOT",
+        "-C",
+        str(fs_file),
+        str(boot.partition.size // 1024),
+        env=FAKE_TIME,
+    )
     tree = tmp_path / "files"
     tree.mkdir()
     (tree / "zeros.bin").write_bytes(bytes(256 << 10))  # allocated clusters that are holes of the image
     (tree / "kernel.img").write_bytes(os.urandom(300 << 10))
     run_tool("mmd", "-i", str(fs_file), "::/EFI", "::/EFI/BOOT", env=FAKE_TIME)
-    run_tool("mcopy", "-i", str(fs_file), str(tree / "zeros.bin"), str(tree / "kernel.img"), "::/EFI/BOOT",
-             env=FAKE_TIME)
+    run_tool(
+        "mcopy", "-i", str(fs_file), str(tree / "zeros.bin"), str(tree / "kernel.img"), "::/EFI/BOOT", env=FAKE_TIME
+    )
     replace_fs(image, boot, fs_file)
     assert_parsed(image, boot)
     card = tmp_path / "card.img"
@@ -404,8 +455,10 @@ def test_fat_variants_pass_fsck_and_keep_file_contents(make_image, tmp_path, fat
     with open(image, "rb") as f:
         assert f"FAT{fat}".encode() in os.pread(f.fileno(), 90, boot.partition.start)  # the type mkfs wrote
     for name in ("zeros.bin", "kernel.img"):
-        got = [run_tool_bytes("mcopy", "-n", "-i", f"{img}@@{boot.partition.start}", f"::/EFI/BOOT/{name}", "-")
-               for img in (image, card)]
+        got = [
+            run_tool_bytes("mcopy", "-n", "-i", f"{img}@@{boot.partition.start}", f"::/EFI/BOOT/{name}", "-")
+            for img in (image, card)
+        ]
         assert got[0] == got[1] and len(got[0]) > 0
 
 
@@ -421,35 +474,55 @@ def test_zeroing_costs_little_beyond_the_mapped_blocks(make_image, tmp_path):
     zero = list(needs.zeros)
     layout = open_layout(image)
     mapped = spans_bytes(mapped_spans(scan))
-    holes = zeroing._subtract([(0, scan.size)], zeroing._merge(mapped_spans(scan)))
-    outside_holes = zeroing._subtract(holes, zeroing._merge([(p.partition.start, p.partition.end)
-                                                             for p in layout.parts]))
-    assert zeroing._subtract(outside_holes, zero) == []
+    holes = span_math.subtract([(0, scan.size)], span_math.merge(mapped_spans(scan)))
+    outside_holes = span_math.subtract(
+        holes, span_math.merge([(p.partition.start, p.partition.end) for p in layout.parts])
+    )
+    assert span_math.subtract(outside_holes, zero) == []
     outside = spans_bytes(outside_holes)
-    journals = zeroing._merge([s for p in layout.parts if p.fs.type in EXT_TYPES for s in journal_spans(image, p)])
-    assert zeroing._intersect(journals, zero) == []
-    assert zeroing._subtract(zeroing._intersect(journals, holes), list(needs.journals)) == []
+    journals = span_math.merge([s for p in layout.parts if p.fs.type in EXT_TYPES for s in journal_spans(image, p)])
+    assert span_math.intersect(journals, zero) == []
+    assert span_math.subtract(span_math.intersect(journals, holes), list(needs.journals)) == []
     metadata = spans_bytes(zero) - outside
     sent = mapped + spans_bytes(zero)
-    print(f"\nimage {scan.size} B, mapped {mapped} B, must_zero {spans_bytes(zero)} B (outside partitions "
-          f"{outside}, other metadata {metadata}), journals to scan {spans_bytes(needs.journals)} B, "
-          f"sent/mapped {sent / mapped:.3f}; zeroing every hole sends {scan.size} B")
+    print(
+        f"\nimage {scan.size} B, mapped {mapped} B, must_zero {spans_bytes(zero)} B (outside partitions "
+        f"{outside}, other metadata {metadata}), journals to scan {spans_bytes(needs.journals)} B, "
+        f"sent/mapped {sent / mapped:.3f}; zeroing every hole sends {scan.size} B"
+    )
     assert metadata <= 0.01 * mapped + (256 << 10)
     assert sent < 0.6 * scan.size
 
 
 # --- hostile filesystems ------------------------------------------------------------------------
-EXT_FIELDS = [(0x04, 4), (0x14, 4), (0x18, 4), (0x1C, 4), (0x20, 4), (0x24, 4), (0x28, 4), (0x4C, 4),
-              (0x58, 2), (0x5C, 4), (0x60, 4), (0x64, 4), (0xCE, 2), (0xFE, 2), (0x104, 4), (0x150, 4),
-              (0x24C, 4), (0x250, 4)]
+EXT_FIELDS = [
+    (0x04, 4),
+    (0x14, 4),
+    (0x18, 4),
+    (0x1C, 4),
+    (0x20, 4),
+    (0x24, 4),
+    (0x28, 4),
+    (0x4C, 4),
+    (0x58, 2),
+    (0x5C, 4),
+    (0x60, 4),
+    (0x64, 4),
+    (0xCE, 2),
+    (0xFE, 2),
+    (0x104, 4),
+    (0x150, 4),
+    (0x24C, 4),
+    (0x250, 4),
+]
 FAT_FIELDS = [(11, 2), (13, 1), (14, 2), (16, 1), (17, 2), (19, 2), (22, 2), (32, 4), (36, 4)]
 
 
 def field_patches(fields):
-    interesting = st.sampled_from([0, 1, 2, 7, 8, 31, 32, 255, 256, 1023, 1024, 4096, 32768, 0xFFFF,
-                                   0x7FFFFFFF, 0xFFFFFFFF])
-    return st.lists(st.tuples(st.sampled_from(fields), st.one_of(interesting, st.integers(0, 0xFFFFFFFF))),
-                    max_size=6)
+    interesting = st.sampled_from(
+        [0, 1, 2, 7, 8, 31, 32, 255, 256, 1023, 1024, 4096, 32768, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF]
+    )
+    return st.lists(st.tuples(st.sampled_from(fields), st.one_of(interesting, st.integers(0, 0xFFFFFFFF))), max_size=6)
 
 
 def test_hostile_filesystems_stay_in_their_partition(make_image):
@@ -466,24 +539,31 @@ def test_hostile_filesystems_stay_in_their_partition(make_image):
         regions = {"data": (data.start, journal_inode_at + 256), "boot": (boot.start, 16 * 1024)}
         saved = {k: os.pread(f.fileno(), n, at) for k, (at, n) in regions.items()}
     assert 0 < bitmap_at < journal_inode_at < 1 << 20
-    offsets = st.one_of(st.integers(4096, 4096 + 63), st.integers(bitmap_at, bitmap_at + 4095),
-                        st.integers(journal_inode_at, journal_inode_at + 0x70),
-                        st.integers(0, journal_inode_at))  # descriptor, bitmap, journal inode, anywhere
-    mapped = zeroing._merge(mapped_spans(scan))
+    offsets = st.one_of(
+        st.integers(4096, 4096 + 63),
+        st.integers(bitmap_at, bitmap_at + 4095),
+        st.integers(journal_inode_at, journal_inode_at + 0x70),
+        st.integers(0, journal_inode_at),
+    )  # descriptor, bitmap, journal inode, anywhere
+    mapped = span_math.merge(mapped_spans(scan))
 
     @settings(max_examples=250, deadline=None)
-    @given(target=st.sampled_from(["data", "boot"]), ext=field_patches(EXT_FIELDS), fat=field_patches(FAT_FIELDS),
-           raw=st.lists(st.tuples(offsets, st.binary(min_size=1, max_size=64)), max_size=4))
+    @given(
+        target=st.sampled_from(["data", "boot"]),
+        ext=field_patches(EXT_FIELDS),
+        fat=field_patches(FAT_FIELDS),
+        raw=st.lists(st.tuples(offsets, st.binary(min_size=1, max_size=64)), max_size=4),
+    )
     def check(target, ext, fat, raw):
         part = data if target == "data" else boot
         at, length = regions[target]
         region = bytearray(saved[target])
         base = 1024 if target == "data" else 0
         for (off, width), value in ext if target == "data" else fat:
-            region[base + off:base + off + width] = (value % (1 << 8 * width)).to_bytes(width, "little")
+            region[base + off : base + off + width] = (value % (1 << 8 * width)).to_bytes(width, "little")
         for off, blob in raw:
             off %= length
-            region[off:off + len(blob)] = blob[:length - off]
+            region[off : off + len(blob)] = blob[: length - off]
         with open(image, "r+b") as f:
             os.pwrite(f.fileno(), bytes(region), at)
         try:
@@ -494,11 +574,11 @@ def test_hostile_filesystems_stay_in_their_partition(make_image):
             with open(image, "r+b") as f:
                 os.pwrite(f.fileno(), saved[target], at)
         for got, was in ((list(zero.zeros), list(baseline.zeros)), (list(zero.journals), list(baseline.journals))):
-            assert got == zeroing._merge(got)
+            assert got == span_math.merge(got)
             assert all(0 <= a < b <= scan.size for a, b in got)
-            assert zeroing._intersect(got, mapped) == []
-            others = zeroing._subtract([(0, scan.size)], [(part.start, part.end)])
-            assert zeroing._intersect(got, others) == zeroing._intersect(was, others)
+            assert span_math.intersect(got, mapped) == []
+            others = span_math.subtract([(0, scan.size)], [(part.start, part.end)])
+            assert span_math.intersect(got, others) == span_math.intersect(was, others)
 
     check()
 
@@ -526,8 +606,8 @@ def test_span_algebra_matches_sets(xs, ys):
     def as_set(spans):
         return {i for a, b in spans for i in range(a, b)}
 
-    mx, my = zeroing._merge(xs), zeroing._merge(ys)
+    mx, my = span_math.merge(xs), span_math.merge(ys)
     assert as_set(mx) == as_set(xs) and all(b < c for (_, b), (c, _) in itertools.pairwise(mx))
-    assert as_set(zeroing._subtract(mx, my)) == as_set(xs) - as_set(ys)
-    assert as_set(zeroing._intersect(mx, my)) == as_set(xs) & as_set(ys)
-    assert zeroing._intersect(mx, my) == zeroing._merge(zeroing._intersect(mx, my))
+    assert as_set(span_math.subtract(mx, my)) == as_set(xs) - as_set(ys)
+    assert as_set(span_math.intersect(mx, my)) == as_set(xs) & as_set(ys)
+    assert span_math.intersect(mx, my) == span_math.merge(span_math.intersect(mx, my))

@@ -62,14 +62,27 @@ def open_page(url: str, *, width: int = WINDOW[0], height: int = WINDOW[1]) -> I
     scratch = tempfile.mkdtemp(prefix="dashboard-browser-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--no-first-run", "--disable-extensions", f"--window-size={width},{height}",
-                 f"--user-data-dir={scratch}/profile"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--window-size={width},{height}",
+        f"--user-data-dir={scratch}/profile",
+    ):
         options.add_argument(flag)
     try:
-        service = Service(executable_path=CHROMEDRIVER, env={**os.environ, "TMPDIR": scratch,
-                                                                  "XDG_CONFIG_HOME": f"{scratch}/config",
-                                                                  "XDG_CACHE_HOME": f"{scratch}/cache"})
+        service = Service(
+            executable_path=CHROMEDRIVER,
+            env={
+                **os.environ,
+                "TMPDIR": scratch,
+                "XDG_CONFIG_HOME": f"{scratch}/config",
+                "XDG_CACHE_HOME": f"{scratch}/cache",
+            },
+        )
         driver = webdriver.Chrome(options=options, service=service)
         try:
             driver.set_page_load_timeout(20)
@@ -82,8 +95,9 @@ def open_page(url: str, *, width: int = WINDOW[0], height: int = WINDOW[1]) -> I
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def wait_until(driver: Any, predicate: Callable[[Any], T], timeout: float = 10.0,
-               what: str = "the page to change") -> T:
+def wait_until(
+    driver: Any, predicate: Callable[[Any], T], timeout: float = 10.0, what: str = "the page to change"
+) -> T:
     """PREDICATE(driver)'s first truthy value; fails the test after TIMEOUT seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None

@@ -15,5 +15,9 @@ def debugfs_stat(img: Path, offset: int, path: str) -> dict:
     owner = re.search(r"User:\s+(\d+)\s+Group:\s+(\d+)", out)
     if mode is None or owner is None:
         raise AssertionError(f"debugfs has no stat of {path}: {out!r}")
-    return {"mode": int(mode.group(1), 8), "uid": int(owner.group(1)), "gid": int(owner.group(2)),
-            "type": re.search(r"Type: (\w+)", out).group(1)}
+    return {
+        "mode": int(mode.group(1), 8),
+        "uid": int(owner.group(1)),
+        "gid": int(owner.group(2)),
+        "type": re.search(r"Type: (\w+)", out).group(1),
+    }

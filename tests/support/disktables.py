@@ -39,8 +39,7 @@ def mbr_sector(entries: list[bytes], signature: bool = True) -> bytes:
     return bytes(446) + table + (b"\x55\xaa" if signature else b"\0\0")
 
 
-def mbr_chunks(primaries: list[tuple[int, int, int]],
-               logicals: list[tuple[int, int, int]] = ()) -> dict[int, bytes]:
+def mbr_chunks(primaries: list[tuple[int, int, int]], logicals: list[tuple[int, int, int]] = ()) -> dict[int, bytes]:
     """Primaries (type, lba, sectors) in slots 1..n; logicals (type, lba, sectors) are chained
     through EBRs placed one sector before each logical, inside the first extended primary."""
     chunks = {0: mbr_sector([mbr_entry(*p) for p in primaries])}
@@ -68,24 +67,48 @@ class GptPart:
 
 
 def gpt_entry(p: GptPart, size: int = 128) -> bytes:
-    raw = (uuid.UUID(p.type).bytes_le + uuid.UUID(p.uuid).bytes_le
-           + struct.pack("<QQQ", p.first, p.last, 0) + p.name.encode("utf-16-le").ljust(72, b"\0"))
+    raw = (
+        uuid.UUID(p.type).bytes_le
+        + uuid.UUID(p.uuid).bytes_le
+        + struct.pack("<QQQ", p.first, p.last, 0)
+        + p.name.encode("utf-16-le").ljust(72, b"\0")
+    )
     return raw.ljust(size, b"\0")
 
 
-def gpt_header(lba: int, alt: int, first: int, last: int, entries_lba: int, count: int,
-               esize: int, array_crc: int, ss: int = 512) -> bytes:
-    fields = [b"EFI PART", 0x00010000, 92, 0, 0, lba, alt, first, last,
-              uuid.UUID("01234567-89ab-cdef-0123-456789abcdef").bytes_le, entries_lba, count, esize,
-              array_crc]
+def gpt_header(
+    lba: int, alt: int, first: int, last: int, entries_lba: int, count: int, esize: int, array_crc: int, ss: int = 512
+) -> bytes:
+    fields = [
+        b"EFI PART",
+        0x00010000,
+        92,
+        0,
+        0,
+        lba,
+        alt,
+        first,
+        last,
+        uuid.UUID("01234567-89ab-cdef-0123-456789abcdef").bytes_le,
+        entries_lba,
+        count,
+        esize,
+        array_crc,
+    ]
     fmt = "<8sIIII QQQQ 16s QIII"
     crc = zlib.crc32(struct.pack(fmt, *fields))
     fields[3] = crc
     return struct.pack(fmt, *fields).ljust(ss, b"\0")
 
 
-def gpt_chunks(parts: list[GptPart], total_sectors: int, ss: int = 512, count: int = 128,
-               esize: int = 128, pmbr: bytes | None = None) -> dict[int, bytes]:
+def gpt_chunks(
+    parts: list[GptPart],
+    total_sectors: int,
+    ss: int = 512,
+    count: int = 128,
+    esize: int = 128,
+    pmbr: bytes | None = None,
+) -> dict[int, bytes]:
     """Protective MBR, primary header + entries at LBA 1/2, backup entries + header at the end."""
     array = b"".join(gpt_entry(p, esize) for p in parts).ljust(count * esize, b"\0")
     array_sectors = -(-len(array) // ss)
@@ -101,14 +124,19 @@ def gpt_chunks(parts: list[GptPart], total_sectors: int, ss: int = 512, count: i
         ss: gpt_header(1, last_lba, first_usable, last_usable, 2, count, esize, crc, ss),
         2 * ss: array,
         backup_array_lba * ss: array,
-        last_lba * ss: gpt_header(last_lba, 1, first_usable, last_usable, backup_array_lba,
-                                  count, esize, crc, ss),
+        last_lba * ss: gpt_header(last_lba, 1, first_usable, last_usable, backup_array_lba, count, esize, crc, ss),
     }
 
 
 # --- filesystem signatures -------------------------------------------------------------------
-def ext_superblock(label: str = "", compat: int = 0x3C, incompat: int = 0x2C2, ro_compat: int = 0x47B,
-                   log_block: int = 2, fs_uuid: str = "0f0e0d0c-0b0a-0908-0706-050403020100") -> bytes:
+def ext_superblock(
+    label: str = "",
+    compat: int = 0x3C,
+    incompat: int = 0x2C2,
+    ro_compat: int = 0x47B,
+    log_block: int = 2,
+    fs_uuid: str = "0f0e0d0c-0b0a-0908-0706-050403020100",
+) -> bytes:
     """The first 2 KiB of an ext filesystem (defaults: what mkfs.ext4 sets, ext4)."""
     sb = bytearray(1024)
     struct.pack_into("<I", sb, 0x18, log_block)
@@ -129,7 +157,7 @@ def fat_boot_sector(label: str = "BOOT", fat32: bool = True, serial: int = 0x123
         struct.pack_into("<H", bs, 22, 64)
     bs[ext] = 0x29
     struct.pack_into("<I", bs, ext + 1, serial)
-    bs[ext + 5:ext + 16] = label.encode().ljust(11, b" ")
+    bs[ext + 5 : ext + 16] = label.encode().ljust(11, b" ")
     bs[510:512] = b"\x55\xaa"
     return bytes(bs)
 
@@ -138,5 +166,5 @@ def swap_header(label: str = "swap", page: int = 4096) -> bytes:
     hdr = bytearray(page)
     hdr[1036:1052] = uuid.UUID("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee").bytes
     hdr[1052:1068] = label.encode().ljust(16, b"\0")
-    hdr[page - 10:] = b"SWAPSPACE2"
+    hdr[page - 10 :] = b"SWAPSPACE2"
     return bytes(hdr)

@@ -22,7 +22,7 @@ def table_image(name: str, path: Path) -> Path:
     data = gzip.decompress((TABLES / f"{name}.chunks.gz").read_bytes())
     chunks, pos = {}, 0
     for offset, length in manifest["chunks"]:
-        chunks[offset] = data[pos:pos + length]
+        chunks[offset] = data[pos : pos + length]
         pos += length
     if pos != len(data):
         raise ValueError(f"{name}: the manifest describes {pos} bytes, the data holds {len(data)}")

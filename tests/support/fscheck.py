@@ -19,9 +19,20 @@ def fsck(img: Path, part: PartInfo, scratch: Path | None = None) -> tuple[bool, 
         return part.fsck(img)
     scratch = scratch or Path(f"{img}.p{part.partition.number}.vfat")
     try:
-        subprocess.run(["dd", f"if={img}", f"of={scratch}", "bs=512", "conv=sparse", "status=none",
-                        f"skip={part.partition.start}", f"count={part.partition.size}",
-                        "iflag=skip_bytes,count_bytes"], check=True)
+        subprocess.run(
+            [
+                "dd",
+                f"if={img}",
+                f"of={scratch}",
+                "bs=512",
+                "conv=sparse",
+                "status=none",
+                f"skip={part.partition.start}",
+                f"count={part.partition.size}",
+                "iflag=skip_bytes,count_bytes",
+            ],
+            check=True,
+        )
         proc = subprocess.run(["fsck.vfat", "-n", str(scratch)], capture_output=True, text=True)
         return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
     finally:

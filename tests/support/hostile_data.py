@@ -15,8 +15,18 @@ def with_data_tree(img: Path, tree: Path) -> Path:
     would build one), written in place at the partition's offset."""
     data = open_layout(img).require("data")
     fs_file = img.with_suffix(".data.ext4")
-    run_tool("mkfs.ext4", "-q", "-F", "-L", "data", "-d", str(tree), str(fs_file),
-             f"{data.partition.size // 1024}k", env={**os.environ, "E2FSPROGS_FAKE_TIME": "1700000000"})
+    run_tool(
+        "mkfs.ext4",
+        "-q",
+        "-F",
+        "-L",
+        "data",
+        "-d",
+        str(tree),
+        str(fs_file),
+        f"{data.partition.size // 1024}k",
+        env={**os.environ, "E2FSPROGS_FAKE_TIME": "1700000000"},
+    )
     with open(img, "r+b") as out:
         out.seek(data.partition.start)
         out.write(fs_file.read_bytes())

@@ -14,8 +14,8 @@ from pathlib import Path
 class FileServer:
     def __init__(self, root: Path, tls: tuple[Path, Path] | None = None):
         self.root = root
-        self.requests: list[tuple[str, str | None]] = []   # (path, Range header)
-        self.delay = 0.0          # seconds between 64 KiB pieces of a body
+        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.delay = 0.0  # seconds between 64 KiB pieces of a body
         self.cut_after: int | None = None  # send only this many body bytes, then close
         server = self
 
@@ -41,9 +41,9 @@ class FileServer:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.end_headers()
                 if server.cut_after is not None:
-                    body = body[:server.cut_after]
+                    body = body[: server.cut_after]
                 for pos in range(0, len(body), 65536):
-                    self.wfile.write(body[pos:pos + 65536])
+                    self.wfile.write(body[pos : pos + 65536])
                     if server.delay:
                         time.sleep(server.delay)
                 if server.cut_after is not None:

@@ -45,8 +45,10 @@ def macs(*numbers: int, **extra: object) -> list[dict]:
 def write_preauth(path: Path, identities: list[dict], pems: list[str] | None = None) -> list[dict]:
     """A preauth.json as `imagetools emit` writes it, unit{i} per identity, a new key unless given."""
     pems = pems or [new_pem() for _ in identities]
-    entries = [{"name": f"unit{i}", "identity_data": identity, "pubkey": pem}
-               for i, (identity, pem) in enumerate(zip(identities, pems))]
+    entries = [
+        {"name": f"unit{i}", "identity_data": identity, "pubkey": pem}
+        for i, (identity, pem) in enumerate(zip(identities, pems))
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(entries, indent=2))
     return entries

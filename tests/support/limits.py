@@ -46,6 +46,7 @@ def _unblock_fifos(args) -> None:
 def run_limited(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
     """Run a command with 1 GiB of address space and a timeout: a regression that reads /dev/zero
     to the end or spends hours in OpenSSL (which holds the GIL) fails its test, not the test run."""
+
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 

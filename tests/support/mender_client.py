@@ -81,13 +81,13 @@ exec mender --no-syslog --log-level info bootstrap
 
 def unshare_works() -> str | None:
     """None if private mount namespaces can be made here, else why not (the error output)."""
-    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True,
-                          text=True)
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True, text=True)
     return None if proc.returncode == 0 else (proc.stderr.strip() or f"exit {proc.returncode}")
 
 
-def run_client(work: Path, etc_files: dict[str, bytes], key: bytes | None = None,
-               timeout: float = 60) -> tuple[str, Path]:
+def run_client(
+    work: Path, etc_files: dict[str, bytes], key: bytes | None = None, timeout: float = 60
+) -> tuple[str, Path]:
     """Run the client once with `etc_files` (name -> content) as /etc/mender and `key` (if any)
     as /var/lib/mender/mender-agent.pem; returns (its log, the datastore directory)."""
     mender = shutil.which("mender")
@@ -102,7 +102,11 @@ def run_client(work: Path, etc_files: dict[str, bytes], key: bytes | None = None
     if key is not None:
         (work / "datastore" / "mender-agent.pem").write_bytes(key)
         (work / "datastore" / "mender-agent.pem").chmod(0o600)
-    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", _SCRIPT, "sh",
-                           str(work)], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", _SCRIPT, "sh", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     return proc.stdout + proc.stderr, work / "datastore"

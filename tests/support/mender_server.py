@@ -37,10 +37,11 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import jsonschema
@@ -55,7 +56,7 @@ from openapi_core.validation.request.exceptions import SecurityValidationError
 ROOT = Path(__file__).resolve().parents[2]
 SPECS_ENV = "MENDER_API_SPECS"
 LEGACY_SPEC = ROOT / "fixtures" / "mender-api" / "admission_v1.yaml"
-TEST_TOKEN = "test-pat"           # the Personal Access Token the server accepts unless told otherwise
+TEST_TOKEN = "test-pat"  # the Personal Access Token the server accepts unless told otherwise
 
 DEVICES = "/api/management/v2/devauth/devices"
 ADMISSION = "/api/management/v1/admission/devices"
@@ -85,8 +86,10 @@ class Specs:
 
     def __init__(self, reference: Path):
         if not (reference / "deviceauth" / "management_v2.yaml").is_file():
-            raise SpecsMissing(f"Mender OpenAPI specs not found at {reference}: put shared/ beside the "
-                               f"repository, set {SPECS_ENV} or pass --specs DIR")
+            raise SpecsMissing(
+                f"Mender OpenAPI specs not found at {reference}: put shared/ beside the "
+                f"repository, set {SPECS_ENV} or pass --specs DIR"
+            )
         self.reference = reference
         self._files = {
             "/api/management/v2/devauth/": reference / "deviceauth" / "management_v2.yaml",
@@ -120,8 +123,10 @@ def default_specs() -> Specs:
 
 def make_jwt(subject: str, lifetime: int = 3600) -> str:
     """A JWT-shaped token (unsigned: our server only compares it)."""
+
     def part(obj: dict) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
     claims = {"sub": subject, "exp": int(time.time()) + lifetime, "jti": uuid.uuid4().hex, "scp": "mender.*"}
     return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.{uuid.uuid4().hex}"
 
@@ -129,7 +134,7 @@ def make_jwt(subject: str, lifetime: int = 3600) -> str:
 @dataclass
 class Reply:
     status: int
-    body: Any = None                  # JSON-serializable, str (raw text) or None
+    body: Any = None  # JSON-serializable, str (raw text) or None
     headers: dict[str, str] | None = None
     content_type: str = "application/json"
 
@@ -139,16 +144,24 @@ class MenderTestServer:
     Token. With ``state``, devices are loaded from that JSON file and saved to it after each
     request that changes them and on exit. ``on_violation`` hears of each spec violation."""
 
-    def __init__(self, *, users: dict[str, str] | None = None, tls: tuple[str, str] | None = None,
-                 port: int = 0, token: str = TEST_TOKEN, specs: Specs | None = None,
-                 state: Path | None = None, on_violation: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        *,
+        users: dict[str, str] | None = None,
+        tls: tuple[str, str] | None = None,
+        port: int = 0,
+        token: str = TEST_TOKEN,
+        specs: Specs | None = None,
+        state: Path | None = None,
+        on_violation: Callable[[str], None] | None = None,
+    ):
         self.specs = specs or default_specs()
         self.users = users or {"admin@example.com": "correct horse"}
         self.tokens: set[str] = {token}
-        self.devices: dict[str, dict] = {}        # id → Device (deviceauth v2 shape)
-        self.admission: list[dict] = []          # legacy auth sets
+        self.devices: dict[str, dict] = {}  # id → Device (deviceauth v2 shape)
+        self.admission: list[dict] = []  # legacy auth sets
         self.violations: list[str] = []
-        self.log: list[tuple[str, str, int]] = []   # (method, path, status)
+        self.log: list[tuple[str, str, int]] = []  # (method, path, status)
         self.login_headers: list[str] = []
         self.state = state
         self.on_violation = on_violation
@@ -165,7 +178,7 @@ class MenderTestServer:
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
 
-    def __enter__(self) -> "MenderTestServer":
+    def __enter__(self) -> MenderTestServer:
         self._thread.start()
         return self
 
@@ -200,8 +213,14 @@ class MenderTestServer:
         """Put a device on the server directly (fast set-up for big lists)."""
         with self._lock:
             device_id = uuid.uuid4().hex[:24]
-            self.devices[device_id] = {"id": device_id, "identity_data": identity, "created_ts": STAMP,
-                                       "updated_ts": STAMP, "decommissioning": False, "auth_sets": []}
+            self.devices[device_id] = {
+                "id": device_id,
+                "identity_data": identity,
+                "created_ts": STAMP,
+                "updated_ts": STAMP,
+                "decommissioning": False,
+                "auth_sets": [],
+            }
             self.add_auth_set(device_id, pubkey_pem, status)
             return device_id
 
@@ -209,9 +228,16 @@ class MenderTestServer:
         """What the server records when a device connects with this key (or is preauthorized)."""
         with self._lock:
             device = self.devices[device_id]
-            device["auth_sets"].append({"id": str(uuid.uuid4()), "device_id": device_id,
-                                        "identity_data": device["identity_data"], "pubkey": pubkey_pem,
-                                        "status": status, "ts": STAMP})
+            device["auth_sets"].append(
+                {
+                    "id": str(uuid.uuid4()),
+                    "device_id": device_id,
+                    "identity_data": device["identity_data"],
+                    "pubkey": pubkey_pem,
+                    "status": status,
+                    "ts": STAMP,
+                }
+            )
             _refresh_status(device)
 
     def take_violations(self) -> list[str]:
@@ -231,8 +257,15 @@ class MenderTestServer:
         parts = urlsplit(raw_path)
         path, query = parts.path, parse_qsl(parts.query)
         spec = self.specs.for_path(path)
-        request = MockRequest(self.url, method.lower(), path, args=query, headers=headers,
-                              data=body, content_type=headers.get("Content-Type"))
+        request = MockRequest(
+            self.url,
+            method.lower(),
+            path,
+            args=query,
+            headers=headers,
+            data=body,
+            content_type=headers.get("Content-Type"),
+        )
         reply = self._route(method, path, dict(query), headers, body, spec, request)
         reply.headers = {**(reply.headers or {}), "X-MEN-RequestID": str(uuid.uuid4())}
         if isinstance(reply.body, dict) and "error" in reply.body:
@@ -245,8 +278,16 @@ class MenderTestServer:
             self.save()
         return reply
 
-    def _route(self, method: str, path: str, query: dict, headers: dict, body: bytes,
-               spec: OpenAPI | None, request: MockRequest) -> Reply:
+    def _route(
+        self,
+        method: str,
+        path: str,
+        query: dict,
+        headers: dict,
+        body: bytes,
+        spec: OpenAPI | None,
+        request: MockRequest,
+    ) -> Reply:
         if spec is None:
             self._violation(f"{method} {path}: no such path in the Mender API documents")
             return _error(404, "not found")
@@ -356,9 +397,17 @@ class MenderTestServer:
         if any(_canon(json.loads(s["device_identity"])) == _canon(identity) for s in self.admission):
             return _error(409, "device already exists")
         auth_id = hashlib.sha256((data["device_identity"] + pem).encode()).hexdigest()
-        self.admission.append({"id": auth_id, "device_id": uuid.uuid4().hex[:24],
-                               "device_identity": data["device_identity"], "key": pem,
-                               "status": "preauthorized", "attributes": identity, "request_time": STAMP})
+        self.admission.append(
+            {
+                "id": auth_id,
+                "device_id": uuid.uuid4().hex[:24],
+                "device_identity": data["device_identity"],
+                "key": pem,
+                "status": "preauthorized",
+                "attributes": identity,
+                "request_time": STAMP,
+            }
+        )
         return Reply(201, None, {"Location": f"{ADMISSION}/{auth_id}"})
 
     # --- spec checks ---
@@ -423,11 +472,12 @@ def _page(items: list[dict], query: dict, path: str) -> Reply:
     page, per_page = int(query.get("page", 1)), int(query.get("per_page", 20))
     if page < 1 or per_page < 1:
         return _error(400, "invalid page or per_page")
-    chunk = items[(page - 1) * per_page: page * per_page]
+    chunk = items[(page - 1) * per_page : page * per_page]
     extra = {k: v for k, v in query.items() if k not in ("page", "per_page")}
 
     def link(p: int, rel: str) -> str:
         return f'<{path}?{urlencode({**extra, "page": p, "per_page": per_page})}>; rel="{rel}"'
+
     links = [link(1, "first")]
     if page > 1:
         links.append(link(page - 1, "prev"))
@@ -438,7 +488,9 @@ def _page(items: list[dict], query: dict, path: str) -> Reply:
 
 def _refresh_status(device: dict) -> None:
     statuses = {s["status"] for s in device["auth_sets"]}
-    device["status"] = next((s for s in ("accepted", "pending", "preauthorized", "rejected") if s in statuses), "noauth")
+    device["status"] = next(
+        (s for s in ("accepted", "pending", "preauthorized", "rejected") if s in statuses), "noauth"
+    )
 
 
 def _reserialize(pem: str) -> tuple[str, str]:
@@ -484,14 +536,17 @@ def _load_state(path: Path) -> tuple[dict[str, dict], list[dict]]:
     devices = data.get("devices") if isinstance(data, dict) else None
     admission = data.get("admission", []) if isinstance(data, dict) else None
     good_devices = isinstance(devices, list) and all(
-        isinstance(d, dict) and isinstance(d.get("id"), str) and isinstance(d.get("auth_sets"), list) for d in devices)
+        isinstance(d, dict) and isinstance(d.get("id"), str) and isinstance(d.get("auth_sets"), list) for d in devices
+    )
     if not (good_devices and isinstance(admission, list) and all(isinstance(a, dict) for a in admission)):
-        raise StateError(f"{path} is not a state file of this server (expected {{\"devices\": [...], "
-                         f"\"admission\": [...]}})")
+        raise StateError(
+            f'{path} is not a state file of this server (expected {{"devices": [...], "admission": [...]}})'
+        )
     return {d["id"]: d for d in devices}, admission
 
 
 # --- as a program ---------------------------------------------------------------------------------
+
 
 class _Stopped(Exception):
     """Raised by the SIGINT/SIGTERM handler to leave the serving loop."""
@@ -515,11 +570,12 @@ def _port(text: str) -> int:
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="mender_server.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="mender_server.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="A local stand-in for the Mender Server: deviceauth v2 (preauthorize, list, get,\n"
-                    "remove an auth set, decommission), useradm login, legacy admission v1. Every request\n"
-                    "and answer is validated against the Mender OpenAPI documents; violations are printed\n"
-                    "on stderr. It listens on 127.0.0.1 only.",
+        "remove an auth set, decommission), useradm login, legacy admission v1. Every request\n"
+        "and answer is validated against the Mender OpenAPI documents; violations are printed\n"
+        "on stderr. It listens on 127.0.0.1 only.",
         epilog=f"""It needs the checkout's virtualenv (openapi-core, PyYAML, jsonschema): run it as
   .venv/bin/python tests/support/mender_server.py [OPTIONS]
 or directly as tests/support/mender_server.py (its first line finds ../../.venv).
@@ -534,25 +590,40 @@ so a shell can take them over, e.g.
   imagetools preauth push OUT/preauth.json
 
 The token is a test token (default {TEST_TOKEN!r}), the only secret this tool prints; login also
-works, as admin@example.com with password 'correct horse'.""")
+works, as admin@example.com with password 'correct horse'.""",
+    )
     parser.add_argument("--port", type=_port, default=0, help="port to listen on (default 0: a free one)")
-    parser.add_argument("--token", type=_token, default=TEST_TOKEN,
-                        help=f"the Personal Access Token to accept (default {TEST_TOKEN!r})")
-    parser.add_argument("--specs", type=Path, default=default_reference(), metavar="DIR",
-                        help=f"the mender-api reference documents (default: ${SPECS_ENV}, else "
-                             f"../shared/reference/mender-api beside the checkout; here {default_reference()})")
-    parser.add_argument("--state", type=Path, metavar="FILE",
-                        help="JSON file to load the devices from at start (if it exists) and save them to "
-                             "after each change and on exit, so a restarted server has the same devices")
+    parser.add_argument(
+        "--token", type=_token, default=TEST_TOKEN, help=f"the Personal Access Token to accept (default {TEST_TOKEN!r})"
+    )
+    parser.add_argument(
+        "--specs",
+        type=Path,
+        default=default_reference(),
+        metavar="DIR",
+        help=f"the mender-api reference documents (default: ${SPECS_ENV}, else "
+        f"../shared/reference/mender-api beside the checkout; here {default_reference()})",
+    )
+    parser.add_argument(
+        "--state",
+        type=Path,
+        metavar="FILE",
+        help="JSON file to load the devices from at start (if it exists) and save them to "
+        "after each change and on exit, so a restarted server has the same devices",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     try:
-        server = MenderTestServer(port=args.port, token=args.token, specs=Specs(args.specs), state=args.state,
-                                  on_violation=lambda m: print(f"mender_server: spec violation: {m}",
-                                                               file=sys.stderr, flush=True))
+        server = MenderTestServer(
+            port=args.port,
+            token=args.token,
+            specs=Specs(args.specs),
+            state=args.state,
+            on_violation=lambda m: print(f"mender_server: spec violation: {m}", file=sys.stderr, flush=True),
+        )
     except (SpecsMissing, StateError) as exc:
         print(f"mender_server: error: {exc}", file=sys.stderr)
         return 2

@@ -90,8 +90,20 @@ class PostgresServer:
                 os.chown(self.root, pw.pw_uid, pw.pw_gid)
             os.chmod(self.root, 0o700)
             self._as_pg("mkdir", str(self.sock))
-            self._as_pg(str(self._bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", PG_USER,
-                        "--no-sync", "-E", "UTF8", "--locale", "C.UTF-8")
+            self._as_pg(
+                str(self._bin / "initdb"),
+                "-D",
+                str(self.data),
+                "-A",
+                "trust",
+                "-U",
+                PG_USER,
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale",
+                "C.UTF-8",
+            )
             self.start()
         except BaseException:
             self.stop()
@@ -113,16 +125,30 @@ class PostgresServer:
         for attempt in range(5):
             self.port = self.port or free_port()
             durable = "on" if self._fsync else "off"
-            options = (f"-p {self.port} -k {self.sock} -c listen_addresses={self.host} -c fsync={durable}"
-                       f" -c synchronous_commit={durable} -c full_page_writes={durable}")
-            done = self._as_pg(str(self._bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.log),
-                               "-w", "-t", str(START_SECONDS), "start", check=False)
+            options = (
+                f"-p {self.port} -k {self.sock} -c listen_addresses={self.host} -c fsync={durable}"
+                f" -c synchronous_commit={durable} -c full_page_writes={durable}"
+            )
+            done = self._as_pg(
+                str(self._bin / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-o",
+                options,
+                "-l",
+                str(self.log),
+                "-w",
+                "-t",
+                str(START_SECONDS),
+                "start",
+                check=False,
+            )
             if done.returncode == 0:
                 self._running = True
                 return
             if attempt == 4 or "could not bind" not in self._log_tail():
                 raise RuntimeError(f"pg_ctl start failed: {done.stderr.strip()} / {self._log_tail()}")
-            self.port = 0    # someone took the port between free_port() and the start
+            self.port = 0  # someone took the port between free_port() and the start
 
     def stop_server(self) -> None:
         """Shut the server down (fast: sessions are cut) and leave it down."""
@@ -139,8 +165,7 @@ class PostgresServer:
     def stop(self) -> None:
         """Stop the server and remove its directory (idempotent)."""
         if self._running:
-            self._as_pg(str(self._bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop",
-                        check=False)
+            self._as_pg(str(self._bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)
             self._running = False
         shutil.rmtree(self.root, ignore_errors=True)
 

@@ -26,10 +26,16 @@ class StationProcess:
         self._lock = threading.Condition()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "imagetools", "station", *map(str, args), "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
-        self._readers = [threading.Thread(target=self._read, args=(self.proc.stdout, True), daemon=True),
-                         threading.Thread(target=self._read, args=(self.proc.stderr, False), daemon=True)]
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        )
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, True), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, False), daemon=True),
+        ]
         for reader in self._readers:
             reader.start()
 
@@ -43,8 +49,10 @@ class StationProcess:
                     return found
                 left = deadline - time.monotonic()
                 if left <= 0 or self.proc.poll() is not None:
-                    raise AssertionError(f"station: condition not met in {timeout} s; events "
-                                         f"{self.events[-8:]}, stderr {''.join(self.stderr)[-2000:]}")
+                    raise AssertionError(
+                        f"station: condition not met in {timeout} s; events "
+                        f"{self.events[-8:]}, stderr {''.join(self.stderr)[-2000:]}"
+                    )
                 self._lock.wait(min(left, 0.5))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 120.0) -> int:
@@ -65,6 +73,8 @@ class StationProcess:
                 self._lock.notify_all()
 
 
-def ended(events: list[dict[str, Any]], slot: str, kinds: tuple[str, ...] = ("passed", "failed", "interrupted")) -> list:
+def ended(
+    events: list[dict[str, Any]], slot: str, kinds: tuple[str, ...] = ("passed", "failed", "interrupted")
+) -> list:
     """The events of SLOT that end a card."""
     return [e for e in events if e["slot"] == slot and e["event"] in kinds]

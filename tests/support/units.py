@@ -10,7 +10,7 @@ from imagetools.devices import load_devices
 from imagetools.emit import EmitOptions, emit
 from imagetools.verify import verify_image
 
-SMALL = {"rootfs_mib": 16, "data_mib": 16}   # make_image options: a base of about 56 MiB
+SMALL = {"rootfs_mib": 16, "data_mib": 16}  # make_image options: a base of about 56 MiB
 DELTA = EmitOptions(key_spec=keys.KeySpec(type="ed25519"), jobs=1, format="delta")
 
 
@@ -18,8 +18,9 @@ def emit_units(make_image, tmp_path: Path, count: int) -> tuple[Path, Path]:
     """A small base and an OUT of COUNT signed delta units u000, u001, ..."""
     base = make_image("sdimg", **SMALL)
     devices = tmp_path / "devices.csv"
-    devices.write_text("name,mac\n" + "".join(f"u{i:03d},02:00:00:00:{i >> 8:02x}:{i & 255:02x}\n"
-                                              for i in range(count)))
+    devices.write_text(
+        "name,mac\n" + "".join(f"u{i:03d},02:00:00:00:{i >> 8:02x}:{i & 255:02x}\n" for i in range(count))
+    )
     out = tmp_path / "OUT"
     assert emit(base, load_devices(devices), out, DELTA).ok
     return base, out
