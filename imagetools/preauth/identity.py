@@ -85,8 +85,14 @@ def read_text(path: str | Path, what: str, limit: int, hint: str = "") -> str:
 
 
 def _literal(value: Any) -> str:
-    """A JSON value for a message, numbers as the file wrote them."""
-    return value.text if isinstance(value, JsonNumber) else json.dumps(value, default=str)
+    """A JSON value for a message, numbers as the file wrote them (inside lists and objects too)."""
+    if isinstance(value, JsonNumber):
+        return value.text
+    if isinstance(value, list):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)}: {_literal(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
 
 
 def _is_unicode(text: str) -> bool:
