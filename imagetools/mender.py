@@ -144,3 +144,22 @@ def loose_identity(identity: Mapping[str, Any]) -> str:
         for k, v in identity.items()
     }
     return json.dumps(norm, sort_keys=True)
+
+
+# --- tokens (tenant tokens, session tokens: JWTs or personal access tokens) --------------------
+def token_problem(token: str) -> str | None:
+    """What keeps TOKEN from being one line of printable ASCII without spaces (where it may go:
+    an Authorization header, a mender.conf value), or None."""
+    for position, char in enumerate(token, 1):
+        if not "!" <= char <= "~":
+            kind = (
+                "a line break"
+                if char in "\r\n"
+                else "whitespace"
+                if char.isspace()
+                else "a control character"
+                if char.isascii()
+                else "a non-ASCII character"
+            )
+            return f"{kind} at character {position}"
+    return None

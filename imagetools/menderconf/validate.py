@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import KeyMaterialError, UsageError
+from ..mender import token_problem
 from ..strict import JsonError, JsonNumber, read_regular
 from .settings import MAX_CERT_FILE, known, parse_json
 
@@ -51,21 +52,9 @@ def check_tenant_token(token: str, source: str = "-t/--tenant-token") -> str:
     token = token.strip()
     if not token:
         raise UsageError(f"{source}: the tenant token is empty")
-    for position, char in enumerate(token, 1):
-        if not "!" <= char <= "~":
-            kind = (
-                "a line break"
-                if char in "\r\n"
-                else "whitespace"
-                if char.isspace()
-                else "a control character"
-                if char.isascii()
-                else "a non-ASCII character"
-            )
-            raise UsageError(
-                f"{source}: the tenant token has {kind} at character {position} "
-                "(a tenant token is one line of printable ASCII)"
-            )
+    problem = token_problem(token)
+    if problem:
+        raise UsageError(f"{source}: the tenant token has {problem} (a tenant token is one line of printable ASCII)")
     return token
 
 

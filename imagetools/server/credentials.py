@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import AuthError, ImageToolsError, UsageError
 from ..keys import write_secret
+from ..mender import token_problem
 from ..strict import parse, read_regular
 from .settings import TOKEN_ENV, normalize_url
 
@@ -76,22 +77,6 @@ def check_token(token: str, source: str) -> str:
             f"{source} does not hold a token: {problem} (a token is one line of printable ASCII without spaces)"
         )
     return token
-
-
-def token_problem(token: str) -> str | None:
-    for position, char in enumerate(token, 1):
-        if not "!" <= char <= "~":
-            kind = (
-                "a line break"
-                if char in "\r\n"
-                else "whitespace"
-                if char.isspace()
-                else "a control character"
-                if char.isascii()
-                else "a non-ASCII character"
-            )
-            return f"{kind} at character {position}"
-    return None
 
 
 def jwt_expiry(token: str) -> datetime | None:

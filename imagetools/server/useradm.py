@@ -5,8 +5,7 @@ from __future__ import annotations
 import httpx
 
 from ..errors import AuthError
-from ..mender import LOGIN
-from .credentials import token_problem
+from ..mender import LOGIN, token_problem
 from .transport import BadResponse, MenderClient, server_error
 
 
