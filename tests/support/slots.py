@@ -3,11 +3,13 @@
 A detached loop node reads size 0, as a USB reader without a card does, so attaching a card
 file to a slot's node inserts the card and detaching it pulls the card. Slots are taken from
 high loop numbers that `losetup -f` (used by other tests) does not reach for; a Rig detaches
-exactly the nodes it attached.
+exactly the nodes it attached. A node is claimed with a lock in /run/lock while a Rig holds it, so
+tests running at once (mutation testing's workers) never share one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 FIRST_SLOT = 200
+LOCKS = "/run/lock" if os.path.isdir("/run/lock") else "/tmp"
 
 
 def random_card(path: Path, size: int) -> Path:
@@ -32,6 +35,7 @@ class Rig:
     def __init__(self, count: int, first: int = FIRST_SLOT) -> None:
         if not os.access("/dev/loop-control", os.W_OK) or shutil.which("losetup") is None:
             pytest.skip("no usable /dev/loop-control or losetup (needs root)")
+        self._claims: list[int] = []
         self.slots = [self._free_node(first + 10 * i) for i in range(count)]
         self.cards: dict[str, Path] = {}
 
@@ -48,6 +52,8 @@ class Rig:
     def close(self) -> None:
         for slot in list(self.cards):
             self.pull(slot)
+        while self._claims:
+            os.close(self._claims.pop())
 
     def __enter__(self) -> Rig:
         return self
@@ -59,11 +65,24 @@ class Rig:
         """A loop node with nothing attached: its size reads 0 (created on first attach)."""
         for number in range(start, start + 10):
             node = f"/dev/loop{number}"
+            if not self._claim(number):
+                continue
             if not os.path.exists(f"/sys/block/loop{number}") or _size(number) == 0:
                 if not os.path.exists(node):
                     self._create(node)
                 return node
+            os.close(self._claims.pop())  # attached by someone else
         pytest.skip(f"no free loop node in /dev/loop{start}..{start + 9}")
+
+    def _claim(self, number: int) -> bool:
+        fd = os.open(f"{LOCKS}/slot-loop{number}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._claims.append(fd)
+        return True
 
     @staticmethod
     def _create(node: str) -> None:
