@@ -2,7 +2,8 @@
 commands that need it, and for a missing one the Debian package that installs it.
 
 Each probe runs the tool's own version option (never an option that acts on a device) with a
-timeout and bounded output; tools without one are asked of dpkg.
+timeout and bounded output; tools without one are asked of dpkg. debugfs and e2fsck are asked
+through their one builder, fs/e2fsprogs, like every other run of them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class Tool:
     package: str
     needed_by: str
     required: bool  # a default command fails without it
-    version_args: tuple[str, ...] | None  # None: ask dpkg for the package's version
+    version_args: tuple[str, ...] | None  # None: ask dpkg (e2fsprogs' tools: fs/e2fsprogs asks them)
 
 
 TOOLS = (
@@ -35,9 +36,9 @@ TOOLS = (
         "e2fsprogs",
         "inject, install, cp, rm, modify, emit, flash --key (ext4 written in place)",
         True,
-        ("-V",),
+        None,
     ),
-    Tool("e2fsck", "e2fsprogs", "verify, emit, flash, materialize (the e2fsck -fn check)", True, ("-V",)),
+    Tool("e2fsck", "e2fsprogs", "verify, emit, flash, materialize (the e2fsck -fn check)", True, None),
     Tool("e2cp", "e2tools", "scripts/make-image and the tests (the e2tools peer)", False, None),
     Tool("mcopy", "mtools", "scripts/make-image (FAT boot partitions)", False, ("--version",)),
     Tool("fsck.vfat", "dosfstools", "checking FAT boot partitions of flashed cards (tests, bench-flash)", False, None),
@@ -90,9 +91,23 @@ def missing_packages(findings: list[Finding], required_only: bool = False) -> li
 def _probe(tool: Tool) -> Finding:
     path = _which(tool.command)
     version = None
-    if path is not None:
+    if path is not None and tool.package == "e2fsprogs":
+        version = _e2fsprogs_version(tool.command)
+    elif path is not None:
         version = _version_of(path, tool.version_args) if tool.version_args else _dpkg_version(tool.package)
     return Finding(tool.command, tool.package, tool.needed_by, tool.required, path, version)
+
+
+def _e2fsprogs_version(command: str) -> str | None:
+    """debugfs and e2fsck run only through their builder (fs/e2fsprogs), this probe too."""
+    from .errors import ImageToolsError
+    from .fs import e2fsprogs
+
+    try:
+        match = _VERSION.search(e2fsprogs.version(command))
+    except ImageToolsError:
+        return None
+    return match.group(1) if match else None
 
 
 def _which(command: str) -> str | None:

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 
 from . import paths
 from .errors import FilesystemError, UsageError
-from .fs import EXT_TYPES, FAT_TYPES, Entry, Filesystem, NotFoundError, SymlinkInPath, lock
-from .fs.base import check_writable, components, join, normalize
-from .layout import Layout, PartInfo, open_layout
+from .fs import NONE, Entry, NotFoundError, SymlinkInPath
+from .fs.base import components, join, normalize
+from .layout import PartInfo
 from .mender import BACKENDS, MENDER_ARTIFACT, NATIVE
+from .session import ImageSession
 
 if TYPE_CHECKING:
     from .backends.mender_artifact import MenderArtifact
@@ -49,46 +50,15 @@ class Change:
     warnings: list[str] = field(default_factory=list)
 
 
-class _Session:
-    """One image's layout plus the filesystems opened on it (closed together)."""
+class _Session(ImageSession):
+    """An image session with the file commands' path resolution: links followed within and
+    across partitions, as the device would (rootfs `rootfs` at /)."""
 
     def __init__(
         self, image: str | os.PathLike, overrides: dict[str, int] | None, rootfs: str = "a", *, writing: bool = False
     ):
-        self.image = os.fspath(image)
-        self._lock: tuple[int, int] | None = None
-        if writing:
-            check_writable(self.image)  # before anything is looked at, let alone changed
-            self._lock = lock.acquire(self.image)  # for the whole change, every partition
+        super().__init__(image, overrides=overrides, writing=writing)
         self.rootfs = rootfs
-        self.writing = writing
-        self._open: dict[int, Filesystem] = {}
-        try:
-            self.layout: Layout = open_layout(self.image, overrides)
-        except BaseException:
-            self.close()
-            raise
-
-    def fs(self, part: PartInfo) -> Filesystem:
-        """The partition's filesystem, opened once per session (writable in a writing session)."""
-        number = part.partition.number
-        if number not in self._open:
-            self._open[number] = part.open(self.image, writable=self.writing)
-        return self._open[number]
-
-    def close(self) -> None:
-        for fs in self._open.values():
-            fs.close()
-        self._open.clear()
-        if self._lock is not None:
-            lock.release(self._lock)
-            self._lock = None
-
-    def __enter__(self) -> _Session:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def follow(self, loc: paths.Location, link: str, target: str, rest: str) -> paths.Location:
         return paths.follow(self.layout, loc, link, target, rest, rootfs=self.rootfs)
@@ -97,7 +67,7 @@ class _Session:
         """Follow links (within and across partitions) until the path's own entry is reached."""
         for _ in range(MAX_LINKS):
             try:
-                entry = self.fs(loc.part).stat(loc.path)
+                entry = self.filesystem(loc.part).stat(loc.path)
             except SymlinkInPath as link:
                 loc = self.follow(loc, link.link, link.target, link.rest)
                 continue
@@ -116,7 +86,7 @@ class _Session:
         removed; the missing tail is left for the write (-p) to create. A link from another
         partition into the root filesystem is refused: that path exists twice (A and B)."""
         for _ in range(MAX_LINKS):
-            fs = self.fs(loc.part)
+            fs = self.filesystem(loc.part)
             names = components(loc.path)
             here, redirected = "/", None
             for i, name in enumerate(names):
@@ -147,7 +117,7 @@ def _crosses_into_rootfs(old: paths.Location, new: paths.Location) -> bool:
 
 
 def _has_files(part: PartInfo) -> bool:
-    return part.fs.type in EXT_TYPES + FAT_TYPES
+    return part.caps != NONE  # a filesystem imagetools reads
 
 
 def _check_backend(backend: str) -> None:
@@ -171,7 +141,7 @@ def _peer(session: _Session, partition: int | None):
     if partition is not None:
         raise UsageError("--partition works with --backend native only (mender-artifact addresses partitions by path)")
     check_layout(session.layout)
-    return MenderArtifact(session.image)
+    return MenderArtifact(session.path)
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -189,7 +159,7 @@ def list_path(
     with _Session(image, overrides, rootfs) as s:
         loc = paths.route(s.layout, path, partition=partition, rootfs=rootfs)[0]
         loc, entry = s.resolve(loc, follow_final=follow)
-        entries = s.fs(loc.part).list(loc.path) if entry.type == "dir" else [entry]
+        entries = s.filesystem(loc.part).list(loc.path) if entry.type == "dir" else [entry]
         return Listing(loc.describe(), entry, entries)
 
 
@@ -212,7 +182,7 @@ def read_path(
                 return Read(f"{path} (via mender-artifact)", peer.cat(path), None)
         loc = paths.route(s.layout, path, partition=partition, rootfs=rootfs)[0]
         loc, entry = s.resolve(loc, follow_final=True)
-        return Read(loc.describe(), s.fs(loc.part).read(loc.path), entry)
+        return Read(loc.describe(), s.filesystem(loc.part).read(loc.path), entry)
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -231,7 +201,7 @@ def _write_targets(
                 f"skipped partition {loc.part.partition.number} ({loc.part.role}): it has no filesystem"
             )
         else:
-            loc.part.open(s.image)  # raises the clear "no filesystem" error
+            loc.part.open(s.path)  # raises the clear "no filesystem" error
     targets: list[paths.Location] = []
     for loc in usable:
         resolved = s.resolve_parent(loc, follow_final=follow_final)
@@ -248,7 +218,7 @@ def _check_parent(s: _Session, loc: paths.Location, parents: bool) -> None:
     if parents:
         return
     parent = posixpath.dirname(loc.path)
-    fs = s.fs(loc.part)
+    fs = s.filesystem(loc.part)
     try:
         entry = fs.stat(parent)
     except NotFoundError as exc:
@@ -294,13 +264,13 @@ def install(
         targets = _write_targets(s, path, partition, follow_final=True, change=change)
         for loc in targets:
             _check_parent(s, loc, parents)
-            if loc.part.fs.type not in EXT_TYPES and (mode not in (0o644, 0o755) or uid or gid):
+            if not loc.part.caps.owner_mode and (mode not in (0o644, 0o755) or uid or gid):
                 change.warnings.append(
                     f"{loc.describe()}: FAT stores no permissions or owner; "
                     f"mode {mode:04o} and owner {uid}:{gid} not applied"
                 )
         for loc in targets:
-            s.fs(loc.part).write(loc.path, data, mode=mode, uid=uid, gid=gid, parents=parents)
+            s.filesystem(loc.part).write(loc.path, data, mode=mode, uid=uid, gid=gid, parents=parents)
             change.where.append(loc.describe())
     return change
 
@@ -329,7 +299,7 @@ def make_dir(
             return _through_peer(s, partition, path, change, lambda peer: peer.mkdir(path))
         targets = _write_targets(s, path, partition, follow_final=True, change=change)
         for loc in targets:
-            s.fs(loc.part).mkdir(loc.path, mode=mode, uid=uid, gid=gid, parents=True)
+            s.filesystem(loc.part).mkdir(loc.path, mode=mode, uid=uid, gid=gid, parents=True)
             change.where.append(loc.describe())
     return change
 
@@ -350,7 +320,7 @@ def remove(
         if backend == MENDER_ARTIFACT:
             return _through_peer(s, partition, path, change, lambda peer: peer.remove(path, recursive))
         targets = _write_targets(s, path, partition, follow_final=False, change=change)
-        present = [loc for loc in targets if s.fs(loc.part).exists(loc.path)]
+        present = [loc for loc in targets if s.filesystem(loc.part).exists(loc.path)]
         if not present:
             raise NotFoundError(
                 f"{normalize(path)}: not found on " + ", ".join(f"partition {t.part.partition.number}" for t in targets)
@@ -359,10 +329,10 @@ def remove(
             if loc not in present:
                 change.warnings.append(f"{loc.describe()}: not present, nothing to remove there")
         for loc in present:
-            entry = s.fs(loc.part).stat(loc.path)
-            if entry.type == "dir" and not recursive and s.fs(loc.part).list(loc.path):
+            entry = s.filesystem(loc.part).stat(loc.path)
+            if entry.type == "dir" and not recursive and s.filesystem(loc.part).list(loc.path):
                 raise FilesystemError(f"{loc.outer()} is a non-empty directory (use -r)")
         for loc in present:
-            s.fs(loc.part).remove(loc.path, recursive=recursive)
+            s.filesystem(loc.part).remove(loc.path, recursive=recursive)
             change.where.append(loc.describe())
     return change

@@ -18,6 +18,7 @@ from .errors import LayoutError
 from .fs import Capabilities, Filesystem, capabilities, fsck, open_filesystem
 from .image import DiskImage, ImageSource, Partition, read_image
 from .image.probe import FsInfo, probe_source
+from .image.source import Overlay
 from .mender import ESP_GUID, FAT_GUIDS, LINUX_GUIDS, MBR_FAT_TYPES, MBR_LINUX_TYPES, MBR_SWAP_TYPE, SWAP_GUID
 
 
@@ -67,15 +68,24 @@ class PartInfo:
         """What this partition's filesystem supports (owner and mode, fsck, data, in-place writes)."""
         return capabilities(self.fs.type)
 
-    def open(self, image_path: str | os.PathLike, writable: bool = False) -> Filesystem:
-        """This partition's filesystem in `image_path` (the image itself or a copy of it)."""
+    def open(
+        self, image_path: str | os.PathLike, writable: bool = False, source: ImageSource | None = None
+    ) -> Filesystem:
+        """This partition's filesystem in `image_path` (the image itself or a copy of it), read
+        through `source` when the image is already open."""
         return open_filesystem(
-            image_path, self.partition.start, self.partition.size, self.fs.type, writable=writable, label=self.where
+            image_path,
+            self.partition.start,
+            self.partition.size,
+            self.fs.type,
+            writable=writable,
+            label=self.where,
+            source=source,
         )
 
-    def fsck(self, image_path: str | os.PathLike) -> tuple[bool, str]:
-        """e2fsck -fn of this partition in `image_path`: (clean, its output)."""
-        return fsck(image_path, self.partition.start, self.fs.type, self.where)
+    def fsck(self, image_path: str | os.PathLike, overlay: Overlay | None = None) -> tuple[bool, str]:
+        """e2fsck -fn of this partition in `image_path` (a unit's delta over `overlay`'s base)."""
+        return fsck(image_path, self.partition.start, self.fs.type, self.where, overlay)
 
     def describe(self) -> str:
         """`4 ext4 'data'`: how summaries of the table name a partition."""
@@ -177,9 +187,12 @@ class Layout:
         return [p for p in (self.rootfs_a, self.rootfs_b) if p is not None]
 
 
-def open_layout(path: str | os.PathLike, overrides: dict[str, int] | None = None) -> Layout:
-    """Read the partition table of `path` and assign roles (the image is opened once)."""
-    with ImageSource(path) as src:
+def open_layout(image: str | os.PathLike | ImageSource, overrides: dict[str, int] | None = None) -> Layout:
+    """Read the partition table of `image` and assign roles (a path is opened once; an open
+    ImageSource is read through)."""
+    if isinstance(image, ImageSource):
+        return detect_layout(read_image(image), overrides, image)
+    with ImageSource(image) as src:
         return detect_layout(read_image(src), overrides, src)
 
 

@@ -26,10 +26,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .image import ImageSource
 from .image import delta as delta_format
 from .inject import write_key
 from .layout import PartInfo
-from .sparse import copy_extents, data_ranges
+from .sparse import copy_extents, data_ranges, reading
 from .verify import Check, fsck_check
 
 _SHM = "/dev/shm"
@@ -109,8 +110,11 @@ def sweep_scratch(root: str) -> None:
 class Scratch:
     """The base's data partition in a reusable scratch file (one per process: debugfs writes it)."""
 
-    def __init__(self, base: str | os.PathLike, data: PartInfo, directory: str | os.PathLike):
-        self.base, self.data = str(base), data
+    def __init__(self, base: str | os.PathLike | ImageSource, data: PartInfo, directory: str | os.PathLike):
+        """`base` as a path is opened for each unit; as an open ImageSource (emit's), read on
+        its descriptor."""
+        self._source = base if isinstance(base, ImageSource) else None
+        self.base, self.data = (base.path if isinstance(base, ImageSource) else str(base)), data
         self.window = (data.partition.start, data.partition.end)
         self.path = Path(directory) / f"data-{os.getpid()}-{data.partition.start}.img"
         self.fresh = False  # holds exactly the base's window
@@ -121,7 +125,7 @@ class Scratch:
         not stay in it) and rebuilt from the base before its next use."""
         if not self.fresh:
             self._empty()
-            copy_extents(self.base, self.path, inside=self.window)  # created 0600
+            copy_extents(self._readable(), self.path, inside=self.window)  # created 0600
         self.fresh = False
         try:
             write_key(self.path, self.data, pem, key_rel)
@@ -136,12 +140,15 @@ class Scratch:
     def _taken_back(self) -> tuple[list[tuple[int, bytes]], int]:
         """(the extents where the scratch differs from the base, the base's size), with the
         base's bytes written back over them: the next unit starts from the base."""
-        size = os.stat(self.base).st_size
-        with open(self.base, "rb", buffering=0) as fb, open(self.path, "r+b", buffering=0) as fs:
-            extents = delta_format.diff(fb.fileno(), fs.fileno(), self.window, list(data_ranges(fs.fileno(), size)))
+        with reading(self._readable()) as fb, open(self.path, "r+b", buffering=0) as fs:
+            size = os.fstat(fb).st_size
+            extents = delta_format.diff(fb, fs.fileno(), self.window, list(data_ranges(fs.fileno(), size)))
             for off, data in extents:
-                os.pwrite(fs.fileno(), os.pread(fb.fileno(), len(data), off), off)
+                os.pwrite(fs.fileno(), os.pread(fb, len(data), off), off)
         return extents, size
+
+    def _readable(self) -> str | int:
+        return self._source.fd if self._source is not None else self.base
 
     def _empty(self) -> None:
         """The scratch truncated to nothing (the pages of tmpfs freed), if it exists."""
@@ -149,13 +156,14 @@ class Scratch:
             os.truncate(self.path, 0)
 
 
-_reused: dict[tuple[str, str, int, int], Scratch] = {}
+_reused: dict[tuple[str, str | ImageSource, int, int], Scratch] = {}
 
 
-def reused_scratch(directory: str | os.PathLike, base: str | os.PathLike, data: PartInfo) -> Scratch:
+def reused_scratch(directory: str | os.PathLike, base: str | os.PathLike | ImageSource, data: PartInfo) -> Scratch:
     """This process's scratch in directory for base's data partition, kept for the units that
     follow (one at a time: a new directory or base replaces it)."""
-    key = (str(directory), str(base), data.partition.start, data.partition.end)
+    which = base if isinstance(base, ImageSource) else str(base)
+    key = (str(directory), which, data.partition.start, data.partition.end)
     scratch = _reused.get(key)
     if scratch is None:
         _reused.clear()
@@ -164,7 +172,7 @@ def reused_scratch(directory: str | os.PathLike, base: str | os.PathLike, data: 
 
 
 def make_delta(
-    base: str | os.PathLike, data: PartInfo, pem: bytes, key_rel: str, base_sha256: str
+    base: str | os.PathLike | ImageSource, data: PartInfo, pem: bytes, key_rel: str, base_sha256: str
 ) -> tuple[delta_format.Delta, Check]:
     """One unit's delta and e2fsck check, in a scratch used once (flash --key)."""
     with scratch_space() as tmp:

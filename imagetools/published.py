@@ -18,10 +18,10 @@ from pathlib import Path
 from . import bmap, keys, strict
 from .atomic import replace_when_done, write_atomic
 from .errors import ImageFormatError, UsageError, VerifyFailed
+from .image import ImageSource
 from .image import delta as delta_format
-from .image import overlay
 from .image.delta import Delta
-from .image.overlay import Overlay
+from .image.source import Overlay
 from .layout import open_layout
 from .sparse import copy_extents
 from .unitformat import IDENTITY_FILE, MAX_BMAP, PUBLIC_FILE, STATE_FILE, UnitRecord, read_signed
@@ -131,20 +131,21 @@ def block_map(image: str | os.PathLike, use_bmap: bool = True) -> BlockMap:
     return cached
 
 
-def bound_to_base(delta: Delta, base: str | os.PathLike, base_map: BlockMap, what: str) -> None:
+def bound_to_base(delta: Delta, base: str | os.PathLike | ImageSource, base_map: BlockMap, what: str) -> None:
     """A delta writes only into the base's data partition, as the base's own partition table
     gives it, and only over the very base it was made from: whatever the delta claims."""
+    shown = base.path if isinstance(base, ImageSource) else base
     if (delta.base_size, delta.base_sha256) != (base_map.size, base_map.sha256):
         raise UsageError(
             f"{what} was made over a base of {delta.base_size} bytes (sha256 "
-            f"{delta.base_sha256[:16]}...), not over {base} ({base_map.size} bytes, "
+            f"{delta.base_sha256[:16]}...), not over {shown} ({base_map.size} bytes, "
             f"{base_map.sha256[:16]}...)"
         )
     part = open_layout(base).require("data").partition
     if delta.window != (part.start, part.end):
         raise UsageError(
             f"{what}: its window {delta.window[0]}-{delta.window[1]} is not the data partition "
-            f"of {base} ({part.start}-{part.end}): refused, it could write anywhere on the card"
+            f"of {shown} ({part.start}-{part.end}): refused, it could write anywhere on the card"
         )
 
 
@@ -210,10 +211,11 @@ def parse_bmap(text: bytes, image_size: int, path: str) -> tuple[bmap.BlockRange
     return tuple(ranges)
 
 
-def overlay_for(base: str | os.PathLike, unit: Unit) -> Overlay:
-    """The unit's image as base + delta, once the delta is bound to this base (bound_to_base)."""
+def overlay_for(base: ImageSource, unit: Unit) -> Overlay:
+    """The unit's image as the open base + delta, once the delta is bound to this base
+    (bound_to_base)."""
     assert unit.delta is not None
-    base_map = block_map(base, use_bmap=False)
+    base_map = block_map(base.path, use_bmap=False)
     bound_to_base(unit.delta, base, base_map, f"unit {unit.name}")
     return Overlay(base, unit.delta, base_map.sha256)
 
@@ -230,18 +232,21 @@ def materialize(
     unit = load_unit(unit_dir, trust)
     if unit.delta is None:
         raise UsageError(f"{unit_dir} holds a full image already ({unit.image})")
-    view = overlay_for(base, unit)
     out_image = Path(out_image)
-    _refuse_input_as_output(out_image, [Path(base), *(Path(unit_dir) / n for n in os.listdir(unit_dir))])
-    with replace_when_done(out_image, mode=0o600, exclusive=not force) as tmp:
-        copy_extents(view.base, tmp)
-        delta_format.apply(unit.delta, tmp)
-        report = verify_image(tmp, expected=unit.public_key)
-        if not report.ok:
-            raise VerifyFailed(
-                f"{out_image}: materialized image fails " + "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
-            )
-        write_atomic(Path(f"{out_image}.bmap"), bmap.create(tmp))
+    require_base(base)
+    with ImageSource(base) as src:
+        overlay_for(src, unit)  # the delta bound to this base, or refused
+        _refuse_input_as_output(out_image, [Path(base), *(Path(unit_dir) / n for n in os.listdir(unit_dir))])
+        with replace_when_done(out_image, mode=0o600, exclusive=not force) as tmp:
+            copy_extents(src.fd, tmp)
+            delta_format.apply(unit.delta, tmp)
+            report = verify_image(tmp, expected=unit.public_key)
+            if not report.ok:
+                raise VerifyFailed(
+                    f"{out_image}: materialized image fails "
+                    + "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
+                )
+            write_atomic(Path(f"{out_image}.bmap"), bmap.create(tmp))
     report.target = str(out_image)
     return report
 
@@ -273,5 +278,6 @@ def verify_unit(
         return verify_image(unit.image, expected=unit.public_key, fsck=fsck)
     assert unit.record is not None  # load_unit keeps it
     name = Path(unit_dir) / unit.record.image
-    with overlay.attached(name, overlay_for(base, unit)):
-        return verify_image(name, expected=unit.public_key, fsck=fsck)
+    require_base(base)
+    with ImageSource(base) as src:
+        return verify_image(ImageSource(name, overlay=overlay_for(src, unit)), expected=unit.public_key, fsck=fsck)

@@ -5,6 +5,7 @@ Images are mostly holes; copying or hashing the holes would cost time and disk f
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -60,8 +61,9 @@ def open_private(dst: str | os.PathLike, flags: int = os.O_WRONLY) -> int:
     return fd
 
 
-def clone(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
-    """Reflink src to dst (created 0600 or truncated) if the filesystem can share the blocks."""
+def clone(src: str | os.PathLike | int, dst: str | os.PathLike) -> bool:
+    """Reflink src (a path or an open descriptor) to dst (created 0600 or truncated) if the
+    filesystem can share the blocks."""
     fd = open_private(dst, os.O_WRONLY | os.O_TRUNC)
     try:
         return clone_into(src, fd)
@@ -69,34 +71,50 @@ def clone(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
         os.close(fd)
 
 
-def clone_into(src: str | os.PathLike, fd: int) -> bool:
-    """Reflink src into the open file `fd`; False where the filesystem cannot share blocks."""
-    with open(src, "rb") as fin:
+@contextlib.contextmanager
+def reading(src: str | os.PathLike | int) -> Iterator[int]:
+    """A descriptor to read `src` on: a path opened (and closed after), a descriptor as it is
+    (the caller's open image: not opened again, left open)."""
+    if isinstance(src, int):
+        yield src
+        return
+    fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def clone_into(src: str | os.PathLike | int, fd: int) -> bool:
+    """Reflink src (a path or an open descriptor) into the open file `fd`; False where the
+    filesystem cannot share blocks."""
+    with reading(src) as fin:
         try:
-            fcntl.ioctl(fd, FICLONE, fin.fileno())
+            fcntl.ioctl(fd, FICLONE, fin)
             return True
         except OSError:
             return False
 
 
 def copy_extents(
-    src: str | os.PathLike,
+    src: str | os.PathLike | int,
     dst: str | os.PathLike,
     *,
     inside: tuple[int, int] | None = None,
     outside: tuple[int, int] | None = None,
 ) -> None:
-    """Copy src's data extents into dst (created 0600 if missing, sized like src), all of them or only
-    their parts inside or outside a byte window: lets a caller work on one region of a large image
-    before the rest is copied. Nothing is synced: that is the caller's choice."""
-    with open(src, "rb") as fin:
+    """Copy src's data extents (src a path or an open descriptor) into dst (created 0600 if
+    missing, sized like src), all of them or only their parts inside or outside a byte window:
+    lets a caller work on one region of a large image before the rest is copied. Nothing is
+    synced: that is the caller's choice."""
+    with reading(src) as fin:
         fd = open_private(dst)
         try:
-            size = os.fstat(fin.fileno()).st_size
+            size = os.fstat(fin).st_size
             os.ftruncate(fd, size)
-            for start, end in data_ranges(fin.fileno(), size):
+            for start, end in data_ranges(fin, size):
                 for a, b in _select(start, end, inside, outside):
-                    _copy_range(fin.fileno(), fd, a, b)
+                    _copy_range(fin, fd, a, b)
         finally:
             os.close(fd)
 

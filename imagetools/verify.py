@@ -8,6 +8,7 @@ the target for writing (the filesystem layer reads; e2fsck runs with -n).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import typing
@@ -23,6 +24,7 @@ from .deviceview import device_path, is_empty, on_data, resolve_on_rootfs
 from .errors import FilesystemError, ImageFormatError, KeyMaterialError, UsageError, VerifyFailed
 from .image import DiskImage, ImageSource, read_image
 from .image.probe import TABLE_AREA, interrupted_flash
+from .image.source import Overlay
 from .layout import Layout, PartInfo, Role, detect_layout
 from .mender import AUTH_PRIVATE_KEY, DATA_DATASTORE, DATASTORE, KEY_PATH
 from .menderconf.read import rootfs_config
@@ -143,7 +145,7 @@ Expected = keys.PublicKey | keys.PrivateKey | bytes | str | os.PathLike | None
 
 
 def verify_image(
-    target: str | Path,
+    target: str | Path | ImageSource,
     *,
     expected: Expected = None,
     expected_fingerprint: str | None = None,
@@ -161,21 +163,23 @@ def verify_image(
     Unusable input (not an image, bad key path or expected key) raises; everything else is a Check.
     `rootfs`: the rootfs checks (rootfs_checks) of an image whose root filesystems are known to
     be those of the target, e.g. the base of a delta unit, which only changes the data partition.
+    `target` given as an ImageSource (a card on the station's descriptor, a unit's overlay) is
+    read through and left open; a path is opened once for every check.
     """
-    target = str(target)
     key_rel = data_path(path)
     want_fp, want_problem, want_key = _expected(expected, expected_fingerprint)
-    report = VerifyReport(target)
-    with ImageSource(target) as src:
+    with contextlib.ExitStack() as stack:
+        src = target if isinstance(target, ImageSource) else stack.enter_context(ImageSource(target))
+        report = VerifyReport(src.path)
         image = _read_table(src)
         layout = detect_layout(image, overrides, src)
-    _check_table(report, image, layout)
-    data = layout.data
-    with ImageSession(target, layout) as session:  # each filesystem opened once for every check
+        _check_table(report, image, layout)
+        data = layout.data
+        session = stack.enter_context(ImageSession(src, layout))  # each filesystem opened once
         data_fs = _check_data(report, session, data)
         _check_key(report, data_fs, key_rel, path, want_fp, want_problem, want_key)
         report.checks += rootfs if rootfs is not None else _rootfs_checks(session, key_rel)
-    _check_fsck(report, target, data, fsck)
+        _check_fsck(report, session, data, fsck)
     report.checks.sort(key=lambda c: CHECK_NAMES.index(c.name))
     return report
 
@@ -224,7 +228,7 @@ def _check_key(
         _skip(report, (MODE, OWNER), "no key")
 
 
-def rootfs_checks(target: str, layout: Layout, key_rel: str) -> list[Check]:
+def rootfs_checks(target: str | ImageSource, layout: Layout, key_rel: str) -> list[Check]:
     """The checks of the root filesystems' configuration: the /var/lib/mender links and the
     static-key setting (which also reads /data/mender/mender.conf; injecting a key leaves it)."""
     with ImageSession(target, layout) as session:
@@ -235,7 +239,7 @@ def _rootfs_checks(session: ImageSession, key_rel: str) -> list[Check]:
     return _link_checks(session) + [static_key_check(session, key_rel)]
 
 
-def link_checks(target: str, layout: Layout) -> list[Check]:
+def link_checks(target: str | ImageSource, layout: Layout) -> list[Check]:
     """On rootfs A and B, /var/lib/mender must resolve to the data partition's mender/ (an empty
     rootfs B only warns: meta-mender leaves it empty until the first update)."""
     with ImageSession(target, layout) as session:
@@ -464,20 +468,21 @@ def _link_status(session: ImageSession, part: PartInfo | None, role: Role) -> tu
     return Status.FAIL, ", ".join(chain) + f" resolves to {resolved}, not {want}: the client would not find the key"
 
 
-def _check_fsck(report: VerifyReport, target: str, data: PartInfo | None, run: bool) -> None:
+def _check_fsck(report: VerifyReport, session: ImageSession, data: PartInfo | None, run: bool) -> None:
     if not run:
         report.add(FSCK, Status.SKIP, "skipped (--no-fsck)")
     elif data is None:
         report.add(FSCK, Status.SKIP, "no data partition")
     else:
-        report.checks.append(fsck_check(target, data))
+        report.checks.append(fsck_check(session.path, data, session.overlay))
 
 
-def fsck_check(target: str | Path, data: PartInfo) -> Check:
-    """The e2fsck check alone. e2fsck fsyncs the image even with -n, so emit runs it while little
-    of a new image is still unwritten, before the other checks."""
+def fsck_check(target: str | Path, data: PartInfo, overlay: Overlay | None = None) -> Check:
+    """The e2fsck check alone (of a unit's delta over `overlay`'s base). e2fsck fsyncs the image
+    even with -n, so emit runs it while little of a new image is still unwritten, before the
+    other checks."""
     try:
-        clean, output = data.fsck(target)
+        clean, output = data.fsck(target, overlay)
     except FilesystemError as exc:
         return Check(FSCK, Status.FAIL, str(exc))
     if clean:

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -460,39 +459,3 @@ def test_data_path_forms():
     assert verify.data_path("/data/mender/mender-agent.pem") == KEY_IN_DATA
     assert verify.data_path("/var/lib/mender/mender-agent.pem") == KEY_IN_DATA
     assert verify.data_path("/data/./x/../k.pem") == "/k.pem"
-
-
-# --- one open per file along a command --------------------------------------------------------------
-
-_COUNT_OPENS = """
-import json, os, sys
-image = os.path.realpath(sys.argv[1])
-opens = []
-def hook(event, args):
-    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
-        path = os.fsdecode(args[0])
-        if os.path.realpath(path) == image:
-            opens.append(path)
-sys.addaudithook(hook)
-from imagetools.verify import verify_image
-report = verify_image(sys.argv[1], expected=sys.argv[2], fsck=False)
-print(json.dumps({"ok": report.ok, "opens": len(opens)}))
-"""
-
-
-def test_verify_opens_the_image_once_and_each_filesystem_once(make_image, tmp_path):
-    """An audit hook counts every open() of the image in a fresh interpreter: the table (one
-    ImageSource) and at most data, rootfs A and rootfs B, however many checks read them."""
-    img = make_image("sdimg")
-    key = keys.generate(keys.KeySpec(type="ed25519"))
-    inject_key(img, keys.private_pem(key))
-    (tmp_path / "public.key").write_bytes(keys.public_pem(key))
-    proc = subprocess.run(
-        [sys.executable, "-c", _COUNT_OPENS, str(img), str(tmp_path / "public.key")],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    found = json.loads(proc.stdout)
-    print(f"verify --no-fsck opened {img.name} {found['opens']} times (1 table + filesystems)")
-    assert found["ok"] and found["opens"] <= 1 + 3, found

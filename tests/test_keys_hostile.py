@@ -4,19 +4,17 @@ headers, encryption read from the PEM structure, RSA size and exponent limits, k
 from __future__ import annotations
 
 import base64
-import datetime
 import os
 import shutil
 import time
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.limits import finishes_within, run_limited, run_python
+from support.tls import certificate_pem
 from support.tools import ROOT
 
 from imagetools import keys
@@ -33,23 +31,6 @@ def rsa_key():
 @pytest.fixture(scope="module")
 def ed_pem():
     return keys.private_pem(ed25519.Ed25519PrivateKey.generate(), "pkcs8")
-
-
-def _certificate_pem() -> bytes:
-    key = ed25519.Ed25519PrivateKey.generate()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "unit42")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, None)
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 # --- special and oversized files -------------------------------------------------------------------
@@ -168,8 +149,8 @@ def test_missing_and_unreadable_files_name_the_file(tmp_path, ed_pem):
 
 def test_certificate_and_key_bundle_is_refused(ed_pem):
     for bundle, labels in (
-        (_certificate_pem() + ed_pem, "CERTIFICATE, PRIVATE KEY"),
-        (ed_pem + _certificate_pem(), "PRIVATE KEY, CERTIFICATE"),
+        (certificate_pem() + ed_pem, "CERTIFICATE, PRIVATE KEY"),
+        (ed_pem + certificate_pem(), "PRIVATE KEY, CERTIFICATE"),
     ):
         with pytest.raises(KeyMaterialError) as err:
             keys.load_private(bundle, "bundle.pem")
@@ -210,11 +191,11 @@ def test_blank_lines_crlf_and_trailing_spaces_around_the_block_are_fine(ed_pem):
 def test_public_key_file_holds_one_public_key(rsa_key):
     pem = keys.public_pem(rsa_key)
     with pytest.raises(KeyMaterialError, match=r"holds 2 PEM blocks \(CERTIFICATE, PUBLIC KEY\)"):
-        keys.load_public(_certificate_pem() + pem, "pub.pem")
+        keys.load_public(certificate_pem() + pem, "pub.pem")
     with pytest.raises(KeyMaterialError, match="line 1 is text outside the PEM block; put the public key alone"):
         keys.load_public(b"server key:\n" + pem, "pub.pem")
     with pytest.raises(KeyMaterialError, match="not a PEM public key \\(it holds a 'CERTIFICATE' block"):
-        keys.load_public(_certificate_pem(), "pub.pem")
+        keys.load_public(certificate_pem(), "pub.pem")
     with pytest.raises(KeyMaterialError, match="not a PEM public key \\(it holds a 'RSA PRIVATE KEY' block"):
         keys.load_public(keys.private_pem(rsa_key), "pub.pem")
 

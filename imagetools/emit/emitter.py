@@ -99,7 +99,7 @@ def _emit_locked(
     base_scan = functools.cache(lambda: bmap.scan(base, window=window))
     check_changes(state, base_id, options, published, out, lambda: base_scan().whole_sha256())
     jobs = plan(devices, published, base, out, options, data_part, window, first_copy(layout, options, src.size))
-    copy_mode = "delta" if options.format == UnitFormat.DELTA else choose_copy_mode(base, out)
+    copy_mode = "delta" if options.format == UnitFormat.DELTA else choose_copy_mode(src.fd, out)
     results: dict[str, UnitResult] = {}
     planned = {job.name for job in jobs}
     for device in devices:
@@ -119,7 +119,7 @@ def _emit_locked(
             base_id.sha256 = base_scan().whole_sha256()
         write_state(out, EmitState(base_id, options.settings(), complete=False))
         jobs = [replace(j, base_sha256=base_id.sha256) for j in jobs]
-        run(jobs, options.jobs, results, len(devices), progress, base_scan().reuse)
+        run(jobs, options.jobs, results, len(devices), progress, base_scan().reuse, src)
     units = [results[d.name] for d in devices]
     write_preauth_files(out, units)
     write_report(

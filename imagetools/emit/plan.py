@@ -16,9 +16,9 @@ from pathlib import Path
 from .. import keys
 from ..devices import Device
 from ..errors import EnvironmentProblem, SettingsMismatch, UsageError
+from ..image import ImageSource
 from ..image import delta as delta_format
-from ..image import overlay
-from ..image.overlay import Overlay
+from ..image.source import Overlay
 from ..layout import PartInfo
 from ..mender import canonical_identity
 from ..sparse import allocated_bytes, clone, clone_into
@@ -225,8 +225,9 @@ def plan(
     return jobs
 
 
-def choose_copy_mode(base: Path, out: Path) -> str:
-    """'reflink' if OUT's filesystem can clone the base (tried once), else 'sparse'."""
+def choose_copy_mode(base: Path | int, out: Path) -> str:
+    """'reflink' if OUT's filesystem can clone the base (a path or the run's open descriptor;
+    tried once), else 'sparse'."""
     probe = private_dir(out / TMP_DIR) / f"reflink-probe-{uuid.uuid4().hex}"
     try:
         return "reflink" if clone(base, probe) else "sparse"
@@ -342,6 +343,6 @@ def _verify_published(
     """verify without fsck; a delta through its overlay on the base (which must be its own)."""
     if record.format != "delta":
         return verify_image(image, expected=pub, fsck=False)
-    view = Overlay(base, delta_format.read(image), base_sha256 or "")
-    with overlay.attached(image, view):
-        return verify_image(image, expected=pub, fsck=False)
+    with ImageSource(base) as src:
+        view = ImageSource(image, overlay=Overlay(src, delta_format.read(image), base_sha256 or ""))
+        return verify_image(view, expected=pub, fsck=False)

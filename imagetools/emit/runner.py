@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import bmap
 from ..errors import EnvironmentProblem
+from ..image import ImageSource
 from ..personalize import scratch_space
 from ..sparse import allocated_bytes, sync_filesystem
 from ..unitformat import batch_key, sign_unit
@@ -28,8 +29,10 @@ from .unit import Stage, finish_unit, os_error, prepare_unit
 _CHUNK_UNITS = 128  # units per round of stage 1 then stage 2 (what a kill can cost)
 _SYNC_BYTES = 1 << 30  # written back per syncfs, at most (the batch is 1 to 4 units per worker)
 
-# In a worker process only: the base's bmap/SHA-256 state, set by the pool's initializer.
+# In a worker process only: the base's bmap/SHA-256 state and the open base (its descriptor
+# inherited), set by the pool's initializer.
 _worker_reuse: bmap.Reuse | None = None
+_worker_base: ImageSource | None = None
 
 
 def run(
@@ -39,6 +42,7 @@ def run(
     total: int,
     progress: Progress | None,
     reuse: bmap.Reuse | None,
+    base: ImageSource,
 ) -> None:
     """Units go in chunks through two stages. Stage 1 (key, data partition, debugfs, e2fsck) runs
     for a whole chunk first: debugfs and e2fsck fsync what they write (the scratch on tmpfs; the
@@ -47,16 +51,18 @@ def run(
     Stage 2 (the rest of the copy, checks, hashing) never waits for the disk, and its images are
     written back in batches (see _Publisher) while the next ones are built. Delta units have no
     stage 2 (unit.prepare_unit finishes them), so they go through as one chunk: a chunk's end
-    leaves a core idle until its last unit is done."""
+    leaves a core idle until its last unit is done. Every unit reads the base on `base`, the
+    run's one open of it (the workers inherit its descriptor)."""
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     chunk_units = len(jobs) if jobs[0].options.format == UnitFormat.DELTA else _CHUNK_UNITS
     publisher = _Publisher(Path(jobs[0].out_dir), results, total, progress, batch=_sync_batch(jobs[0].base, workers))
-    with scratch_space() as scratch, _pool(workers, reuse) as pool:
-        finish = functools.partial(finish_unit, reuse=reuse) if pool is None else _finish_in_worker
+    with scratch_space() as scratch, _pool(workers, reuse, base) as pool:
+        prepare = functools.partial(prepare_unit, base=base) if pool is None else _prepare_in_worker
+        finish = functools.partial(finish_unit, reuse=reuse, base=base) if pool is None else _finish_in_worker
         for start in range(0, len(jobs), chunk_units):
             staged = []
             chunk = [(job, scratch) for job in jobs[start : start + chunk_units]]
-            for (job, _), (result, stage) in _each(pool, prepare_unit, chunk, workers * 2, publisher.stopped):
+            for (job, _), (result, stage) in _each(pool, prepare, chunk, workers * 2, publisher.stopped):
                 if stage is None:
                     publisher.add(result, job)
                 else:
@@ -77,14 +83,15 @@ def run(
 
 
 @contextlib.contextmanager
-def _pool(workers: int, reuse: bmap.Reuse | None) -> Iterator[ProcessPoolExecutor | None]:
-    """Worker processes, or None to run in this process. The workers get `reuse` as initargs:
-    forked, they inherit it (it is never pickled; a SHA-256 state cannot be)."""
+def _pool(workers: int, reuse: bmap.Reuse | None, base: ImageSource) -> Iterator[ProcessPoolExecutor | None]:
+    """Worker processes, or None to run in this process. The workers get `reuse` and `base` as
+    initargs: forked, they inherit them (never pickled; a SHA-256 state cannot be, and the base's
+    descriptor is only valid because it is inherited)."""
     if workers == 1:
         yield None
         return
     pool = ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init, initargs=(reuse,)
+        workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init, initargs=(reuse, base)
     )
     try:
         yield pool
@@ -92,10 +99,10 @@ def _pool(workers: int, reuse: bmap.Reuse | None) -> Iterator[ProcessPoolExecuto
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _worker_init(reuse: bmap.Reuse | None) -> None:
+def _worker_init(reuse: bmap.Reuse | None, base: ImageSource) -> None:
     """Workers die with the parent: an orphan must not publish behind a re-run's back."""
-    global _worker_reuse
-    _worker_reuse = reuse
+    global _worker_reuse, _worker_base
+    _worker_reuse, _worker_base = reuse, base
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -105,8 +112,14 @@ def _worker_init(reuse: bmap.Reuse | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C
 
 
+def _prepare_in_worker(job: Job, scratch_dir: str) -> tuple[UnitResult, Stage | None]:
+    assert _worker_base is not None  # set by _worker_init before any call
+    return prepare_unit(job, scratch_dir, _worker_base)
+
+
 def _finish_in_worker(job: Job, result: UnitResult, stage: Stage) -> UnitResult:
-    return finish_unit(job, result, stage, _worker_reuse)
+    assert _worker_base is not None
+    return finish_unit(job, result, stage, _worker_reuse, _worker_base)
 
 
 def _each(

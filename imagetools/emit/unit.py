@@ -28,9 +28,9 @@ from typing import Any
 
 from .. import bmap, files, keys
 from ..errors import ImageToolsError
+from ..image import ImageSource
 from ..image import delta as delta_format
-from ..image import overlay
-from ..image.overlay import Overlay
+from ..image.source import Overlay
 from ..inject import write_key
 from ..layout import Layout, open_layout
 from ..menderconf.modify import modify as modify_image
@@ -66,22 +66,23 @@ class Stage:
     files: list[str]
 
 
-def prepare_unit(job: Job, scratch_dir: str) -> tuple[UnitResult, Stage | None]:
+def prepare_unit(job: Job, scratch_dir: str, base: ImageSource) -> tuple[UnitResult, Stage | None]:
     """Stage 1 in a temporary directory: key files, image with the data partition (the whole
     image if reflinked) and the key, e2fsck of the data partition. A delta unit is finished
-    here too (no stage left: None). Never raises."""
+    here too (no stage left: None). `base` is job.base, open: read on its descriptor. Never
+    raises."""
     result = UnitResult(job.name, job.identity, Status.FAILED, key_source=job.key_source)
     tmp = Path(job.out_dir) / TMP_DIR / f"{job.name}.{uuid.uuid4().hex[:12]}"
-    stage = _guarded(job, result, tmp, lambda: _prepare(job, tmp, result, scratch_dir))
+    stage = _guarded(job, result, tmp, lambda: _prepare(job, tmp, result, scratch_dir, base))
     if stage is not None and job.options.format == UnitFormat.DELTA:
-        return finish_unit(job, result, stage, None), None
+        return finish_unit(job, result, stage, None, base), None
     return result, stage
 
 
-def finish_unit(job: Job, result: UnitResult, stage: Stage, reuse: bmap.Reuse | None) -> UnitResult:
+def finish_unit(job: Job, result: UnitResult, stage: Stage, reuse: bmap.Reuse | None, base: ImageSource) -> UnitResult:
     """Stage 2: the rest of the image, the checks, bmap and SHA-256 (reusing what the image shares
     with the base), the unit's records; status "built" (the parent publishes it). Never raises."""
-    if _guarded(job, result, stage.tmp, lambda: _finish(job, stage, result, reuse)) is not None:
+    if _guarded(job, result, stage.tmp, lambda: _finish(job, stage, result, reuse, base)) is not None:
         result.status, result.tmp = Status.BUILT, str(stage.tmp)
     return result
 
@@ -110,12 +111,12 @@ def os_error(exc: OSError) -> tuple[str, bool]:
     return message, exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _prepare(job: Job, tmp: Path, result: UnitResult, scratch_dir: str) -> Stage:
+def _prepare(job: Job, tmp: Path, result: UnitResult, scratch_dir: str, base: ImageSource) -> Stage:
     t = time.monotonic()
     private_dir(tmp.parent)
     tmp.mkdir(mode=0o700)
     os.chmod(tmp, 0o700)
-    pem, private = _unit_key(job)
+    pem, private = _unit_key(job, base)
     result.fingerprint, result.key_type = keys.fingerprint(private), keys.describe(private)
     files = ["public.key", "identity.json", UNIT_FILE]
     if not job.options.discard_private_keys:
@@ -123,14 +124,14 @@ def _prepare(job: Job, tmp: Path, result: UnitResult, scratch_dir: str) -> Stage
         files.append("private.key")
     (tmp / "public.key").write_bytes(keys.public_pem(private))
     t = _lap(result, "key", t)
-    scratch = reused_scratch(scratch_dir, job.base, job.data_part)
+    scratch = reused_scratch(scratch_dir, base, job.data_part)
     if job.options.format == UnitFormat.DELTA:
         return _prepare_delta(job, tmp, result, pem, files, t, scratch)
     image = tmp / f"{job.name}{job.suffix}"
-    cloned = clone(job.base, image)
+    cloned = clone(base.fd, image)
     if not cloned:
         for span in job.first_copy:
-            copy_extents(job.base, image, inside=span)
+            copy_extents(base.fd, image, inside=span)
     t = _lap(result, "copy", t)
     if job.options.configures:
         return Stage(tmp, image, cloned, _inject_and_configure(job, image, pem, result, t), files)
@@ -186,33 +187,30 @@ def _prepare_delta(
     return Stage(tmp, image, False, fsck, files)
 
 
-def _verify(job: Job, stage: Stage) -> VerifyReport:
+def _verify(job: Job, stage: Stage, base: ImageSource) -> VerifyReport:
     """Every check but e2fsck (stage 1 ran it); a delta is read through its overlay."""
     expected = keys.read_public_file(stage.tmp / "public.key")
     if job.options.format != UnitFormat.DELTA:
         return verify_image(stage.image, expected=expected, fsck=False)
-    view = Overlay(job.base, delta_format.read(stage.image), job.base_sha256)
-    with overlay.attached(stage.image, view):
-        return verify_image(
-            stage.image, expected=expected, fsck=False, rootfs=_base_rootfs_checks(job.base, job.base_sha256)
-        )
+    view = ImageSource(stage.image, overlay=Overlay(base, delta_format.read(stage.image), job.base_sha256))
+    return verify_image(view, expected=expected, fsck=False, rootfs=_base_rootfs_checks(base, job.base_sha256))
 
 
 @functools.lru_cache(maxsize=4)
-def _base_rootfs_checks(base: str, base_sha256: str) -> list[Check]:
+def _base_rootfs_checks(base: ImageSource, base_sha256: str) -> list[Check]:
     """The base's rootfs checks, once per worker: a delta unit only changes the data partition,
     so its root filesystems are the base's (keyed by the base's SHA-256, checked by the overlay)."""
     return rootfs_checks(base, open_layout(base), DATA_KEY_PATH)
 
 
-def _finish(job: Job, stage: Stage, result: UnitResult, reuse: bmap.Reuse | None) -> bool:
+def _finish(job: Job, stage: Stage, result: UnitResult, reuse: bmap.Reuse | None, base: ImageSource) -> bool:
     t = time.monotonic()
     image, files = stage.image, list(stage.files)
     is_delta = job.options.format == UnitFormat.DELTA
     if not stage.cloned and not is_delta:
-        copy_extents(job.base, image, outside=job.window)
+        copy_extents(base.fd, image, outside=job.window)
     t = _lap(result, "copy", t)
-    report = _verify(job, stage)
+    report = _verify(job, stage, base)
     report.replace(stage.fsck)
     result.verify = report.to_dict()
     result.verify["target"] = image.name
@@ -284,28 +282,29 @@ def first_copy(layout: Layout, options: EmitOptions, size: int) -> tuple[tuple[i
     return (window, *gaps, *([(pos, size)] if pos < size else []))
 
 
-def _unit_key(job: Job) -> tuple[bytes, keys.PrivateKey]:
+def _unit_key(job: Job, base: ImageSource) -> tuple[bytes, keys.PrivateKey]:
     """PEM and key object; a generated key is not parsed back (loading an RSA key validates it,
     which costs about half a key generation)."""
     if job.key_path:
         pem = keys.read_key_bytes(job.key_path, "private key")
     elif job.key_from_image:
-        pem = _key_from_image(job.key_from_image, job)
+        pem = _key_from_image(job.key_from_image, job, base)
     else:
         private = keys.generate(job.options.key_spec)
         return keys.private_pem(private, job.options.key_spec.format), private
     return pem, keys.load_private(pem, f"key of {job.name}")
 
 
-def _key_from_image(image: str, job: Job) -> bytes:
+def _key_from_image(image: str, job: Job, base: ImageSource) -> bytes:
     """The only copy of a published unit's key when its private.key was discarded (a delta's
     key is read through its overlay: only over the base it was made from)."""
     with contextlib.ExitStack() as stack:
         if image.endswith(DELTA_SUFFIX):
-            view = Overlay(job.base, delta_format.read(image), job.base_sha256)
-            stack.enter_context(overlay.attached(image, view))
-        data_part = open_layout(image).require("data")
-        with data_part.open(image) as fs:
+            src = ImageSource(image, overlay=Overlay(base, delta_format.read(image), job.base_sha256))
+        else:
+            src = stack.enter_context(ImageSource(image))
+        data_part = open_layout(src).require("data")
+        with data_part.open(image, source=src) as fs:
             return read_key_in_image(fs, DATA_KEY_PATH)
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FilesystemError
-from ..image import overlay
 from . import e2fsprogs
 from .base import Entry, Filesystem, NoSpaceError, NotFoundError, SymlinkInPath, normalize
+
+if TYPE_CHECKING:  # annotations only: image/ is below fs/, and only a reader of one passes these
+    from ..image.source import ImageSource, Overlay
 
 
 @dataclass(frozen=True)
@@ -99,9 +101,12 @@ def open_filesystem(
     *,
     writable: bool = False,
     label: str | None = None,
+    source: ImageSource | None = None,
 ) -> Filesystem:
     """The `fs_type` filesystem at `offset` (a partition of `size` bytes); writable checks up
-    front that the image may be written. `label` names it in messages."""
+    front that the image may be written. `label` names it in messages. A read-only filesystem
+    reads through `source`, the image already open (a unit's overlay: the base's own bytes
+    where its delta does not touch the partition), instead of opening the image again."""
     label = label or f"{fs_type or 'partition'} at offset {offset}"
     found = kind(fs_type)
     if found is None:
@@ -109,16 +114,22 @@ def open_filesystem(
         raise FilesystemError(f"{label} has {what}; files can only be read or written on ext2/3/4 and FAT")
     if writable and not found.caps.in_place:
         raise FilesystemError(f"{label}: {fs_type} cannot be written in place; files on it are read-only here")
-    return found.opener(overlay.route(image_path, offset, size), offset, size, writable=writable, label=label)
+    view = source.overlay if source is not None else None
+    if view is not None and not view.touches(offset, offset + size):
+        image_path, source = view.base, view.source
+    return found.opener(image_path, offset, size, writable=writable, label=label, source=source)
 
 
-def fsck(image_path: str | os.PathLike, offset: int, fs_type: str, label: str) -> tuple[bool, str]:
-    """Check a filesystem without changing anything: (clean, checker output)."""
+def fsck(
+    image_path: str | os.PathLike, offset: int, fs_type: str, label: str, overlay: Overlay | None = None
+) -> tuple[bool, str]:
+    """Check a filesystem without changing anything: (clean, checker output). `overlay`: the
+    image is a unit's delta over this base."""
     if capabilities(fs_type).fsck:
         import tempfile  # only for e2fsck: verify --no-fsck does without it
 
         with tempfile.TemporaryDirectory(prefix="imagetools-fsck-") as tmp:
-            image_path, offset = _fsck_input(image_path, offset, tmp)
+            image_path, offset = _fsck_input(image_path, offset, tmp, overlay)
             return e2fsprogs.e2fsck(e2fsprogs.device(image_path, offset, label, lambda: tmp))
     raise FilesystemError(
         f"cannot check {label} in place: only ext2/3/4 can be checked at an "
@@ -126,12 +137,15 @@ def fsck(image_path: str | os.PathLike, offset: int, fs_type: str, label: str) -
     )
 
 
-def _fsck_input(image_path: str | os.PathLike, offset: int, tmp: str) -> tuple[str | os.PathLike, int]:
+def _fsck_input(
+    image_path: str | os.PathLike, offset: int, tmp: str, view: Overlay | None
+) -> tuple[str | os.PathLike, int]:
     """(file, offset) for e2fsck: an overlay's partition is materialized alone (0600 in the 0700
     temporary directory), since e2fsck reads a file; anything else is checked in place."""
-    view = overlay.lookup(image_path)
-    if view is None or not view.touches(offset, view.size):
-        return overlay.route(image_path, offset, None), offset
+    if view is None:
+        return image_path, offset
+    if not view.touches(offset, view.size):
+        return view.base, offset
     part = os.path.join(tmp, "partition")
     fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:

@@ -174,6 +174,18 @@ def e2fsck(dev: Device) -> tuple[bool, str]:
     return proc.returncode == 0, (proc.stdout + proc.stderr).decode("utf-8", "replace").strip()
 
 
+VERSION_TIMEOUT = 5
+
+
+def version(tool: str) -> str:
+    """What `debugfs -V` or `e2fsck -V` prints (the version banner, on stderr): for doctor, so
+    that these tools, too, run only through this builder."""
+    if tool not in ("debugfs", "e2fsck"):
+        raise ValueError(f"not an e2fsprogs tool this builder runs: {tool!r}")
+    proc = _exec([find_tool(tool, "e2fsprogs"), "-V"], tool, VERSION_TIMEOUT, check=False)
+    return (proc.stdout[:4096] + b"\n" + proc.stderr[:4096]).decode("utf-8", "replace")
+
+
 def _exec(
     args: list[str], tool: str, timeout: int, check: bool = True, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:

@@ -21,11 +21,11 @@ import posixpath
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ext4
 
 from ..errors import FilesystemError, from_oserror
-from ..image import overlay
 from . import e2fsprogs, lock
 from .base import (
     Entry,
@@ -42,6 +42,9 @@ from .base import (
     type_from_mode,
 )
 from .e2fsprogs import Command, Inode
+
+if TYPE_CHECKING:  # an annotation only: a reader passes the image it already has open
+    from ..image.source import ImageSource
 
 _EXTENTS_FL = 0x80000
 _INLINE_DATA_FL = 0x10000000
@@ -82,16 +85,20 @@ class Ext4Filesystem:
         *,
         writable: bool = False,
         label: str | None = None,
+        source: ImageSource | None = None,
     ):
         """`size` is the partition's size in bytes (None: up to the end of the image); a
-        filesystem that claims more is refused for writing, since debugfs would write past it."""
+        filesystem that claims more is refused for writing, since debugfs would write past it.
+        `source`: the image already open, read through instead of opening it again (a unit's
+        overlay when the delta touches this partition)."""
         self.image_path = os.fspath(image_path)
         self.offset = offset
         self.writable = writable
         self.label = label or f"ext4 filesystem at offset {offset}"
         self._private: str | None = None
         self._lock: tuple[int, int] | None = None
-        self._overlay = overlay.lookup(self.image_path)
+        self._source = source
+        self._overlay = source.overlay if source is not None else None
         self._size = size
         if writable and self._overlay is not None:
             raise FilesystemError(f"{self.label}: a unit delta is read-only; materialize it to write")
@@ -162,7 +169,7 @@ class Ext4Filesystem:
             self._file.close()
         self._children: dict[tuple[int, bytes], object] = {}  # of this reader only: debugfs reopens it
         try:
-            self._file = self._overlay.reader() if self._overlay is not None else open(self.image_path, "rb")  # noqa: SIM115 - kept open for the Volume
+            self._file = self._source.reader() if self._source is not None else open(self.image_path, "rb")  # noqa: SIM115 - kept open for the Volume
         except OSError as exc:
             raise from_oserror(exc, f"cannot open image {self.image_path}", FilesystemError) from exc
         try:

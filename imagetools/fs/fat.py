@@ -21,6 +21,7 @@ import os
 import posixpath
 import warnings
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from fs.base import FS
 from pyfatfs.PyFat import PyFat
@@ -42,6 +43,9 @@ from .base import (
     normalize,
 )
 
+if TYPE_CHECKING:  # an annotation only: a reader passes the image it already has open
+    from ..image.source import ImageSource
+
 _LOWER_BASE, _LOWER_EXT = 0x08, 0x10
 
 
@@ -54,11 +58,14 @@ class _PyFat(PyFat):
 class _PyFatFS(PyFatFS):
     """PyFatFS on our corrected PyFat, timestamps in UTC."""
 
-    def __init__(self, filename: str, offset: int, read_only: bool):  # noqa: D107
+    def __init__(self, filename: str, offset: int, read_only: bool, source: ImageSource | None):  # noqa: D107
         FS.__init__(self)
         self.preserve_case = True
         self.fs = _PyFat(offset=offset, lazy_load=True)
-        self.fs.open(filename, read_only=read_only)
+        if read_only and source is not None:
+            self.fs.set_fp(source.reader())
+        else:
+            self.fs.open(filename, read_only=read_only)
         self.tz = datetime.UTC
 
 
@@ -66,14 +73,23 @@ class FatFilesystem:
     """One FAT filesystem at a byte offset inside an image file."""
 
     def __init__(
-        self, image_path: str | os.PathLike, offset: int, size: int, *, writable: bool = False, label: str | None = None
+        self,
+        image_path: str | os.PathLike,
+        offset: int,
+        size: int,
+        *,
+        writable: bool = False,
+        label: str | None = None,
+        source: ImageSource | None = None,
     ):
+        """`source`: the image already open, read through instead of opening it again."""
         self.image_path = os.fspath(image_path)
         self.offset = offset
         self.size = size
         self.writable = writable
         self.label = label or f"FAT filesystem at offset {offset}"
         self._lock: tuple[int, int] | None = None
+        self._source = source
         if writable:
             check_writable(self.image_path)
             check_geometry(self.image_path, offset, size, self.label)
@@ -89,7 +105,7 @@ class FatFilesystem:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "not cleanly unmounted" and FAT-type guesses
-                return _PyFatFS(self.image_path, self.offset, read_only)
+                return _PyFatFS(self.image_path, self.offset, read_only, self._source)
         except Exception as exc:  # pyfatfs raises its own types, struct errors, ...
             raise FilesystemError(f"cannot open the FAT filesystem of {self.label}: {exc}") from exc
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EnvironmentProblem, ImageToolsError, UsageError
+from ..image import ImageSource
 from ..verify import verify_image
 from .ledger import Ledger, is_url, open_ledger
 from .plan import Plan
@@ -247,18 +248,18 @@ def _flash_one(card: Card, fsck: bool, readback: bool, progress: Progress | None
     target, plan = card.info.path, card.plan
     started = time.monotonic()
     try:
-        try:
+        try:  # the card is opened once: written, read back and verified on one descriptor
             tell = (lambda n: progress(target, "writing", n, plan.total)) if progress else (lambda n: None)
             card.bytes_written, card.zeroing = write_plan(plan, card.fd, tell, fresh=card.fresh, stop=stop)
+            card.times["write"] = _lap(started)
+            if readback:
+                _read_back(card, progress)
+                card.times["readback"] = _lap(started) - card.times["write"]
+            if progress:
+                progress(target, "verifying", plan.total, plan.total)
+            report = verify_image(ImageSource(target, fd=card.fd), expected=plan.unit.public_key, fsck=fsck)
         finally:
             os.close(card.fd)
-        card.times["write"] = _lap(started)
-        if readback:
-            _read_back(card, progress)
-            card.times["readback"] = _lap(started) - card.times["write"]
-        if progress:
-            progress(target, "verifying", plan.total, plan.total)
-        report = verify_image(target, expected=plan.unit.public_key, fsck=fsck)
         card.checks = [c.to_dict() for c in report.checks]
         card.state = "passed" if report.ok else "failed"
         if not report.ok:
@@ -292,7 +293,7 @@ def _flash_one(card: Card, fsck: bool, readback: bool, progress: Progress | None
 def _read_back(card: Card, progress: Progress | None) -> None:
     plan = card.plan
     tell = (lambda n: progress(card.info.path, "reading back", n, plan.total)) if progress else (lambda n: None)
-    read_back(card.info.path, expected_of(plan, card.zeroing), tell)
+    read_back(card.fd, expected_of(plan, card.zeroing), tell, card.info.path)
 
 
 def _lap(since: float) -> float:

@@ -97,12 +97,16 @@ class _Check:
 
 
 def read_back(
-    target: str | os.PathLike | int, expected: Expected, progress: Callable[[int], object] = lambda n: None
+    target: str | os.PathLike | int,
+    expected: Expected,
+    progress: Callable[[int], object] = lambda n: None,
+    name: str | None = None,
 ) -> int:
     """Check what TARGET holds against what a flash wrote, reading the medium (not the page
     cache). Returns the bytes checked (expected.total); VerifyFailed naming the first bad range.
-    An int TARGET is an open fd, used as it is (cached pages dropped, not closed)."""
-    name = _name(target)
+    An int TARGET is an open fd, used as it is (cached pages dropped, not closed), `name` the
+    path messages give for it (else the one it was opened from)."""
+    name = name or _name(target)
     checks = _checks(expected)
     # Page-aligned, as O_DIRECT needs. Not closed: a traceback's frames may still hold slices.
     view = memoryview(mmap.mmap(-1, _CHUNK))
@@ -442,11 +446,14 @@ def _preadv(fd: int, buf: memoryview, pos: int) -> int:
 @contextmanager
 def _opened(target: str | os.PathLike | int, name: str) -> Iterator[int]:
     """The target open for reading past the page cache: O_DIRECT where the kernel accepts it,
-    else flushed and its cached pages dropped. An int target is used as it is and left open."""
+    else flushed and its cached pages dropped. An int target (the descriptor a flash wrote the
+    card with: not opened again) is flushed, switched to O_DIRECT for the read-back where it can
+    be, and left open with its flags as they were."""
+    flags = None
     try:
         if isinstance(target, int):
             _drop_cache(target)
-            fd, owned = target, False
+            fd, owned, flags = target, False, _go_direct(target)
         else:
             fd, owned = _open_direct(os.fspath(target)), True
     except OSError as exc:
@@ -456,6 +463,20 @@ def _opened(target: str | os.PathLike | int, name: str) -> Iterator[int]:
     finally:
         if owned:
             os.close(fd)
+        elif flags is not None:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+
+
+def _go_direct(fd: int) -> int:
+    """O_DIRECT set on an open descriptor (F_SETFL may: where the filesystem refuses it, the
+    cached pages were dropped instead); returns the flags to put back."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    return flags
 
 
 def _open_direct(path: str) -> int:

@@ -14,12 +14,11 @@ from cryptography.x509.oid import NameOID
 from imagetools import keys
 
 
-def self_signed(directory: Path, stem: str = "server") -> tuple[Path, Path]:
-    """(certificate, key) files in `directory`: a CA certificate valid for 127.0.0.1 for a day."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    """A CA certificate of `key`, valid for 127.0.0.1 for a day."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -31,7 +30,17 @@ def self_signed(directory: Path, stem: str = "server") -> tuple[Path, Path]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
         .sign(key, hashes.SHA256())
     )
+
+
+def certificate_pem() -> bytes:
+    """A certificate's PEM alone (of a key thrown away): what an operator might give for a key."""
+    return certificate(ec.generate_private_key(ec.SECP256R1())).public_bytes(serialization.Encoding.PEM)
+
+
+def self_signed(directory: Path, stem: str = "server") -> tuple[Path, Path]:
+    """(certificate, key) files in `directory`: a CA certificate valid for 127.0.0.1 for a day."""
+    key = ec.generate_private_key(ec.SECP256R1())
     cert_file, key_file = directory / f"{stem}.crt", directory / f"{stem}.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(certificate(key).public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(keys.private_pem(key, "pkcs8"))
     return cert_file, key_file
