@@ -53,15 +53,17 @@ assert record["state"] == "passed", record
 def test_emit_opens_the_base_once_beside_its_hash(make_image, tmp_path):
     base = make_image("sdimg")
     devices = devices_csv(tmp_path / "devices.csv", 3)
-    for fmt in ("delta", "image"):
-        out = tmp_path / f"OUT-{fmt}"
+    for fmt, configure in (("delta", ""), ("image", ""), ("image", "server_uri='https://mender.example.com'")):
+        out = tmp_path / f"OUT-{fmt}-{bool(configure)}"
         code = f"""
 from imagetools.devices import load_devices
 from imagetools.emit import EmitOptions, emit
-options = EmitOptions(format={fmt!r}, jobs=1)
+from imagetools.menderconf.plan import ModifyPlan
+options = EmitOptions(format={fmt!r}, jobs=1, modify=ModifyPlan({configure}) if {bool(configure)} else None)
 assert emit({str(base)!r}, load_devices({str(devices)!r}), {str(out)!r}, options).ok
 """
         opens = count_opens(code, [base])
-        print(f"emit --format {fmt}, 3 units: {base.name} opened {opens[base]} time(s) (the run + the bmap scan)")
+        shown = f"emit --format {fmt}" + (" --server-uri" if configure else "")
+        print(f"{shown}, 3 units: {base.name} opened {opens[base]} time(s) (the run + the bmap scan)")
         assert opens[base] == 2
         assert len([d for d in os.listdir(out) if (out / d).is_dir()]) == 3

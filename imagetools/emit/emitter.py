@@ -51,7 +51,7 @@ def emit(
     check_inputs(base, devices, out)
     with ImageSource(base) as src:  # opened once: the table, the roles, the base's identity
         layout = detect_layout(read_image(src), None, src)
-        warnings = _check_configuration(base, layout, devices, options)
+        warnings = _check_configuration(src, layout, devices, options)
         out.mkdir(parents=True, exist_ok=True)
         with locked(out):
             clean_temp(out)
@@ -67,7 +67,7 @@ def emit(
     )
 
 
-def _check_configuration(base: Path, layout: Layout, devices: list[Device], options: EmitOptions) -> list[str]:
+def _check_configuration(base: ImageSource, layout: Layout, devices: list[Device], options: EmitOptions) -> list[str]:
     """The per-unit configuration checked once against the base and the device list, before
     anything is written: its refusals stop the run (exit 2), its warnings are given once."""
     layout.require("data")
@@ -143,7 +143,7 @@ def dry_run(
     check_inputs(base, devices, out)
     with ImageSource(base) as src:
         layout = detect_layout(read_image(src), None, src)
-        warnings = _check_configuration(base, layout, devices, options)
+        warnings = _check_configuration(src, layout, devices, options)
         state = read_state(out) if out.is_dir() else None
         base_id = base_identity(src, state)
         published = published_units(out, devices) if out.is_dir() else {}

@@ -20,7 +20,8 @@ from ..deviceview import MAX_FILE, DeviceView, is_empty
 from ..errors import FilesystemError, UsageError
 from ..fs import Entry, Filesystem, NotFoundError, lock
 from ..fs.base import check_writable
-from ..layout import Layout, PartInfo, Role
+from ..image import ImageSource
+from ..layout import PartInfo, Role
 from ..session import ImageSession
 from ..sparse import copy_sparse
 from .plan import ModifyPlan
@@ -92,33 +93,33 @@ def _modify(image: Path, plan: ModifyPlan, rootfs: str | None, overrides: dict[s
         data = session.data()
         planned = [
             (part, fs, _planned(plan, part, DeviceView(fs, data, part.where), result))
-            for part, fs in _targets(session.layout, image, rootfs, stack, result)
+            for part, fs in _targets(session, rootfs, stack, result)
         ]
         for part, fs, writes in planned:
             result.rootfs.append(_write_all(fs, part, writes))
     return result
 
 
-def preview(image: str | Path, plan: ModifyPlan, *, key_injected: bool = False) -> list[str]:
+def preview(image: str | Path | ImageSource, plan: ModifyPlan, *, key_injected: bool = False) -> list[str]:
     """The warnings modify(image, plan) would give, or its refusal (raised), with nothing written:
     emit checks its base once, so a malformed mender.conf stops the run before any unit, and the
     same warning is not repeated per unit. key_injected: a key is written before the plan is
-    applied (emit), so --static-key needs none in `image`."""
-    image = Path(image)
-    result = ModifyResult(str(image), warnings=list(plan.warnings))
+    applied (emit), so --static-key needs none in `image`. An open ImageSource (emit's base) is
+    read through, not opened again."""
     with ImageSession(image) as session, ExitStack() as stack:
+        result = ModifyResult(session.path, warnings=list(plan.warnings))
         data = session.data()
-        for part, fs in _targets(session.layout, image, None, stack, result, writable=False):
+        for part, fs in _targets(session, None, stack, result, writable=False):
             _planned(plan, part, DeviceView(fs, data, part.where), result, key_injected=key_injected)
     return result.warnings
 
 
 def _targets(
-    layout: Layout, image: Path, rootfs: str | None, stack: ExitStack, result: ModifyResult, writable: bool = True
+    session: ImageSession, rootfs: str | None, stack: ExitStack, result: ModifyResult, writable: bool = True
 ) -> list[tuple[PartInfo, Filesystem]]:
-    """The root filesystems to change, opened for writing; an unformatted or empty B is skipped
-    with a warning unless it was asked for."""
-    targets = []
+    """The root filesystems to change, opened for writing (read on the session's descriptor);
+    an unformatted or empty B is skipped with a warning unless it was asked for."""
+    layout, targets = session.layout, []
     for letter in ("a", "b") if rootfs is None else (rootfs,):
         asked = rootfs is not None or letter == "a"
         role = Role.ROOTFS_A if letter == "a" else Role.ROOTFS_B
@@ -127,7 +128,7 @@ def _targets(
             result.warnings.append("no rootfs B partition found: only rootfs A was modified")
             continue
         state = "has no filesystem" if not part.caps.owner_mode else None
-        fs = None if state else stack.enter_context(part.open(image, writable=writable))
+        fs = None if state else stack.enter_context(part.open(session.path, writable=writable, source=session.source))
         if fs is not None and is_empty(fs):
             state = "is empty"
         if state is None:

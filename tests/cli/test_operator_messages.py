@@ -69,22 +69,14 @@ def _suggested(message: str, base: Path, devices: Path, **placeholders: str) -> 
     return [fill.get(arg, arg) for arg in args[1:]]
 
 
+def _emit(cli, base: Path, devices: Path, out: Path, *options: object):
+    """`imagetools emit` of BASE's DEVICES into OUT with ed25519 keys (fast) and OPTIONS."""
+    return cli("emit", "--base", base, "--devices", devices, "--out-dir", out, "--key-type", "ed25519", *options)
+
+
 def test_a_resumed_delta_batch_names_the_settings_and_keeps_its_format(make_image, cli, tmp_path):
     base, devices, out = make_image("sdimg"), devices_csv(tmp_path / "d.csv", 2), tmp_path / "OUT"
-    made = cli(
-        "emit",
-        "--base",
-        base,
-        "--devices",
-        devices,
-        "--out-dir",
-        out,
-        "--format",
-        "delta",
-        "--key-type",
-        "ed25519",
-        "--no-bmap",
-    )
+    made = _emit(cli, base, devices, out, "--format", "delta", "--no-bmap")
     assert made.returncode == 0, made.stderr
     typo_fix = cli("emit", "--base", base, "--devices", devices, "--out-dir", out)  # defaults: rsa, image
     assert typo_fix.returncode == 2
@@ -105,39 +97,9 @@ def test_a_resumed_configured_batch_names_the_option_never_the_token(make_image,
     base, devices, out = make_image("sdimg"), devices_csv(tmp_path / "d.csv", 2), tmp_path / "OUT"
     token = tmp_path / "tenant.token"
     token.write_text(TOKEN + "\n")
-    made = cli(
-        "emit",
-        "--base",
-        base,
-        "--devices",
-        devices,
-        "--out-dir",
-        out,
-        "--key-type",
-        "ed25519",
-        "-n",
-        "release-7",
-        "-t",
-        f"@{token}",
-        "--mode",
-        "0600",
-    )
+    made = _emit(cli, base, devices, out, "-n", "release-7", "-t", f"@{token}", "--mode", "0600")
     assert made.returncode == 0, made.stderr
-    other = cli(
-        "emit",
-        "--base",
-        base,
-        "--devices",
-        devices,
-        "--out-dir",
-        out,
-        "--key-type",
-        "ed25519",
-        "-n",
-        "release-8",
-        "-t",
-        f"@{token}",
-    )
+    other = _emit(cli, base, devices, out, "-n", "release-8", "-t", f"@{token}")
     assert other.returncode == 2 and TOKEN not in other.stderr
     message = _error_line(other)
     assert (
@@ -192,26 +154,10 @@ def test_mode_must_be_octal_permission_bits(make_image, cli, mode):
 
 def test_emit_warns_once_and_takes_mode_per_unit(make_image, cli, tmp_path):
     base, devices = make_image("sdimg"), devices_csv(tmp_path / "d.csv", 2)
-    warned = cli(
-        "emit", "--base", base, "--devices", devices, "--out-dir", tmp_path / "A", "--key-type", "ed25519", "-t", TOKEN
-    )
+    warned = _emit(cli, base, devices, tmp_path / "A", "-t", TOKEN)
     assert warned.returncode == 0, warned.stderr
     assert warned.stderr.count("holds the tenant token and is mode 0644") == 1
     assert TOKEN not in warned.stdout + warned.stderr
-    quiet = cli(
-        "emit",
-        "--base",
-        base,
-        "--devices",
-        devices,
-        "--out-dir",
-        tmp_path / "B",
-        "--key-type",
-        "ed25519",
-        "-t",
-        TOKEN,
-        "--mode",
-        "0600",
-    )
+    quiet = _emit(cli, base, devices, tmp_path / "B", "-t", TOKEN, "--mode", "0600")
     assert quiet.returncode == 0 and "tenant token" not in quiet.stderr
     assert _conf_modes(cli, tmp_path / "B" / "u1" / "u1.sdimg") == ["0600", "0600"]
