@@ -15,6 +15,7 @@ from . import keys
 from .atomic import replace_when_done
 from .errors import FilesystemError, UsageError
 from .fs import lock
+from .image import ImageSource
 from .layout import PartInfo, open_layout
 from .mender import BACKENDS, DATA_MOUNT, NATIVE
 from .sparse import copy_sparse
@@ -69,21 +70,28 @@ def _inject(
     image: Path, key_pem: bytes, key_rel: str, backend: str, overrides: dict[str, int] | None, result: InjectResult
 ) -> InjectResult:
     with lock.exclusive(image):
-        layout = open_layout(image, overrides)
-        data_part = layout.require("data")
-        if backend == NATIVE:
-            write_key(image, data_part, key_pem, key_rel)
-        else:
+        if backend == NATIVE:  # the image opened once: its table, the write's read-back, the links
+            with ImageSource(image) as src:
+                layout = open_layout(src, overrides)
+                write_key(image, layout.require("data"), key_pem, key_rel, src)
+                checks = link_checks(src, layout)
+        else:  # mender-artifact rewrites the image behind our back: each step opens it anew
+            layout = open_layout(image, overrides)
+            data_part = layout.require("data")
             _write_mender_artifact(image, layout, data_part, key_pem, key_rel)
             _read_back(str(image), data_part, key_pem, key_rel)
-    result.warnings += [f"{c.name}: {c.detail}" for c in link_checks(str(image), layout) if c.status == Status.FAIL]
+            checks = link_checks(str(image), layout)
+    result.warnings += [f"{c.name}: {c.detail}" for c in checks if c.status == Status.FAIL]
     return result
 
 
-def write_key(image: str | Path, data_part: PartInfo, key_pem: bytes, key_rel: str) -> None:
-    """The write alone (the fs layer reads back what it wrote): for callers that already know the
-    data partition and check the key and the links themselves, like emit."""
-    with data_part.open(image, writable=True) as fs:
+def write_key(
+    image: str | Path, data_part: PartInfo, key_pem: bytes, key_rel: str, source: ImageSource | None = None
+) -> None:
+    """The write alone (the fs layer reads back what it wrote, through `source` when the image is
+    open): for callers that already know the data partition and check the key and the links
+    themselves, like emit."""
+    with data_part.open(image, writable=True, source=source) as fs:
         parent = posixpath.dirname(key_rel)
         if parent != "/" and not fs.exists(parent):
             fs.mkdir(parent, mode=DIR_MODE, uid=0, gid=0, parents=True)
