@@ -106,3 +106,19 @@ def test_a_number_inside_a_list_is_shown_as_the_file_wrote_it():
 
     [problem] = list(identity_problems({"mac": [JsonNumber("1"), "x"]}))
     assert '[1, "x"]' in problem and "JsonNumber" not in problem
+
+
+def test_a_nested_object_is_shown_as_the_file_wrote_it():
+    message = _refused('{"mac": {"a": 1.50, "b": [2], "c": "x"}, "ok": "y"}')
+    assert message == (
+        "--identity: identity attribute 'mac' is an object "
+        '({"a": 1.50, "b": [2], "c": "x"}); the Mender client sends every identity value as a string, '
+        "so it would never match"
+    )
+
+
+def test_read_text_adds_no_hint_unless_given(tmp_path):
+    missing = tmp_path / "absent.txt"
+    with pytest.raises(UsageError) as refused:
+        read_text(missing, "token file", 10)
+    assert str(refused.value) == f"token file {missing} not found"

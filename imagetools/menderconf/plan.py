@@ -60,7 +60,8 @@ class ModifyPlan:
             object.__setattr__(self, "tenant_token", check_tenant_token(self.tenant_token))
         if self.artifact_name is not None:
             check_artifact_name(self.artifact_name)
-        if self.conf_mode is not None and not (isinstance(self.conf_mode, int) and 0 <= self.conf_mode <= 0o777):
+        mode = self.conf_mode
+        if mode is not None and (isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777):
             raise UsageError(f"--mode {self.conf_mode!r}: not a permission mode (0o000-0o777)")
         found = []
         if self.server_cert is not None:

@@ -138,11 +138,13 @@ def render_csv(entries: list[Entry]) -> str:
     for entry in entries:
         attrs += [a for a in entry.identity if a not in attrs]
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([spreadsheet_safe(c) for c in ["name", *attrs, "fingerprint", "pubkey"]])
+    plain = csv.writer(buf, lineterminator="\n")
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)  # csv quotes "\n" cells, not "\r"
+    plain.writerow([spreadsheet_safe(c) for c in ["name", *attrs, "fingerprint", "pubkey"]])
     for entry in entries:
         row = [entry.name, *(entry.identity.get(a, "") for a in attrs), entry.fingerprint, entry.pem]
-        writer.writerow([spreadsheet_safe(c or "") for c in row])
+        cells = [spreadsheet_safe(c or "") for c in row]
+        (quoted if any("\r" in c for c in cells) else plain).writerow(cells)
     return buf.getvalue()
 
 

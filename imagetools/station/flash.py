@@ -143,13 +143,7 @@ def _ledgers(pairs: list[tuple[str, Plan]], ledger: str | os.PathLike | None, st
 
 
 def _open_ledger(path: str, station: str | None) -> Ledger:
-    try:
-        return open_ledger(path, station=station)
-    except OSError as exc:
-        raise EnvironmentProblem(
-            f"cannot write the ledger {path}: {exc.strerror or exc}; a station whose "
-            "OUT is read-only names its own with --ledger PATH"
-        ) from None
+    return open_ledger(path, station=station)  # a read-only OUT is the ledger's EnvironmentProblem
 
 
 def _begin_all(cards: list[Card], again: bool) -> None:

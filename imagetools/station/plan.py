@@ -58,8 +58,9 @@ def plan_unit(base: str | os.PathLike, unit_dir: str | os.PathLike, trust: str |
     ledger = str(unit_dir.resolve().parent / LEDGER_FILE)
     if unit.delta is None:
         assert unit.image is not None
+        assert unit.record is not None  # load_unit records every image unit
         ranges = unit.image_ranges if unit.image_ranges is not None else _unmapped_image(unit)
-        size = unit.record.image_size if unit.record else os.stat(unit.image).st_size
+        size = unit.record.image_size
         needs = _needs(str(unit.image), ranges, size)
         return Plan(str(unit.image), size, tuple(ranges), (), unit, needs.zeros, inputs, ledger, needs.journals)
     bound_to_base(unit.delta, base, base_map, str(unit_dir))
@@ -73,8 +74,9 @@ def _unmapped_image(unit: Unit) -> tuple[BlockRange, ...]:
     """An image unit without a bmap (emit --no-bmap): its ranges from the image itself (never from
     an unsigned .bmap beside it), the image bound by the SHA-256 its signed unit.json records."""
     assert unit.image is not None
+    assert unit.record is not None
     image_map = block_map(unit.image, use_bmap=False)
-    want = unit.record.image_sha256 if unit.record else None
+    want = unit.record.image_sha256
     if want is None or image_map.sha256 != want:
         raise UsageError(
             f"{unit.image} has no signed bmap and does not match the SHA-256 its unit.json records "

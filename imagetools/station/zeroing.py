@@ -211,7 +211,8 @@ def _ext_bytes(part: Partition, sb: _ExtSuper, blocks: list[Span]) -> list[Span]
 
 
 def _ext_super(raw: bytes, part_size: int) -> _ExtSuper:
-    """The superblock's geometry, each value checked against what libext2fs accepts."""
+    """The superblock's geometry, each value checked against what libext2fs accepts (the magic
+    as probe_source, which found the filesystem, checked it)."""
 
     def u32(off: int) -> int:
         return struct.unpack_from("<I", raw, off)[0]
@@ -219,11 +220,9 @@ def _ext_super(raw: bytes, part_size: int) -> _ExtSuper:
     def u16(off: int) -> int:
         return struct.unpack_from("<H", raw, off)[0]
 
-    if u16(0x38) != 0xEF53:
-        raise _Unreadable("no ext superblock magic")
     log_block, log_cluster = u32(0x18), u32(0x1C)
     compat, incompat, ro_compat = u32(0x5C), u32(0x60), u32(0x64)
-    if log_block > 6:
+    if log_block > 6:  # probe_source refused it already; kept: a shift by 2**32 would not end
         raise _Unreadable("block size")
     bs = 1024 << log_block
     ratio = 1
@@ -247,8 +246,7 @@ def _ext_super(raw: bytes, part_size: int) -> _ExtSuper:
         groups > MAX_GROUPS
         or not 0 < ipg <= 8 * bs
         or not _pow2_between(inode_size, 128, bs)
-        or not _pow2_between(desc_size, 64 if incompat & _INCOMPAT_64BIT else 32, 1024)
-        or desc_size > bs
+        or not _pow2_between(desc_size, 64 if incompat & _INCOMPAT_64BIT else 32, 1024)  # 1024 <= bs
     ):
         raise _Unreadable("group geometry")
     backups = (u32(0x24C), u32(0x250)) if compat & _COMPAT_SPARSE_SUPER2 else None
@@ -349,7 +347,7 @@ def _mapped_runs(src: ImageSource, part: Partition, sb: _ExtSuper, i_block: byte
         if not block:
             continue
         budget -= 1
-        if not sb.first_data_block <= block < sb.blocks or budget < 0:
+        if block >= sb.blocks or budget < 0:  # block 0 is no pointer: past it, every block is data
             raise _Unreadable("journal indirect block")
         entries = struct.unpack(
             f"<{per_block}I", src.read(part.start + block * sb.block_size, sb.block_size, "a journal indirect block")
@@ -477,19 +475,13 @@ def _bit_runs(bitmap: bytes, nbits: int) -> Iterator[Span]:
 
 # --- FAT --------------------------------------------------------------------------------------
 def _fat_needs(src: ImageSource, part: Partition) -> list[Span]:
-    """Reserved sectors, FATs and root directory, plus every cluster that is not free."""
+    """Reserved sectors, FATs and root directory, plus every cluster that is not free (sector and
+    cluster size, reserved sectors and FAT count as probe_source, which found the FAT, checked them)."""
     boot = src.read(part.start, 512, "the FAT boot sector")
     bps, spc, reserved, nfats, root_entries, total16, _media, fatsz16 = struct.unpack_from("<HBHBHHBH", boot, 11)
     total = total16 or struct.unpack_from("<I", boot, 32)[0]
     fat_sectors = fatsz16 or struct.unpack_from("<I", boot, 36)[0]
-    if (
-        bps not in (512, 1024, 2048, 4096)
-        or not _pow2_between(spc, 1, 128)
-        or not reserved
-        or not 1 <= nfats <= 4
-        or not fat_sectors
-        or total * bps > part.size
-    ):
+    if not fat_sectors or total * bps > part.size:
         raise _Unreadable("FAT boot sector")
     data_start = reserved + nfats * fat_sectors + -(-root_entries * 32 // bps)
     if data_start >= total:
@@ -531,10 +523,10 @@ def _fat_entries(src: ImageSource, fat_start: int, bits: int, count: int) -> Ite
     if bits == 12:  # at most 4086 entries: one read
         raw = src.read(fat_start, (count * 3 + 1) // 2, "the FAT")
         for n in range(count):
-            pair = int.from_bytes(raw[n * 3 // 2 : n * 3 // 2 + 2].ljust(2, b"\0"), "little")
+            pair = int.from_bytes(raw[n * 3 // 2 : n * 3 // 2 + 2], "little")  # raw holds every pair whole
             yield (pair >> 4) if n & 1 else (pair & 0xFFF)
         return
-    width, mask = bits // 8, 0xFFFF if bits == 16 else 0x0FFFFFFF
+    width, mask = bits // 8, 0x0FFFFFFF  # FAT32's top 4 bits are reserved; a FAT16 entry has 16 bits
     per_chunk = _FAT_CHUNK // width
     for first in range(0, count, per_chunk):
         n = min(per_chunk, count - first)

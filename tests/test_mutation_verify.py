@@ -1,0 +1,329 @@
+"""verify, in process (mutmut credits no subprocess): the exact details of each check an operator
+reads, the forms `expected` may take, the report's dict and summary, and the emit report lookup
+that names whose key an image holds. Images are real (scripts/make-image), edited with debugfs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from support.tools import run_tool
+
+import imagetools.verify as verify
+from imagetools import keys
+from imagetools.errors import KeyMaterialError, UsageError
+from imagetools.inject import inject_key
+from imagetools.layout import open_layout
+
+pytestmark = pytest.mark.integration
+
+KEY_IN_DATA = "/mender/mender-agent.pem"
+SHOWN = "/data/mender/mender-agent.pem"
+
+
+@pytest.fixture(scope="module")
+def pair():
+    key = keys.generate(keys.KeySpec(type="ed25519"))
+    return key, keys.private_pem(key, "pkcs8")
+
+
+@pytest.fixture(scope="module")
+def other():
+    return keys.generate(keys.KeySpec(type="ecdsa"))
+
+
+@pytest.fixture
+def injected(make_image, pair):
+    img = make_image("sdimg", empty_rootfs_b=True)
+    inject_key(img, pair[1])
+    return img
+
+
+def _debugfs(img: Path, *commands: str) -> None:
+    device = f"{img}?offset={open_layout(img).require('data').partition.start}"
+    proc = run_tool("debugfs", "-w", "-f", "-", device, input="\n".join(commands) + "\n")
+    assert not [ln for ln in proc.stderr.splitlines() if ln and not ln.startswith("debugfs ")]
+
+
+def _details(report: verify.VerifyReport) -> dict[str, tuple[str, str]]:
+    return {c.name: (c.status.value, c.detail) for c in report.checks}
+
+
+# --- the report --------------------------------------------------------------------------------------
+
+
+def test_a_good_image_reports_every_check_in_order(injected, pair):
+    key, _ = pair
+    fp = keys.fingerprint(key)
+    report = verify.verify_image(injected)
+    assert [c.name for c in report.checks] == list(verify.CHECK_NAMES)
+    assert (report.fingerprint, report.key_type, report.ok, report.failed) == (fp, "Ed25519", True, [])
+    details = _details(report)
+    assert details[verify.TABLE] == ("pass", "MBR, 4 partitions")
+    assert details[verify.PRESENT] == ("pass", f"{SHOWN} ({len(pair[1])} bytes)")
+    assert details[verify.PARSES] == ("pass", "Ed25519, unencrypted")
+    assert details[verify.ACCEPTABLE] == ("pass", "Ed25519")
+    assert details[verify.MATCHES] == ("skip", f"no expected key given; image key SHA256 {fp}")
+    assert details[verify.MODE] == ("pass", "0600")
+    assert details[verify.OWNER] == ("pass", "0:0")
+    assert details[verify.LINK_A] == ("pass", "/var/lib/mender -> /data/mender (the data partition's mender/)")
+    assert details[verify.LINK_B] == ("warn", "rootfs B is empty (filled by the first update); not checked")
+    assert details[verify.STATIC_KEY] == (
+        "warn",
+        "rootfs A: Security.AuthPrivateKey not set; a missing or unreadable key is then silently replaced and "
+        "the unit shows up pending (imagetools modify --static-key sets it)",
+    )
+    assert details[verify.FSCK] == ("pass", "clean")
+    assert report.summary() == {"pass": 9, "fail": 0, "warn": 2, "skip": 1}
+    as_dict = report.to_dict()
+    assert as_dict["target"] == str(injected) and as_dict["ok"] is True
+    assert (as_dict["fingerprint"], as_dict["key_type"]) == (fp, "Ed25519")
+    assert as_dict["checks"][2] == {
+        "id": "key-present",
+        "name": verify.PRESENT,
+        "status": "pass",
+        "detail": details[verify.PRESENT][1],
+    }
+    assert [c["id"] for c in as_dict["checks"]] == [verify.CHECK_IDS[n] for n in verify.CHECK_NAMES]
+    assert json.loads(json.dumps(as_dict)) == as_dict
+
+
+def test_replace_puts_a_check_in_place_of_its_namesake():
+    report = verify.VerifyReport("t")
+    report.add(verify.TABLE, verify.Status.PASS, "a")
+    report.add(verify.FSCK, verify.Status.SKIP, "b")
+    report.replace(verify.Check(verify.FSCK, verify.Status.FAIL, "c"))
+    assert [(c.name, c.status, c.detail) for c in report.checks] == [
+        (verify.TABLE, verify.Status.PASS, "a"),
+        (verify.FSCK, verify.Status.FAIL, "c"),
+    ]
+    assert not report.ok and report.failed == [report.check(verify.FSCK)]
+    assert report.summary() == {"pass": 1, "fail": 1, "warn": 0, "skip": 0}
+
+
+# --- expected keys and fingerprints ------------------------------------------------------------------
+
+
+def test_every_form_of_the_expected_key_matches(injected, pair, tmp_path, monkeypatch):
+    key, _ = pair
+    fp = keys.fingerprint(key)
+    pub = tmp_path / "k.pub"
+    pub.write_bytes(keys.public_pem(key))
+    monkeypatch.chdir(tmp_path)  # a relative path is the caller's (made absolute before anything else runs)
+    forms = [str(pub), pub, "k.pub", keys.public_pem(key), bytearray(keys.public_pem(key)), key, key.public_key()]
+    for form in forms:
+        report = verify.verify_image(injected, expected=form, fsck=False)
+        assert _details(report)[verify.MATCHES] == ("pass", f"SHA256 {fp}"), form
+    report = verify.verify_image(injected, expected_fingerprint="SHA256:" + fp.upper(), fsck=False)
+    assert _details(report)[verify.MATCHES] == ("pass", f"SHA256 {fp}")
+    report = verify.verify_image(injected, expected=key, expected_fingerprint=fp, fsck=False)
+    assert report.ok
+
+
+def test_another_key_fails_the_match_naming_both(injected, pair, other):
+    have, want = keys.fingerprint(pair[0]), keys.fingerprint(other)
+    report = verify.verify_image(injected, expected=other.public_key(), fsck=False)
+    assert report.failed == [report.check(verify.MATCHES)]
+    assert _details(report)[verify.MATCHES] == ("fail", f"image key SHA256 {have}, expected {want}")
+    report = verify.verify_image(injected, expected_fingerprint=want, fsck=False)
+    assert _details(report)[verify.MATCHES] == ("fail", f"image key SHA256 {have}, expected {want}")
+
+
+def test_unusable_expected_input_raises(injected, pair, other):
+    with pytest.raises(TypeError) as wrong:
+        verify.verify_image(injected, expected=42)
+    assert str(wrong.value) == "expected must be a public key file path, PEM bytes or a key object, not int"
+    with pytest.raises(KeyMaterialError) as disagree:
+        verify.verify_image(injected, expected=pair[0], expected_fingerprint=keys.fingerprint(other))
+    assert str(disagree.value) == "the expected public key and the expected fingerprint disagree"
+    with pytest.raises(KeyMaterialError, match="^expected public key: not a PEM public key"):
+        verify.verify_image(injected, expected=b"garbage")
+
+
+PKCS1_PROBLEM = (
+    "expected public key: PKCS#1 'RSA PUBLIC KEY'; the Mender Server only accepts SPKI 'PUBLIC KEY' "
+    "(convert with: openssl rsa -RSAPublicKey_in -pubout)"
+)
+
+
+def _pkcs1(public) -> bytes:
+    return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
+
+
+def test_a_pkcs1_expected_key_says_whether_it_matches(make_image):
+    """Its fingerprint is still compared, so the operator learns whether it is the right key."""
+    rsa_key, problem = keys.generate(keys.KeySpec(bits=2048)), PKCS1_PROBLEM
+    pkcs1 = _pkcs1(rsa_key.public_key())
+    img = make_image("sdimg", empty_rootfs_b=True)
+    inject_key(img, keys.private_pem(rsa_key))
+    report = verify.verify_image(img, expected=pkcs1, fsck=False)
+    assert _details(report)[verify.MATCHES] == ("fail", f"{problem} (the key in the image matches it)")
+    stranger = keys.generate(keys.KeySpec(bits=2048)).public_key()
+    pkcs1 = _pkcs1(stranger)
+    report = verify.verify_image(img, expected=pkcs1, fsck=False)
+    assert _details(report)[verify.MATCHES] == ("fail", f"{problem} (the key in the image does not match it either)")
+
+
+# --- the key file in the image ---------------------------------------------------------------------------
+
+
+def test_a_missing_key_skips_what_depends_on_it(make_image):
+    report = verify.verify_image(make_image("sdimg", empty_rootfs_b=True), fsck=False)
+    details = _details(report)
+    assert details[verify.PRESENT] == ("fail", f"no file at {SHOWN}: the client would generate a new key")
+    assert details[verify.PARSES] == ("skip", "no key")
+    assert details[verify.ACCEPTABLE] == details[verify.MATCHES] == ("skip", "no usable key")
+    assert details[verify.MODE] == details[verify.OWNER] == ("skip", "no key")
+    assert details[verify.FSCK] == ("skip", "skipped (--no-fsck)")
+    assert report.fingerprint is None and report.key_type is None
+    assert report.failed == [report.check(verify.PRESENT)]
+
+
+def test_a_key_path_elsewhere_is_named_as_given(injected):
+    report = verify.verify_image(injected, path="/var/lib/mender/other.pem", fsck=False)
+    assert _details(report)[verify.PRESENT] == (
+        "fail",
+        "no file at /var/lib/mender/other.pem: the client would generate a new key",
+    )
+
+
+def test_empty_linked_and_directory_keys_are_not_keys(injected, tmp_path):
+    _debugfs(injected, f"rm {KEY_IN_DATA}", f"symlink {KEY_IN_DATA} /etc/elsewhere.pem")
+    assert _details(verify.verify_image(injected, fsck=False))[verify.PRESENT] == (
+        "fail",
+        f"{SHOWN} is a symlink to /etc/elsewhere.pem, not a regular file",
+    )
+    _debugfs(injected, f"rm {KEY_IN_DATA}", f"mkdir {KEY_IN_DATA}")
+    assert _details(verify.verify_image(injected, fsck=False))[verify.PRESENT] == (
+        "fail",
+        f"{SHOWN} is a dir, not a regular file",
+    )
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    _debugfs(injected, f"rmdir {KEY_IN_DATA}", f"write {empty} {KEY_IN_DATA}")
+    report = verify.verify_image(injected, fsck=False)
+    assert _details(report)[verify.PRESENT] == ("fail", f"{SHOWN} is empty")
+    assert _details(report)[verify.MODE][0] == "skip"
+
+
+def test_a_key_file_larger_than_any_key_is_not_read(injected, tmp_path):
+    big = tmp_path / "big.pem"
+    big.write_bytes(b"A" * (keys.MAX_KEY_FILE + 1))
+    _debugfs(injected, f"rm {KEY_IN_DATA}", f"write {big} {KEY_IN_DATA}", f"sif {KEY_IN_DATA} mode 0100600")
+    details = _details(verify.verify_image(injected, fsck=False))
+    assert details[verify.PRESENT] == ("pass", f"{SHOWN} ({keys.MAX_KEY_FILE + 1} bytes)")
+    assert details[verify.PARSES] == (
+        "fail",
+        f"key in image: {keys.MAX_KEY_FILE + 1} bytes, more than any key file ({keys.MAX_KEY_FILE} at most)",
+    )
+    at_cap = tmp_path / "cap.pem"
+    at_cap.write_bytes(b"A" * keys.MAX_KEY_FILE)
+    _debugfs(injected, f"rm {KEY_IN_DATA}", f"write {at_cap} {KEY_IN_DATA}")
+    details = _details(verify.verify_image(injected, fsck=False))
+    assert details[verify.PARSES] == ("fail", "key in image: not a PEM private key (expected RSA, ECDSA or Ed25519)")
+
+
+@pytest.mark.parametrize(
+    "mode,detail",
+    [
+        ("0644", "0644, expected 0600"),
+        ("0130", "0130, expected 0600 (mender-artifact -m 600 is decimal; use -m 0600)"),
+        ("0400", "0400, expected 0600"),
+    ],
+)
+def test_mode_details(injected, mode, detail):
+    _debugfs(injected, f"sif {KEY_IN_DATA} mode 0100{mode[1:]}")
+    assert _details(verify.verify_image(injected, fsck=False))[verify.MODE] == ("fail", detail)
+
+
+def test_owner_details(injected):
+    _debugfs(injected, f"sif {KEY_IN_DATA} uid 1000", f"sif {KEY_IN_DATA} gid 7")
+    assert _details(verify.verify_image(injected, fsck=False))[verify.OWNER] == (
+        "fail",
+        "1000:7, expected 0:0 (root)",
+    )
+    _debugfs(injected, f"sif {KEY_IN_DATA} uid 0")
+    assert _details(verify.verify_image(injected, fsck=False))[verify.OWNER] == ("fail", "0:7, expected 0:0 (root)")
+
+
+# --- key paths -----------------------------------------------------------------------------------------
+
+
+def test_data_path_forms_and_refusals():
+    assert verify.data_path("/data/mender/x.pem") == "/mender/x.pem"
+    assert verify.data_path("/var/lib/mender/x.pem") == "/mender/x.pem"
+    assert verify.data_path(verify.DEFAULT_KEY_PATH) == "/mender/mender-agent.pem"
+    with pytest.raises(UsageError) as relative:
+        verify.data_path("data/mender/x.pem")
+    assert str(relative.value) == (f"key path 'data/mender/x.pem' must be absolute, e.g. {verify.DEFAULT_KEY_PATH}")
+    with pytest.raises(UsageError) as elsewhere:
+        verify.data_path("/etc/mender/x.pem")
+    assert str(elsewhere.value) == (
+        f"key path '/etc/mender/x.pem' is not on the data partition; use a path under /data/ "
+        f"(default {verify.DEFAULT_KEY_PATH})"
+    )
+
+
+# --- whose key is it (emit's report.json) ------------------------------------------------------------
+
+
+def _report_json(path: Path, units) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"units": units}))
+    return path
+
+
+def test_report_beside_looks_beside_then_two_levels_up(tmp_path, monkeypatch):
+    image = tmp_path / "OUT" / "unit-1" / "unit-1.sdimg"
+    image.parent.mkdir(parents=True)
+    assert verify.report_beside(image) is None
+    up = _report_json(tmp_path / "OUT" / "report.json", [])
+    assert verify.report_beside(image) == up
+    beside = _report_json(image.parent / "report.json", [])
+    assert verify.report_beside(image) == beside
+    beside.unlink()
+    beside.mkdir()  # not a file: not a report
+    assert verify.report_beside(image) == up
+    monkeypatch.chdir(tmp_path / "OUT")
+    assert verify.report_beside(Path("unit-1") / "unit-1.sdimg") == up
+
+
+def test_key_owner_is_the_unit_with_that_fingerprint(tmp_path):
+    fp = "ab" * 32
+    report = _report_json(
+        tmp_path / "report.json",
+        [
+            "junk",
+            {"name": 7, "fingerprint": fp},
+            {"name": "u1", "fingerprint": "cd" * 32},
+            {"name": "u2", "fingerprint": fp},
+            {"name": "u3", "fingerprint": fp},
+        ],
+    )
+    assert verify.key_owner(fp, report) == "u2"
+    assert verify.key_owner("ef" * 32, report) is None
+    for data in ({"units": {"name": "u2"}}, ["u2"], {"other": []}):
+        (tmp_path / "odd.json").write_text(json.dumps(data))
+        assert verify.key_owner(fp, tmp_path / "odd.json") is None
+
+
+def test_explain_mismatch_names_whose_key_the_image_holds(injected, pair, other, tmp_path):
+    fp = keys.fingerprint(pair[0])
+    report_file = _report_json(tmp_path / "report.json", [{"name": "unit-9", "fingerprint": fp}])
+    report = verify.verify_image(injected, expected=other, fsck=False)
+    base = report.check(verify.MATCHES).detail
+    verify.explain_mismatch(report, report_file)
+    assert report.check(verify.MATCHES).detail == f"{base}; the key in the image is unit-9's (per {report_file})"
+    report = verify.verify_image(injected, expected=other, fsck=False)
+    nobody = _report_json(tmp_path / "nobody" / "report.json", [])
+    verify.explain_mismatch(report, nobody)
+    assert report.check(verify.MATCHES).detail == f"{base}; no unit in {nobody} has the key in the image"
+    matching = verify.verify_image(injected, expected=pair[0], fsck=False)
+    verify.explain_mismatch(matching, report_file)
+    assert matching.check(verify.MATCHES).detail == f"SHA256 {fp}"
+    skipped = verify.verify_image(injected, fsck=False)
+    before = skipped.check(verify.MATCHES).detail
+    verify.explain_mismatch(skipped, report_file)
+    assert skipped.check(verify.MATCHES).detail == before
