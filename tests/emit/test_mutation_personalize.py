@@ -16,6 +16,7 @@ import imagetools.personalize as personalize
 from imagetools import keys
 from imagetools.layout import open_layout
 from imagetools.personalize import SCRATCH_PREFIX
+from imagetools.sparse import data_ranges
 from imagetools.verify import Status, data_path
 
 KEY_REL = data_path("/data/mender/mender-agent.pem")
@@ -220,3 +221,60 @@ def test_make_delta_is_a_fresh_scratch_and_leaves_nothing(base, tmp_path, monkey
     (tmp_path / "fresh").mkdir()
     fresh, _ = personalize.Scratch(base, data, tmp_path / "fresh").delta(pems[0], KEY_REL, "ef" * 32)
     assert fresh == delta
+
+
+def _opens_of(path: Path, monkeypatch) -> list[str]:
+    """os.open and open() calls naming PATH from now on (a spy: every call goes through)."""
+    import builtins
+
+    seen: list[str] = []
+    real_open, real_os_open = builtins.open, os.open
+
+    def spied(real):
+        def call(file, *args, **kwargs):
+            if isinstance(file, (str, os.PathLike)) and os.path.realpath(file) == os.path.realpath(path):
+                seen.append(str(file))
+            return real(file, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(builtins, "open", spied(real_open))
+    monkeypatch.setattr(os, "open", spied(real_os_open))
+    return seen
+
+
+@pytest.mark.integration
+def test_a_scratch_over_the_open_base_reads_it_on_its_descriptor_and_copies_only_the_window(
+    base, tmp_path, pems, monkeypatch
+):
+    """emit's workers hand the scratch the run's open base: the same delta as from the path,
+    the base never opened again, and only the data partition's bytes in the scratch."""
+    from imagetools.image import ImageSource
+
+    data = open_layout(base).require("data")
+    start, end = data.partition.start, data.partition.end
+    (tmp_path / "path").mkdir()
+    by_path, _ = personalize.Scratch(base, data, tmp_path / "path").delta(pems[0], KEY_REL, "ab" * 32)
+    with ImageSource(base) as src:
+        scratch = personalize.Scratch(src, data, tmp_path)
+        assert scratch.base == str(base)
+        opened = _opens_of(base, monkeypatch)
+        delta, _ = scratch.delta(pems[0], KEY_REL, "ab" * 32)
+        monkeypatch.undo()
+    assert opened == [] and delta == by_path
+    with open(scratch.path, "rb") as f:  # the rootfs were not copied in: data only in the window
+        held = list(data_ranges(f.fileno(), scratch.path.stat().st_size))
+    assert held and all(start <= a and b <= end for a, b in held), (held, start, end)
+
+
+@pytest.mark.integration
+def test_reused_scratch_tells_open_bases_and_base_paths_apart(base, make_image, tmp_path):
+    from imagetools.image import ImageSource
+
+    data = open_layout(base).require("data")
+    other = make_image("sdimg", name="other.sdimg")
+    assert personalize.reused_scratch(tmp_path, base, data) is not personalize.reused_scratch(tmp_path, other, data)
+    with ImageSource(base) as one, ImageSource(base) as two:
+        first = personalize.reused_scratch(tmp_path, one, data)
+        assert personalize.reused_scratch(tmp_path, one, data) is first
+        assert personalize.reused_scratch(tmp_path, two, data) is not first
