@@ -8,10 +8,8 @@ import hashlib
 import json
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from support.tls import certificate_valid
 
 from imagetools import keys
 from imagetools.errors import KeyMaterialError, UsageError
@@ -31,19 +29,7 @@ def _refused(**options) -> str:
 
 
 def _cert(after: datetime.datetime) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "server")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(after - datetime.timedelta(days=30))
-        .not_valid_after(after)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
+    return certificate_valid(after - datetime.timedelta(days=30), after)
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,9 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from support.tls import certificate_valid
 
 from imagetools import keys
 from imagetools.errors import KeyMaterialError, UsageError
@@ -223,19 +222,7 @@ def test_python_values_become_exact_json_numbers_and_others_are_refused():
 
 
 def _cert(before: datetime.datetime, after: datetime.datetime) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "server")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(before)
-        .not_valid_after(after)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
+    return certificate_valid(before, after)
 
 
 NOW = datetime.datetime.now(datetime.UTC)

@@ -32,6 +32,24 @@ def certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
     )
 
 
+def certificate_valid(before: datetime.datetime, after: datetime.datetime) -> bytes:
+    """The PEM of a self-signed certificate (CN "server") valid from BEFORE to AFTER: a server
+    certificate given to modify -c, expired or not yet valid as the test needs."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "server")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(before)
+        .not_valid_after(after)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
 def certificate_pem() -> bytes:
     """A certificate's PEM alone (of a key thrown away): what an operator might give for a key."""
     return certificate(ec.generate_private_key(ec.SECP256R1())).public_bytes(serialization.Encoding.PEM)
