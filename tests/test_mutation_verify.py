@@ -327,3 +327,54 @@ def test_explain_mismatch_names_whose_key_the_image_holds(injected, pair, other,
     before = skipped.check(verify.MATCHES).detail
     verify.explain_mismatch(skipped, report_file)
     assert skipped.check(verify.MATCHES).detail == before
+
+
+# --- an open image: a card's descriptor, a unit's overlay ----------------------------------------------
+
+
+def test_a_delta_unit_verifies_through_its_overlay_e2fsck_included(make_image, tmp_path):
+    """verify_image of an ImageSource: a unit's delta over its open base reads as its image, the
+    table probed and e2fsck run through the overlay (by path, the delta file is no image)."""
+    from support.units import one_unit
+
+    from imagetools.image.source import ImageSource, Overlay
+    from imagetools.published import load_unit
+
+    base, unit_dir = one_unit(make_image, tmp_path)
+    unit = load_unit(unit_dir)
+    assert unit.delta is not None and unit.record is not None
+    name = unit_dir / unit.record.image
+    with ImageSource(base) as src:
+        view = ImageSource(name, overlay=Overlay(src, unit.delta, unit.base_sha256))
+        report = verify.verify_image(view, expected=unit.public_key)
+        assert report.ok and report.target == str(name), _details(report)
+        assert _details(report)[verify.FSCK] == ("pass", "clean")
+        names = (verify.LINK_A, verify.LINK_B, verify.STATIC_KEY)
+        given = [verify.Check(n, verify.Status.PASS, "given") for n in names]
+        taken = verify.verify_image(view, expected=unit.public_key, fsck=False, rootfs=given)
+        assert {c.name: c.detail for c in taken.checks if c.detail == "given"} == {c.name: "given" for c in given}
+
+
+def test_the_rootfs_and_link_checks_alone_are_those_of_the_whole_report(injected):
+    layout = open_layout(injected)
+    whole = _details(verify.verify_image(injected, fsck=False))
+    alone = verify.rootfs_checks(str(injected), layout, verify.data_path(verify.DEFAULT_KEY_PATH))
+    assert [c.name for c in alone] == [verify.LINK_A, verify.LINK_B, verify.STATIC_KEY]
+    assert {c.name: (c.status.value, c.detail) for c in alone} == {c.name: whole[c.name] for c in alone}
+    links = verify.link_checks(str(injected), layout)
+    assert {c.name: (c.status.value, c.detail) for c in links} == {c.name: whole[c.name] for c in links}
+
+
+def test_a_weak_key_in_the_image_fails_acceptable_with_the_reason(make_image):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from imagetools import files
+
+    img = make_image("sdimg")
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    files.install(img, "/data/mender/mender-agent.pem", keys.private_pem(weak), mode=0o600)
+    with pytest.raises(KeyMaterialError) as exc:
+        keys.check_acceptable(weak, "key in image")
+    report = verify.verify_image(img, fsck=False)
+    assert _details(report)[verify.ACCEPTABLE] == ("fail", str(exc.value))
+    assert _details(report)[verify.PARSES][0] == "pass"
