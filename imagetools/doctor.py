@@ -15,6 +15,8 @@ import subprocess
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .fs import e2fsprogs
+
 PROBE_TIMEOUT = 5.0
 _OUTPUT_MAX = 4096
 _VERSION = re.compile(r"(?<![\w.])v?(\d+\.\d+(?:\.\d+)*(?:[-~+][0-9A-Za-z.+~-]+)?)")
@@ -32,13 +34,13 @@ class Tool:
 
 TOOLS = (
     Tool(
-        "debugfs",
+        e2fsprogs.DEBUGFS,
         "e2fsprogs",
         "inject, install, cp, rm, modify, emit, flash --key (ext4 written in place)",
         True,
         None,
     ),
-    Tool("e2fsck", "e2fsprogs", "verify, emit, flash, materialize (the e2fsck -fn check)", True, None),
+    Tool(e2fsprogs.E2FSCK, "e2fsprogs", "verify, emit, flash, materialize (the e2fsck -fn check)", True, None),
     Tool("e2cp", "e2tools", "scripts/make-image and the tests (the e2tools peer)", False, None),
     Tool("mcopy", "mtools", "scripts/make-image (FAT boot partitions)", False, ("--version",)),
     Tool("fsck.vfat", "dosfstools", "checking FAT boot partitions of flashed cards (tests, bench-flash)", False, None),
@@ -101,7 +103,6 @@ def _probe(tool: Tool) -> Finding:
 def _e2fsprogs_version(command: str) -> str | None:
     """debugfs and e2fsck run only through their builder (fs/e2fsprogs), this probe too."""
     from .errors import ImageToolsError
-    from .fs import e2fsprogs
 
     try:
         match = _VERSION.search(e2fsprogs.version(command))

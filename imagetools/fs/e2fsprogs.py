@@ -175,12 +175,14 @@ def e2fsck(dev: Device) -> tuple[bool, str]:
 
 
 VERSION_TIMEOUT = 5
+TOOLS = ("debugfs", "e2fsck")  # what this builder runs (doctor lists them from here)
+DEBUGFS, E2FSCK = TOOLS
 
 
 def version(tool: str) -> str:
     """What `debugfs -V` or `e2fsck -V` prints (the version banner, on stderr): for doctor, so
     that these tools, too, run only through this builder."""
-    if tool not in ("debugfs", "e2fsck"):
+    if tool not in TOOLS:
         raise ValueError(f"not an e2fsprogs tool this builder runs: {tool!r}")
     proc = _exec([find_tool(tool, "e2fsprogs"), "-V"], tool, VERSION_TIMEOUT, check=False)
     return (proc.stdout[:4096] + b"\n" + proc.stderr[:4096]).decode("utf-8", "replace")
