@@ -357,8 +357,7 @@ def _check_data(report: VerifyReport, session: ImageSession, data: PartInfo | No
         report.add(
             DATA,
             Status.FAIL,
-            f"no data partition (choose one with --data-partition N); "
-            f"partitions seen: {session.layout.summary() or 'none'}",
+            f"no data partition (choose one with --data-partition N); partitions seen: {session.layout.summary()}",
         )
         return None
     where = f"partition {data.describe()}"

@@ -422,3 +422,83 @@ def test_only_spaces_tabs_and_cr_end_a_line_unseen():
     assert _message(keys.parse_pem, b"-----BEGIN X-----\neA==\x0c\n-----END X-----\n", "k") == (
         "k: line 2: expected base64 or '-----END X-----'"
     )
+
+
+# --- the survivors of the run of 2026-12-07 ---------------------------------------------------------
+
+
+def test_d_equal_to_n_is_refused_even_when_consistent():
+    """p = 5, q = 7, e = 11: e*35 = 1 mod 4 and mod 6, so d = n = 35 passes the CRT checks; it
+    must still be refused for not being below n (a file may hold it: OpenSSL loads it unchecked)."""
+    p, q, e = 5, 7, 11
+    fields = (0, p * q, e, p * q, p, q, (p * q) % (p - 1), (p * q) % (q - 1), pow(q, -1, p))
+    pem = keys._encode_pem("RSA PRIVATE KEY", _der(0x30, b"".join(map(_der_int, fields))))
+    assert _message(keys.load_private, pem, "k.pem") == D_WRONG.replace("key:", "k.pem:", 1)
+
+
+def test_an_encrypted_header_counts_only_as_proc_type(rsa_key):
+    pem = rsa_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                NO_ENCRYPTION).decode()  # fmt: skip
+    first, rest = pem.split("\n", 1)
+    for header in ("Comment: 4,ENCRYPTED", "Proc-Type: 4,MIC-ONLY"):
+        name = header.split(":")[0]
+        assert _message(keys.load_private, f"{first}\n{header}\n\n{rest}".encode(), "k") == (
+            f"k: PEM header '{name}' in the private key; OpenSSL (the Mender client) refuses such headers: "
+            "remove the header lines"
+        )
+    assert _message(keys.load_private, f"{first}\nProc-Type: 4, ENCRYPTED\n\n{rest}".encode(), "k") == (
+        "k: private key is encrypted; the Mender client cannot use a passphrase-protected key"
+    )
+
+
+def test_one_job_writes_the_format_of_the_spec(tmp_path):
+    [made] = keys.generate_files(keys.KeySpec(bits=2048, format="pkcs8"), keys.pair_paths(tmp_path, "", 1), jobs=1)
+    assert made.private.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----\n")
+    assert (made.key_type, made.format) == ("RSA-2048", "pkcs8")
+
+
+def test_generate_makes_the_type_of_the_spec():
+    key = keys.generate(keys.KeySpec(bits=2048))
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+    assert keys.describe(keys.generate(ED)) == "Ed25519" and keys.describe(keys.generate(ED).public_key()) == "Ed25519"
+    assert keys.private_pem(key).startswith(b"-----BEGIN RSA PRIVATE KEY-----\n")
+
+
+def test_rsa_specs_take_8192_bits_and_no_more():
+    assert keys.KeySpec(bits=keys.MAX_RSA_BITS).bits == 8192
+    assert _message(keys.KeySpec, bits=8193) == "RSA keys need at least 2048 and at most 8192 bits (got 8193)"
+
+
+@pytest.mark.parametrize("text", [b"-----BEGIN X-----", b"-----BEGIN X-----\neA=="])
+def test_a_block_at_the_very_end_of_a_file_without_newline_has_no_end(text):
+    assert _message(keys.parse_pem, text, "k") == "k: the 'X' block on line 1 has no '-----END X-----' line"
+
+
+def test_a_line_after_a_header_that_is_not_one_is_refused():
+    text = b"-----BEGIN X-----\nComment: one\nXeA==\n\neA==\n-----END X-----\n"
+    assert _message(keys.parse_pem, text, "k") == "k: line 3: expected a PEM header 'Name: value' or a blank line"
+
+
+def test_the_first_stray_line_is_named():
+    block = keys._encode_pem("PUBLIC KEY", b"x").decode()
+    assert keys.parse_pem(f"\nnote\nmore\n{block}".encode(), "k").stray_line == 2
+    assert keys.parse_pem(f"{block}\n\nafter\n".encode(), "k").stray_line == 6
+    assert keys.parse_pem(block.encode(), "k").stray_line is None
+    assert _message(keys.load_public, f"{block}tail\n".encode(), "p.pub") == (
+        "p.pub: line 4 is text outside the PEM block; put the public key alone in the file"
+    )
+
+
+def test_a_key_file_may_hold_64_kib_and_no_more(rsa_key):
+    pem = keys.public_pem(rsa_key)
+    exact = pem + b"\n" * (keys.MAX_KEY_FILE - len(pem))
+    assert keys.same_key(keys.load_public(exact, "p.pub"), rsa_key)
+    assert _message(keys.load_public, exact + b"\n", "p.pub") == (
+        f"p.pub: {keys.MAX_KEY_FILE + 1} bytes, more than a key file holds (at most 64 KiB)"
+    )
+
+
+def test_a_public_key_file_holding_another_block_names_it():
+    assert _message(keys.load_public, keys._encode_pem("CERTIFICATE", b"x"), "p.pub") == (
+        "p.pub: not a PEM public key (it holds a 'CERTIFICATE' block; expected 'BEGIN PUBLIC KEY')"
+    )

@@ -41,8 +41,8 @@ def injected(make_image, pair):
     return img
 
 
-def _debugfs(img: Path, *commands: str) -> None:
-    device = f"{img}?offset={open_layout(img).require('data').partition.start}"
+def _debugfs(img: Path, *commands: str, role: str = "data") -> None:
+    device = f"{img}?offset={open_layout(img).require(role).partition.start}"
     proc = run_tool("debugfs", "-w", "-f", "-", device, input="\n".join(commands) + "\n")
     assert not [ln for ln in proc.stderr.splitlines() if ln and not ln.startswith("debugfs ")]
 
@@ -378,3 +378,325 @@ def test_a_weak_key_in_the_image_fails_acceptable_with_the_reason(make_image):
     report = verify.verify_image(img, fsck=False)
     assert _details(report)[verify.ACCEPTABLE] == ("fail", str(exc.value))
     assert _details(report)[verify.PARSES][0] == "pass"
+
+
+# --- more of what the operator reads (survivors of verify's mutation run) -------------------------
+
+
+@pytest.fixture(scope="module")
+def rsa_key():
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _install(img: Path, path: str, data: bytes, **kw) -> None:
+    from imagetools import files
+
+    files.install(img, path, data, **kw)
+
+
+def test_an_rsa_key_is_named_by_type_and_size(make_image, rsa_key):
+    img = make_image("sdimg", empty_rootfs_b=True)
+    inject_key(img, keys.private_pem(rsa_key))
+    report = verify.verify_image(img, fsck=False)
+    details = _details(report)
+    assert report.key_type == "RSA-2048"
+    assert details[verify.PARSES] == ("pass", "RSA-2048, unencrypted")
+    assert details[verify.ACCEPTABLE] == ("pass", "RSA-2048")
+    assert details[verify.DATA] == ("pass", "partition 4 ext4 'data' (ext4 label 'data')")
+
+
+def test_an_expected_key_always_proves_the_pair(make_image, rsa_key):
+    """A key this process serialized itself skips the pair check, unless an expected key is
+    given: then the key in the image must sign what the expected key verifies. An expected key
+    the server would refuse (PKCS#1) is compared by fingerprint only: the parse check stays as
+    without one."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    n = rsa_key.private_numbers()
+    bad = rsa.RSAPrivateNumbers(n.p, n.q, n.d, n.dmp1 ^ 2, n.dmq1, n.iqmp, n.public_numbers).private_key(
+        unsafe_skip_rsa_key_validation=True
+    )
+    img = make_image("sdimg", empty_rootfs_b=True)
+    _install(img, SHOWN, keys.private_pem(bad), mode=0o600)
+    checked = verify.verify_image(img, expected=bad.public_key(), fsck=False)
+    assert _details(checked)[verify.PARSES] == (
+        "fail",
+        "key in image: RSA private key is inconsistent (its CRT values (d mod p-1, d mod q-1, q^-1 mod p) are "
+        "wrong); the Mender client would refuse it",
+    )
+    assert checked.fingerprint is None and checked.failed == [checked.check(verify.PARSES)]
+    unchecked = verify.verify_image(img, fsck=False)
+    pkcs1 = verify.verify_image(img, expected=_pkcs1(bad.public_key()), fsck=False)
+    assert _details(pkcs1)[verify.PARSES] == _details(unchecked)[verify.PARSES] == ("pass", "RSA-2048, unencrypted")
+    assert _details(pkcs1)[verify.MATCHES] == ("fail", f"{PKCS1_PROBLEM} (the key in the image matches it)")
+
+
+def test_a_missing_expected_key_file_is_named(injected, tmp_path):
+    with pytest.raises(KeyMaterialError) as exc:
+        verify.verify_image(injected, expected=tmp_path / "server.pub")
+    assert str(exc.value) == f"expected public key {tmp_path / 'server.pub'} not found"
+
+
+def _wipe_data_superblock(img: Path) -> None:
+    start = open_layout(img).require("data").partition.start
+    with open(img, "r+b") as f:
+        f.seek(start + 1024)
+        f.write(bytes(1024))
+
+
+def test_no_readable_data_partition_is_named_and_skips_the_rest(injected):
+    _wipe_data_superblock(injected)
+    details = _details(verify.verify_image(injected))
+    assert details[verify.DATA] == (
+        "fail",
+        "no data partition (choose one with --data-partition N); partitions seen: 1 vfat 'BOOT' as boot, "
+        "2 ext4 'primary' as rootfs-a, 3 ext4 'secondary' as rootfs-b, 4 unknown as extra",
+    )
+    assert details[verify.PRESENT] == details[verify.FSCK] == ("skip", "no data partition")
+    assert details[verify.PARSES] == ("skip", "no key")
+    forced = _details(verify.verify_image(injected, overrides={"data": 4}))
+    assert forced[verify.DATA] == (
+        "fail",
+        "partition 4 unknown: cannot read it: partition 4 (data, unknown) has no filesystem; files can only be "
+        "read or written on ext2/3/4 and FAT",
+    )
+    assert forced[verify.PRESENT] == ("skip", "no data partition")
+    assert forced[verify.FSCK] == (
+        "fail",
+        "cannot check partition 4 (data, unknown) in place: only ext2/3/4 can be checked at an offset "
+        "(fsck.vfat needs the partition as its own file)",
+    )
+
+
+def test_a_key_path_through_a_file_fails_presence(make_image, tmp_path):
+    img = make_image("sdimg", empty_rootfs_b=True)
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    _debugfs(img, "rmdir /mender", f"write {plain} /mender")
+    report = verify.verify_image(img, fsck=False)
+    assert _details(report)[verify.PRESENT] == (
+        "fail",
+        f"{SHOWN}: /mender is not a directory in partition 4 (data, ext4)",
+    )
+    assert report.check(verify.PARSES).status == "skip"
+
+
+def test_table_warnings_are_each_listed(injected):
+    _debugfs(injected, "ssv blocks_count 9000")
+    _debugfs(injected, "ssv blocks_count 9000", role="rootfs-a")
+    spans = (
+        "its ext4 filesystem spans 36864000 bytes but the partition only 8388608; it cannot be written to "
+        "(the table was shrunk without shrinking the filesystem)"
+    )
+    assert _details(verify.verify_image(injected, fsck=False))[verify.TABLE] == (
+        "warn",
+        f"MBR, 4 partitions; partition 2: {spans}; partition 4: {spans}",
+    )
+
+
+def test_an_interrupted_flash_says_how_to_redo_it(injected):
+    from imagetools.errors import VerifyFailed
+
+    with open(injected, "r+b") as f:
+        f.write(bytes(64 * 1024))
+    with pytest.raises(VerifyFailed) as exc:
+        verify.verify_image(injected)
+    assert str(exc.value) == (
+        f"{injected}: no partition table, and its first 64 KiB are zeros: this looks like an interrupted flash; "
+        f"flash it again (imagetools flash BASE {injected} --unit UNIT --again)"
+    )
+
+
+def test_fsck_names_its_first_four_lines_at_most_300_characters(injected, tmp_path):
+    _debugfs(injected, "sif /mender links_count 7")  # e2fsck reports it after the four pass lines
+    assert _details(verify.verify_image(injected))[verify.FSCK] == (
+        "fail",
+        "errors found: Pass 1: Checking inodes, blocks, and sizes; Pass 2: Checking directory structure; "
+        "Pass 3: Checking directory connectivity; Pass 4: Checking reference counts",
+    )
+    name = "k" * 250
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    _debugfs(injected, "sif /mender links_count 2", f"write {plain} /mender/{name}", f"clri /mender/{name}")
+    status, detail = _details(verify.verify_image(injected))[verify.FSCK]
+    start = "errors found: Pass 1: Checking inodes, blocks, and sizes; Pass 2: Checking directory structure; Entry '"
+    assert (status, detail[: len(start)], len(detail)) == ("fail", start, len("errors found: ") + 300)
+    assert detail[len(start) :] == "k" * (len(detail) - len(start))
+
+
+def test_the_emit_report_is_named_when_unusable(tmp_path):
+    missing = tmp_path / "report.json"
+    with pytest.raises(UsageError) as exc:
+        verify.key_owner("ab" * 32, missing)
+    assert str(exc.value) == f"emit report {missing} not found"
+    missing.write_text("{nope")
+    with pytest.raises(UsageError) as exc:
+        verify.key_owner("ab" * 32, missing)
+    assert str(exc.value) == (
+        f"emit report {missing}: not JSON (Expecting property name enclosed in double quotes at line 1 column 2)"
+    )
+
+
+def test_explain_mismatch_without_a_match_check_changes_nothing(tmp_path):
+    report = verify.VerifyReport("t", fingerprint="ab" * 32)
+    report.add(verify.PRESENT, verify.Status.FAIL, "no key")
+    verify.explain_mismatch(report, _report_json(tmp_path / "report.json", [{"name": "u", "fingerprint": "ab" * 32}]))
+    assert [(c.name, c.detail) for c in report.checks] == [(verify.PRESENT, "no key")]
+
+
+# --- Security.AuthPrivateKey, rootfs by rootfs ------------------------------------------------------
+
+NOT_SET_HINT = (
+    "; a missing or unreadable key is then silently replaced and the unit shows up pending "
+    "(imagetools modify --static-key sets it)"
+)
+
+
+def _static_key(img: Path, conf: bytes, path: str = verify.DEFAULT_KEY_PATH) -> tuple[str, str]:
+    _install(img, "/etc/mender/mender.conf", conf, partition=2)
+    return _details(verify.verify_image(img, fsck=False, path=path))[verify.STATIC_KEY]
+
+
+def _auth(value) -> bytes:
+    return json.dumps({"Security": {"AuthPrivateKey": value}}).encode()
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (
+            "/var/lib/mender/mender-agent.pem",
+            (
+                "pass",
+                "rootfs A: Security.AuthPrivateKey = /var/lib/mender/mender-agent.pem (a bad key fails on the device)",
+            ),
+        ),
+        (
+            "/data/mender/mender-agent.pem",
+            (
+                "pass",
+                "rootfs A: Security.AuthPrivateKey = /data/mender/mender-agent.pem (a bad key fails on the device)",
+            ),
+        ),
+        (
+            "/etc/mender/k.pem",
+            (
+                "fail",
+                "rootfs A: Security.AuthPrivateKey is /etc/mender/k.pem, not /var/lib/mender/mender-agent.pem: "
+                "the client would use another key",
+            ),
+        ),
+        ("", ("warn", "rootfs A: Security.AuthPrivateKey not set" + NOT_SET_HINT)),
+        ("k.pem", ("fail", "rootfs A: Security.AuthPrivateKey is 'k.pem', not an absolute path")),
+    ],
+)
+def test_the_static_key_setting(injected, value, expected):
+    assert _static_key(injected, _auth(value)) == expected
+
+
+def test_the_static_key_names_the_key_as_the_client_sees_it(injected):
+    """Only the datastore prefix is shown as /var/lib/mender: a deeper data/mender stays."""
+    assert _static_key(injected, _auth("/etc/k.pem"), path="/data/mender/x/data/mender/k.pem") == (
+        "fail",
+        "rootfs A: Security.AuthPrivateKey is /etc/k.pem, not /var/lib/mender/x/data/mender/k.pem: "
+        "the client would use another key",
+    )
+
+
+def test_a_bad_or_unreadable_mender_conf_fails_the_static_key(injected):
+    assert _static_key(injected, b"{not json") == (
+        "fail",
+        "rootfs A: /etc/mender/mender.conf on partition 2 (rootfs-a, ext4) is malformed: not JSON (Expecting "
+        "property name enclosed in double quotes at line 1 column 2); the client would not start with it",
+    )
+    _install(injected, "/etc/mender/mender.conf", _auth("/var/lib/mender/mender-agent.pem"), partition=2)
+    # not extent-mapped any more: its extent header read as a block number beyond the filesystem
+    _debugfs(injected, "sif /etc/mender/mender.conf flags 0", role="rootfs-a")
+    assert _details(verify.verify_image(injected, fsck=False))[verify.STATIC_KEY] == (
+        "fail",
+        "rootfs A: cannot read /etc/mender/mender.conf in partition 2 (rootfs-a, ext4): cat: Attempt to read "
+        "block from filesystem resulted in short read while reading ext2 file",
+    )
+
+
+def test_the_static_key_reads_only_the_settings(injected):
+    """An unreadable artifact_info (or trust file) is no business of this check."""
+    _install(injected, "/etc/mender/artifact_info", b"artifact_name=release-1\n", partition=2)
+    _debugfs(injected, "sif /etc/mender/artifact_info flags 0", role="rootfs-a")
+    assert _static_key(injected, _auth("/var/lib/mender/mender-agent.pem"))[0] == "pass"
+
+
+def test_the_static_key_of_both_root_filesystems(make_image, pair):
+    img = make_image("sdimg")
+    inject_key(img, pair[1])
+    assert _details(verify.verify_image(img, fsck=False))[verify.STATIC_KEY] == (
+        "warn",
+        "rootfs A: Security.AuthPrivateKey not set; rootfs B: Security.AuthPrivateKey not set" + NOT_SET_HINT,
+    )
+
+
+def test_root_filesystems_that_are_not_filesystems(injected):
+    layout = open_layout(injected)
+    with open(injected, "r+b") as f:
+        for role in ("rootfs-a", "rootfs-b"):
+            part = layout.require(role).partition
+            f.seek(part.start)
+            f.write(bytes(part.size))
+    details = _details(verify.verify_image(injected, fsck=False))
+    assert details[verify.LINK_A] == ("warn", "rootfs A (partition 2) is empty: link not checked")
+    assert details[verify.LINK_B] == ("warn", "rootfs B has no filesystem yet (filled by the first update)")
+    assert details[verify.STATIC_KEY] == ("skip", "no root filesystem with a Mender configuration")
+
+
+def test_a_rootfs_b_that_is_not_ext4_is_not_checked(make_image, pair):
+    img = make_image("sdimg")
+    inject_key(img, pair[1])
+    part = open_layout(img).require("rootfs-b").partition
+    with open(img, "r+b") as f:
+        f.seek(part.start + 1024)
+        f.write(bytes(1024))  # its superblock: what is left is no filesystem we know
+    assert _details(verify.verify_image(img, fsck=False))[verify.LINK_B] == (
+        "warn",
+        "rootfs B (partition 3) is unknown: link not checked",
+    )
+
+
+# --- chosen partitions, link chains ----------------------------------------------------------------
+
+
+def test_chosen_partitions_rule_every_check(injected):
+    """With rootfs B taken as data there is no rootfs B (a warning), with it taken as rootfs A
+    no rootfs A (a failure); the rootfs checks alone agree with the whole report."""
+    details = _details(verify.verify_image(injected, fsck=False, overrides={"data": 3}))
+    assert details[verify.LINK_B] == ("warn", "no rootfs B partition found")
+    assert details[verify.LINK_A][0] == "pass"
+    layout = open_layout(injected, overrides={"data": 3})
+    alone = verify.rootfs_checks(str(injected), layout, verify.data_path(verify.DEFAULT_KEY_PATH))
+    assert {c.name: (c.status.value, c.detail) for c in alone} == {c.name: details[c.name] for c in alone}
+    links = verify.link_checks(str(injected), layout)
+    assert {c.name: (c.status.value, c.detail) for c in links} == {c.name: details[c.name] for c in links}
+    details = _details(verify.verify_image(injected, fsck=False, overrides={"rootfs-b": 2}))
+    assert details[verify.LINK_A] == ("fail", "no rootfs A partition found")
+
+
+def test_a_chain_of_links_is_shown_link_by_link(injected):
+    _debugfs(
+        injected,
+        "rm /var/lib/mender",
+        "mkdir /persist",
+        "symlink /persist/m ../data/mender",
+        "symlink /var/lib/mender /persist/m",
+        role="rootfs-a",
+    )
+    assert _details(verify.verify_image(injected, fsck=False))[verify.LINK_A] == (
+        "pass",
+        "/var/lib/mender -> /persist/m, /persist/m -> ../data/mender (the data partition's mender/)",
+    )
+    _debugfs(injected, "rm /persist/m", "symlink /persist/m ../data/other", role="rootfs-a")
+    assert _details(verify.verify_image(injected, fsck=False))[verify.LINK_A] == (
+        "fail",
+        "/var/lib/mender -> /persist/m, /persist/m -> ../data/other resolves to /data/other, not /data/mender: "
+        "the client would not find the key",
+    )

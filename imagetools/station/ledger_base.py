@@ -405,15 +405,15 @@ class Ledger:
             states = {
                 r["state"]: int(r["n"]) for r in db.rows("SELECT state, COUNT(*) AS n FROM attempts GROUP BY state")
             }
-            lately = db.one("SELECT COUNT(*) AS n FROM attempts WHERE state = 'passed' AND ended >= ?", (since,))
-            free = db.one("SELECT COUNT(*) AS n FROM units WHERE taken = 0")
+            lately = db.rows("SELECT COUNT(*) AS n FROM attempts WHERE state = 'passed' AND ended >= ?", (since,))
+            free = db.rows("SELECT COUNT(*) AS n FROM units WHERE taken = 0")
             retired = len(_retired(db))
             stations = db.rows("SELECT DISTINCT station FROM attempts ORDER BY station")
         return {
             **{s: states.get(s, 0) for s in ENDINGS + ("writing",)},
             "retired": retired,
-            "free": int(free["n"]) if free else 0,
-            "per_hour": 6 * (int(lately["n"]) if lately else 0),
+            "free": int(free[0]["n"]),  # COUNT(*) gives one row, always
+            "per_hour": 6 * int(lately[0]["n"]),
             "stations": [name for name in (_str(r["station"]) for r in stations) if name],
         }
 
@@ -504,7 +504,9 @@ def _retired(db: Db) -> set[str]:
         "SELECT fingerprint, state FROM attempts WHERE state IN ('passed', 'failed', 'interrupted')"
         " GROUP BY fingerprint, state"
     ):
-        states.setdefault(_str(row["fingerprint"]) or "", []).append(row["state"])
+        fingerprint = _str(row["fingerprint"])
+        if fingerprint:  # a row damaged by hand names no key to take off the server
+            states.setdefault(fingerprint, []).append(row["state"])
     return {fp for fp, seen in states.items() if derive_unit_state(seen) == "retired"}
 
 

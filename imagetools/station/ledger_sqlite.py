@@ -45,7 +45,11 @@ class _Db:
         self._conn = conn
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Mapping[str, Any]]:
-        return self._conn.execute(sql, tuple(params)).fetchall()
+        """Dicts keyed by the column names exactly, as psycopg's dict_row gives them: sqlite3.Row
+        also matches a name in another case, which would hide a misspelt key until PostgreSQL."""
+        cursor = self._conn.execute(sql, tuple(params))
+        names = [column[0] for column in cursor.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Mapping[str, Any] | None:
         rows = self.rows(sql, params)
@@ -69,7 +73,6 @@ class SqliteLedger(Ledger):
         _check_path(path)
         with _mapped(path):
             conn = sqlite3.connect(path, timeout=common.BUSY_SECONDS, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
         ledger = cls(path, conn, station)
         try:
             ledger._prepare()

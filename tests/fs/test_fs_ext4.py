@@ -216,6 +216,28 @@ def test_block_mapped_and_inline_data_read_through_debugfs(make_image, tmp_path)
     assert run_tool("e2fsck", "-fn", str(raw), check=False).returncode == 0
 
 
+def _zero_group_descriptors(img, start: int) -> None:
+    with open(img, "r+b") as f:
+        f.seek(start + 1024 + 24)
+        size = 1024 << int.from_bytes(f.read(4), "little")
+        f.seek(start + max(size, 2048))  # the table follows the superblock's block
+        f.write(bytes(size))
+
+
+def test_damage_the_package_asserts_on_or_seeks_past_is_a_filesystem_error(make_image):
+    """A zeroed group descriptor table (the package's root inode is of no type: AssertionError)
+    and an extent 2^60 bytes out (its seek: EINVAL) fall back to debugfs, which names them."""
+    img = make_image("sdimg")
+    part = open_layout(img).rootfs_a
+    start = part.partition.start
+    run_tool("debugfs", "-w", "-R", "sif /etc/hostname block[4] 0xffff0001", f"{img}?offset={start}")
+    with part.open(img) as fs, pytest.raises(FilesystemError, match="^cannot read /etc/hostname in partition 2"):
+        fs.read("/etc/hostname")
+    _zero_group_descriptors(img, start)
+    with part.open(img) as fs, pytest.raises(FilesystemError, match="^cannot read partition 2 .*inode table"):
+        fs.read("/etc/os-release")
+
+
 def test_ext2_filesystem(tmp_path):
     raw = tmp_path / "fs.ext2"
     tree = tmp_path / "tree"

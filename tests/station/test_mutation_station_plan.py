@@ -93,6 +93,7 @@ def test_an_image_plan_is_the_unit_s_image_and_its_signed_bmap(made, tmp_path):
     assert plan.ranges == unit.image_ranges and plan.patches == ()
     assert (plan.zeros, plan.journals) == (needs.zeros, needs.journals) and plan.zeros
     assert plan.inputs[0] == str(made["base"]) and plan.ledger == str(unit_dir.parent / LEDGER_FILE)
+    assert (plan.unit.name, plan.unit.fingerprint) == (unit.name, unit.fingerprint)
 
 
 def test_an_image_without_bmap_is_mapped_from_itself_never_from_an_unsigned_bmap(made, tmp_path):
