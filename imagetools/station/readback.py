@@ -154,7 +154,7 @@ def _checks(expected: Expected) -> list[_Check]:
     size = expected.size
     ranges = [(r, span) for r in expected.ranges if (span := _extent(r, size))[0] < span[1]]
     extents = [span for _, span in ranges]
-    patches = sorted(expected.patches, key=lambda p: p[0])
+    patches = sorted((p for p in expected.patches if p[1]), key=lambda p: p[0])  # an empty one writes nothing
     patch_spans = [(off, off + len(data)) for off, data in patches]
     if any(a < 0 or b > size for a, b in patch_spans):
         raise UsageError(f"a patch lies outside the image of {size} bytes")

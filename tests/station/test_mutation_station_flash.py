@@ -477,3 +477,205 @@ def test_a_card_s_serial_and_a_pinned_unit_s_refusal_are_recorded(batch, plans, 
     with open_ledger(tmp_path / "ledger.sqlite") as ledger:
         refused, _ = ledger.records()
     assert (refused["state"], refused["pinned"], refused["target"]) == ("refused", True, str(small))
+
+
+# --- issue 22: the survivors of the last mutation run --------------------------------------------------
+
+
+def test_flash_allocated_runs_e2fsck_unless_told_not_to_and_honours_stop(plans, tmp_path):
+    ledger = open_ledger(tmp_path / "ledger.sqlite")
+    try:
+
+        def begin(target: str, plan) -> int:
+            unit = plan.unit
+            return ledger.begin(
+                unit=unit.name,
+                fingerprint=unit.fingerprint,
+                base_sha256=unit.base_sha256,
+                target=target,
+                serial=None,
+                pinned=False,
+            )
+
+        card = str(tmp_path / "card.img")
+        record = station.flash_allocated(card, plans[0], ledger, begin(card, plans[0]), readback=False)
+        [fsck] = [c["status"] for c in record["checks"] if c["id"] == "fsck-data"]
+        assert record["state"] == "passed" and fsck == "pass"  # e2fsck runs by default
+        stop = threading.Event()
+        stop.set()
+        two = str(tmp_path / "two.img")
+        record = station.flash_allocated(two, plans[1], ledger, begin(two, plans[1]), stop=stop)
+        assert record["state"] == "interrupted" and record["bytes_written"] == 0
+        assert record["error"] == (
+            f"interrupted: {two} is not finished and unit u2 is retired; flash the card again with another unit"
+        )
+    finally:
+        ledger.close()
+
+
+def _held_at_the_serial(record: Path, swap, *, timeout: float = 30.0) -> None:
+    """The check of a block device stops where it reads the device's udev record (a FIFO here):
+    once the flash opened it, SWAP runs (the target changes after its check), then the record is
+    written and the check goes on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(record, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO until the flash opens it
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError("the flash never read the udev record") from None
+            time.sleep(0.01)
+    try:
+        swap()
+        os.write(fd, b"E:ID_SERIAL_SHORT=CARD-7\n")
+    finally:
+        os.close(fd)
+
+
+def _flash_in_thread(pairs) -> tuple[threading.Thread, list]:
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(station.flash(pairs, readback=False, fsck=False))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.parametrize("kind", ["block", "file"])
+def test_a_target_that_changes_between_its_check_and_its_opening_is_refused(plans, tmp_path, rig, kind):
+    one, two = rig.slots
+    rig.insert(one, random_card(tmp_path / "one.img", plans[0].size))
+    rig.insert(two, random_card(tmp_path / "two.img", plans[0].size))
+    two_before = (tmp_path / "two.img").read_bytes()
+    rdev = os.stat(one).st_rdev
+    if kind == "block":  # a node of slot one, replaced by a node of slot two
+        changed = tmp_path / "slot"
+        os.mknod(changed, 0o600 | stat.S_IFBLK, rdev)
+        pairs = [(str(changed), plans[0])]
+
+        def swap() -> None:
+            os.mknod(tmp_path / "other", 0o600 | stat.S_IFBLK, os.stat(two).st_rdev)
+            os.rename(tmp_path / "other", changed)
+
+    else:  # a file card checked, then another file renamed over it while slot one is checked
+        changed = random_card(tmp_path / "file.img", plans[0].size)
+        other = random_card(tmp_path / "other.img", plans[0].size)
+        other_bytes = other.read_bytes()
+        pairs = [(str(changed), plans[0]), (one, plans[1])]
+
+        def swap() -> None:
+            os.rename(other, changed)
+
+    one_before = (tmp_path / "one.img").read_bytes()
+    with udev_record(rdev) as record:
+        os.mkfifo(record)
+        thread, outcome = _flash_in_thread(pairs)
+        try:
+            _held_at_the_serial(record, swap)
+        finally:
+            thread.join()
+    [refused] = outcome
+    message = f"{changed} changed between its check and its opening: give the target again"
+    assert isinstance(refused, UsageError) and str(refused) == message
+    assert [r[1:] for r in _records(tmp_path / "ledger.sqlite")] == [
+        (target, "refused", f"not written: {message}") for target, _ in pairs
+    ]
+    assert (tmp_path / "two.img").read_bytes() == two_before and (tmp_path / "one.img").read_bytes() == one_before
+    if kind == "file":
+        assert changed.read_bytes() == other_bytes
+
+
+def test_a_card_failing_several_checks_names_each_in_its_error(batch, plans, tmp_path):
+    from imagetools.layout import open_layout
+
+    other = load_unit(batch[1] / "u2").public_key
+    plan = dataclasses.replace(plans[0], unit=dataclasses.replace(plans[0].unit, public_key=other))
+    card = tmp_path / "card.img"
+
+    def spoil(target, phase, done, total):  # the key made 0644 before the verify: a second failure
+        if phase == "verifying":
+            start = open_layout(card).require("data").partition.start
+            command = "sif /mender/mender-agent.pem mode 0100644"
+            subprocess.run(["debugfs", "-w", "-R", command, f"{card}?offset={start}"], check=True, capture_output=True)
+
+    [record] = station.flash([(str(card), plan)], readback=False, progress=spoil)
+    report = verify_image(card, expected=other, fsck=True)
+    assert len(report.failed) >= 2
+    assert record["state"] == "failed"
+    assert record["error"] == "verify failed: " + "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
+
+
+def test_a_card_is_named_as_given_in_its_read_back_failure(plans, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = plans[0].ranges[len(plans[0].ranges) // 2]
+
+    def spoil(target, phase, done, total):
+        if phase == "writing" and done == plans[0].total - _zeros(plans[0]):
+            with open("card.img", "r+b") as f:
+                os.pwrite(f.fileno(), b"\xa5" * 4096, r.first * 4096)
+
+    [record] = station.flash([("card.img", plans[0])], progress=spoil, fsck=False)
+    assert record["state"] == "failed"
+    assert record["error"].startswith(f"card.img: blocks {r.first}-"), record["error"]
+
+
+def _zero_byte(plan) -> int:
+    """A byte of the plan's zeros that no range or patch covers."""
+    taken = [(r.first * 4096, (r.last + 1) * 4096) for r in plan.ranges]
+    taken += [(off, off + len(data)) for off, data in plan.patches]
+    for a, b in plan.zeros:
+        for at in range(a, b, 4096):
+            if not any(c <= at < d for c, d in taken):
+                return at
+    raise AssertionError("no zeroed byte outside the ranges")
+
+
+def test_a_card_s_zeros_are_read_back_where_the_flash_wrote_them(plans, tmp_path, rig):
+    slot = rig.slots[0]
+    rig.insert(slot, random_card(tmp_path / "card.img", plans[0].size))
+    at = _zero_byte(plans[0])
+
+    def spoil(target, phase, done, total):  # after the last write, before the read back
+        if phase == "writing" and done == plans[0].total:
+            fd = os.open(slot, os.O_WRONLY)
+            try:
+                os.pwrite(fd, b"\xff", at)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    [record] = station.flash([(slot, plans[0])], progress=spoil, fsck=False)
+    assert record["zeroing"] == "write-zeroes" and record["state"] == "failed"
+    assert record["error"].startswith(f"{slot}: blocks ") and record["error"].endswith(
+        "read back differently from what was written (zeros); the card is bad or fake-capacity: replace it"
+    )
+
+
+def test_times_are_seconds_to_the_millisecond_and_the_read_back_counts_its_bytes(plans, tmp_path):
+    from imagetools.station.readback import expected_of
+
+    seen: dict[str, list] = {}
+    targets = [str(tmp_path / "a.img"), str(tmp_path / "b.img")]
+    started = time.monotonic()
+    records = station.flash(
+        [(targets[0], plans[0]), (targets[1], plans[1])],
+        fsck=False,
+        progress=lambda t, phase, done, total: seen.setdefault(t, []).append((phase, done)),
+    )
+    elapsed = time.monotonic() - started
+    assert station.summary(records) == {"cards": 2, "ok": 2, "failed": 0}
+    for record, target, plan in zip(records, targets, plans):
+        assert record["ok"], record["error"]
+        times = record["times"]
+        assert 0 <= times["write"] <= times["total"] <= elapsed + 0.001
+        assert round(times["write"], 3) == times["write"] and round(times["total"], 3) == times["total"]
+        assert abs(round(times["readback"], 3) - times["readback"]) < 1e-9
+        back = [done for phase, done in seen[target] if phase == "reading back"]
+        assert back and all(isinstance(n, int) for n in back) and back == sorted(back)
+        assert back[-1] == expected_of(plan, record["zeroing"]).total

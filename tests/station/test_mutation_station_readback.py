@@ -5,12 +5,14 @@ through (64 KiB) or not."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
 import random
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -493,3 +495,176 @@ def test_patches_that_only_touch_a_range_leave_it_plain(tmp_path):
     assert read_back(path, expected) == B + 8
     flip(path, 3 * B)
     fails(path, expected, 3, 3, "bmap checksum")
+
+
+# --- issue 22: the survivors of the last mutation run --------------------------------------------------
+def zero_card(tmp_path: Path, size: int) -> Path:
+    path = tmp_path / "zeros.img"
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def test_a_journal_area_from_byte_0_is_checked_from_byte_0(tmp_path):
+    path = zero_card(tmp_path, 4 * B)
+    expected = Expected(4 * B, (), (), (), None, [(0, B)])
+    assert expected.total == B and read_back(path, expected) == B
+    with open(path, "r+b") as f:
+        os.pwrite(f.fileno(), JBD2_MAGIC, 0)
+    fails(path, expected, 0, 0, "a stale journal header")
+
+
+def test_a_magic_in_the_last_four_bytes_of_a_piece_is_a_header():
+    assert readback.headers(0, memoryview(JBD2_MAGIC)) == [0]
+    assert readback.headers(0, memoryview(bytes(512) + JBD2_MAGIC)) == [512]
+    assert readback.headers(0, memoryview(bytes(512) + JBD2_MAGIC[:3])) == []
+
+
+def test_zeros_that_overlap_or_touch_are_one_check(tmp_path):
+    path = zero_card(tmp_path, 4 * B)
+    expected = Expected(4 * B, (), (), [(0, B), (B // 2, 2 * B), (2 * B, 3 * B)])
+    assert read_back(path, expected) == expected.total == 3 * B
+    flip(path, 0)
+    fails(path, expected, 0, 2, "zeros")
+
+
+def test_an_empty_patch_overlaps_nothing(tmp_path):
+    path = zero_card(tmp_path, 4 * B)
+    for patches in ([(5, b"\0"), (5, b"")], [(5, b""), (5, b"\0")], [(4, b"\0\0"), (5, b""), (6, b"\0")]):
+        expected = Expected(4 * B, (), patches)
+        assert read_back(path, expected) == expected.total == sum(len(d) for _, d in patches)
+    with pytest.raises(UsageError, match="patches overlap"):
+        read_back(path, Expected(4 * B, (), [(4, b"\0\0"), (5, b""), (5, b"\0")]))
+
+
+def test_the_reader_is_a_daemon_thread_named_read_back_joined_on_return(tmp_path):
+    """Six windows 1 MiB apart: at the first progress the reader waits for a buffer."""
+    path = zero_card(tmp_path, 6 << 20)
+    seen: list[list[tuple[str, bool]]] = []
+
+    def progress(done: int) -> None:
+        seen.append([(t.name, t.daemon) for t in threading.enumerate() if t.name == "read-back"])
+
+    expected = Expected(6 << 20, (), (), [(n << 20, (n << 20) + B) for n in range(6)])
+    assert read_back(path, expected, progress) == 6 * B
+    assert seen[0] == [("read-back", True)]
+    assert not [t for t in threading.enumerate() if t.name == "read-back"]
+
+
+def _rchar() -> int:
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+
+def test_only_the_windows_that_hold_checks_are_read(tmp_path):
+    """Two checks 8 MiB apart on a 16 MiB card: two reads of a block each, not 4 MiB."""
+    path = zero_card(tmp_path, 16 << 20)
+    expected = Expected(16 << 20, (), (), [(0, B), (8 << 20, (8 << 20) + B)])
+    before = _rchar()
+    assert read_back(path, expected) == 2 * B
+    assert _rchar() - before < 2 * B + (64 << 10)
+
+
+def test_a_read_that_fails_names_its_blocks_and_the_error(tmp_path):
+    path = zero_card(tmp_path, 4 * B)
+    fd = os.open(path, os.O_WRONLY)  # every read of it fails: EBADF
+    try:
+        with pytest.raises(VerifyFailed) as exc:
+            read_back(fd, Expected(4 * B, (), (), [(0, 3 * B)]))
+    finally:
+        os.close(fd)
+    assert str(exc.value) == (
+        f"{path}: cannot read blocks 0-2 (Bad file descriptor); the card is bad or was removed: replace it"
+    )
+
+
+def test_a_card_that_shrinks_while_it_is_read_names_where_it_ends(tmp_path):
+    """The reader is at most two windows ahead: cut during the first progress, the fourth window
+    of six (1 MiB apart) finds the card's end."""
+    size = 6 << 20
+    path = zero_card(tmp_path, size)
+    expected = Expected(size, (), (), [(n << 20, (n << 20) + B) for n in range(6)])
+
+    def cut(done: int) -> None:
+        if done == B:
+            os.truncate(path, 3 << 20)
+
+    with pytest.raises(VerifyFailed) as exc:
+        read_back(path, expected, cut)
+    assert str(exc.value) == f"{path} ends at byte {3 << 20}, the image needs {size}: a fake-capacity or damaged card"
+
+
+def test_a_fifo_target_is_refused_and_nothing_left_open(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR)  # so opening it to read does not wait
+    try:
+        fds = sorted(os.listdir("/proc/self/fd"))
+        with pytest.raises(UsageError) as exc:
+            read_back(fifo, Expected(B, (), (), [(0, B)]))
+        assert sorted(os.listdir("/proc/self/fd")) == fds
+    finally:
+        os.close(writer)
+    assert str(exc.value) == f"cannot open {fifo} to read it back: Illegal seek"
+
+
+def test_a_descriptor_s_cached_pages_are_dropped_and_its_reads_bypass_the_cache(tmp_path):
+    if shutil.which("fincore") is None:
+        pytest.skip("no fincore (util-linux)")
+    size = 64 * B
+    data = random.Random(11).randbytes(size)
+    path = tmp_path / "card.img"
+    path.write_bytes(data)
+    expected = Expected(size, [block_range(data, 0, 63)], ())
+
+    def resident() -> int:
+        out = subprocess.run(["fincore", "-b", "-n", "-r", "-o", "RES", str(path)], capture_output=True, text=True)
+        return int(out.stdout.split()[0])
+
+    with open(path, "rb") as f:
+        assert f.read() == data and resident() == size  # every page cached
+        assert read_back(f.fileno(), expected) == size
+    assert resident() == 0
+
+
+def _resident(path: Path) -> int:
+    if shutil.which("fincore") is None:
+        pytest.skip("no fincore (util-linux)")
+    out = subprocess.run(["fincore", "-b", "-n", "-r", "-o", "RES", str(path)], capture_output=True, text=True)
+    return int(out.stdout.split()[0])
+
+
+def test_a_descriptor_s_flags_hold_through_the_fallback_from_o_direct(tmp_path):
+    """A card whose end is not sector-aligned: stale_headers' O_DIRECT read up to it is refused
+    (EINVAL) and read again without O_DIRECT; the caller's O_NOATIME still holds, so the card's
+    atime stays."""
+    size = 2 * B + 100
+    path = tmp_path / "card.img"
+    path.write_bytes(bytes(size))
+    os.utime(path, (1000, os.stat(path).st_mtime))
+    fd = os.open(path, os.O_RDONLY | os.O_NOATIME)
+    try:
+        assert readback.stale_headers(fd, [(0, size)]) == []
+    finally:
+        os.close(fd)
+    assert os.stat(path).st_atime == 1000
+    with open(path, "rb") as f:  # the control: without O_NOATIME the same read updates it
+        assert readback.stale_headers(f.fileno(), [(0, size)]) == []
+    assert os.stat(path).st_atime != 1000
+
+
+def test_a_read_failing_for_another_reason_than_o_direct_does_not_fall_back(tmp_path):
+    """An unreadable descriptor (EBADF): stale_headers raises at once, without the fallback's
+    flush and dropped pages (the card's cached pages stay)."""
+    path = tmp_path / "card.img"
+    path.write_bytes(bytes(4 * B))
+    with open(path, "rb") as f:
+        f.read()
+    assert _resident(path) == 4 * B
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as exc:
+            readback.stale_headers(fd, [(0, 4 * B)])
+    finally:
+        os.close(fd)
+    assert exc.value.errno == errno.EBADF and _resident(path) == 4 * B
