@@ -14,6 +14,7 @@ import pytest
 
 import imagetools.personalize as personalize
 from imagetools import keys
+from imagetools.errors import ImageToolsError
 from imagetools.layout import open_layout
 from imagetools.personalize import SCRATCH_PREFIX
 from imagetools.sparse import data_ranges
@@ -278,3 +279,48 @@ def test_reused_scratch_tells_open_bases_and_base_paths_apart(base, make_image, 
         first = personalize.reused_scratch(tmp_path, one, data)
         assert personalize.reused_scratch(tmp_path, one, data) is first
         assert personalize.reused_scratch(tmp_path, two, data) is not first
+
+
+# --- the survivors of the run of 2026-12-07 ------------------------------------------------------
+
+
+def test_dev_shm_is_used_only_as_a_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv("IMAGETOOLS_SCRATCH", raising=False)
+    a_file = tmp_path / "a-file"
+    a_file.write_bytes(b"")
+    a_file.chmod(0o755)  # writable and executable, but no directory
+    for where, expected in ((tmp_path, str(tmp_path)), (a_file, None), (tmp_path / "no", None)):
+        monkeypatch.setattr(personalize, "_SHM", str(where))
+        assert personalize.scratch_root() == expected, where
+
+
+def test_a_name_without_the_prefix_is_never_gone():
+    tag = f"{_ended_pid()}-1-{NAMESPACE}-abc"
+    assert personalize.owner_gone(SCRATCH_PREFIX + tag) is True
+    assert personalize.owner_gone("x" * len(SCRATCH_PREFIX) + tag) is False
+
+
+def test_a_directory_that_cannot_be_removed_is_left_and_the_sweep_goes_on(tmp_path):
+    """An immutable file (chattr +i, as root) keeps one gone directory; the sweep neither fails
+    nor stops there."""
+    root = tmp_path / "root"
+    stuck, after = root / _name(_ended_pid(), 1, suffix="a"), root / _name(_ended_pid(), 1, suffix="b")
+    for d in (stuck, after):
+        d.mkdir(parents=True)
+    (stuck / "pinned").write_bytes(b"x")
+    if subprocess.run(["chattr", "+i", str(stuck / "pinned")], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not possible here (needs root and a filesystem with the flag)")
+    try:
+        personalize.sweep_scratch(str(root))
+        assert [p.name for p in root.iterdir()] == [stuck.name] and (stuck / "pinned").exists()
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck / "pinned")], check=True)
+
+
+@pytest.mark.integration
+def test_a_failed_delta_leaves_the_scratch_empty(base, tmp_path, pems):
+    data = open_layout(base).require("data")
+    scratch = personalize.Scratch(base, data, tmp_path)
+    with pytest.raises(ImageToolsError):
+        scratch.delta(pems[0], data_path("/data/no/such/dir/key.pem") + "/", "cd" * 32)
+    assert scratch.path.stat().st_size == 0
