@@ -232,7 +232,7 @@ def _ext_super(raw: bytes, part_size: int) -> _ExtSuper:
         ratio = 1 << (log_cluster - log_block)
     blocks = u32(0x04) | (u32(0x150) << 32 if incompat & _INCOMPAT_64BIT else 0)
     first_data_block = u32(0x14)
-    if not 0 < blocks <= part_size // bs or first_data_block != (1 if bs == 1024 and ratio == 1 else 0):
+    if not first_data_block < blocks <= part_size // bs or first_data_block != (1 if bs == 1024 and ratio == 1 else 0):
         raise _Unreadable("block count or first data block")
     clusters_per_group = u32(0x24) if ratio > 1 else u32(0x20)
     bpg = clusters_per_group * ratio
@@ -381,7 +381,8 @@ def _desc_block(sb: _ExtSuper, i: int) -> int:
     if not sb.meta_bg or i < sb.first_meta_bg:
         return sb.sb_block + 1 + i
     group = i * sb.desc_per_block
-    return sb.group_first(group) + _has_super(sb, group)
+    # 1 KiB blocks with bigalloc: group 0 starts at block 0, its superblock is block 1 (the kernel's descriptor_loc)
+    return sb.group_first(group) + _has_super(sb, group) + (group == 0 and sb.first_data_block != sb.sb_block)
 
 
 def _descriptor(sb: _ExtSuper, raw: bytes, off: int) -> _Group:

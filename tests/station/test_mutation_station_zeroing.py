@@ -11,7 +11,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from support.disktables import mbr_chunks, swap_header, write_image
+from support.disktables import GptPart, gpt_chunks, mbr_chunks, swap_header, write_image
 from support.tools import run_tool
 
 from imagetools import bmap
@@ -26,13 +26,21 @@ ALIGN = 4096
 PART = MiB  # every test partition starts here
 TAIL = MiB  # and the disk goes on this far past it
 Span = tuple[int, int]
+LINUX_FS = "0fc63daf-8483-4772-8e79-3d69d8477de4"
 
 
 # --- building disks ---------------------------------------------------------------------------
 def disk(path: Path, fs: bytes | Path, part_size: int, ptype: int = 0x83) -> Path:
     """An MBR disk with one partition at 1 MiB holding `fs`: bytes (written sparse at 4 KiB), or
     a sparse file (its data extents copied)."""
-    write_image(path, PART + part_size + TAIL, mbr_chunks([(ptype, PART // 512, part_size // 512)]))
+    sectors = part_size // 512
+    if sectors > 0xFFFFFFFF:  # past what an MBR entry holds: GPT, a Linux filesystem partition
+        table = gpt_chunks(
+            [GptPart(LINUX_FS, PART // 512, PART // 512 + sectors - 1)], (PART + part_size + TAIL) // 512
+        )
+    else:
+        table = mbr_chunks([(ptype, PART // 512, sectors)])
+    write_image(path, PART + part_size + TAIL, table)
     with open(path, "r+b") as out:
         if isinstance(fs, Path):
             _copy_data(fs, out.fileno())
@@ -792,3 +800,405 @@ def test_ext_allocated_runs_up_to_the_bound(tmp_path, groups, read):
     for block in bitmaps:
         poke(image, block * 1024, b"\x55" * 1024)
     assert parsed(image) == read
+
+
+# --- one step off: descriptors, group counts, journal inodes, block maps, FAT chunks -------------
+DESC_4K = 4096  # FS_4K: group 0's descriptor (64 bytes) fills block 1 with zeros after it
+DESCRIPTOR_BOUNDS = {  # descriptor fields (offset, width, value) of group 0
+    "block bitmap at block 0, the first data block": ([(0x00, 4, 0)], True),
+    "block bitmap at the filesystem's end": ([(0x00, 4, 2048)], False),
+    "inode bitmap at block 0": ([(0x04, 4, 0)], True),
+    "inode bitmap at the filesystem's end": ([(0x04, 4, 2048)], False),
+    "inode table at block 0": ([(0x08, 4, 0)], True),
+    "inode table ending at the filesystem's end": ([(0x08, 4, 2048 - 128)], True),
+    "inode table ending one block past it": ([(0x08, 4, 2048 - 127)], False),
+    "block bitmap past 2^32 (its high half 1)": ([(0x20, 4, 1)], False),
+    "inode bitmap past 2^32": ([(0x24, 4, 1)], False),
+    "inode table past 2^32": ([(0x28, 4, 1)], False),
+}
+
+
+@pytest.mark.parametrize("case", list(DESCRIPTOR_BOUNDS))
+def test_descriptor_bounds(tmp_path, case):
+    edits, read = DESCRIPTOR_BOUNDS[case]
+    image, _ = patched_fs(tmp_path, *FS_4K, [])
+    for off, width, value in edits:
+        poke(image, DESC_4K + off, value.to_bytes(width, "little"))
+    assert parsed(image) == read
+
+
+def test_unused_inode_counts_of_the_inodes_per_group_or_more_leave_the_table_alone(tmp_path):
+    """bg_itable_unused is lo | hi << 16 (64-byte descriptors), unsigned: 2048 (the inodes per
+    group), 65536, 2^31 and 65535 all leave the whole inode table (blocks 34-161) to the tail;
+    as made (2037 unused) its first block is zeroed."""
+    image, _ = patched_fs(tmp_path, *FS_4K, [])
+    as_made = needs(image)
+    table = (PART + 34 * 4096, PART + 35 * 4096)
+    assert span_math.intersect(list(as_made.zeros), [table]) == [table]
+    for lo, hi in ((2048, 0), (0, 1), (0, 0x8000), (0xFFFF, 0)):
+        poke(image, DESC_4K + 0x1C, struct.pack("<H", lo))
+        poke(image, DESC_4K + 0x32, struct.pack("<H", hi))
+        assert needs(image) == Needs(tuple(span_math.subtract(list(as_made.zeros), [table])), as_made.journals)
+
+
+def test_a_block_uninit_groups_bitmap_is_not_read(tmp_path):
+    """FS_1K: the bitmap of a BLOCK_UNINIT group filled with ones changes nothing."""
+    size_k, options = FS_1K
+    fs = mkfs_ext(tmp_path / "fs", size_k, *options)
+    part_size = size_k * 1024 + 3 * 4096 + 1024
+    image = disk(tmp_path / "disk.img", fs, part_size)
+    groups = re.split(r"^Group \d+:", run_tool("dumpe2fs", str(fs)).stdout, flags=re.M)[1:]
+    uninit = [int(re.search(r"Block bitmap at (\d+)", g).group(1)) for g in groups if "BLOCK_UNINIT" in g]
+    assert len(uninit) >= 3
+    for block in uninit:
+        poke(image, block * 1024, b"\xff" * 1024)
+    assert needs(image) == expected_ext(image, fs, part_size)
+
+
+EXT_MORE = {  # checked against dumpe2fs with a file removed (a free run among used ones)
+    "ext4-meta-bg-sparse-super2": (
+        8192,
+        ["-t", "ext4", "-O", "meta_bg,^resize_inode,sparse_super2", "-b", "1024", "-g", "256"],
+    ),
+    "ext4-meta-bg-no-sparse-super": (
+        8192,
+        ["-t", "ext4", "-O", "meta_bg,^resize_inode,^sparse_super", "-b", "1024", "-g", "256"],
+    ),
+    "ext4-partial-descriptor-block": (7000, ["-t", "ext4", "-b", "1024", "-g", "256"]),  # 28 groups of 16 a block
+    "ext4-1k-eight-groups": (8192, ["-t", "ext4", "-b", "1024", "-g", "1024", "-N", "512"]),
+    "ext4-bigalloc": (16384, ["-t", "ext4", "-O", "bigalloc", "-C", "16384"]),
+}
+
+
+@pytest.mark.parametrize("variant", list(EXT_MORE))
+def test_more_layouts_with_a_gap_match_dumpe2fs(tmp_path, variant):
+    size_k, options = EXT_MORE[variant]
+    fs = mkfs_ext(tmp_path / "fs", size_k, *options, files=tree(tmp_path / "tree"))
+    run_tool("debugfs", "-w", "-R", "rm /dir/file-with-a-long-name-030", str(fs))
+    part_size = size_k * 1024 + 3 * 4096 + 1024
+    image = disk(tmp_path / "disk.img", fs, part_size)
+    assert needs(image) == expected_ext(image, fs, part_size)
+
+
+def test_descriptor_blocks_at_the_filesystems_end_are_refused(tmp_path):
+    """FS_1K cut to 2 blocks of 4 inodes, its one descriptor (at block 2) pointing at block 1:
+    the descriptor block lies past the filesystem."""
+    image, _ = patched_fs(tmp_path, *FS_1K, [(0x04, 4, 2), (0x28, 4, 4)])
+    poke(image, 2048, struct.pack("<III", 1, 1, 1))
+    assert not parsed(image)
+
+
+def test_descriptor_blocks_before_the_first_meta_bg_follow_the_superblock(tmp_path):
+    """FS_META_BG with s_first_meta_bg 1: descriptor block 0 at block 2, block 1 in group 16
+    (block 4097); block 3 (group 0's block bitmap) zeroed is no descriptor block."""
+    image, _ = patched_fs(tmp_path, *FS_META_BG, [(0x104, 4, 1)])
+    poke(image, 3 * 1024, bytes(1024))
+    assert parsed(image)
+
+
+JOURNAL_EXTENTS_MORE = {
+    "a journal of one block": (node(0, [leaf(0, 1, 30000)], 4), 1, {}, [(30000, 30001)]),
+    "an extent from the first data block": (node(0, [leaf(0, 20000, 1)], 4), 20000, {}, [(1, 20001)]),
+    "an unwritten extent of one block": (node(0, [ONE, leaf(100, 32769, 31000)], 4), 101, {}, [(30000, 30100)]),
+    "an extent past 2^32": (node(0, [leaf(0, 100, (1 << 32) + 30000)], 4), 100, {}, []),
+    "an index past 2^32": (node(1, [index(0, (1 << 32) + 35000)], 4), 100, {35000: node(0, [ONE], 84)}, []),
+    "an index as deep as its parent over a leaf": (
+        node(1, [index(0, 35000)], 4),
+        100,
+        {35000: node(1, [index(0, 35001)], 84), 35001: node(0, [ONE], 84)},
+        [],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(JOURNAL_EXTENTS_MORE))
+def test_journal_extent_trees_one_step_off(tmp_path, case):
+    root, blocks, nodes, journal = JOURNAL_EXTENTS_MORE[case]
+    journal_is(*journal_case(tmp_path, FS_J, root, blocks, nodes), journal)
+
+
+BLOCK_MAPS_MORE = {
+    "an indirect pointer with its top bit set": (pointers(*DIRECT, 0x80000000, 0, 0), 13, {}, []),
+    "the size reached before a bad double indirect pointer": (
+        pointers(*DIRECT, 31000, 40960, 0),
+        13,
+        {31000: pointers(32000)},
+        [(30000, 30012), (32000, 32001)],
+    ),
+    # 12 + 256 + 100 blocks: still 14 indirect blocks (8 + 3 * (368 // 256 + 1)), not 15
+    "one indirect block more than a file of 368 blocks has": (
+        pointers(*DIRECT, 0, 31001, 0),
+        368,
+        {31001: pointers(*[31002] * 14)},
+        [],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BLOCK_MAPS_MORE))
+def test_journal_block_maps_one_step_off(tmp_path, case):
+    i_block, blocks, nodes, journal = BLOCK_MAPS_MORE[case]
+    journal_is(*journal_case(tmp_path, FS_J3, i_block, blocks, nodes, flags=0), journal)
+
+
+def test_journal_inode_1_is_read_and_inode_0_is_none(tmp_path):
+    """Inode 1 or the last inode a copy of inode 8: s_journal_inum 1 reads it, 0 does not."""
+    size_k, options = FS_J
+    pristine = mkfs_ext(tmp_path / "pristine", size_k, *options)
+    ino8, first, last = inode_at(pristine, 8), inode_at(pristine, 1), inode_at(pristine, 0)
+    part_size = size_k * 1024 + 3 * 4096 + 1024
+    image, _ = patched_fs(tmp_path, size_k, options, [(0xE0, 4, 1)], [(first, ino8, 256)])
+    journal_is(image, pristine, part_size, ext_oracle(pristine)[1])
+    image, _ = patched_fs(tmp_path, size_k, options, [(0xE0, 4, 0)], [(last, ino8, 256)])
+    journal_is(image, pristine, part_size, [])
+
+
+def test_a_journal_inode_ending_the_image(tmp_path):
+    """128-byte inodes, group 0's inode table moved to the last 64 blocks of a filesystem that
+    ends its partition and the image, the journal inode its last inode: read, to the last byte."""
+    fs = mkfs_ext(tmp_path / "fs", 8192, "-t", "ext4", "-b", "4096", "-I", "128")
+    journal = ext_oracle(fs)[1]
+    image = write_image(tmp_path / "disk.img", PART + 8192 * 1024, mbr_chunks([(0x83, PART // 512, 8192 * 2)]))
+    with open(image, "r+b") as out:
+        _copy_data(fs, out.fileno())
+    inode = peek(image, inode_at(fs, 8), 128)
+    poke(image, DESC_4K + 0x08, struct.pack("<I", 2048 - 64))
+    poke(image, 2048 * 4096 - 128, inode)
+    poke(image, 1024 + 0xE0, struct.pack("<I", 2048))
+    got = needs(image).journals
+    assert got and span_math.subtract(list(got), [(PART + a * 4096, PART + b * 4096) for a, b in journal]) == []
+
+
+def test_journal_sizes_of_2_and_4_gib(tmp_path):
+    """64 KiB blocks, 131056 of them: a journal inode of 2^31 bytes (the top bit of i_size_lo)
+    or 2^32 (i_size_high 1) is no bigger than the filesystem: read."""
+    size_k = 131056 * 64
+    fs = mkfs_ext(tmp_path / "fs", size_k, "-t", "ext4", "-b", "65536", "-N", "256", "-E", "lazy_journal_init=1")
+    part_size = size_k * 1024 + 3 * 4096 + 1024
+    image = disk(tmp_path / "disk.img", fs, part_size)
+    at = inode_at(fs, 8)
+    for lo, hi in ((1 << 31, 0), (0, 1)):
+        poke(image, at + 0x4, struct.pack("<I", lo))
+        poke(image, at + 0x6C, struct.pack("<I", hi))
+        assert needs(image) == expected_ext(image, fs, part_size)
+
+
+def test_a_fat32_of_more_than_one_chunk(tmp_path):
+    """300002 entries: a chunk of 262144, then one of the 37858 left (the slack after them,
+    entry 300002, is no cluster)."""
+    clusters = 300000
+    used = {2: EOC, 262150: EOC, clusters + 1: EOC}
+    image, spans = fat_disk(tmp_path / "fat.img", fat32=True, reserved=32, clusters=clusters, used=used)
+    poke(image, 32 * 512 + (clusters + 2) * 4, struct.pack("<I", 7))
+    assert needs(image) == fat_expected(image, spans)
+
+
+NO_CSUM = "^metadata_csum,^uninit_bg"
+META_4K = ["-t", "ext4", "-b", "4096", "-g", "256", "-O", f"meta_bg,^resize_inode,{NO_CSUM}"]
+STATIC_ONLY = {  # no group checksums: every group's bitmap is read, and zeroed here; superblock edits
+    "4k-meta-bg-128-groups": (131072, META_4K),  # descriptor blocks in groups 0, 1, 63 and 64, 65, 127
+    "4k-meta-bg-first-meta-bg-1": (131072, META_4K, [(0x104, 4, 1)]),  # then block 1 and groups 64, 65, 127
+    "4k-resize-inode": (65536, ["-t", "ext4", "-b", "4096", "-g", "1024", "-O", NO_CSUM]),
+    "4k-no-sparse-super": (
+        65536,
+        ["-t", "ext4", "-b", "4096", "-g", "1024", "-O", f"^sparse_super,^resize_inode,{NO_CSUM}"],
+    ),
+    "4k-sparse-super2": (65536, ["-t", "ext4", "-b", "4096", "-g", "1024", "-O", f"sparse_super2,{NO_CSUM}"]),
+    "1k-bigalloc": (16384, ["-t", "ext4", "-b", "1024", "-O", f"bigalloc,{NO_CSUM}", "-C", "4096"]),
+    "1k-bigalloc-meta-bg": (
+        16384,
+        ["-t", "ext4", "-b", "1024", "-O", f"bigalloc,meta_bg,^resize_inode,{NO_CSUM}", "-C", "4096"],
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", list(STATIC_ONLY))
+def test_static_metadata_with_every_block_bitmap_empty(tmp_path, variant):
+    """Every block bitmap zeroed: what is left is each group's superblock backup, descriptors,
+    reserved GDT blocks, bitmaps and inode table, block by block as dumpe2fs lists them (its
+    free blocks are not asked: libext2fs misreads packed bitmaps of zeros)."""
+    size_k, options, *edits = STATIC_ONLY[variant]
+    fs = mkfs_ext(tmp_path / "fs", size_k, *options)
+    with open(fs, "r+b") as f:
+        for off, width, value in edits[0] if edits else ():
+            os.pwrite(f.fileno(), value.to_bytes(width, "little"), 1024 + off)
+    dump = run_tool("dumpe2fs", str(fs)).stdout
+    bs = int(re.search(r"^Block size:\s+(\d+)", dump, re.M).group(1))
+    with open(fs, "r+b") as f:
+        for block in re.findall(r"Block bitmap at (\d+)", dump):
+            os.pwrite(f.fileno(), bytes(bs), int(block) * bs)
+    part_size = size_k * 1024 + 3 * 4096 + 1024
+    image = disk(tmp_path / "disk.img", fs, part_size)
+    size = image.stat().st_size
+
+    def to_bytes(blocks):
+        return round_out([(PART + a * bs, PART + b * bs) for a, b in blocks], PART, PART + part_size)
+
+    need = span_math.merge([(0, PART), (PART + part_size, size), *to_bytes([(0, 1), *_static(dump, [])])])
+    journal = span_math.subtract(to_bytes(ext_oracle(fs)[1]), need)
+    assert needs(image) == Needs(tuple(need), tuple(journal))
+
+
+def test_group_0_of_a_1k_bigalloc_filesystem_starts_at_block_1(tmp_path):
+    """1 KiB blocks, clusters of 4: group 0 starts at block 0 but its superblock is block 1, its
+    descriptor block 2, then R reserved GDT blocks (s_reserved_gdt_blocks set here); bitmaps and
+    inode table moved far off (the block bitmap to the last block of a 4 KiB page), every bitmap
+    empty: blocks 0 to 2 + R, exactly (R = 2 ends them on the first block of a page, R = 1 one
+    block before one)."""
+    for reserved in (1, 2):
+        fs = mkfs_ext(
+            tmp_path / "fs",
+            16384,
+            "-t",
+            "ext4",
+            "-b",
+            "1024",
+            "-C",
+            "4096",
+            "-O",
+            f"bigalloc,^resize_inode,^has_journal,{NO_CSUM}",
+        )
+        part_size = 16384 * 1024 + 3 * 4096 + 1024
+        image = disk(tmp_path / "disk.img", fs, part_size)
+        poke(image, 1024 + 0xCE, struct.pack("<H", reserved))
+        poke(image, 2048, struct.pack("<III", 11003, 11500, 12000))
+        ipg, isize = (
+            int(re.search(rf"^{name}:\s+(\d+)", run_tool("dumpe2fs", "-h", str(fs)).stdout, re.M).group(1))
+            for name in ("Inodes per group", "Inode size")
+        )
+        blocks = [(0, 3 + reserved), (11003, 11004), (11500, 11501), (12000, 12000 + -(-ipg * isize // 1024))]
+        size = image.stat().st_size
+        spans = round_out([(PART + a * 1024, PART + b * 1024) for a, b in blocks], PART, PART + part_size)
+        assert needs(image) == Needs(tuple(span_math.merge([(0, PART), *spans, (PART + part_size, size)])), ())
+
+
+def test_unused_inode_counts_above_65535(tmp_path):
+    """64 KiB blocks allow 524288 inodes a group: with 100000 (superblock edited), 65536 unused
+    (bg_itable_unused_hi 1) leave 34464 inodes, 135 table blocks, as 65535 do."""
+    image, _ = patched_fs(tmp_path, 65536, ["-t", "ext4", "-b", "65536", "-N", "256"], [(0x28, 4, 100000)])
+    got = []
+    for lo, hi in ((0, 1), (0xFFFF, 0), (0, 0)):
+        poke(image, 65536 + 0x1C, struct.pack("<H", lo))
+        poke(image, 65536 + 0x32, struct.pack("<H", hi))
+        got.append(needs(image))
+    assert got[0] == got[1] != got[2]
+
+
+FS_64K = (65536, ["-t", "ext4", "-b", "65536", "-N", "256"])  # 1024 blocks, one group
+SUPERBLOCK_FIELDS = {  # unsigned fields, and fields a feature turns on
+    "first meta_bg 2^31": (FS_META_BG, [(0x104, 4, 1 << 31)], False),
+    "one block of 1 KiB, the first data block: no group": (FS_1K, [(0x04, 4, 1)], False),
+    "reserved GDT blocks 2^15": (FS_4K, [(0xCE, 2, 1 << 15)], False),
+    "inode size 2^15 with 64 KiB blocks": (FS_64K, [(0x58, 2, 1 << 15)], True),
+    "a cluster size without bigalloc is not read": (FS_4K, [(0x1C, 4, 3)], True),
+    "the block count's high half with 64bit": (FS_4K, [(0x150, 4, 1)], False),
+    "the block count's high half without 64bit is not read": (
+        (8192, ["-t", "ext4", "-b", "4096", "-O", "^64bit"]),
+        [(0x150, 4, 1)],
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SUPERBLOCK_FIELDS))
+def test_superblock_fields(tmp_path, case):
+    (size_k, options), edits, read = SUPERBLOCK_FIELDS[case]
+    image, _ = patched_fs(tmp_path, size_k, options, edits)
+    assert parsed(image) == read
+
+
+def test_a_revision_of_2_to_the_31_is_dynamic(tmp_path):
+    """s_rev_level 2^31 (unsigned, at least 1): the inode size is read, 256 here, as made."""
+    image, part_size = patched_fs(tmp_path, *FS_4K, [(0x4C, 4, 1 << 31)])
+    assert needs(image) == expected_ext(image, tmp_path / "fs", part_size)
+
+
+def test_an_ext_superblock_in_a_partition_of_2048_bytes_ending_the_image(tmp_path):
+    """The superblock is read to the image's last byte; two 1 KiB blocks hold no descriptors."""
+    fs = mkfs_ext(tmp_path / "fs", 8192, *FS_1K[1])
+    head = fs.read_bytes()[:2048]
+    image = write_image(tmp_path / "disk.img", PART + 2048, {**mbr_chunks([(0x83, PART // 512, 4)]), PART: head})
+    assert needs(image) == whole(PART + 2048)
+
+
+def test_a_partition_not_on_a_4k_boundary(tmp_path):
+    """1 KiB blocks in a partition at sector 63: block 0 (bytes 32256-33279) straddles a 4 KiB
+    boundary, and its first half is zeroed as block 0, not as part of block 1's page."""
+    size_k, options = FS_1K
+    fs = mkfs_ext(tmp_path / "fs", size_k, *options, files=tree(tmp_path / "tree"))
+    start, part_size = 63 * 512, size_k * 1024
+    image = write_image(tmp_path / "disk.img", start + part_size + TAIL, mbr_chunks([(0x83, 63, part_size // 512)]))
+    with open(image, "r+b") as out:
+        os.pwrite(out.fileno(), fs.read_bytes(), start)
+    need_blocks, journal_blocks, bs, _ = ext_oracle(fs)
+    size, end = image.stat().st_size, start + part_size
+
+    def to_bytes(blocks):
+        return round_out([(start + a * bs, start + b * bs) for a, b in blocks], start, end)
+
+    need = span_math.merge([(0, start), (end, size), *to_bytes(need_blocks)])
+    assert needs(image) == Needs(tuple(need), tuple(span_math.subtract(to_bytes(journal_blocks), need)))
+
+
+# 2^32 + 2^16 blocks of 1 KiB (4 TiB, sparse), clusters of 64 KiB: 8193 groups of 2^19 blocks
+FS_HUGE = (
+    (1 << 32) + (1 << 16),
+    ["-t", "ext4", "-b", "1024", "-C", "65536", "-O", "bigalloc,^resize_inode,^metadata_csum,^uninit_bg", "-N", "8192"]
+    + ["-E", "lazy_itable_init=1,lazy_journal_init=1"],
+)
+HIGH = 1 << 32
+
+
+def test_blocks_past_2_to_the_32(tmp_path):
+    """Descriptors' and the journal's block numbers past 2^32 (high halves 1) and past 2^31
+    (the top bit of a low half) are read as such. No group checksums: with them libext2fs
+    counts the metadata of BLOCK_UNINIT groups in whole clusters, must_zero block by block."""
+    root = node(0, [leaf(0, 100, HIGH + 1000)], 4)
+    journal_is(*journal_case(tmp_path, FS_HUGE, root, 100), [(HIGH + 1000, HIGH + 1100)])
+    for child in (HIGH + 2000, (1 << 31) + 2000):
+        root, nodes = node(1, [index(0, child)], 4), {child: node(0, [leaf(0, 100, HIGH + 1000)], 84)}
+        journal_is(*journal_case(tmp_path, FS_HUGE, root, 100, nodes), [(HIGH + 1000, HIGH + 1100)])
+    image = tmp_path / "disk.img"
+    group0 = peek(image, 2048, 64)
+    for field in (0x00, 0x04, 0x08):  # block bitmap, inode bitmap, inode table: at block 2^32 + 100
+        poke(image, 2048 + field, struct.pack("<I", 100))
+        poke(image, 2048 + 0x20 + field, struct.pack("<I", 1))
+        assert parsed(image)
+        poke(image, 2048, group0)
+    for big in (image, tmp_path / "pristine"):  # 4 TiB each, if sparse
+        big.unlink()
+
+
+def test_ext_bitmap_bits_past_the_last_group_are_no_runs(tmp_path):
+    """ext2, 1 KiB blocks, 65 groups, the last of 256 blocks: 64 bitmaps of every other block in
+    use give MAX_SPANS runs (read); the last group's bits past its 256 blocks (every other one
+    set here) are not blocks of the filesystem, and no runs."""
+    size_k = 64 * 8192 + 1 + 256
+    image, _ = patched_fs(tmp_path, size_k, ["-t", "ext2", "-b", "1024", "-N", str(16 * 65)], [])
+    bitmaps = [int(b) for b in re.findall(r"Block bitmap at (\d+)", run_tool("dumpe2fs", str(tmp_path / "fs")).stdout)]
+    assert len(bitmaps) == 65
+    for block in bitmaps[:-1]:
+        poke(image, block * 1024, b"\x55" * 1024)
+    poke(image, bitmaps[-1] * 1024, bytes(32) + b"\x55" * 992)
+    assert parsed(image)
+
+
+def test_one_inode_per_group_and_an_inode_1_without_has_journal(tmp_path):
+    """One inode a group is enough (no journal inode among them); without has_journal inode 1,
+    here a copy of a file's inode, is no journal."""
+    image, _ = patched_fs(tmp_path, *FS_4K, [(0x28, 4, 1)])
+    assert parsed(image)
+    size_k, options = 8192, ["-t", "ext4", "-O", "^has_journal"]
+    fs = mkfs_ext(tmp_path / "nj", size_k, *options, files=tree(tmp_path / "tree"))
+    part_size = size_k * 1024 + 3 * 4096 + 1024
+    image = disk(tmp_path / "nj.img", fs, part_size)
+    number = int(re.search(r"Inode:\s+(\d+)", run_tool("debugfs", "-R", "stat /big.bin", str(fs)).stdout).group(1))
+    poke(image, inode_at(fs, 1), peek(image, inode_at(fs, number), 256))
+    assert needs(image) == expected_ext(image, fs, part_size)
+
+
+def test_without_group_checksums_unused_inode_counts_are_not_read(tmp_path):
+    """No gdt_csum nor metadata_csum: bg_itable_unused (set to all 2048 here) means nothing."""
+    image, part_size = patched_fs(tmp_path, 8192, ["-t", "ext4", "-b", "4096", "-O", NO_CSUM], [])
+    poke(image, DESC_4K + 0x1C, struct.pack("<H", 2048))
+    assert needs(image) == expected_ext(image, tmp_path / "fs", part_size)
