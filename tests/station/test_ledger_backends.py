@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support.postgres import PostgresServer, unavailable
+from support.postgres import server_or_skip
 
 from imagetools.errors import UsageError
 from imagetools.station.ledger import KILLED, Allocation, Ledger, UnitEntry, open_ledger
@@ -45,10 +45,7 @@ def take(led: Ledger, slot: str = "st/1", token: str | None = None, base: str = 
 
 @pytest.fixture(scope="module")
 def pg():
-    reason = unavailable()
-    if reason:
-        pytest.skip(reason)
-    with PostgresServer() as server:
+    with server_or_skip() as server:
         yield server
 
 

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from support.postgres import PostgresServer, free_port, unavailable
+from support.postgres import free_port, server_or_skip
 
 from imagetools.errors import EnvironmentProblem, LedgerUnavailable, UsageError
 from imagetools.station import ledger_base as ledger_module
@@ -44,10 +44,7 @@ def take(led, token: str | None = None):
 
 @pytest.fixture(scope="module")
 def pg():
-    reason = unavailable()
-    if reason:
-        pytest.skip(reason)
-    with PostgresServer() as server:
+    with server_or_skip() as server:
         yield server
 
 

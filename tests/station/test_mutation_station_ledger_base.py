@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from support.images import build_image
-from support.postgres import PostgresServer, unavailable
+from support.postgres import server_or_skip
 
 from imagetools import keys
 from imagetools.devices import load_devices
@@ -514,10 +514,7 @@ def test_units_of_needs_a_directory(out):
 
 @pytest.fixture(scope="module")
 def pg():
-    reason = unavailable()
-    if reason:
-        pytest.skip(reason)
-    with PostgresServer() as server:
+    with server_or_skip() as server:
         yield server
 
 

@@ -1,9 +1,10 @@
 """A real, throwaway PostgreSQL server for tests (and scripts/bench-ledger): Debian's binaries,
 a cluster made with initdb in a temp directory, on 127.0.0.1 and a free port, removed at the end.
 
-    from support.postgres import PostgresServer, unavailable
+    from support.postgres import PostgresServer, server_or_skip, unavailable
 
     reason = unavailable()              # None, or why no server can run here (skip with it)
+    with server_or_skip() as pg: ...    # the same, a pytest skip saying why when none can run
     with PostgresServer() as pg:        # initdb + pg_ctl start (about 1-2 s)
         url = pg.create_database("line")   # postgresql://postgres@127.0.0.1:PORT/line
         url = pg.create_schema("t1")       # ...:PORT/postgres?options=-csearch_path%3Dt1 (faster)
@@ -28,6 +29,7 @@ so a crashed test does not leave a server behind.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import os
 import pwd
@@ -36,8 +38,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 PG_USER = "postgres"
 START_SECONDS = 60
@@ -61,6 +66,16 @@ def unavailable() -> str | None:
         if shutil.which("runuser") is None:
             return "running as root and runuser is missing (util-linux)"
     return None
+
+
+@contextlib.contextmanager
+def server_or_skip() -> Iterator[PostgresServer]:
+    """A throwaway server for a module's tests, or the test skipped saying why none can run."""
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    with PostgresServer() as server:
+        yield server
 
 
 def free_port() -> int:
