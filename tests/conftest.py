@@ -1,4 +1,5 @@
-"""Shared fixtures: real Mender-style images built by scripts/make-image, cached per session.
+"""Shared fixtures: real Mender-style images built by scripts/make-image, cached per session (or
+across sessions, in IMAGETOOLS_TEST_IMAGE_CACHE: scripts/mutation's).
 
 `make_image(layout, **opts)` returns a private sparse copy of a cached build, so each test may
 write to its image freely.
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support.images import build_image
+from support.images import PERSISTENT_CACHE, build_image
 from support.tools import ROOT
 
 os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
@@ -77,6 +78,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def image_cache(tmp_path_factory) -> Path:
+    if PERSISTENT_CACHE:
+        Path(PERSISTENT_CACHE).mkdir(parents=True, exist_ok=True)
+        return Path(PERSISTENT_CACHE)
     return tmp_path_factory.mktemp("image-cache")
 
 

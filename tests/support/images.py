@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 from .tools import ROOT
 
 MAKE_IMAGE = ROOT / "scripts" / "make-image"
+# scripts/mutation keeps the builds across its mutants' test sessions (make-image runs no imagetools
+# code, so no mutant can change what it builds); a test session's own cache is its tmp_path
+PERSISTENT_CACHE = os.environ.get("IMAGETOOLS_TEST_IMAGE_CACHE")
 SMALL = {"rootfs_mib": 8, "data_mib": 8, "boot_mib": 8}
 LAYOUTS = ["sdimg", "uefiimg", "gptimg", "extended", "noboot"]
 # The role of each partition number, as make-image lays each layout out.
@@ -38,5 +42,7 @@ def build_image(cache: Path, layout: str, opts: dict) -> Path:
                 args.append(flag)
             elif value not in (False, None):
                 args += [flag, str(value)]
-        subprocess.run(args + [str(out)], check=True)
+        part = cache / f".{os.getpid()}-{out.name}"  # sessions may share the cache: whole builds only
+        subprocess.run(args + [str(part)], check=True)
+        os.replace(part, out)
     return out
