@@ -269,11 +269,13 @@ def test_an_auth_set_of_ours_without_an_id_fails_that_target(mender):
 # --- carrying out ---------------------------------------------------------------------------------
 
 
-def _two_of_ours(mender: MenderTestServer) -> tuple[Target, str, list[dict]]:
-    first, second = _key(), _key()
+def _two_of_ours(mender: MenderTestServer, more: int = 0) -> tuple[Target, str, list[dict]]:
+    """A device accepted with one key of ours, and preauthorized with another (and `more` others)."""
+    first, *others = [_key() for _ in range(2 + more)]
     device_id = mender.seed_device(MAC, _pem(first), "accepted")
-    mender.add_auth_set(device_id, _pem(second), "preauthorized")
-    return Target(MAC, (first, second), "u1"), device_id, list(_sets(mender, device_id))
+    for key in others:
+        mender.add_auth_set(device_id, _pem(key), "preauthorized")
+    return Target(MAC, (first, *others), "u1"), device_id, list(_sets(mender, device_id))
 
 
 def test_a_refused_delete_fails_the_target_and_names_what_was_removed_before(mender):
@@ -283,6 +285,14 @@ def test_a_refused_delete_fails_the_target_and_names_what_was_removed_before(men
     assert result.outcome == Removal.FAILED and result.auth_sets == [s["id"] for s in sets]
     assert result.detail.startswith(f"remove auth set {sets[1]['id']} of device {device_id} (tried 1 time): HTTP 500")
     assert result.detail.endswith(f") (auth set {sets[0]['id']} removed before)")
+
+
+def test_a_refused_third_delete_names_both_removed_before(mender):
+    target, device_id, sets = _two_of_ours(mender, more=1)
+    mender.fail_next(500, prefix=f"{DEVICES}/{device_id}/auth/{sets[2]['id']}")
+    [result] = _remove(mender, [target])
+    assert result.outcome == Removal.FAILED
+    assert result.detail.endswith(f") (auth set {sets[0]['id']}, auth set {sets[1]['id']} removed before)")
 
 
 def test_a_refused_first_delete_names_nothing_removed_before(mender):
@@ -315,6 +325,14 @@ def test_a_404_counts_as_removed_and_all_404_as_not_found():
         assert (some.outcome, some.detail) == (
             Removal.REMOVED,
             f"{planned}; auth set {sets[0]['id']} already gone (HTTP 404)",
+        )
+        target, device_id, sets = _two_of_ours(srv, more=1)
+        srv.gone = frozenset({sets[0]["id"], sets[2]["id"]})
+        [two] = _remove(srv, [target])
+        planned = ", ".join(_text(s) for s in sets)
+        assert (two.outcome, two.detail) == (
+            Removal.REMOVED,
+            f"{planned}; auth set {sets[0]['id']}, auth set {sets[2]['id']} already gone (HTTP 404)",
         )
         target, device_id, sets = _two_of_ours(srv)
         srv.gone = frozenset(s["id"] for s in sets)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from support.postgres import server_or_skip
 
 from imagetools import keys
 from imagetools.errors import UsageError
@@ -65,6 +66,17 @@ def test_read_ledger_takes_passed_and_retired_keys_by_fingerprint(tmp_path):
         ("u3", "free"),
         ("u4", "free"),
     ]
+
+
+def test_a_postgresql_ledger_is_read_by_its_url():
+    """A URL names no file: it is read, not refused as a ledger that does not exist."""
+    units = [_unit(i) for i in range(2)]
+    with server_or_skip() as pg:
+        where = pg.create_schema("shipped")
+        _ledger(where, units, {"u0": "passed", "u1": "failed"})
+        keys_ = read_ledger(where)
+    assert (keys_.passed, keys_.retired) == (frozenset({units[0].fingerprint}), frozenset({units[1].fingerprint}))
+    assert keys_.where.startswith("postgresql://") and "shipped" in keys_.where
 
 
 def test_a_ledger_beside_the_preauth_file_or_in_the_out_directory(tmp_path, monkeypatch):
