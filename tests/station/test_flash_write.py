@@ -51,3 +51,23 @@ def test_a_checksum_mismatch_leaves_no_partition_table(unit, tmp_path):
         assert f.read(TABLE_AREA) == bytes(TABLE_AREA)
         f.seek(plan.size - TABLE_AREA)
         assert f.read() == bytes(TABLE_AREA)
+
+
+def test_a_read_error_while_checking_fails_the_flash_and_leaves_no_partition_table(unit, tmp_path, monkeypatch):
+    """The checksum thread reads the source on its own (preadv, while copy_file_range copies): an
+    error there must fail the card like a mismatch, not pass as 'nothing wrong found'."""
+    base, unit_dir = unit
+    plan = plan_unit(base, unit_dir)
+
+    def failing_preadv(fd, buffers, offset):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "preadv", failing_preadv)
+    card = tmp_path / "card.img"
+    card.write_bytes(os.urandom(plan.size))
+    [result] = station.flash([(str(card), plan)])
+    assert not result["ok"] and result["error"] == f"{card}: Input/output error"
+    with open(card, "rb") as f:
+        assert f.read(TABLE_AREA) == bytes(TABLE_AREA)
+        f.seek(plan.size - TABLE_AREA)
+        assert f.read() == bytes(TABLE_AREA)
