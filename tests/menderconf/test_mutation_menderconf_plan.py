@@ -49,6 +49,9 @@ def pems() -> dict[str, bytes]:
 def test_a_plan_with_nothing_to_change_is_refused_and_each_option_alone_is_enough(pems):
     assert _refused() == NOTHING
     assert _refused(static_key=False, settings=(), unset=()) == NOTHING
+    with pytest.raises(UsageError) as exc:  # the CLI's `modify IMAGE` with no option: nothing asked
+        ModifyPlan.from_options()
+    assert str(exc.value) == NOTHING
     alone = [
         {"server_uri": URL},
         {"tenant_token": TOKEN},
