@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support import mountns
 
 import imagetools.personalize as personalize
 from imagetools import keys
@@ -67,6 +68,20 @@ def test_scratch_root_is_the_variable_else_dev_shm(monkeypatch, tmp_path):
     assert personalize.scratch_root() == expected
     monkeypatch.delenv("IMAGETOOLS_SCRATCH")
     assert personalize.scratch_root() == expected
+
+
+def test_a_read_only_dev_shm_is_not_used_for_scratch(monkeypatch):
+    """As root, access() grants any mode but not a read-only filesystem: /dev/shm mounted read-only
+    (in a private mount namespace, support.mountns) is what a user without write permission sees."""
+    monkeypatch.delenv("IMAGETOOLS_SCRATCH", raising=False)
+    if not (os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK)):
+        pytest.skip("/dev/shm is not usable here to begin with")
+    assert personalize.scratch_root() == "/dev/shm"  # in this process too: mutmut selects tests by it
+    code = (
+        "mount('-t', 'tmpfs', '-o', 'ro', 'imagetools-ro-shm', '/dev/shm')\n"
+        "from imagetools import personalize\nprint(personalize.scratch_root())\n"
+    )
+    assert mountns.run(code) == "None"
 
 
 def test_scratch_space_is_a_private_directory_removed_with_its_content(monkeypatch, tmp_path):

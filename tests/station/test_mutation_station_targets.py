@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support import mountns
 from support.slots import Rig
 from support.udev import udev_record
 
@@ -398,3 +399,135 @@ def test_a_mount_naming_the_card_as_its_source_is_a_mount_of_the_card(rig, stack
         f"{slot} is in use ({slot} is mounted on {point}): unmount it (umount {point})"
     )
     assert slot_busy(slot) == f"{slot} is mounted on {point}"
+
+
+# --- hardware no test machine has, and kernel tables at their bounds (support.mountns) ----------------
+# Each test checks the real node in this process too: mutmut runs a mutant's tests among those that
+# reached its function in the pytest process, and the namespace's run is a subprocess.
+CHECK = """
+from imagetools.station.targets import check_targets, slot_busy
+try:
+    print(repr(check_targets([NODE], [], 1 << 20)[0].serial), slot_busy(NODE))
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+@pytest.fixture
+def card(rig, tmp_path) -> str:
+    """A slot holding a card, accepted as it is (a loop device: never fixed, nothing holds it)."""
+    slot = rig.slots[0]
+    rig.insert(slot, _card(tmp_path / "card.img"))
+    assert [(i.kind, i.serial) for i in check_targets([slot], [], MiB)] == [("block", None)]
+    return slot
+
+
+def _checked(node: str, disk: str = "usb1/1-1/host0/block/sdz", **files: str) -> str:
+    """check_targets' serial and slot_busy's answer for NODE (or the refusal), its sysfs directory
+    being DISK (under /sys/dev/block) with FILES (name with / for __) besides a 16 MiB size."""
+    made = {"size": f"{16 * MiB // 512}\n", "holders/": "", **{k.replace("__", "/"): v for k, v in files.items()}}
+    return mountns.run(CHECK.replace("NODE", repr(node)), node, disk, made)
+
+
+@pytest.mark.parametrize(
+    ("disk", "files", "fixed"),
+    [
+        ("pci0/ata1/host0/block/sdz", {"removable": "0\n"}, True),
+        ("pci0/ata1/host0/block/sdz", {"removable": "1\n"}, False),  # a card reader that says so
+        ("pci0/usb1/1-1/host0/block/sdz", {"removable": "0\n"}, False),  # USB readers often say 0
+        ("pci0/mmc_host/mmc0/mmc0:0001/block/mmcblk9", {"device__type": "SD\n", "removable": "0\n"}, False),
+        ("pci0/mmc_host/mmc0/mmc0:0001/block/mmcblk9", {"device__type": "MMC\n", "removable": "0\n"}, True),  # eMMC
+    ],
+    ids=["sata-disk", "removable", "usb-reader", "sd-slot", "emmc"],
+)
+def test_a_fixed_disk_is_told_from_usb_readers_sd_slots_and_removable_media(card, disk, files, fixed):
+    refusal = (
+        f"UsageError {card} is a fixed disk (not removable): a station writes cards; "
+        "--allow-fixed-disk if this really is a card writer"
+    )
+    assert _checked(card, disk, **files) == (refusal if fixed else "None None")
+
+
+def test_a_disk_held_by_device_mapper_or_raid_is_refused_naming_the_holders(card):
+    assert _checked(card, **{"holders__dm-3": "", "holders__md127": ""}) == (
+        f"EnvironmentProblem {card} is in use (/dev/sdz is held by dm-3, md127): "
+        "remove that first (dmsetup remove, vgchange -an or mdadm --stop)"
+    )
+
+
+def test_the_serial_in_sysfs_is_read_up_to_256_bytes(card):
+    assert _checked(card, device__serial="  SER-1 \n") == "'SER-1' None"
+    assert _checked(card, device__serial="S" * 255 + "\n") == f"'{'S' * 255}' None"
+    assert _checked(card, device__serial="S" * 256 + "\n") == "None None"  # 257 bytes: over the bound
+
+
+def _mountinfo(tmp_path: Path, size: int, extra: str = "") -> Path:
+    """The host's mount table padded with tmpfs mounts to about SIZE bytes, then EXTRA."""
+    real = Path("/proc/self/mountinfo").read_text()
+    line = "9000 1 0:99 / /imagetools-pad/{:07d} rw - tmpfs none rw\n"
+    pads = "".join(line.format(i) for i in range(max(0, size - len(real)) // len(line.format(0)) + 1))
+    path = tmp_path / "mountinfo"
+    path.write_text(real + pads + extra)
+    return path
+
+
+def test_a_mount_table_over_64_kib_is_read_and_one_over_4_mib_refused(card, tmp_path):
+    node = card
+    rdev = os.stat(node).st_rdev
+    mounted = f"9999 1 {os.major(rdev)}:{os.minor(rdev)} / /media/card rw - ext4 {node} rw\n"
+    code = CHECK.replace("NODE", repr(node))
+    said = mountns.run(code, over={"/proc/self/mountinfo": _mountinfo(tmp_path, 100 << 10, mounted)})
+    assert said == (
+        f"EnvironmentProblem {node} is in use ({node} is mounted on /media/card): unmount it (umount /media/card)"
+    )
+    said = mountns.run(code, over={"/proc/self/mountinfo": _mountinfo(tmp_path, (4 << 20) + 1)})
+    assert said == (
+        "EnvironmentProblem cannot read /proc/self/mountinfo (missing or over 4 MiB), so cannot tell "
+        "whether a target is mounted: mount /proc and try again"
+    )
+
+
+def test_a_swap_table_over_64_kib_is_read(tmp_path):
+    target = _card(tmp_path / "swapfile", MiB)
+    long = "/imagetools-no-such-dir/" + "s" * 4000
+    table = "Filename Type Size Used Priority\n" + f"{long} file 1024 0 -2\n" * 20 + f"{target} file 1024 0 -2\n"
+    (tmp_path / "swaps").write_text(table)
+    assert [i.kind for i in check_targets([str(target)], [], MiB)] == ["file"]
+    said = mountns.run(CHECK.replace("NODE", repr(str(target))), over={"/proc/swaps": tmp_path / "swaps"})
+    assert said == f"EnvironmentProblem {target} is active swap: swapoff {target}"
+
+
+def test_a_loop_device_over_a_file_hidden_by_a_mount_does_not_stop_checking_files(rig, tmp_path):
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    rig.insert(rig.slots[0], _card(hidden / "card.img"))
+    target = _card(tmp_path / "target.img", MiB)
+    assert [i.kind for i in check_targets([str(target)], [], MiB)] == ["file"]
+    code = f"mount('-t', 'tmpfs', 'imagetools-cover', {str(hidden)!r})\n" + CHECK.replace("NODE", repr(str(target)))
+    assert mountns.run(code) == "None None"
+
+
+@pytest.mark.parametrize("name", ["card.img ", "card.imgX"])  # the kernel's line ends in a newline alone
+def test_a_backing_file_s_name_is_read_to_its_last_character(rig, tmp_path, name):
+    card = _card(tmp_path / name)
+    slot = rig.slots[0]
+    rig.insert(slot, card)
+    assert _refusal(EnvironmentProblem, [str(card)]) == f"{card} backs {slot}: detach it with losetup -d {slot}"
+
+
+def test_only_paths_under_dev_itself_count_as_under_dev(tmp_path):
+    assert _refusal(UsageError, ["/Xdev/card.img"]) == (
+        "/Xdev/card.img: directory /Xdev does not exist: create it or fix the path"
+    )
+    link = tmp_path / "card.img"
+    link.symlink_to("/dev/imagetools-missing/..")  # resolves to /dev itself, and does not exist
+    assert _refusal(UsageError, [str(link)]) == (
+        f"{link} does not exist: check the device name and that the card reader is plugged in "
+        "(nothing is created under /dev)"
+    )
+
+
+def test_a_udev_record_that_never_ends_is_cut_at_its_bound(udev):
+    _, rdev, record = udev
+    record.symlink_to("/dev/zero")
+    assert device_serial(rdev) is None

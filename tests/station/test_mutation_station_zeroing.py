@@ -1202,3 +1202,15 @@ def test_without_group_checksums_unused_inode_counts_are_not_read(tmp_path):
     image, part_size = patched_fs(tmp_path, 8192, ["-t", "ext4", "-b", "4096", "-O", NO_CSUM], [])
     poke(image, DESC_4K + 0x1C, struct.pack("<H", 2048))
     assert needs(image) == expected_ext(image, tmp_path / "fs", part_size)
+
+
+def test_at_most_2_to_the_17_groups_are_read(tmp_path):
+    """32 GiB of 1 KiB blocks in groups of 256 is 131,072 groups (MAX_GROUPS): read. One group more,
+    and the partition is zeroed whole. Sparse: mke2fs writes about 350 MiB of metadata."""
+    for extra, read in ((0, True), (256 << 10, False)):
+        size = (32 << 30) + extra
+        fs = mkfs_ext(tmp_path / "fs", size >> 10, "-t", "ext4", "-b", "1024", "-g", "256", "-N", "1000000")
+        image = disk(tmp_path / "disk.img", fs, size)
+        fs.unlink()
+        assert parsed(image) is read, extra
+        image.unlink()
