@@ -28,8 +28,9 @@ import pytest
 
 COSTS = Path("mutation-costs.json").absolute()  # in mutants/, where mutmut starts pytest (tests may chdir)
 KILLS = Path("mutation-kills").absolute()
+TIMED = Path("mutation-timed").absolute()  # the mutants a test's time bound killed, one per line
 TIME_FACTOR = 10
-SLACK = 10.0
+SLACK = 4.0
 PRIOR = 2.0  # earlier mutants of other functions weigh as this many of the function's own
 SURVIVED = "-"
 
@@ -168,6 +169,7 @@ class _UnderMutant:
     def __init__(self) -> None:
         self.limit: dict[str, float] = {}
         self.killer: str | None = None
+        self.timed = False
 
     def pytest_collection_modifyitems(self, items: list) -> None:
         nodeids = [i.nodeid for i in items]
@@ -180,6 +182,7 @@ class _UnderMutant:
         limit = self.limit.get(item.nodeid, SLACK)
 
         def expired(signum, frame):
+            self.timed = True
             pytest.fail(
                 f"took over {limit:.0f} s under the mutant ({TIME_FACTOR} times its clean run, and {SLACK:.0f} s)"
             )
@@ -202,6 +205,10 @@ class _UnderMutant:
         KILLS.mkdir(exist_ok=True)
         with open(KILLS / _function(_mutant()), "a") as out:  # one short line: appends do not interleave
             out.write(f"{_mutant()} {self.killer or SURVIVED}\n")
+        if self.timed:
+            TIMED.mkdir(exist_ok=True)
+            with open(TIMED / _function(_mutant()), "a") as out:
+                out.write(f"{_mutant()}\n")
 
 
 def pytest_configure(config) -> None:
