@@ -101,9 +101,9 @@ class _Recorder:
 
 
 # --- under a mutant: the order, the bound, the record ---------------------------------------------
-def _records() -> tuple[dict[str, list[str]], Counter, int]:
+def _records() -> tuple[dict[str, str], Counter, int]:
     """The function's earlier mutants' killers (SURVIVED: none), and the whole run's kills per test."""
-    mine: dict[str, list[str]] = {}
+    mine: dict[str, str] = {}
     everywhere: Counter = Counter()
     total = 0
     if KILLS.is_dir():
