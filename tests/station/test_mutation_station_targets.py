@@ -413,6 +413,10 @@ except Exception as exc:
 """
 
 
+def _check_script(path: str) -> str:
+    return CHECK.replace("NODE", repr(path))
+
+
 @pytest.fixture
 def card(rig, tmp_path) -> str:
     """A slot holding a card, accepted as it is (a loop device: never fixed, nothing holds it)."""
@@ -426,7 +430,7 @@ def _checked(node: str, disk: str = "usb1/1-1/host0/block/sdz", **files: str) ->
     """check_targets' serial and slot_busy's answer for NODE (or the refusal), its sysfs directory
     being DISK (under /sys/dev/block) with FILES (name with / for __) besides a 16 MiB size."""
     made = {"size": f"{16 * MiB // 512}\n", "holders/": "", **{k.replace("__", "/"): v for k, v in files.items()}}
-    return mountns.run(CHECK.replace("NODE", repr(node)), node, disk, made)
+    return mountns.run(_check_script(node), node, disk, made)
 
 
 @pytest.mark.parametrize(
@@ -472,13 +476,12 @@ def _mountinfo(tmp_path: Path, size: int, extra: str = "") -> Path:
 
 
 def test_a_mount_table_over_64_kib_is_read_and_one_over_4_mib_refused(card, tmp_path):
-    node = card
-    rdev = os.stat(node).st_rdev
-    mounted = f"9999 1 {os.major(rdev)}:{os.minor(rdev)} / /media/card rw - ext4 {node} rw\n"
-    code = CHECK.replace("NODE", repr(node))
+    rdev = os.stat(card).st_rdev
+    mounted = f"9999 1 {os.major(rdev)}:{os.minor(rdev)} / /media/card rw - ext4 {card} rw\n"
+    code = _check_script(card)
     said = mountns.run(code, over={"/proc/self/mountinfo": _mountinfo(tmp_path, 100 << 10, mounted)})
     assert said == (
-        f"EnvironmentProblem {node} is in use ({node} is mounted on /media/card): unmount it (umount /media/card)"
+        f"EnvironmentProblem {card} is in use ({card} is mounted on /media/card): unmount it (umount /media/card)"
     )
     said = mountns.run(code, over={"/proc/self/mountinfo": _mountinfo(tmp_path, (4 << 20) + 1)})
     assert said == (
@@ -493,7 +496,7 @@ def test_a_swap_table_over_64_kib_is_read(tmp_path):
     table = "Filename Type Size Used Priority\n" + f"{long} file 1024 0 -2\n" * 20 + f"{target} file 1024 0 -2\n"
     (tmp_path / "swaps").write_text(table)
     assert [i.kind for i in check_targets([str(target)], [], MiB)] == ["file"]
-    said = mountns.run(CHECK.replace("NODE", repr(str(target))), over={"/proc/swaps": tmp_path / "swaps"})
+    said = mountns.run(_check_script(str(target)), over={"/proc/swaps": tmp_path / "swaps"})
     assert said == f"EnvironmentProblem {target} is active swap: swapoff {target}"
 
 
@@ -503,7 +506,7 @@ def test_a_loop_device_over_a_file_hidden_by_a_mount_does_not_stop_checking_file
     rig.insert(rig.slots[0], _card(hidden / "card.img"))
     target = _card(tmp_path / "target.img", MiB)
     assert [i.kind for i in check_targets([str(target)], [], MiB)] == ["file"]
-    code = f"mount('-t', 'tmpfs', 'imagetools-cover', {str(hidden)!r})\n" + CHECK.replace("NODE", repr(str(target)))
+    code = f"mount('-t', 'tmpfs', 'imagetools-cover', {str(hidden)!r})\n" + _check_script(str(target))
     assert mountns.run(code) == "None None"
 
 

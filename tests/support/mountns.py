@@ -43,13 +43,14 @@ def usable() -> str | None:
 def run(
     code: str,
     node: str | None = None,
-    disk: str = "usb1/1-1/host0/block/sdz",
+    disk: str | None = None,
     files: dict[str, str] | None = None,
     over: dict[str, Path] | None = None,
 ) -> str:
     """CODE's output, run where block device NODE's sysfs directory is DISK (under /sys/dev/block)
     holding FILES (name relative to DISK -> text; a name ending in / is a directory), and each of
-    OVER's /proc files reads as the file given."""
+    OVER's /proc files reads as the file given. NODE and DISK come together."""
+    assert (node is None) == (disk is None), "a fake sysfs directory needs both the node and its path"
     reason = usable()
     if reason:
         pytest.skip(reason)
@@ -58,7 +59,7 @@ def run(
         rdev = os.stat(node).st_rdev
         dev = f"{os.major(rdev)}:{os.minor(rdev)}\n"
     spec = {
-        "disk": disk if node else None,
+        "disk": disk,
         "dev": dev,
         "files": files or {},
         "over": {k: str(v) for k, v in (over or {}).items()},
